@@ -1,0 +1,29 @@
+# Two entry points: `make run` (benchmark the example models into SQLite) and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The CPU build of torch installs from a local wheel here; elsewhere override, e.g. TORCH_SPEC=torch.
+TORCH_SPEC ?= torch==2.13.0
+CONFIG ?= perfguard.toml
+
+.PHONY: run test install clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e '.[examples,dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+$(CONFIG): | $(VENV)/.installed
+	$(VENV)/bin/perfguard init --config $(CONFIG)
+
+run: $(VENV)/.installed $(CONFIG)
+	$(VENV)/bin/perfguard run --config $(CONFIG)
+
+test: $(VENV)/.installed
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,1 @@
+"""Example models bundled with perfguard: the seed CNN and an MLP."""

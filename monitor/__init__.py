@@ -1,0 +1,1 @@
+"""Measuring models and running the service: config, registry, harness, CLI."""

@@ -1,0 +1,1 @@
+"""Running benchmarks: the isolated worker, sampling, collectors and the parent-side runner."""

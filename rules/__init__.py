@@ -1,0 +1,1 @@
+"""Rule plugins that turn findings into actions (see the rules issue)."""

@@ -1,0 +1,1 @@
+"""Persistence of models, variants, runs, metrics and raw samples (SQLAlchemy + Alembic)."""
