@@ -1,0 +1,280 @@
+"""The `perfguard` command: parses, calls one function, prints a table or JSON.
+
+Contract (DESIGN.md): every command takes `--config PATH`; `--json` prints machine-readable JSON on
+stdout and nothing else there (logs and progress go to stderr). Exit codes: 0 ok, 1 a benchmark
+failed, 2 bad usage or bad config (the message names the file and field); a bad config is rejected
+before the database is opened, so stored history is never touched by it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable, Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import click
+
+from monitor.config import DEFAULT_CONFIG_NAME, ConfigError, LoadedConfig, load_config
+from monitor.registry import PlannedBenchmark, UnknownModelError
+from monitor.service.benchmark import BenchmarkProgress, benchmark_models
+from storage import queries
+from storage.db import Database
+from storage.records import RunRecord
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+config_option = click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=DEFAULT_CONFIG_NAME,
+    show_default=True,
+    help="The perfguard TOML config.",
+)
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout, nothing else.")
+
+
+def _load(config_path: Path) -> LoadedConfig:
+    try:
+        return load_config(config_path)
+    except ConfigError as exc:
+        for line in exc.lines:
+            click.echo(f"error: {line}", err=True)
+        sys.exit(EXIT_USAGE)
+
+
+def _open_db(loaded: LoadedConfig) -> Database:
+    try:
+        return Database.open(loaded.storage_url())
+    except Exception as exc:  # noqa: BLE001 - any driver error: say which database, exit 2
+        click.echo(f"error: {loaded.path}: storage.url: cannot open the database: {exc}", err=True)
+        sys.exit(EXIT_USAGE)
+
+
+def _print_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2, default=str))
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """Plain aligned columns: numbers right, text left."""
+    cells = [[_cell(v) for v in row] for row in rows]
+    widths = [max([len(h), *(len(r[i]) for r in cells)]) for i, h in enumerate(headers)]
+    numeric = [all(_is_number(row[i]) for row in rows if row[i] is not None) and rows for i in range(len(headers))]
+
+    def line(values: Sequence[str]) -> str:
+        return "  ".join(v.rjust(w) if numeric[i] else v.ljust(w) for i, (v, w) in enumerate(zip(values, widths))).rstrip()
+
+    return "\n".join([line(headers), line(["-" * w for w in widths]), *(line(r) for r in cells)])
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        if value == 0:
+            return "0"
+        magnitude = abs(value)
+        if magnitude >= 1000:
+            return f"{value:,.0f}"
+        if magnitude >= 10:
+            return f"{value:.1f}"
+        if magnitude >= 0.01:
+            return f"{value:.3f}"
+        return f"{value:.2e}"
+    return str(value)
+
+
+RUN_COLUMNS: list[tuple[str, Callable[[RunRecord], Any]]] = [
+    ("run", lambda r: r.run_id),
+    ("started (UTC)", lambda r: r.started_at.strftime("%Y-%m-%d %H:%M:%S")),
+    ("model", lambda r: r.model),
+    ("variant", lambda r: r.variant),
+    ("batch", lambda r: r.batch_size),
+    ("status", lambda r: r.status),
+    ("p50 ms", lambda r: r.metrics.latency_ms_p50),
+    ("p99 ms", lambda r: r.metrics.latency_ms_p99),
+    ("±ci %", lambda r: None if r.metrics.ci95_rel is None else r.metrics.ci95_rel * 100),
+    ("samples", lambda r: r.metrics.samples),
+    ("items/s", lambda r: r.metrics.throughput_per_s),
+    ("rss MB", lambda r: r.metrics.peak_rss_mb),
+    ("acc", lambda r: r.metrics.accuracy),
+    ("flags / error", lambda r: _note(r)),
+]
+
+
+def _note(record: RunRecord) -> str:
+    if record.error:
+        return record.error.splitlines()[0][:80]
+    return ",".join(record.flags)
+
+
+def runs_table(records: Sequence[RunRecord]) -> str:
+    return format_table([h for h, _ in RUN_COLUMNS], [[f(r) for _, f in RUN_COLUMNS] for r in records])
+
+
+class StderrProgress(BenchmarkProgress):
+    """One line per phase change on stderr, and a sample count at most every two seconds."""
+
+    def __init__(self) -> None:
+        self._prefix = ""
+        self._phase = ""
+        self._last = 0.0
+        self._start = 0.0
+
+    def begin(self, index: int, total: int, planned: PlannedBenchmark) -> None:
+        self._prefix = f"[{index + 1}/{total}] {planned.job.model} batch {planned.job.batch_size}"
+        self._phase = ""
+        self._start = time.monotonic()
+        click.echo(f"{self._prefix}: starting worker", err=True)
+
+    def update(self, phase: str, samples: int) -> None:
+        now = time.monotonic()
+        if phase != self._phase or now - self._last >= 2.0:
+            label = {"warmup": "warming up", "setup": "loading model", "eval": "evaluating accuracy"}
+            text = f"{samples} samples" if phase == "sampling" else label.get(phase, phase)
+            click.echo(f"{self._prefix}: {text}", err=True)
+            self._phase, self._last = phase, now
+
+    def end(self, record: RunRecord) -> None:
+        took = time.monotonic() - self._start
+        if record.status == "ok":
+            summary = f"p50 {_cell(record.metrics.latency_ms_p50)} ms from {record.metrics.samples} samples"
+        else:
+            summary = f"{record.status}: {(record.error or '').splitlines()[0]}"
+        click.echo(f"{self._prefix}: {summary} ({took:.1f} s)", err=True)
+
+
+@click.group()
+@click.option("-v", "--verbose", is_flag=True, help="Log more detail on stderr.")
+@click.version_option(package_name="perfguard")
+def main(verbose: bool) -> None:
+    """perfguard: keep deployed PyTorch models fast."""
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+@main.command()
+@config_option
+@click.option("--force", is_flag=True, help="Overwrite an existing file.")
+def init(config_path: Path, force: bool) -> None:
+    """Write a starter config (SQLite, the example models)."""
+    if config_path.exists() and not force:
+        click.echo(f"error: {config_path} already exists (use --force to overwrite)", err=True)
+        sys.exit(EXIT_USAGE)
+    text = resources.files("monitor").joinpath("starter_config.toml").read_text(encoding="utf-8")
+    config_path.parent.mkdir(parents=True, exist_ok=True)
+    config_path.write_text(text, encoding="utf-8")
+    click.echo(f"wrote {config_path}", err=True)
+
+
+@main.command()
+@config_option
+@json_option
+def models(config_path: Path, as_json: bool) -> None:
+    """Registered models and their active variant."""
+    loaded = _load(config_path)
+    with _open_db(loaded) as db:
+        stored = {m.name: m for m in queries.list_models(db)}
+    rows = []
+    for model in loaded.config.models:
+        info = stored.get(model.name)
+        rows.append(
+            {
+                "name": model.name,
+                "factory": model.factory,
+                "device": model.device,
+                "batch_sizes": model.series_batch_sizes,
+                "active_variant": info.active_variant if info else queries.BASELINE,
+                "schedule": model.schedule.model_dump(exclude_none=True),
+                "owners": list(model.owners),
+                "slo": dict(model.slo),
+            }
+        )
+    if as_json:
+        _print_json(rows)
+        return
+    headers = ["model", "factory", "device", "batches", "variant", "schedule", "owners"]
+    table = [
+        [r["name"], r["factory"], r["device"], ",".join(map(str, r["batch_sizes"])), r["active_variant"],
+         " ".join(f"{k}={v}" for k, v in r["schedule"].items()), ",".join(r["owners"])]
+        for r in rows
+    ]
+    click.echo(format_table(headers, table))
+
+
+@main.command()
+@config_option
+@json_option
+@click.argument("names", nargs=-1)
+def run(config_path: Path, as_json: bool, names: tuple[str, ...]) -> None:
+    """Benchmark models now (all, or the NAMES given), store and print the runs."""
+    loaded = _load(config_path)
+    unknown = [n for n in names if n not in {m.name for m in loaded.config.models}]
+    if unknown:
+        raise click.UsageError(str(UnknownModelError(unknown[0], [m.name for m in loaded.config.models])))
+    with _open_db(loaded) as db:
+        records = benchmark_models(loaded, db, list(names) or None, StderrProgress())
+        location = db.display_location()
+    if as_json:
+        _print_json([r.to_json() for r in records])
+    else:
+        click.echo(runs_table(records))
+        click.echo(f"\n{len(records)} run(s) stored in {location}")
+    if any(r.status != "ok" for r in records):
+        sys.exit(EXIT_FAILED)
+
+
+@main.command()
+@config_option
+@json_option
+@click.argument("model")
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(min=1), help="Newest N runs.")
+@click.option("--batch-size", type=click.IntRange(min=1), help="Only this batch size's series.")
+def history(config_path: Path, as_json: bool, model: str, limit: int, batch_size: int | None) -> None:
+    """Stored runs of MODEL, newest first."""
+    loaded = _load(config_path)
+    with _open_db(loaded) as db:
+        known = {m.name for m in queries.list_models(db)} | {m.name for m in loaded.config.models}
+        if model not in known:
+            raise click.UsageError(f"unknown model {model!r}; known: {', '.join(sorted(known)) or '(none)'}")
+        records = queries.history(db, model, limit=limit, batch_size=batch_size)
+    if as_json:
+        _print_json([r.to_json() for r in records])
+    elif records:
+        click.echo(runs_table(records))
+    else:
+        click.echo(f"no runs stored for {model}", err=True)
+
+
+@main.group()
+def db() -> None:
+    """Database maintenance."""
+
+
+@db.command()
+@config_option
+def upgrade(config_path: Path) -> None:
+    """Apply schema migrations up to the newest."""
+    loaded = _load(config_path)
+    try:
+        database = Database.open(loaded.storage_url(), upgrade=False)
+        with database:
+            database.upgrade()
+            location = database.display_location()
+    except Exception as exc:  # noqa: BLE001 - report which database failed, exit 2
+        click.echo(f"error: {loaded.path}: storage.url: cannot upgrade the database: {exc}", err=True)
+        sys.exit(EXIT_USAGE)
+    click.echo(f"database at {location} is up to date", err=True)

@@ -1,0 +1,405 @@
+"""The TOML config: pydantic models of its shape, the one place that knows it.
+
+Every validation error is reported as `FILE: models[1].inputs[0].shape (model "mlp"): message`, so a
+user can find the line to fix; unknown keys are errors because a typo must not silently fall back to a
+default. Nothing here imports torch: the factories are only checked for syntax and resolved later,
+inside the worker process.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+DEFAULT_CONFIG_NAME = "perfguard.toml"
+
+FLOAT_DTYPES = ("float32", "float16", "bfloat16", "float64")
+INT_DTYPES = ("int64", "int32", "int16", "int8", "uint8", "bool")
+DTYPES = FLOAT_DTYPES + INT_DTYPES
+
+_IMPORT_PATH = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*$")
+_DEVICE = re.compile(r"^(cpu|cuda(:\d+)?)$")
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+# SLO keys name a stored metric; "higher is better" metrics are bounded from below.
+SLO_MAX_METRICS = (
+    "latency_ms_p50", "latency_ms_p90", "latency_ms_p99", "latency_ms_mean", "peak_rss_mb",
+    "cuda_peak_mem_mb", "model_size_mb", "gpu_power_w", "energy_j_per_inference",
+)
+SLO_MIN_METRICS = ("throughput_per_s", "accuracy")
+
+
+class ConfigError(Exception):
+    """A config that cannot be used; `lines` each name the file and the field."""
+
+    def __init__(self, lines: list[str]):
+        super().__init__("\n".join(lines))
+        self.lines = lines
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def parse_duration(text: str) -> float:
+    """'90s', '10m', '1.5h' -> seconds."""
+    match = _DURATION.match(text)
+    if not match or float(match.group(1)) <= 0:
+        raise ValueError(f"expected a positive duration like '30s', '10m' or '2h', got {text!r}")
+    return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+
+
+def _check_import_path(value: str) -> str:
+    if not _IMPORT_PATH.match(value):
+        raise ValueError(f"expected an import path 'package.module:callable', got {value!r}")
+    return value
+
+
+def _check_crontab(value: str | None) -> str | None:
+    if value is not None:
+        from apscheduler.triggers.cron import CronTrigger
+
+        try:
+            CronTrigger.from_crontab(value, timezone="UTC")
+        except ValueError as exc:
+            raise ValueError(f"invalid crontab {value!r}: {exc}") from None
+    return value
+
+
+ImportPath = Annotated[str, Field(min_length=1)]
+
+
+class InputSpec(_Strict):
+    """One example input tensor: full shape including the batch dimension."""
+
+    shape: list[Any]
+    dtype: Literal[DTYPES] = "float32"  # type: ignore[valid-type]
+    low: int | None = None
+    high: int | None = None
+
+    @field_validator("shape", mode="before")
+    @classmethod
+    def _positive_ints(cls, value: Any) -> list[int]:
+        if (
+            not isinstance(value, list)
+            or not value
+            or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in value)
+        ):
+            raise ValueError("expected a list of positive integers")
+        return value
+
+    @model_validator(mode="after")
+    def _bounds(self) -> InputSpec:
+        if self.dtype in FLOAT_DTYPES and (self.low is not None or self.high is not None):
+            raise ValueError(f"low/high apply to integer dtypes only, not {self.dtype}")
+        if self.low is not None and self.high is not None and self.low >= self.high:
+            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+        return self
+
+
+class Schedule(_Strict):
+    """When the daemon benchmarks a model: a fixed interval or a crontab line."""
+
+    every: str | None = None
+    cron: str | None = None
+
+    @field_validator("every")
+    @classmethod
+    def _every(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_duration(value)
+        return value
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, value: str | None) -> str | None:
+        return _check_crontab(value)
+
+    @model_validator(mode="after")
+    def _one_of(self) -> Schedule:
+        if (self.every is None) == (self.cron is None):
+            raise ValueError("give exactly one of 'every' or 'cron'")
+        return self
+
+    @property
+    def interval_s(self) -> float | None:
+        return parse_duration(self.every) if self.every else None
+
+
+class ModelConfig(_Strict):
+    """A registered model and how to benchmark it."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$", max_length=100)
+    factory: ImportPath
+    inputs: list[InputSpec] | None = None
+    inputs_factory: ImportPath | None = None
+    device: str = "cpu"
+    batch_sizes: list[int] | None = None
+    eval: ImportPath | None = None
+    schedule: Schedule = Schedule(every="1h")
+    owners: list[str] = []
+    slo: dict[str, float] = {}
+    max_time_s: float = Field(default=10.0, gt=0)
+    timeout_s: float | None = Field(default=None, gt=0)
+    memory_limit_mb: float | None = Field(default=None, gt=0)
+    threads: int | None = Field(default=None, gt=0)
+
+    @field_validator("factory", "inputs_factory", "eval")
+    @classmethod
+    def _import_paths(cls, value: str | None) -> str | None:
+        return value if value is None else _check_import_path(value)
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        if not _DEVICE.match(value):
+            raise ValueError(f"expected 'cpu', 'cuda' or 'cuda:N', got {value!r}")
+        return value
+
+    @field_validator("batch_sizes")
+    @classmethod
+    def _batch_sizes(cls, value: list[int] | None) -> list[int] | None:
+        if value is not None:
+            if not value or any(b <= 0 for b in value):
+                raise ValueError("expected a non-empty list of positive integers")
+            if len(set(value)) != len(value):
+                raise ValueError("batch sizes must not repeat")
+        return value
+
+    @field_validator("owners")
+    @classmethod
+    def _owners(cls, value: list[str]) -> list[str]:
+        for owner in value:
+            if not re.match(r"^[^@\s]+@[^@\s]+\.[^@\s]+$", owner):
+                raise ValueError(f"expected e-mail addresses, got {owner!r}")
+        return value
+
+    @field_validator("slo")
+    @classmethod
+    def _slo(cls, value: dict[str, float]) -> dict[str, float]:
+        known = SLO_MAX_METRICS + SLO_MIN_METRICS
+        for key, bound in value.items():
+            if key not in known:
+                raise ValueError(f"unknown metric {key!r}; expected one of: {', '.join(known)}")
+            if bound <= 0:
+                raise ValueError(f"{key}: expected a positive bound, got {bound}")
+        return value
+
+    @model_validator(mode="after")
+    def _inputs(self) -> ModelConfig:
+        if (self.inputs is None) == (self.inputs_factory is None):
+            raise ValueError("give exactly one of 'inputs' or 'inputs_factory'")
+        if self.inputs is not None and not self.inputs:
+            raise ValueError("inputs: expected at least one input")
+        if self.batch_sizes is None and self.inputs is None:
+            raise ValueError("'inputs_factory' needs 'batch_sizes' (the batch size is not known)")
+        return self
+
+    @property
+    def series_batch_sizes(self) -> list[int]:
+        """One benchmark series per batch size; without `batch_sizes`, the inputs' own."""
+        if self.batch_sizes:
+            return list(self.batch_sizes)
+        assert self.inputs is not None
+        return [self.inputs[0].shape[0]]
+
+    @property
+    def effective_timeout_s(self) -> float:
+        """Wall-clock limit for the whole worker: import, warm-up, sampling, eval."""
+        if self.timeout_s is not None:
+            return self.timeout_s
+        return max(120.0, 6 * self.max_time_s)
+
+
+class StorageConfig(_Strict):
+    url: str = "sqlite:///perfguard.db"
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not re.match(r"^(sqlite|postgresql)(\+\w+)?://", value):
+            raise ValueError("expected 'sqlite:///PATH' or 'postgresql+psycopg://USER@HOST/DB'")
+        return value
+
+
+class EmailConfig(_Strict):
+    smtp_host: str = "localhost"
+    smtp_port: int = Field(default=25, gt=0, lt=65536)
+    sender: str
+    use_tls: bool = False
+    username: str | None = None  # the password comes from the environment only
+    digest_cron: str | None = None
+
+    @field_validator("digest_cron")
+    @classmethod
+    def _digest_cron(cls, value: str | None) -> str | None:
+        return _check_crontab(value)
+
+
+class RuleConfig(_Strict):
+    use: str = Field(min_length=1)
+    models: list[str] | None = None
+    params: dict[str, Any] = {}
+    priority: int = 0
+
+
+class HarnessConfig(_Strict):
+    """Measurement settings shared by all models; the defaults are what bench/ validated."""
+
+    target_ci_rel: float = Field(default=0.01, gt=0, lt=1)
+    min_samples: int = Field(default=100, ge=5)
+    contention_cpu_pct: float = Field(default=15.0, gt=0)
+    pin_allocator: bool = True
+
+
+class Config(_Strict):
+    storage: StorageConfig = StorageConfig()
+    email: EmailConfig | None = None
+    harness: HarnessConfig = HarnessConfig()
+    models: list[ModelConfig] = []
+    rules: list[RuleConfig] = []
+
+    @model_validator(mode="after")
+    def _references(self) -> Config:
+        names = [m.name for m in self.models]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"models: duplicate name(s): {', '.join(dupes)}")
+        for i, rule in enumerate(self.rules):
+            for name in rule.models or []:
+                if name not in names:
+                    raise ValueError(f"rules[{i}].models: unknown model {name!r}")
+        return self
+
+    def model(self, name: str) -> ModelConfig:
+        for model in self.models:
+            if model.name == name:
+                return model
+        raise KeyError(name)
+
+
+class LoadedConfig(BaseModel):
+    """A validated config and where it came from (relative paths resolve against its folder)."""
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+    path: Path
+    config: Config
+
+    @property
+    def base_dir(self) -> Path:
+        return self.path.parent
+
+    def storage_url(self) -> str:
+        """The storage URL with a relative SQLite path anchored at the config's folder."""
+        url = self.config.storage.url
+        prefix = "sqlite:///"
+        if url.startswith(prefix) and url != "sqlite:///:memory:":
+            db_path = Path(url[len(prefix):])
+            if not db_path.is_absolute():
+                return prefix + str((self.base_dir / db_path).resolve())
+        return url
+
+
+def load_config(path: Path | str) -> LoadedConfig:
+    """Read and validate a config file; raise ConfigError naming the file and each bad field."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError([f"{path}: config file not found (create one with `perfguard init`)"]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([f"{path}: cannot read: {exc}"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{path}: invalid TOML: {exc}"]) from None
+    try:
+        config = Config.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_describe(path, raw, exc)) from None
+    return LoadedConfig(path=path.resolve(), config=config)
+
+
+def _describe(path: Path, raw: dict[str, Any], exc: ValidationError) -> list[str]:
+    lines = []
+    for error in exc.errors(include_url=False):
+        loc = [part for part in error["loc"] if not _is_union_tag(part)]
+        where = _format_loc(loc)
+        model = _model_name(raw, loc)
+        if model:
+            where += f' (model "{model}")'
+        lines.append(f"{path}: {where}: {_message(error, raw, loc)}")
+    return lines
+
+
+def _is_union_tag(part: Any) -> bool:
+    # pydantic inserts type names such as "list[...]" or "function-after[...]" for unions.
+    return isinstance(part, str) and ("[" in part or part in {"str", "int", "float", "bool"})
+
+
+def _format_loc(loc: list[Any]) -> str:
+    text = ""
+    for part in loc:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text += ("." if text else "") + str(part)
+    return text or "(top level)"
+
+
+def _model_name(raw: dict[str, Any], loc: list[Any]) -> str | None:
+    if len(loc) >= 2 and loc[0] == "models" and isinstance(loc[1], int):
+        models = raw.get("models")
+        if isinstance(models, list) and loc[1] < len(models) and isinstance(models[loc[1]], dict):
+            name = models[loc[1]].get("name")
+            return str(name) if name is not None else None
+    return None
+
+
+def _message(error: dict[str, Any], raw: dict[str, Any], loc: list[Any]) -> str:
+    if error["type"] == "extra_forbidden":
+        allowed = _allowed_keys(loc[:-1])
+        hint = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+        text = "unknown key"
+        if hint:
+            text += f"; did you mean {hint[0]!r}?"
+        elif allowed:
+            text += f"; expected one of: {', '.join(allowed)}"
+        return text
+    if error["type"] == "missing":
+        return "required key is missing"
+    message = str(error["msg"])
+    for prefix in ("Value error, ", "Assertion failed, "):
+        if message.startswith(prefix):
+            message = message[len(prefix):]
+    return message
+
+
+def _allowed_keys(parent_loc: list[Any]) -> list[str]:
+    """Field names of the model found at `parent_loc`, for 'did you mean' hints."""
+    model: Any = Config
+    for part in parent_loc:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part)
+        if field is None:
+            return []
+        model = _model_of(field.annotation)
+        if model is None:
+            return []
+    return sorted(model.model_fields)
+
+
+def _model_of(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _model_of(arg)
+        if found is not None:
+            return found
+    return None

@@ -1,0 +1,287 @@
+"""The parent side of a benchmark: spawn the worker, supervise it, turn any ending into a run.
+
+The worker is a fresh interpreter (`python -m monitor.harness.worker`) in its own process group, with
+the allocator and thread settings pinned in its environment before it starts (glibc reads them at
+start-up). The runner enforces the wall-clock timeout and the memory limit (polling the worker's
+resident memory), and kills the whole group on the way out, whatever happens, so no worker outlives
+it. It never imports torch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any
+
+import psutil
+
+from monitor.harness.protocol import BenchmarkJob, WorkerResult
+from storage.records import EnvFingerprint, RunRecord, RunStatus
+
+log = logging.getLogger(__name__)
+
+# glibc otherwise moves the mmap threshold as a process runs, so large activation buffers land in a
+# fast (heap) or slow (fresh mmap + page faults every call) mode that differs between processes.
+# Fixing the threshold at its maximum and never trimming keeps every worker in the fast mode.
+ALLOCATOR_PINS = {
+    "MALLOC_MMAP_THRESHOLD_": str(32 * 2**20),
+    "MALLOC_TRIM_THRESHOLD_": str(2**34),
+    "MALLOC_TOP_PAD_": str(64 * 2**20),
+}
+ERROR_TAIL_LINES = 25
+MEMORY_POLL_S = 0.05
+
+ProgressCallback = Callable[[str, int], None]
+
+
+@dataclass(slots=True)
+class WorkerOutcome:
+    """How a worker ended: its result when it finished, else status and error text."""
+
+    status: RunStatus
+    started_at: datetime
+    finished_at: datetime
+    error: str | None = None
+    result: WorkerResult | None = None
+    env: EnvFingerprint | None = None
+    phase: str = "start"
+    samples_seen: int = 0
+    peak_rss_mb: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def worker_environment(threads: int | None, pin_allocator: bool) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONUNBUFFERED"] = "1"
+    if pin_allocator:
+        env.update(ALLOCATOR_PINS)
+    if threads:
+        for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            env[name] = str(threads)
+    return env
+
+
+def _tree_rss_mb(proc: psutil.Process) -> float:
+    total = 0
+    for p in [proc, *proc.children(recursive=True)]:
+        try:
+            total += p.memory_info().rss
+        except psutil.Error:
+            pass
+    return total / 2**20
+
+
+def _tail(stream: IO[bytes], lines: int = ERROR_TAIL_LINES) -> str:
+    stream.seek(0)
+    text = stream.read().decode("utf-8", errors="replace")
+    return "\n".join(text.strip().splitlines()[-lines:])
+
+
+def _read_events(stdout: IO[bytes], events: queue.Queue[dict[str, Any] | None]) -> None:
+    for raw in stdout:
+        try:
+            events.put(json.loads(raw))
+        except ValueError:
+            log.warning("worker wrote a non-protocol line: %r", raw[:200])
+    events.put(None)
+
+
+def run_worker(
+    job: BenchmarkJob,
+    *,
+    timeout_s: float,
+    memory_limit_mb: float | None = None,
+    pin_allocator: bool = True,
+    cwd: Path | None = None,
+    progress: ProgressCallback | None = None,
+) -> WorkerOutcome:
+    """Run one job in a fresh worker process and wait for it, at most `timeout_s`."""
+    started_at = datetime.now(UTC)
+    outcome = WorkerOutcome(status="failed", started_at=started_at, finished_at=started_at)
+    with tempfile.TemporaryFile() as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "monitor.harness.worker"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            env=worker_environment(job.threads, pin_allocator),
+            cwd=cwd,
+            start_new_session=True,
+        )
+        events: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        reader = threading.Thread(target=_read_events, args=(proc.stdout, events), daemon=True)
+        reader.start()
+        try:
+            assert proc.stdin is not None
+            proc.stdin.write(job.to_json().encode())
+            proc.stdin.close()
+            _supervise(proc, events, outcome, timeout_s, memory_limit_mb, progress)
+        except BrokenPipeError:
+            pass  # the worker died before reading its job; its exit status tells why
+        finally:
+            _kill_group(proc)
+            reader.join(timeout=5)
+        while not events.empty():
+            _apply(events.get_nowait(), outcome, progress)
+        outcome.finished_at = datetime.now(UTC)
+        if outcome.result is not None:
+            outcome.status, outcome.error = "ok", None
+        elif outcome.error is None:
+            reason = outcome.extra.get("exception") or _exit_reason(proc.returncode)
+            tail = _tail(stderr)
+            outcome.error = f"{reason}\n{tail}" if tail else reason
+        else:
+            tail = _tail(stderr)
+            if tail:
+                outcome.error += "\n" + tail
+    return outcome
+
+
+def _supervise(
+    proc: subprocess.Popen[bytes],
+    events: queue.Queue[dict[str, Any] | None],
+    outcome: WorkerOutcome,
+    timeout_s: float,
+    memory_limit_mb: float | None,
+    progress: ProgressCallback | None,
+) -> None:
+    deadline = time.monotonic() + timeout_s
+    watched = psutil.Process(proc.pid)
+    peak = 0.0
+    eof = False
+    while True:
+        try:
+            event = events.get(timeout=MEMORY_POLL_S)
+            if event is None:
+                eof = True
+            else:
+                _apply(event, outcome, progress)
+        except queue.Empty:
+            pass
+        try:
+            peak = max(peak, _tree_rss_mb(watched))
+        except psutil.Error:
+            pass
+        outcome.peak_rss_mb = round(peak, 2) if peak else None
+        if eof and proc.poll() is not None:
+            return
+        if eof:
+            try:
+                proc.wait(timeout=max(0.0, min(1.0, deadline - time.monotonic())))
+                return
+            except subprocess.TimeoutExpired:
+                pass
+        if memory_limit_mb is not None and peak > memory_limit_mb:
+            outcome.status = "failed"
+            outcome.error = (
+                f"memory limit exceeded: worker resident memory reached {peak:.0f} MB, "
+                f"over memory_limit_mb={memory_limit_mb:g} (phase: {outcome.phase})"
+            )
+            return
+        if time.monotonic() >= deadline:
+            outcome.status = "timeout"
+            outcome.error = (
+                f"timed out after {timeout_s:g} s in phase '{outcome.phase}' "
+                f"({outcome.samples_seen} samples taken)"
+            )
+            return
+
+
+def _apply(event: dict[str, Any] | None, outcome: WorkerOutcome, progress: ProgressCallback | None) -> None:
+    if event is None:
+        return
+    kind = event.get("event")
+    if kind == "started":
+        outcome.env = EnvFingerprint.from_dict(event["env"])
+    elif kind == "progress":
+        outcome.phase, outcome.samples_seen = event["phase"], event["samples"]
+        if progress is not None:
+            progress(outcome.phase, outcome.samples_seen)
+    elif kind == "result":
+        outcome.result = WorkerResult.from_event(event)
+    elif kind == "error":
+        outcome.extra["exception"] = event["error"]
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    """Kill the worker and anything it started, then reap it (no zombie, no orphan)."""
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    else:
+        try:  # the worker is gone; children it left in its group are not
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    proc.wait()
+    for stream in (proc.stdin, proc.stdout):
+        if stream is not None and not stream.closed:
+            stream.close()
+
+
+def _exit_reason(returncode: int | None) -> str:
+    if returncode is not None and returncode < 0:
+        try:
+            return f"worker killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"worker killed by signal {-returncode}"
+    if returncode:
+        return f"worker exited with status {returncode}"
+    return "worker exited without a result"
+
+
+def to_records(job: BenchmarkJob, outcome: WorkerOutcome, variant: str) -> list[RunRecord]:
+    """One run record per subject; a failed worker gives one failed record for the job."""
+    env = outcome.result.env if outcome.result else (outcome.env or EnvFingerprint())
+    if outcome.result is None:
+        record = RunRecord(
+            model=job.model,
+            variant=variant,
+            device=job.device,
+            batch_size=job.batch_size,
+            status=outcome.status,
+            error=outcome.error,
+            started_at=outcome.started_at,
+            finished_at=outcome.finished_at,
+            env=env,
+            details={"phase": outcome.phase, "samples_seen": outcome.samples_seen},
+        )
+        record.metrics.peak_rss_mb = outcome.peak_rss_mb
+        return [record]
+    records = []
+    for subject in outcome.result.subjects:
+        details = dict(subject.details)
+        if outcome.result.comparison is not None:
+            details["comparison"] = outcome.result.comparison
+        records.append(
+            RunRecord(
+                model=job.model,
+                variant=variant if job.mode == "single" else subject.label,
+                device=job.device,
+                batch_size=job.batch_size,
+                status="ok",
+                started_at=outcome.started_at,
+                finished_at=outcome.finished_at,
+                metrics=subject.metrics,
+                env=env,
+                host=outcome.result.host,
+                flags=subject.flags,
+                details=details,
+                samples_ms=subject.samples_ms,
+            )
+        )
+    return records

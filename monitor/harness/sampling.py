@@ -1,0 +1,360 @@
+"""Warm-up, adaptive sampling and A/B interleaving: how many timings to take, and which to keep.
+
+Torch-free on purpose: it times any zero-argument callable, so its rules can be tested on plain
+Python functions. The rules follow pyperf and torch.utils.benchmark, tightened for a monitor:
+- warm-up is calibrated: it runs until the medians of the last two windows agree (pyperf compares
+  halves of a sample), capped at a fraction of the budget, not a fixed count;
+- sampling goes in blocks of ~0.1 s and stops once the distribution-free 95 % confidence interval
+  of the median is within `target_ci_rel` of it (with a minimum count), or the budget is spent;
+- a block during which other processes used the CPU is discarded and re-sampled: on a 2-core host
+  one busy neighbour inflates a 50 us model hundreds of times;
+- A/B mode runs the subjects in alternating blocks (ABBA order) so slow host drift hits each alike.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from monitor.harness.protocol import SamplingSettings
+from storage.records import FLAG_CONTENDED, FLAG_UNSTABLE, FLAG_WARMUP_UNSETTLED, RunMetrics
+
+Z95 = 1.959963984540054
+BLOCK_TARGET_NS = 100_000_000  # one sampling block: long enough to amortise checks, short to re-take
+MIN_SAMPLES_FLOOR = 3
+
+
+class ContentionProbe(Protocol):
+    """Measures other processes' CPU use over a window (see collectors.CpuContentionProbe)."""
+
+    def begin(self) -> Any: ...
+
+    def end(self, token: Any) -> float:
+        """Other processes' CPU use since `begin`, in % of one core."""
+        ...
+
+
+class NoProbe:
+    """For callers that accept every block (tests of the stopping rule, the bare bench loop)."""
+
+    def begin(self) -> None:
+        return None
+
+    def end(self, token: None) -> float:
+        return 0.0
+
+
+def block_runner(fn: Callable[[], Any], sync: Callable[[], None] | None = None) -> Callable[[int], list[int]]:
+    """A function timing `n` consecutive calls of `fn`, one perf_counter_ns reading pair each.
+
+    With `sync` (e.g. torch.cuda.synchronize) each call is bracketed by it, so the time is the
+    call's full latency rather than its asynchronous launch.
+    """
+    clock = time.perf_counter_ns
+
+    if sync is None:
+
+        def run(n: int) -> list[int]:
+            out = [0] * n
+            for i in range(n):
+                t0 = clock()
+                fn()
+                out[i] = clock() - t0
+            return out
+
+    else:
+
+        def run(n: int) -> list[int]:
+            out = [0] * n
+            for i in range(n):
+                sync()
+                t0 = clock()
+                fn()
+                sync()
+                out[i] = clock() - t0
+            return out
+
+    return run
+
+
+def median_ci(sorted_values: Sequence[float]) -> tuple[float, float]:
+    """Distribution-free 95 % confidence interval of the median (order statistics, normal approx.)."""
+    n = len(sorted_values)
+    if n < 3:
+        return sorted_values[0], sorted_values[-1]
+    half = Z95 * math.sqrt(n) / 2
+    lo = max(0, math.floor(n / 2 - half) - 1)
+    hi = min(n - 1, math.ceil(n / 2 + half))
+    return sorted_values[lo], sorted_values[hi]
+
+
+def ci_rel(values: Sequence[float]) -> float:
+    """Half-width of the median's 95 % CI relative to the median."""
+    ordered = sorted(values)
+    lo, hi = median_ci(ordered)
+    med = statistics.median(ordered)
+    return (hi - lo) / 2 / med if med > 0 else math.inf
+
+
+def _median_se(values: Sequence[float]) -> float:
+    """Standard error of the median from the MAD (robust to the outliers warm-up produces)."""
+    med = statistics.median(values)
+    mad = statistics.median(abs(v - med) for v in values)
+    return 1.2533 * 1.4826 * mad / math.sqrt(len(values))
+
+
+@dataclass(slots=True)
+class Warmup:
+    iterations: int
+    seconds: float
+    settled: bool
+    estimate_ns: float  # median of the last window: sizes the sampling blocks
+
+
+def warm_up(run: Callable[[int], list[int]], max_s: float, settle_rel: float = 0.02) -> Warmup:
+    """Run until the medians of the last two windows agree (within `settle_rel` or their noise)."""
+    start = time.perf_counter()
+    timings = run(1)  # the first call: lazy initialisation, often 10-1000x slower
+    while True:
+        estimate = statistics.median(timings[-5:])
+        k = min(200, max(5, math.ceil(25_000_000 / max(estimate, 1))))
+        timings += run(k)
+        elapsed = time.perf_counter() - start
+        if len(timings) > 2 * k:
+            before, last = timings[-2 * k : -k], timings[-k:]
+            m0, m1 = statistics.median(before), statistics.median(last)
+            noise = 2 * math.hypot(_median_se(before), _median_se(last))
+            if abs(m0 - m1) <= max(settle_rel * m1, noise):
+                return Warmup(len(timings), elapsed, True, m1)
+        if elapsed >= max_s:
+            return Warmup(len(timings), elapsed, False, statistics.median(timings[-k:]))
+
+
+@dataclass(slots=True)
+class Sampled:
+    """Kept per-iteration timings of one subject and how the sampling went."""
+
+    samples_ns: list[int]
+    warmup: Warmup
+    stop_reason: str  # "ci" | "budget"
+    ci_rel: float
+    blocks: int = 0
+    contended_blocks: int = 0
+    executed: int = 0  # calls made while sampling, kept or not (energy per inference divides by it)
+    contention_pct: float = 0.0  # mean probe reading over kept blocks (PSI stall % or others' CPU %)
+    flags: list[str] = field(default_factory=list)
+
+    def details(self) -> dict[str, Any]:
+        return {
+            "warmup_iterations": self.warmup.iterations,
+            "warmup_s": round(self.warmup.seconds, 4),
+            "warmup_settled": self.warmup.settled,
+            "stop_reason": self.stop_reason,
+            "ci95_rel": self.ci_rel,
+            "blocks": self.blocks,
+            "contended_blocks": self.contended_blocks,
+            "executed": self.executed,
+        }
+
+
+def _flags(warmup: Warmup, reason: str, ci: float, target: float, contended: bool) -> list[str]:
+    flags = []
+    if not warmup.settled:
+        flags.append(FLAG_WARMUP_UNSETTLED)
+    if contended:
+        flags.append(FLAG_CONTENDED)
+    if reason == "budget" and not ci <= target:
+        flags.append(FLAG_UNSTABLE)
+    return flags
+
+
+def adaptive_sample(
+    run: Callable[[int], list[int]],
+    settings: SamplingSettings,
+    probe: ContentionProbe,
+    progress: Callable[[str, int], None] = lambda phase, n: None,
+) -> Sampled:
+    """Warm up, then sample in blocks until the median is known to ±target or the budget is spent."""
+    start = time.perf_counter()
+    deadline = start + settings.max_time_s
+    progress("warmup", 0)
+    warmup = warm_up(run, settings.max_time_s * settings.warmup_fraction)
+    block = min(100_000, max(1, round(BLOCK_TARGET_NS / max(warmup.estimate_ns, 1))))
+    kept: list[int] = []
+    discarded: list[int] = []
+    blocks = contended = 0
+    others_weighted = kept_wall = 0.0
+    next_check = settings.min_samples
+    ci = math.inf
+    reason = "budget"
+    while True:
+        token = probe.begin()
+        t0 = time.perf_counter()
+        timings = run(block)
+        wall = time.perf_counter() - t0
+        others = probe.end(token)
+        blocks += 1
+        if others > settings.contention_cpu_pct:
+            contended += 1
+            discarded += timings
+        else:
+            kept += timings
+            others_weighted += others * wall
+            kept_wall += wall
+        progress("sampling", len(kept))
+        if len(kept) >= next_check:
+            ci = ci_rel(kept)
+            next_check = max(len(kept) + 1, int(len(kept) * 1.1))
+            if ci <= settings.target_ci_rel:
+                reason = "ci"
+                break
+        if time.perf_counter() >= deadline:
+            break
+    executed = len(kept) + len(discarded)
+    short_of_clean = contended > 0 and len(kept) < settings.min_samples
+    if len(kept) < MIN_SAMPLES_FLOOR:
+        kept = kept + discarded  # nothing clean enough to keep: report what ran, flagged
+    if len(kept) >= MIN_SAMPLES_FLOOR:
+        ci = ci_rel(kept)
+    return Sampled(
+        samples_ns=kept,
+        warmup=warmup,
+        stop_reason=reason,
+        ci_rel=ci,
+        blocks=blocks,
+        contended_blocks=contended,
+        executed=executed,
+        contention_pct=others_weighted / kept_wall if kept_wall else 0.0,
+        flags=_flags(warmup, reason, ci, settings.target_ci_rel, short_of_clean),
+    )
+
+
+@dataclass(slots=True)
+class Interleaved:
+    """A/B result: each subject's samples, plus per-round medians for paired ratios."""
+
+    subjects: list[Sampled]
+    rounds: int
+    contended_rounds: int
+    comparison: dict[str, Any]
+
+
+def interleaved_sample(
+    runs: Sequence[tuple[str, Callable[[int], list[int]]]],
+    settings: SamplingSettings,
+    probe: ContentionProbe,
+    progress: Callable[[str, int], None] = lambda phase, n: None,
+) -> Interleaved:
+    """Time several subjects in alternating blocks (ABBA...) within one budget.
+
+    Each round runs one block (~50 ms) of every subject, in reversed order every other round, so a
+    linear drift of the host costs each subject the same. A round during which other processes used
+    the CPU is discarded whole, keeping the pairing fair. The comparison gives, for each subject
+    after the first, the ratio of its median to the first's and a 95 % CI from the per-round ratios.
+    """
+    start = time.perf_counter()
+    deadline = start + settings.max_time_s
+    progress("warmup", 0)
+    warm_budget = settings.max_time_s * settings.warmup_fraction / len(runs)
+    warmups = [warm_up(run, warm_budget) for _, run in runs]
+    sizes = [min(100_000, max(1, round(BLOCK_TARGET_NS / 2 / max(w.estimate_ns, 1)))) for w in warmups]
+    kept: list[list[int]] = [[] for _ in runs]
+    round_medians: list[list[float]] = [[] for _ in runs]
+    executed = [0 for _ in runs]
+    rounds = contended = 0
+    others_weighted = kept_wall = 0.0
+    reason = "budget"
+    next_check = settings.min_samples
+    while True:
+        order = list(range(len(runs)))
+        if rounds % 2:
+            order.reverse()
+        token = probe.begin()
+        t0 = time.perf_counter()
+        timings = {i: runs[i][1](sizes[i]) for i in order}
+        wall = time.perf_counter() - t0
+        others = probe.end(token)
+        rounds += 1
+        for i, block in timings.items():
+            executed[i] += len(block)
+        if others > settings.contention_cpu_pct:
+            contended += 1
+        else:
+            others_weighted += others * wall
+            kept_wall += wall
+            for i, block in timings.items():
+                kept[i] += block
+                round_medians[i].append(statistics.median(block))
+        least = min(len(k) for k in kept)
+        progress("sampling", least)
+        if least >= next_check:
+            next_check = max(least + 1, int(least * 1.1))
+            if all(ci_rel(k) <= settings.target_ci_rel for k in kept):
+                reason = "ci"
+                break
+        if time.perf_counter() >= deadline:
+            break
+    others_pct = others_weighted / kept_wall if kept_wall else 0.0
+    subjects = []
+    for i, samples in enumerate(kept):
+        ci = ci_rel(samples) if len(samples) >= MIN_SAMPLES_FLOOR else math.inf
+        short = contended > 0 and len(samples) < settings.min_samples
+        subjects.append(
+            Sampled(
+                samples_ns=samples,
+                warmup=warmups[i],
+                stop_reason=reason,
+                ci_rel=ci,
+                blocks=rounds,
+                contended_blocks=contended,
+                executed=executed[i],
+                contention_pct=others_pct,
+                flags=_flags(warmups[i], reason, ci, settings.target_ci_rel, short),
+            )
+        )
+    comparison = {
+        runs[i][0]: _paired_ratio(kept[i], kept[0], round_medians[i], round_medians[0])
+        for i in range(1, len(runs))
+    }
+    return Interleaved(subjects, rounds, contended, comparison)
+
+
+def _paired_ratio(
+    samples: list[int], reference: list[int], medians: list[float], ref_medians: list[float]
+) -> dict[str, Any]:
+    if not samples or not reference:
+        return {"ratio_p50": None, "ratio_ci95": None, "rounds": 0}
+    ratio = statistics.median(samples) / statistics.median(reference)
+    per_round = sorted(m / r for m, r in zip(medians, ref_medians) if r > 0)
+    ci = list(median_ci(per_round)) if len(per_round) >= MIN_SAMPLES_FLOOR else None
+    return {"ratio_p50": ratio, "ratio_ci95": ci, "rounds": len(per_round)}
+
+
+def latency_metrics(samples_ns: Sequence[int], batch_size: int) -> RunMetrics:
+    """Percentiles, spread and throughput of kept timings (percentiles interpolate like numpy)."""
+    ms = [s / 1e6 for s in samples_ns]
+    if not ms:
+        return RunMetrics(samples=0)
+    p50 = statistics.median(ms)
+    if len(ms) >= 2:
+        cuts = statistics.quantiles(ms, n=100, method="inclusive")
+        p90, p99, std = cuts[89], cuts[98], statistics.stdev(ms)
+    else:
+        p90 = p99 = ms[0]
+        std = 0.0
+    return RunMetrics(
+        latency_ms_p50=p50,
+        latency_ms_p90=p90,
+        latency_ms_p99=p99,
+        latency_ms_mean=statistics.fmean(ms),
+        latency_ms_std=std,
+        latency_ms_min=min(ms),
+        latency_ms_max=max(ms),
+        ci95_rel=ci_rel(ms) if len(ms) >= MIN_SAMPLES_FLOOR else None,
+        samples=len(ms),
+        throughput_per_s=batch_size / (p50 / 1e3) if p50 > 0 else None,
+    )

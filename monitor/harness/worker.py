@@ -1,0 +1,226 @@
+"""The benchmark worker: runs in its own spawned process, the only place torch is imported.
+
+Started by runner.py as `python -m monitor.harness.worker`, it reads one BenchmarkJob on stdin and
+answers with JSON events on its original stdout (see protocol.py). Anything the model prints goes to
+stderr, which the runner keeps for the error text of a failed run. A crash, hang or memory blow-up
+here cannot take the parent with it; the runner turns it into a stored failed run.
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import importlib
+import json
+import os
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from typing import IO, Any
+
+from monitor.harness import collectors, sampling
+from monitor.harness.protocol import BenchmarkJob, InputTensor, Subject, SubjectResult, WorkerResult
+from storage.records import RunMetrics
+
+
+class Channel:
+    """The protocol stream back to the runner, with throttled progress events."""
+
+    def __init__(self, stream: IO[str]):
+        self._stream = stream
+        self._last_progress = 0.0
+
+    def send(self, event: dict[str, Any]) -> None:
+        self._stream.write(json.dumps(event) + "\n")
+        self._stream.flush()
+
+    def progress(self, phase: str, samples: int) -> None:
+        now = time.monotonic()
+        if phase == "sampling" and now - self._last_progress < 0.25:
+            return
+        self._last_progress = now
+        self.send({"event": "progress", "phase": phase, "samples": samples})
+
+
+def resolve(path: str) -> Callable[..., Any]:
+    """'package.module:attr.sub' -> the object; errors name the path."""
+    module_name, _, attr = path.partition(":")
+    obj: Any = importlib.import_module(module_name)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise TypeError(f"{path} is not callable")
+    return obj
+
+
+def build_inputs(subject: Subject, batch_size: int, device: str) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """Example inputs as (args, kwargs) for the model call, on the model's device."""
+    import torch
+
+    if subject.inputs_factory:
+        made = resolve(subject.inputs_factory)(batch_size)
+        if isinstance(made, dict):
+            return (), {k: _to(v, device) for k, v in made.items()}
+        if isinstance(made, (tuple, list)):
+            return tuple(_to(v, device) for v in made), {}
+        return (_to(made, device),), {}
+    generator = torch.Generator().manual_seed(0)
+    return tuple(_random_tensor(spec, generator).to(device) for spec in subject.inputs or []), {}
+
+
+def _to(value: Any, device: str) -> Any:
+    return value.to(device) if hasattr(value, "to") else value
+
+
+def _random_tensor(spec: InputTensor, generator: Any) -> Any:
+    import torch
+
+    dtype = getattr(torch, spec.dtype)
+    if dtype.is_floating_point:
+        return torch.randn(spec.shape, generator=generator).to(dtype)
+    if dtype == torch.bool:
+        return torch.randint(0, 2, spec.shape, generator=generator).bool()
+    low = 0 if spec.low is None else spec.low
+    high = low + 2 if spec.high is None else spec.high
+    return torch.randint(low, high, spec.shape, generator=generator, dtype=dtype)
+
+
+def accuracy(model: Any, eval_path: str, device: str) -> float:
+    """Top-1 accuracy over the (inputs, labels) batches the eval callable yields."""
+    correct = total = 0
+    for inputs, labels in resolve(eval_path)():
+        args = inputs if isinstance(inputs, (tuple, list)) else (inputs,)
+        out = model(*(_to(a, device) for a in args))
+        if isinstance(out, (tuple, list)):
+            out = out[0]
+        labels = _to(labels, device)
+        correct += int((out.argmax(dim=-1) == labels).sum())
+        total += int(labels.numel())
+    if total == 0:
+        raise ValueError(f"eval {eval_path} yielded no labelled examples")
+    return correct / total
+
+
+class Prepared:
+    """A subject's model, inputs and the zero-argument call that the sampler times."""
+
+    def __init__(self, subject: Subject, job: BenchmarkJob):
+        model = resolve(subject.factory)()
+        if not hasattr(model, "eval") or not callable(model):
+            raise TypeError(f"{subject.factory} returned {type(model).__name__}, not a torch.nn.Module")
+        self.subject = subject
+        self.model = model.eval().to(job.device)
+        args, kwargs = build_inputs(subject, job.batch_size, job.device)
+        self.call: Callable[[], Any] = lambda: self.model(*args, **kwargs)
+
+
+def _subject_result(
+    prepared: Prepared, sampled: sampling.Sampled, job: BenchmarkJob, gpu: dict[str, Any] | None
+) -> SubjectResult:
+    import torch
+
+    metrics: RunMetrics = sampling.latency_metrics(sampled.samples_ns, job.batch_size)
+    metrics.params, metrics.model_size_mb = collectors.model_size(prepared.model)
+    metrics.peak_rss_mb = round(collectors.peak_rss_mb(), 2)
+    if job.device.startswith("cuda"):
+        metrics.cuda_peak_mem_mb = torch.cuda.max_memory_allocated(torch.device(job.device)) / 2**20
+    details = sampled.details()
+    if gpu is not None:
+        metrics.gpu_util_pct = gpu["gpu_util_pct"]
+        metrics.gpu_power_w = gpu["gpu_power_w"]
+        if gpu["energy_j"] is not None and sampled.executed:
+            metrics.energy_j_per_inference = gpu["energy_j"] / sampled.executed
+        details["energy_source"] = gpu["energy_source"]
+    if prepared.subject.eval:
+        metrics.accuracy = accuracy(prepared.model, prepared.subject.eval, job.device)
+    return SubjectResult(
+        label=prepared.subject.label,
+        metrics=metrics,
+        samples_ms=[s / 1e6 for s in sampled.samples_ns],
+        flags=sampled.flags,
+        details=details,
+    )
+
+
+def run_job(job: BenchmarkJob, channel: Channel) -> WorkerResult:
+    import torch
+
+    for entry in reversed(job.sys_path):
+        if entry not in sys.path:
+            sys.path.insert(0, entry)
+    if job.threads:
+        torch.set_num_threads(job.threads)
+    torch.set_num_interop_threads(1)
+    nvml = collectors.Nvml.open(job.device)
+    env = collectors.environment(torch.get_num_threads(), torch.get_num_interop_threads(), job.device, nvml)
+    channel.send({"event": "started", "env": env.to_dict(), "pid": os.getpid()})
+
+    sync = None
+    if job.device.startswith("cuda"):
+        device = torch.device(job.device)
+        torch.cuda.set_device(device)
+        sync = torch.cuda.synchronize
+
+    channel.progress("setup", 0)
+    # Factories run with autograd on: one may train or fine-tune before returning its model.
+    prepared = [Prepared(subject, job) for subject in job.subjects]
+    with torch.inference_mode():
+        if sync is not None:
+            torch.cuda.reset_peak_memory_stats()
+        probe = collectors.CpuContentionProbe()
+        watch = collectors.HostWatch()
+        watch.start()
+        if nvml is not None:
+            nvml.start()
+        comparison = None
+        if job.mode == "ab":
+            runs = [(p.subject.label, sampling.block_runner(p.call, sync)) for p in prepared]
+            inter = sampling.interleaved_sample(runs, job.sampling, probe, channel.progress)
+            sampled_all, comparison, contended = inter.subjects, inter.comparison, inter.contended_rounds
+        else:
+            one = sampling.adaptive_sample(
+                sampling.block_runner(prepared[0].call, sync), job.sampling, probe, channel.progress
+            )
+            sampled_all, contended = [one], one.contended_blocks
+        gpu = nvml.stop() if nvml is not None else None
+        pressure = sampled_all[0].contention_pct if probe.has_psi else None
+        host = watch.finish(contended, pressure)
+        channel.progress("eval", len(sampled_all[0].samples_ns))
+        results = [_subject_result(p, s, job, gpu) for p, s in zip(prepared, sampled_all)]
+    if nvml is not None:
+        nvml.close()
+    return WorkerResult(env=env, host=host, subjects=results, comparison=comparison)
+
+
+def _die_with_parent() -> None:
+    """Ask the kernel to kill this worker if the runner dies, so no orphan keeps a core busy."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() == 1:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def main() -> int:
+    faulthandler.enable()
+    _die_with_parent()
+    # Keep the original stdout for the protocol; send everything else that writes to fd 1 to stderr.
+    channel = Channel(os.fdopen(os.dup(1), "w", encoding="utf-8"))
+    os.dup2(2, 1)
+    try:
+        job = BenchmarkJob.from_json(sys.stdin.read())
+        result = run_job(job, channel)
+    except Exception as exc:  # noqa: BLE001 - reported to the runner as the run's error, then exit 1
+        traceback.print_exc()
+        channel.send({"event": "error", "error": f"{type(exc).__name__}: {exc}"})
+        return 1
+    channel.send(result.to_event())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,78 @@
+"""Registered models as the rest of the code sees them: the config's models turned into benchmark jobs.
+
+A model with `batch_sizes` gives one job (one stored series) per batch size; each size replaces the
+first dimension of every example input. Factory paths resolve in the worker, against the config's
+folder first, so `examples.models:seed_cnn` works from a checkout without installing anything.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from monitor.config import HarnessConfig, LoadedConfig, ModelConfig
+from monitor.harness.protocol import BenchmarkJob, InputTensor, SamplingSettings, Subject
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedBenchmark:
+    """One series to measure now: a model at one batch size, with its limits."""
+
+    model: ModelConfig
+    job: BenchmarkJob
+    timeout_s: float
+    memory_limit_mb: float | None
+
+
+class UnknownModelError(KeyError):
+    def __str__(self) -> str:
+        return f"unknown model {self.args[0]!r}; registered: {', '.join(self.args[1]) or '(none)'}"
+
+
+def sampling_settings(model: ModelConfig, harness: HarnessConfig) -> SamplingSettings:
+    return SamplingSettings(
+        max_time_s=model.max_time_s,
+        target_ci_rel=harness.target_ci_rel,
+        min_samples=harness.min_samples,
+        contention_cpu_pct=harness.contention_cpu_pct,
+    )
+
+
+def subject_for(model: ModelConfig, batch_size: int, label: str = "baseline") -> Subject:
+    inputs = None
+    if model.inputs is not None:
+        inputs = [
+            InputTensor(shape=[batch_size, *spec.shape[1:]], dtype=spec.dtype, low=spec.low, high=spec.high)
+            for spec in model.inputs
+        ]
+    return Subject(
+        label=label,
+        factory=model.factory,
+        inputs=inputs,
+        inputs_factory=model.inputs_factory,
+        eval=model.eval,
+    )
+
+
+def plan(loaded: LoadedConfig, names: list[str] | None = None) -> list[PlannedBenchmark]:
+    """The benchmarks to run for the named models (all when `names` is empty), in config order."""
+    config = loaded.config
+    registered = [m.name for m in config.models]
+    for name in names or []:
+        if name not in registered:
+            raise UnknownModelError(name, registered)
+    wanted = [m for m in config.models if not names or m.name in names]
+    sys_path = [str(loaded.base_dir)]
+    planned = []
+    for model in wanted:
+        for batch_size in model.series_batch_sizes:
+            job = BenchmarkJob(
+                model=model.name,
+                subjects=[subject_for(model, batch_size)],
+                batch_size=batch_size,
+                device=model.device,
+                threads=model.threads,
+                sampling=sampling_settings(model, config.harness),
+                sys_path=sys_path,
+            )
+            planned.append(PlannedBenchmark(model, job, model.effective_timeout_s, model.memory_limit_mb))
+    return planned

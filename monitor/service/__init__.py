@@ -1,0 +1,1 @@
+"""The service side: benchmarking now (and, later, on a schedule) and storing what it measured."""

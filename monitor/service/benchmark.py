@@ -1,0 +1,69 @@
+"""Benchmark registered models now and store every run, failed ones included.
+
+The one function the CLI's `run` (and, later, the scheduler) calls: plan the series, make sure each
+model is registered, run each series in its own worker, and store each run as soon as it ends, so an
+interruption loses at most the run in flight.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from monitor.config import LoadedConfig
+from monitor.harness.runner import run_worker, to_records
+from monitor.registry import PlannedBenchmark, plan
+from storage import queries
+from storage.db import Database
+from storage.records import RunRecord
+
+log = logging.getLogger(__name__)
+
+
+class BenchmarkProgress:
+    """Receives progress; the CLI prints it on stderr, the daemon logs it. Default: silent."""
+
+    def begin(self, index: int, total: int, planned: PlannedBenchmark) -> None:
+        """Called before a series' worker starts."""
+
+    def update(self, phase: str, samples: int) -> None:
+        """Called as the worker reports its phase (setup, warmup, sampling, eval) and sample count."""
+
+    def end(self, record: RunRecord) -> None:
+        """Called once each run is stored."""
+
+
+def benchmark_models(
+    loaded: LoadedConfig,
+    db: Database,
+    names: list[str] | None = None,
+    progress: BenchmarkProgress | None = None,
+) -> list[RunRecord]:
+    """Run the named models (all when empty) and store each run; the stored records, in order."""
+    progress = progress or BenchmarkProgress()
+    planned = plan(loaded, names)
+    variants: dict[str, str] = {}
+    with db.session() as session:
+        for model in {p.model.name: p.model for p in planned}.values():
+            queries.register_model(session, model.name, model.factory, model.device)
+            variants[model.name] = queries.active_variant(session, model.name)
+    stored: list[RunRecord] = []
+    for index, item in enumerate(planned):
+        progress.begin(index, len(planned), item)
+        update: Callable[[str, int], None] = progress.update
+        outcome = run_worker(
+            item.job,
+            timeout_s=item.timeout_s,
+            memory_limit_mb=item.memory_limit_mb,
+            pin_allocator=loaded.config.harness.pin_allocator,
+            cwd=loaded.base_dir,
+            progress=update,
+        )
+        for record in to_records(item.job, outcome, variants[item.model.name]):
+            queries.save_run(db, record)
+            if record.status != "ok":
+                log.info("run %s of %s (batch %d) %s: %s", record.run_id, record.model,
+                            record.batch_size, record.status, (record.error or "").splitlines()[0])
+            progress.end(record)
+            stored.append(record)
+    return stored

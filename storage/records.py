@@ -1,0 +1,140 @@
+"""The run record: what one benchmark of one model at one batch size produced.
+
+This is the boundary type between the harness (which fills it), storage (which persists it) and
+everything that reads history (CLI, detection, reports). It is plain dataclasses so that the worker,
+the parent and the database layer agree on one shape; `to_json` is the one place that produces the
+JSON contract of DESIGN.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+RunStatus = Literal["ok", "failed", "timeout"]
+RUN_STATUSES: tuple[RunStatus, ...] = ("ok", "failed", "timeout")
+
+# Flags a run can carry; they qualify a stored measurement rather than fail it.
+FLAG_CONTENDED = "contended"  # other processes used the CPU and the budget ran out before clean samples
+FLAG_UNSTABLE = "unstable"  # the 95 % CI of the median did not reach the target within the budget
+FLAG_WARMUP_UNSETTLED = "warmup_unsettled"  # warm-up hit its cap before timings settled
+
+
+@dataclass(slots=True)
+class RunMetrics:
+    """Figures of one run; None where not measured (e.g. GPU figures on CPU, accuracy without eval)."""
+
+    latency_ms_p50: float | None = None
+    latency_ms_p90: float | None = None
+    latency_ms_p99: float | None = None
+    latency_ms_mean: float | None = None
+    latency_ms_std: float | None = None
+    latency_ms_min: float | None = None
+    latency_ms_max: float | None = None
+    ci95_rel: float | None = None  # half-width of the 95 % CI of the median, relative to the median
+    samples: int | None = None
+    throughput_per_s: float | None = None
+    peak_rss_mb: float | None = None
+    cuda_peak_mem_mb: float | None = None
+    model_size_mb: float | None = None
+    params: int | None = None
+    accuracy: float | None = None
+    gpu_util_pct: float | None = None
+    gpu_power_w: float | None = None
+    energy_j_per_inference: float | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunMetrics:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(slots=True)
+class EnvFingerprint:
+    """What the numbers depend on besides the model: software, hardware and settings of the worker."""
+
+    torch: str | None = None
+    python: str | None = None
+    cpu: str | None = None
+    cpu_count: int | None = None
+    cpu_flags: list[str] = field(default_factory=list)
+    gpu: str | None = None
+    gpu_driver: str | None = None
+    cuda: str | None = None
+    threads: int | None = None
+    interop_threads: int | None = None
+    host: str | None = None
+    platform: str | None = None
+    allocator: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> EnvFingerprint:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(slots=True)
+class HostCondition:
+    """The state of the host while the run sampled: load from others can explain a slow reading."""
+
+    loadavg_1m: float | None = None
+    others_cpu_pct: float | None = None  # other processes' CPU use during kept samples, % of one core
+    cpu_freq_mhz: float | None = None
+    contended_blocks: int = 0  # sampling blocks discarded because another process used the CPU
+    cpu_pressure_pct: float | None = None  # kernel PSI: share of kept sampling time a task waited for CPU
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> HostCondition:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(slots=True)
+class RunRecord:
+    """One stored run. `samples_ms` are the raw per-iteration latencies kept for later statistics."""
+
+    model: str
+    variant: str
+    device: str
+    batch_size: int
+    status: RunStatus
+    started_at: datetime
+    finished_at: datetime
+    error: str | None = None
+    metrics: RunMetrics = field(default_factory=RunMetrics)
+    env: EnvFingerprint = field(default_factory=EnvFingerprint)
+    host: HostCondition = field(default_factory=HostCondition)
+    flags: list[str] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)  # how sampling went: warm-up, stop reason
+    samples_ms: list[float] = field(default_factory=list)
+    run_id: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The run as the CLI contract prints it (raw samples left out: they can be large)."""
+        return {
+            "run_id": self.run_id,
+            "model": self.model,
+            "variant": self.variant,
+            "device": self.device,
+            "batch_size": self.batch_size,
+            "status": self.status,
+            "error": self.error,
+            "started_at": self.started_at.isoformat(),
+            "finished_at": self.finished_at.isoformat(),
+            "flags": list(self.flags),
+            "metrics": self.metrics.to_dict(),
+            "env": self.env.to_dict(),
+            "host": self.host.to_dict(),
+            "details": dict(self.details),
+        }

@@ -1,0 +1,117 @@
+"""Models with known behaviour for the harness tests: cheap, costly, broken in each way a worker can break."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import torch
+from torch import nn
+
+
+class Tiny(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x)
+
+
+class BusyWait(nn.Module):
+    """Spins a known time per call plus a tiny Linear: a model whose true latency is known."""
+
+    def __init__(self, micros: float) -> None:
+        super().__init__()
+        self.fc = nn.Linear(16, 4)
+        self.seconds = micros / 1e6
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        end = time.perf_counter() + self.seconds
+        while time.perf_counter() < end:
+            pass
+        return self.fc(x)
+
+
+class Hang(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        time.sleep(3600)
+        return x
+
+
+class Abort(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        os.abort()
+
+
+class Raise(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("this model is broken on purpose")
+
+
+class Hog(nn.Module):
+    """Keeps allocating 64 MB per call until something stops it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.kept: list[torch.Tensor] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.kept.append(torch.ones(16 * 2**20))
+        return x
+
+
+def tiny() -> nn.Module:
+    torch.manual_seed(0)
+    return Tiny()
+
+
+def busy_200us() -> nn.Module:
+    return BusyWait(200)
+
+
+def busy_50us() -> nn.Module:
+    return BusyWait(50)
+
+
+def busy_100us() -> nn.Module:
+    return BusyWait(100)
+
+
+def busy_300us() -> nn.Module:
+    return BusyWait(300)
+
+
+def hang() -> nn.Module:
+    return Hang()
+
+
+def abort() -> nn.Module:
+    return Abort()
+
+
+def raises() -> nn.Module:
+    return Raise()
+
+
+def hog() -> nn.Module:
+    return Hog()
+
+
+def not_a_model() -> int:
+    return 42
+
+
+def tiny_inputs(batch_size: int) -> torch.Tensor:
+    return torch.randn(batch_size, 16)
+
+
+def tiny_eval() -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Labels equal to the tiny model's own argmax on half the rows: accuracy exactly 0.5."""
+    model = tiny().eval()
+    x = torch.randn(64, 16, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        labels = model(x).argmax(dim=-1)
+    wrong = (labels + 1) % 4
+    labels = torch.where(torch.arange(64) % 2 == 0, labels, wrong)
+    return [(x[:32], labels[:32]), (x[32:], labels[32:])]
