@@ -1,0 +1,127 @@
+"""The database handle: one engine per URL, sessions as units of work, schema kept at the newest revision.
+
+SQLite (the default, a single file) and PostgreSQL (psycopg 3, for long-running shared services) are
+opened the same way. Opening applies pending Alembic migrations, so every process that touches the
+database sees the schema its code expects; `upgrade` does the same on request (`perfguard db upgrade`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+
+# Long enough to ride out another process's commit (the daemon and a CLI call can share one file).
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+# Any fixed number: serialises concurrent upgrades of one PostgreSQL database by several hosts.
+_PG_MIGRATION_LOCK_KEY = 0x7065_7266  # "perf"
+
+
+class Database:
+    """An open database: `Database.open(url)`, then `close()` when done (or use it in a `with`)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        # Objects stay readable after commit: callers convert them to records outside the session.
+        self._sessions = sessionmaker(engine, expire_on_commit=False)
+
+    @classmethod
+    def open(cls, url: str | URL, *, upgrade: bool = True) -> Database:
+        """Connect to `url` (a relative SQLite path is taken from the current directory) and migrate."""
+        db = cls(_create_engine(make_url(url)))
+        if upgrade:
+            db.upgrade()
+        return db
+
+    @contextmanager
+    def session(self, *, readonly: bool = False) -> Iterator[Session]:
+        """One unit of work: commits when the block ends, rolls everything back if it raises.
+
+        On SQLite a unit of work takes the write lock when it begins (waiting up to the busy timeout),
+        because a transaction that reads first and writes later fails at once, without waiting, when
+        another process wrote in between. `readonly=True` skips the lock for pure reads, which then
+        neither wait for writers nor hold them up. PostgreSQL ignores the flag.
+        """
+        with self._sessions.begin() as session:
+            if readonly:
+                session.connection(execution_options={"sqlite_begin": "DEFERRED"})
+            yield session
+
+    def upgrade(self) -> None:
+        """Apply pending migrations; costs one small query when the schema is already at head."""
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS_DIR))
+        heads = set(ScriptDirectory.from_config(config).get_heads())
+        with self.engine.connect().execution_options(sqlite_begin="DEFERRED") as conn:
+            if set(MigrationContext.configure(conn).get_current_heads()) == heads:
+                return
+        # Several processes may open a new database at once: each waits for the lock, then finds
+        # the schema at head (on SQLite the write lock comes with BEGIN, see `session`).
+        with self.engine.connect() as conn:
+            with conn.begin():
+                if conn.dialect.name == "postgresql":
+                    conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_PG_MIGRATION_LOCK_KEY})")
+                config.attributes["connection"] = conn
+                command.upgrade(config, "head")
+
+    def display_location(self) -> str:
+        """Where the data lives, safe to print: the file path for SQLite, the URL without password."""
+        url = self.engine.url
+        if url.get_backend_name() == "sqlite":
+            return url.database or ":memory:"
+        # URL.set() treats None as "keep", so build the URL anew without the password.
+        no_password = URL.create(
+            url.drivername, url.username, None, url.host, url.port, url.database, url.query
+        )
+        return no_password.render_as_string(hide_password=False)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def __enter__(self) -> Database:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def _create_engine(url: URL) -> Engine:
+    if url.get_backend_name() != "sqlite":
+        # A service runs for months: connections dropped by a database restart are replaced, not used.
+        return create_engine(url, pool_pre_ping=True)
+    if url.database and url.database != ":memory:" and not url.database.startswith("file:"):
+        path = Path(url.database).expanduser().resolve()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        url = url.set(database=str(path))
+    engine = create_engine(url)
+    event.listen(engine, "connect", _configure_sqlite_connection)
+    event.listen(engine, "begin", _begin_sqlite_transaction)
+    return engine
+
+
+def _configure_sqlite_connection(dbapi_connection: Any, _record: object) -> None:
+    # The sqlite3 module would otherwise open transactions only before DML, leaving SELECTs and DDL
+    # outside them; SQLAlchemy emits BEGIN itself instead (see `_begin_sqlite_transaction`).
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    # WAL lets readers (reports, CLI) proceed while the daemon writes.
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    cursor.close()
+
+
+def _begin_sqlite_transaction(conn: Connection) -> None:
+    mode = conn.get_execution_options().get("sqlite_begin", "IMMEDIATE")
+    conn.exec_driver_sql(f"BEGIN {mode}")

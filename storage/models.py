@@ -1,0 +1,187 @@
+"""The typed ORM schema: the one description of the tables, which migrations must match exactly.
+
+Each run is split over three tables so that the hot path stays narrow: `runs` (what ran, when, how it
+ended, the environment), `run_metrics` (one typed column per `RunMetrics` field, read by trend queries)
+and `run_samples` (one compressed blob of raw latencies, read only when asked for).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    CheckConstraint,
+    DateTime,
+    Double,
+    Dialect,
+    ForeignKey,
+    Index,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+from storage.records import RUN_STATUSES
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes on every backend: SQLite keeps no zone, PostgreSQL answers in its own."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            # A naive time is ambiguous; guessing would shift a series by hours without anyone noticing.
+            raise ValueError(f"naive datetime {value.isoformat()} given where an aware one is required")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    # Fixed constraint names, so that migrations can refer to them on every backend.
+    metadata = MetaData(
+        naming_convention={
+            "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+            "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+            "ck": "ck_%(table_name)s_%(constraint_name)s",
+            "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+            "pk": "pk_%(table_name)s",
+        }
+    )
+    type_annotation_map = {
+        datetime: UTCDateTime(),
+        float: Double(),  # explicit: the default for `float` differs between SQLAlchemy 2.0 and 2.1
+        dict[str, Any]: JSON(),
+        list[str]: JSON(),
+    }
+
+
+class ModelRow(Base):
+    """A model under watch, as registered from the config (or first seen in a stored run)."""
+
+    __tablename__ = "models"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    factory: Mapped[str | None] = mapped_column(String(500))
+    device: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utc_now)
+    updated_at: Mapped[datetime] = mapped_column(default=utc_now, onupdate=utc_now)
+
+
+class VariantRow(Base):
+    """A form of a model that can be benchmarked: the baseline, or an optimised artifact derived from one."""
+
+    __tablename__ = "variants"
+    __table_args__ = (
+        UniqueConstraint("model_id", "name"),
+        # At most one active variant per model, enforced by the database; queries keep it at exactly one.
+        Index(
+            "uq_variants_one_active",
+            "model_id",
+            unique=True,
+            sqlite_where=text("is_active"),
+            postgresql_where=text("is_active"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(200))
+    kind: Mapped[str] = mapped_column(String(64))
+    artifact_path: Mapped[str | None] = mapped_column(String(1000))
+    params: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("variants.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(default=utc_now)
+    is_active: Mapped[bool] = mapped_column(default=False)
+
+
+class RunRow(Base):
+    """One benchmark of one variant at one batch size; failed and timed-out runs are stored too."""
+
+    __tablename__ = "runs"
+    __table_args__ = (
+        CheckConstraint(
+            "status IN (" + ", ".join(f"'{s}'" for s in RUN_STATUSES) + ")", name="status"
+        ),
+        # "The last N runs of one model (at one batch size)" is a range scan on these, newest first;
+        # id breaks ties between equal start times the same way on every backend.
+        Index("ix_runs_model_batch_started", "model_id", "batch_size", "started_at", "id"),
+        Index("ix_runs_model_started", "model_id", "started_at", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"))
+    variant_id: Mapped[int] = mapped_column(ForeignKey("variants.id"))
+    batch_size: Mapped[int]
+    device: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16))
+    error: Mapped[str | None] = mapped_column(Text)
+    started_at: Mapped[datetime]
+    finished_at: Mapped[datetime]
+    env: Mapped[dict[str, Any]]
+    host: Mapped[dict[str, Any]]
+    flags: Mapped[list[str]]
+    details: Mapped[dict[str, Any]]
+
+    metrics: Mapped[RunMetricsRow] = relationship(cascade="all, delete-orphan", passive_deletes=True)
+    samples: Mapped[RunSamplesRow | None] = relationship(
+        cascade="all, delete-orphan", passive_deletes=True
+    )
+
+
+class RunMetricsRow(Base):
+    """The figures of one run, one column per `RunMetrics` field (a test keeps the two in step)."""
+
+    __tablename__ = "run_metrics"
+
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    latency_ms_p50: Mapped[float | None]
+    latency_ms_p90: Mapped[float | None]
+    latency_ms_p99: Mapped[float | None]
+    latency_ms_mean: Mapped[float | None]
+    latency_ms_std: Mapped[float | None]
+    latency_ms_min: Mapped[float | None]
+    latency_ms_max: Mapped[float | None]
+    ci95_rel: Mapped[float | None]
+    samples: Mapped[int | None]
+    throughput_per_s: Mapped[float | None]
+    peak_rss_mb: Mapped[float | None]
+    cuda_peak_mem_mb: Mapped[float | None]
+    model_size_mb: Mapped[float | None]
+    params: Mapped[int | None]
+    accuracy: Mapped[float | None]
+    gpu_util_pct: Mapped[float | None]
+    gpu_power_w: Mapped[float | None]
+    energy_j_per_inference: Mapped[float | None]
+
+
+class RunSamplesRow(Base):
+    """The raw per-iteration latencies of one run as one blob (see `storage.samples`)."""
+
+    __tablename__ = "run_samples"
+
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    encoding: Mapped[str] = mapped_column(String(32))
+    count: Mapped[int]
+    data: Mapped[bytes] = mapped_column(LargeBinary)

@@ -1,0 +1,57 @@
+"""Shared fixtures: a real PostgreSQL database for the `postgres` tests, one fresh schema per test.
+
+The server comes from PERFGUARD_TEST_PG_URL (e.g. postgresql+psycopg://postgres@127.0.0.1:5432/test).
+Without it the tests skip, except in CI (CI=true), where a missing database must fail the run rather
+than let PostgreSQL support go untested.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import create_engine, make_url
+
+from storage.db import Database
+
+PG_URL_ENV = "PERFGUARD_TEST_PG_URL"
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> str:
+    url = os.environ.get(PG_URL_ENV)
+    if not url:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{PG_URL_ENV} is not set; CI must run the PostgreSQL tests")
+        pytest.skip(f"{PG_URL_ENV} is not set")
+    return url
+
+
+@pytest.fixture
+def pg_schema_url(pg_url: str) -> Iterator[str]:
+    """A URL whose connections see only a new, empty schema, dropped after the test.
+
+    Sessions also run in a time zone far from UTC, so that tests prove times come back as UTC.
+    """
+    schema = f"perfguard_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(pg_url)
+    with admin.begin() as conn:
+        conn.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
+    try:
+        scoped = make_url(pg_url).update_query_dict(
+            {"options": f"-csearch_path={schema} -ctimezone=Asia/Kolkata"}
+        )
+        yield scoped.render_as_string(hide_password=False)
+    finally:
+        with admin.begin() as conn:
+            conn.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
+        admin.dispose()
+
+
+@pytest.fixture
+def pg_db(pg_schema_url: str) -> Iterator[Database]:
+    db = Database.open(pg_schema_url)
+    yield db
+    db.close()
