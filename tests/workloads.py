@@ -115,3 +115,26 @@ def tiny_eval() -> list[tuple[torch.Tensor, torch.Tensor]]:
     wrong = (labels + 1) % 4
     labels = torch.where(torch.arange(64) % 2 == 0, labels, wrong)
     return [(x[:32], labels[:32]), (x[32:], labels[32:])]
+
+
+class SpawnsChild(nn.Module):
+    """Starts a long-lived child process, then hangs: the runner must kill both."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        import subprocess
+        import sys
+
+        self.child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"])
+        pid_file = os.environ.get("PERFGUARD_TEST_CHILD_PID_FILE")
+        if pid_file:
+            with open(pid_file, "w") as f:
+                f.write(str(self.child.pid))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        time.sleep(3600)
+        return x
+
+
+def spawns_child() -> nn.Module:
+    return SpawnsChild()

@@ -59,6 +59,7 @@ class WorkerOutcome:
     phase: str = "start"
     samples_seen: int = 0
     peak_rss_mb: float | None = None
+    pid: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -120,6 +121,7 @@ def run_worker(
             cwd=cwd,
             start_new_session=True,
         )
+        outcome.pid = proc.pid
         events: queue.Queue[dict[str, Any] | None] = queue.Queue()
         reader = threading.Thread(target=_read_events, args=(proc.stdout, events), daemon=True)
         reader.start()

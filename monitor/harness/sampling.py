@@ -26,6 +26,7 @@ from storage.records import FLAG_CONTENDED, FLAG_UNSTABLE, FLAG_WARMUP_UNSETTLED
 Z95 = 1.959963984540054
 BLOCK_TARGET_NS = 100_000_000  # one sampling block: long enough to amortise checks, short to re-take
 MIN_SAMPLES_FLOOR = 3
+MIN_AB_ROUNDS = 10  # paired per-round ratios need a few rounds before their CI means anything
 
 
 class ContentionProbe(Protocol):
@@ -251,7 +252,7 @@ def interleaved_sample(
 ) -> Interleaved:
     """Time several subjects in alternating blocks (ABBA...) within one budget.
 
-    Each round runs one block (~50 ms) of every subject, in reversed order every other round, so a
+    Each round runs one block (~50 ms in all) of every subject, in reversed order every other round, so a
     linear drift of the host costs each subject the same. A round during which other processes used
     the CPU is discarded whole, keeping the pairing fair. The comparison gives, for each subject
     after the first, the ratio of its median to the first's and a 95 % CI from the per-round ratios.
@@ -261,7 +262,8 @@ def interleaved_sample(
     progress("warmup", 0)
     warm_budget = settings.max_time_s * settings.warmup_fraction / len(runs)
     warmups = [warm_up(run, warm_budget) for _, run in runs]
-    sizes = [min(100_000, max(1, round(BLOCK_TARGET_NS / 2 / max(w.estimate_ns, 1)))) for w in warmups]
+    block_ns = BLOCK_TARGET_NS / 2 / len(runs)
+    sizes = [min(100_000, max(1, round(block_ns / max(w.estimate_ns, 1)))) for w in warmups]
     kept: list[list[int]] = [[] for _ in runs]
     round_medians: list[list[float]] = [[] for _ in runs]
     executed = [0 for _ in runs]
@@ -291,7 +293,7 @@ def interleaved_sample(
                 round_medians[i].append(statistics.median(block))
         least = min(len(k) for k in kept)
         progress("sampling", least)
-        if least >= next_check:
+        if least >= next_check and len(round_medians[0]) >= MIN_AB_ROUNDS:
             next_check = max(least + 1, int(least * 1.1))
             if all(ci_rel(k) <= settings.target_ci_rel for k in kept):
                 reason = "ci"

@@ -1,0 +1,204 @@
+"""The isolated worker end to end: real torch models, real subprocesses, every way a worker can end."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from monitor.config import load_config
+from monitor.harness.protocol import BenchmarkJob, InputTensor, SamplingSettings, Subject
+from monitor.harness.runner import ALLOCATOR_PINS, run_worker, to_records
+from monitor.service.benchmark import benchmark_models
+from storage import queries
+from storage.db import Database
+
+TESTS = Path(__file__).parent
+QUICK = SamplingSettings(max_time_s=0.5, min_samples=20)
+
+
+def job(factory: str, *, mode: str = "single", subjects: list[Subject] | None = None, **kw) -> BenchmarkJob:
+    subjects = subjects or [Subject(label="baseline", factory=f"workloads:{factory}", inputs=[InputTensor([4, 16])])]
+    return BenchmarkJob(
+        model=factory, subjects=subjects, batch_size=4, sampling=kw.pop("sampling", QUICK),
+        sys_path=[str(TESTS)], mode=mode, **kw,
+    )
+
+
+def test_a_tiny_model_is_measured_with_all_cpu_metrics():
+    outcome = run_worker(job("tiny", threads=1), timeout_s=60)
+    assert outcome.status == "ok", outcome.error
+    [record] = to_records(job("tiny"), outcome, "baseline")
+    m = record.metrics
+    assert 0 < m.latency_ms_min <= m.latency_ms_p50 <= m.latency_ms_p90 <= m.latency_ms_p99 <= m.latency_ms_max
+    assert m.samples == len(record.samples_ms) >= 20
+    assert m.throughput_per_s == pytest.approx(4 / (m.latency_ms_p50 / 1000))
+    assert m.params == 16 * 4 + 4
+    assert m.model_size_mb > 0
+    assert m.peak_rss_mb > 50  # torch alone is bigger than that
+    assert m.cuda_peak_mem_mb is None and m.energy_j_per_inference is None
+    assert record.env.threads == 1 and record.env.interop_threads == 1
+    assert record.env.torch and record.env.python and record.env.host
+    assert record.env.allocator == ALLOCATOR_PINS
+    assert record.host.loadavg_1m is not None and record.host.others_cpu_pct is not None
+    assert record.details["warmup_iterations"] > 0
+    assert record.details["stop_reason"] in ("ci", "budget")
+
+
+def test_the_allocator_is_left_alone_when_pinning_is_off():
+    outcome = run_worker(job("tiny"), timeout_s=60, pin_allocator=False)
+    assert outcome.status == "ok", outcome.error
+    assert not set(ALLOCATOR_PINS) & set(outcome.result.env.allocator) - set(os.environ)
+
+
+def test_inputs_factory_and_eval_give_accuracy():
+    subject = Subject(label="baseline", factory="workloads:tiny", inputs_factory="workloads:tiny_inputs",
+                      eval="workloads:tiny_eval")
+    outcome = run_worker(job("tiny", subjects=[subject]), timeout_s=60)
+    assert outcome.status == "ok", outcome.error
+    assert outcome.result.subjects[0].metrics.accuracy == 0.5
+
+
+@pytest.mark.parametrize(
+    ("factory", "status", "needle"),
+    [
+        ("raises", "failed", "RuntimeError: this model is broken on purpose"),
+        ("abort", "failed", "SIGABRT"),
+        ("not_a_model", "failed", "not a torch.nn.Module"),
+        ("no_such_function", "failed", "AttributeError"),
+    ],
+)
+def test_a_broken_model_ends_as_a_failed_run_with_its_error(factory, status, needle):
+    outcome = run_worker(job(factory), timeout_s=60)
+    assert outcome.status == status
+    assert needle in outcome.error
+    [record] = to_records(job(factory), outcome, "baseline")
+    assert record.status == status and record.error == outcome.error
+    assert record.env.torch  # the worker reported its environment before the model ran
+
+
+def test_an_import_error_names_the_module():
+    subject = Subject(label="baseline", factory="no_such_module_xyz:build", inputs=[InputTensor([1, 1])])
+    outcome = run_worker(job("x", subjects=[subject]), timeout_s=60)
+    assert outcome.status == "failed"
+    assert "ModuleNotFoundError" in outcome.error and "no_such_module_xyz" in outcome.error
+
+
+def test_a_hanging_model_times_out_and_leaves_no_process_behind(tmp_path, monkeypatch):
+    pid_file = tmp_path / "child.pid"
+    monkeypatch.setenv("PERFGUARD_TEST_CHILD_PID_FILE", str(pid_file))
+    start = time.monotonic()
+    outcome = run_worker(job("spawns_child"), timeout_s=8)
+    assert outcome.status == "timeout"
+    assert "timed out after 8 s" in outcome.error
+    assert time.monotonic() - start < 20
+    for pid in (outcome.pid, int(pid_file.read_text())):
+        assert not _alive(pid), f"process {pid} outlived the runner"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def test_exceeding_the_memory_limit_kills_the_worker():
+    outcome = run_worker(job("hog"), timeout_s=60, memory_limit_mb=600)
+    assert outcome.status == "failed"
+    assert "memory limit exceeded" in outcome.error and "memory_limit_mb=600" in outcome.error
+    assert outcome.peak_rss_mb > 600
+    assert not _alive(outcome.pid)
+
+
+def test_ab_mode_times_two_models_of_known_cost_interleaved():
+    subjects = [
+        Subject(label="current", factory="workloads:busy_100us", inputs=[InputTensor([4, 16])]),
+        Subject(label="candidate", factory="workloads:busy_300us", inputs=[InputTensor([4, 16])]),
+    ]
+    ab = job("ab", mode="ab", subjects=subjects, sampling=SamplingSettings(max_time_s=3, min_samples=50))
+    outcome = run_worker(ab, timeout_s=60)
+    assert outcome.status == "ok", outcome.error
+    current, candidate = to_records(ab, outcome, "baseline")
+    assert (current.variant, candidate.variant) == ("current", "candidate")
+    assert current.metrics.latency_ms_p50 == pytest.approx(0.1, rel=0.2)
+    assert candidate.metrics.latency_ms_p50 == pytest.approx(0.3, rel=0.2)
+    ratio = outcome.result.comparison["candidate"]
+    assert ratio["ratio_p50"] == pytest.approx(3.0, rel=0.1)
+    assert ratio["rounds"] >= 10
+    lo, hi = ratio["ratio_ci95"]
+    assert 2.5 < lo <= hi < 3.5
+
+
+def test_one_broken_model_does_not_stop_the_others(tmp_path):
+    models = "".join(
+        textwrap.dedent(f"""
+        [[models]]
+        name = "{name}"
+        factory = "workloads:{factory}"
+        inputs = [{{ shape = [4, 16] }}]
+        max_time_s = 0.3
+        timeout_s = {timeout}
+        {extra}
+        """)
+        for name, factory, timeout, extra in [
+            ("good-1", "tiny", 60, ""),
+            ("raises", "raises", 60, ""),
+            ("aborts", "abort", 60, ""),
+            ("hangs", "hang", 6, ""),
+            ("hog", "hog", 60, "memory_limit_mb = 600"),
+            ("good-2", "tiny", 60, "batch_sizes = [2, 8]"),
+        ]
+    )
+    config = tmp_path / "perfguard.toml"
+    config.write_text(f'[storage]\nurl = "sqlite:///runs.db"\n[harness]\nmin_samples = 20\n{models}')
+    (tmp_path / "workloads.py").symlink_to(TESTS / "workloads.py")
+    loaded = load_config(config)
+    with Database.open(loaded.storage_url()) as db:
+        records = benchmark_models(loaded, db)
+        statuses = {(r.model, r.batch_size): r.status for r in records}
+        assert statuses == {
+            ("good-1", 4): "ok", ("raises", 4): "failed", ("aborts", 4): "failed",
+            ("hangs", 4): "timeout", ("hog", 4): "failed", ("good-2", 2): "ok", ("good-2", 8): "ok",
+        }
+        stored = {r.model: r for name in ("raises", "hangs", "hog") for r in queries.history(db, name)}
+        assert "broken on purpose" in stored["raises"].error
+        assert stored["hangs"].status == "timeout"
+        assert "memory limit" in stored["hog"].error
+        good = queries.history(db, "good-2", with_samples=True)
+        assert {r.batch_size for r in good} == {2, 8}
+        assert all(len(r.samples_ms) == r.metrics.samples for r in good)
+    assert (tmp_path / "runs.db").exists()
+
+
+def test_the_parent_never_imports_torch(tmp_path):
+    (tmp_path / "workloads.py").symlink_to(TESTS / "workloads.py")
+    (tmp_path / "perfguard.toml").write_text(textwrap.dedent("""
+        [storage]
+        url = "sqlite:///runs.db"
+        [harness]
+        min_samples = 20
+        [[models]]
+        name = "tiny"
+        factory = "workloads:tiny"
+        inputs = [{ shape = [4, 16] }]
+        max_time_s = 0.3
+    """))
+    script = textwrap.dedent("""
+        import sys
+        from click.testing import CliRunner
+        from monitor.cli import main
+        result = CliRunner().invoke(main, ["run", "--json"], catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        assert "torch" not in sys.modules, "the parent imported torch"
+        print("clean")
+    """)
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().endswith("clean")

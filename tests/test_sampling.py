@@ -1,0 +1,179 @@
+"""Sampling rules on plain Python callables: warm-up, stopping, contention, A/B interleaving."""
+
+from __future__ import annotations
+
+import statistics
+import subprocess
+import sys
+import time
+
+import pytest
+
+from monitor.harness.collectors import CpuContentionProbe
+from monitor.harness.protocol import SamplingSettings
+from monitor.harness.sampling import (
+    NoProbe,
+    adaptive_sample,
+    block_runner,
+    ci_rel,
+    interleaved_sample,
+    latency_metrics,
+    median_ci,
+    warm_up,
+)
+from storage.records import FLAG_CONTENDED, FLAG_UNSTABLE
+
+
+def spin(seconds: float):
+    def fn() -> None:
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            pass
+
+    return fn
+
+
+def test_median_ci_brackets_the_median_with_order_statistics():
+    values = list(range(1, 101))  # median 50.5
+    lo, hi = median_ci(values)
+    # Exact binomial 95 % interval for n=100 is the 40th..61st order statistics.
+    assert 38 <= lo <= 41 and 60 <= hi <= 63
+    assert lo < statistics.median(values) < hi
+
+
+def test_ci_rel_shrinks_as_samples_grow():
+    import random
+
+    rng = random.Random(0)
+    small = [1 + rng.gauss(0, 0.05) for _ in range(50)]
+    large = [1 + rng.gauss(0, 0.05) for _ in range(5000)]
+    assert ci_rel(large) < ci_rel(small) / 5
+
+
+def test_latency_metrics_percentiles_and_throughput():
+    samples_ns = [i * 1_000_000 for i in range(1, 101)]  # 1..100 ms
+    m = latency_metrics(samples_ns, batch_size=10)
+    assert m.latency_ms_p50 == pytest.approx(50.5)
+    assert m.latency_ms_p90 == pytest.approx(90.1)
+    assert m.latency_ms_p99 == pytest.approx(99.01)
+    assert m.latency_ms_min == 1 and m.latency_ms_max == 100
+    assert m.samples == 100
+    assert m.throughput_per_s == pytest.approx(10 / 0.0505)
+
+
+def test_warm_up_runs_until_a_slow_start_has_settled():
+    import math
+
+    calls = {"n": 0}
+
+    def warming() -> None:  # 11x slower at first, within 2 % of steady after ~190 calls
+        calls["n"] += 1
+        spin(0.0002 * (1 + 10 * math.exp(-calls["n"] / 30)))()
+
+    warm = warm_up(block_runner(warming), max_s=5)
+    assert warm.settled
+    assert warm.iterations > 150
+    assert warm.estimate_ns == pytest.approx(200_000, rel=0.05)
+
+
+def test_warm_up_gives_up_at_its_cap_and_says_so():
+    calls = {"n": 0}
+
+    def ever_slower() -> None:
+        calls["n"] += 1
+        spin(0.0001 * (1 + calls["n"] / 20))()
+
+    warm = warm_up(block_runner(ever_slower), max_s=0.3)
+    assert not warm.settled
+    assert warm.seconds < 0.6
+
+
+def test_adaptive_sampling_stops_once_the_median_is_known_to_one_percent():
+    settings = SamplingSettings(max_time_s=10, target_ci_rel=0.01, min_samples=50)
+    start = time.perf_counter()
+    result = adaptive_sample(block_runner(spin(0.0002)), settings, NoProbe())
+    assert result.stop_reason == "ci"
+    assert result.ci_rel <= 0.01
+    assert len(result.samples_ns) >= 50
+    assert time.perf_counter() - start < 5
+    assert statistics.median(result.samples_ns) == pytest.approx(200_000, rel=0.1)
+    assert result.flags == []
+
+
+def test_adaptive_sampling_respects_the_budget_and_flags_an_unreached_target():
+    import random
+
+    rng = random.Random(1)
+
+    def noisy() -> None:
+        spin(rng.choice([0.0001, 0.001]))()
+
+    settings = SamplingSettings(max_time_s=0.5, target_ci_rel=0.0001, min_samples=10)
+    start = time.perf_counter()
+    result = adaptive_sample(block_runner(noisy), settings, NoProbe())
+    assert time.perf_counter() - start < 1.0
+    assert result.stop_reason == "budget"
+    assert FLAG_UNSTABLE in result.flags
+
+
+def test_progress_reports_phases_and_growing_sample_counts():
+    seen: list[tuple[str, int]] = []
+    settings = SamplingSettings(max_time_s=1, min_samples=20)
+    adaptive_sample(block_runner(spin(0.0001)), settings, NoProbe(), lambda p, n: seen.append((p, n)))
+    assert seen[0] == ("warmup", 0)
+    counts = [n for p, n in seen if p == "sampling"]
+    assert counts and counts == sorted(counts) and counts[-1] >= 20
+
+
+@pytest.fixture
+def cpu_hogs():
+    """More busy processes than cores: every window of the sampler is contended."""
+    procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(3)]
+    time.sleep(0.3)
+    yield
+    for p in procs:
+        p.kill()
+        p.wait()
+
+
+def test_contended_blocks_are_discarded_and_the_run_flagged(cpu_hogs):
+    probe = CpuContentionProbe()
+    settings = SamplingSettings(max_time_s=1.0, min_samples=100000, contention_cpu_pct=15)
+    result = adaptive_sample(block_runner(spin(0.0002)), settings, probe)
+    assert result.contended_blocks > 0
+    assert result.contended_blocks >= result.blocks // 2
+    assert FLAG_CONTENDED in result.flags
+    assert result.samples_ns  # what ran is still reported
+
+
+def test_probe_reads_little_contention_on_a_quiet_window():
+    probe = CpuContentionProbe()
+    token = probe.begin()
+    time.sleep(0.2)
+    quiet = probe.end(token)
+    assert quiet >= 0.0
+    assert quiet < 100.0
+
+
+def test_probe_sees_busy_neighbours(cpu_hogs):
+    probe = CpuContentionProbe()
+    token = probe.begin()
+    spin(0.3)()
+    assert probe.end(token) > 15
+
+
+def test_interleaved_sampling_measures_the_ratio_of_two_known_costs():
+    settings = SamplingSettings(max_time_s=3, target_ci_rel=0.01, min_samples=50)
+    result = interleaved_sample(
+        [("a", block_runner(spin(0.0001))), ("b", block_runner(spin(0.0003)))], settings, NoProbe()
+    )
+    a, b = result.subjects
+    assert statistics.median(a.samples_ns) == pytest.approx(100_000, rel=0.15)
+    assert statistics.median(b.samples_ns) == pytest.approx(300_000, rel=0.15)
+    ratio = result.comparison["b"]
+    assert ratio["ratio_p50"] == pytest.approx(3.0, rel=0.1)
+    lo, hi = ratio["ratio_ci95"]
+    assert lo <= ratio["ratio_p50"] * 1.02 and hi >= ratio["ratio_p50"] * 0.98
+    assert ratio["rounds"] >= 3
+    # Both subjects ran in every kept round: alternating blocks, not one after the other.
+    assert result.rounds >= 3
