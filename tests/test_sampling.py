@@ -177,3 +177,38 @@ def test_interleaved_sampling_measures_the_ratio_of_two_known_costs():
     assert ratio["rounds"] >= 3
     # Both subjects ran in every kept round: alternating blocks, not one after the other.
     assert result.rounds >= 3
+
+
+class RecordingWindow:
+    """A MeasuredWindow that notes when it ran, to check it brackets sampling and not warm-up."""
+
+    def __init__(self) -> None:
+        self.started = self.stopped = 0.0
+
+    def start(self) -> None:
+        self.started = time.perf_counter()
+
+    def stop(self) -> dict:
+        self.stopped = time.perf_counter()
+        return {"energy_j": 10.0, "window_s": self.stopped - self.started}
+
+
+def test_the_measured_window_brackets_sampling_only():
+    window = RecordingWindow()
+    begun = time.perf_counter()
+    result = adaptive_sample(block_runner(spin(0.0002)), SamplingSettings(max_time_s=1, min_samples=20),
+                             NoProbe(), window=window)
+    assert window.started - begun >= result.warmup.seconds * 0.9
+    assert result.window["window_s"] == pytest.approx(result.sampling_s, rel=0.05, abs=0.005)
+
+
+def test_interleaved_subjects_share_the_window_by_time_spent():
+    window = RecordingWindow()
+    result = interleaved_sample(
+        [("a", block_runner(spin(0.0001))), ("b", block_runner(spin(0.0003)))],
+        SamplingSettings(max_time_s=1, min_samples=20), NoProbe(), window=window,
+    )
+    a, b = result.subjects
+    assert a.window["energy_j"] + b.window["energy_j"] == pytest.approx(10.0)
+    # Blocks are sized to equal time, so each subject spent about half of it.
+    assert a.window["energy_j"] == pytest.approx(5.0, rel=0.2)

@@ -185,9 +185,12 @@ class Nvml:
     sampled power integrated over time.
     """
 
-    def __init__(self, pynvml: Any, index: int):
+    def __init__(self, pynvml: Any, device: int | str):
         self._nvml = pynvml
-        self.handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+        if isinstance(device, str) and not device.isdigit():
+            self.handle = pynvml.nvmlDeviceGetHandleByUUID(device)
+        else:
+            self.handle = pynvml.nvmlDeviceGetHandleByIndex(int(device))
         self.name = _text(pynvml.nvmlDeviceGetName(self.handle))
         self.driver = _text(pynvml.nvmlSystemGetDriverVersion())
         self._samples: list[tuple[float, float | None, float | None]] = []
@@ -208,9 +211,9 @@ class Nvml:
             pynvml.nvmlInit()
             index = int(device.split(":", 1)[1]) if ":" in device else 0
             visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-            if visible:
-                index = int(visible.split(",")[index])
-            return cls(pynvml, index)
+            # CUDA numbers the visible devices; NVML numbers all of them (or takes a UUID).
+            target: int | str = visible.split(",")[index].strip() if visible else index
+            return cls(pynvml, target)
         except Exception:  # noqa: BLE001 - any NVML failure means "no GPU figures", not a failed run
             return None
 

@@ -42,6 +42,7 @@ ALLOCATOR_PINS = {
 }
 ERROR_TAIL_LINES = 25
 MEMORY_POLL_S = 0.05
+IDLE_POLL_S = 0.5
 
 ProgressCallback = Callable[[str, int], None]
 
@@ -161,11 +162,14 @@ def _supervise(
 ) -> None:
     deadline = time.monotonic() + timeout_s
     watched = psutil.Process(proc.pid)
+    # Each wake-up of this process takes a core from the worker for a moment: poll memory often only
+    # when a limit must be enforced (the worker reports its own peak RSS at the end either way).
+    poll_s = MEMORY_POLL_S if memory_limit_mb is not None else IDLE_POLL_S
     peak = 0.0
     eof = False
     while True:
         try:
-            event = events.get(timeout=MEMORY_POLL_S)
+            event = events.get(timeout=poll_s)
             if event is None:
                 eof = True
             else:

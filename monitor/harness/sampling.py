@@ -39,6 +39,14 @@ class ContentionProbe(Protocol):
         ...
 
 
+class MeasuredWindow(Protocol):
+    """Something to run around the sampling phase only (after warm-up), e.g. the NVML energy meter."""
+
+    def start(self) -> None: ...
+
+    def stop(self) -> dict[str, Any]: ...
+
+
 class NoProbe:
     """For callers that accept every block (tests of the stopping rule, the bare bench loop)."""
 
@@ -146,6 +154,8 @@ class Sampled:
     blocks: int = 0
     contended_blocks: int = 0
     executed: int = 0  # calls made while sampling, kept or not (energy per inference divides by it)
+    sampling_s: float = 0.0  # wall time after warm-up
+    window: dict[str, Any] | None = None  # what the MeasuredWindow reported over the sampling phase
     contention_pct: float = 0.0  # mean probe reading over kept blocks (PSI stall % or others' CPU %)
     flags: list[str] = field(default_factory=list)
 
@@ -154,6 +164,7 @@ class Sampled:
             "warmup_iterations": self.warmup.iterations,
             "warmup_s": round(self.warmup.seconds, 4),
             "warmup_settled": self.warmup.settled,
+            "sampling_s": round(self.sampling_s, 4),
             "stop_reason": self.stop_reason,
             "ci95_rel": self.ci_rel,
             "blocks": self.blocks,
@@ -178,6 +189,7 @@ def adaptive_sample(
     settings: SamplingSettings,
     probe: ContentionProbe,
     progress: Callable[[str, int], None] = lambda phase, n: None,
+    window: MeasuredWindow | None = None,
 ) -> Sampled:
     """Warm up, then sample in blocks until the median is known to ±target or the budget is spent."""
     start = time.perf_counter()
@@ -185,6 +197,9 @@ def adaptive_sample(
     progress("warmup", 0)
     warmup = warm_up(run, settings.max_time_s * settings.warmup_fraction)
     block = min(100_000, max(1, round(BLOCK_TARGET_NS / max(warmup.estimate_ns, 1))))
+    if window is not None:
+        window.start()
+    sampling_start = time.perf_counter()
     kept: list[int] = []
     discarded: list[int] = []
     blocks = contended = 0
@@ -215,6 +230,8 @@ def adaptive_sample(
                 break
         if time.perf_counter() >= deadline:
             break
+    sampling_s = time.perf_counter() - sampling_start
+    measured = window.stop() if window is not None else None
     executed = len(kept) + len(discarded)
     short_of_clean = contended > 0 and len(kept) < settings.min_samples
     if len(kept) < MIN_SAMPLES_FLOOR:
@@ -229,6 +246,8 @@ def adaptive_sample(
         blocks=blocks,
         contended_blocks=contended,
         executed=executed,
+        sampling_s=sampling_s,
+        window=measured,
         contention_pct=others_weighted / kept_wall if kept_wall else 0.0,
         flags=_flags(warmup, reason, ci, settings.target_ci_rel, short_of_clean),
     )
@@ -249,6 +268,7 @@ def interleaved_sample(
     settings: SamplingSettings,
     probe: ContentionProbe,
     progress: Callable[[str, int], None] = lambda phase, n: None,
+    window: MeasuredWindow | None = None,
 ) -> Interleaved:
     """Time several subjects in alternating blocks (ABBA...) within one budget.
 
@@ -264,6 +284,9 @@ def interleaved_sample(
     warmups = [warm_up(run, warm_budget) for _, run in runs]
     block_ns = BLOCK_TARGET_NS / 2 / len(runs)
     sizes = [min(100_000, max(1, round(block_ns / max(w.estimate_ns, 1)))) for w in warmups]
+    if window is not None:
+        window.start()
+    sampling_start = time.perf_counter()
     kept: list[list[int]] = [[] for _ in runs]
     round_medians: list[list[float]] = [[] for _ in runs]
     executed = [0 for _ in runs]
@@ -300,6 +323,8 @@ def interleaved_sample(
                 break
         if time.perf_counter() >= deadline:
             break
+    sampling_s = time.perf_counter() - sampling_start
+    measured = window.stop() if window is not None else None
     others_pct = others_weighted / kept_wall if kept_wall else 0.0
     subjects = []
     for i, samples in enumerate(kept):
@@ -314,6 +339,8 @@ def interleaved_sample(
                 blocks=rounds,
                 contended_blocks=contended,
                 executed=executed[i],
+                sampling_s=sampling_s,
+                window=_share(measured, executed, kept, i),
                 contention_pct=others_pct,
                 flags=_flags(warmups[i], reason, ci, settings.target_ci_rel, short),
             )
@@ -323,6 +350,16 @@ def interleaved_sample(
         for i in range(1, len(runs))
     }
     return Interleaved(subjects, rounds, contended, comparison)
+
+
+def _share(measured: dict[str, Any] | None, executed: list[int], kept: list[list[int]], i: int) -> dict[str, Any] | None:
+    """A subject's part of a window shared by all subjects: energy split by time spent running."""
+    if measured is None or measured.get("energy_j") is None:
+        return measured
+    spent = [n * statistics.fmean(k) if k else 0.0 for n, k in zip(executed, kept)]
+    total = sum(spent)
+    share = spent[i] / total if total else 1 / len(spent)
+    return {**measured, "energy_j": measured["energy_j"] * share}
 
 
 def _paired_ratio(

@@ -36,7 +36,7 @@ class Channel:
 
     def progress(self, phase: str, samples: int) -> None:
         now = time.monotonic()
-        if phase == "sampling" and now - self._last_progress < 0.25:
+        if phase == "sampling" and now - self._last_progress < 1.0:
             return
         self._last_progress = now
         self.send({"event": "progress", "phase": phase, "samples": samples})
@@ -114,9 +114,7 @@ class Prepared:
         self.call: Callable[[], Any] = lambda: self.model(*args, **kwargs)
 
 
-def _subject_result(
-    prepared: Prepared, sampled: sampling.Sampled, job: BenchmarkJob, gpu: dict[str, Any] | None
-) -> SubjectResult:
+def _subject_result(prepared: Prepared, sampled: sampling.Sampled, job: BenchmarkJob) -> SubjectResult:
     import torch
 
     metrics: RunMetrics = sampling.latency_metrics(sampled.samples_ns, job.batch_size)
@@ -125,6 +123,7 @@ def _subject_result(
     if job.device.startswith("cuda"):
         metrics.cuda_peak_mem_mb = torch.cuda.max_memory_allocated(torch.device(job.device)) / 2**20
     details = sampled.details()
+    gpu = sampled.window
     if gpu is not None:
         metrics.gpu_util_pct = gpu["gpu_util_pct"]
         metrics.gpu_power_w = gpu["gpu_power_w"]
@@ -170,23 +169,20 @@ def run_job(job: BenchmarkJob, channel: Channel) -> WorkerResult:
         probe = collectors.CpuContentionProbe()
         watch = collectors.HostWatch()
         watch.start()
-        if nvml is not None:
-            nvml.start()
         comparison = None
         if job.mode == "ab":
             runs = [(p.subject.label, sampling.block_runner(p.call, sync)) for p in prepared]
-            inter = sampling.interleaved_sample(runs, job.sampling, probe, channel.progress)
+            inter = sampling.interleaved_sample(runs, job.sampling, probe, channel.progress, nvml)
             sampled_all, comparison, contended = inter.subjects, inter.comparison, inter.contended_rounds
         else:
             one = sampling.adaptive_sample(
-                sampling.block_runner(prepared[0].call, sync), job.sampling, probe, channel.progress
+                sampling.block_runner(prepared[0].call, sync), job.sampling, probe, channel.progress, nvml
             )
             sampled_all, contended = [one], one.contended_blocks
-        gpu = nvml.stop() if nvml is not None else None
         pressure = sampled_all[0].contention_pct if probe.has_psi else None
         host = watch.finish(contended, pressure)
         channel.progress("eval", len(sampled_all[0].samples_ns))
-        results = [_subject_result(p, s, job, gpu) for p, s in zip(prepared, sampled_all)]
+        results = [_subject_result(p, s, job) for p, s in zip(prepared, sampled_all)]
     if nvml is not None:
         nvml.close()
     return WorkerResult(env=env, host=host, subjects=results, comparison=comparison)
