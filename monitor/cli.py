@@ -113,9 +113,7 @@ RUN_COLUMNS: list[tuple[str, Callable[[RunRecord], Any]]] = [
 
 
 def _note(record: RunRecord) -> str:
-    if record.error:
-        return record.error.splitlines()[0][:80]
-    return ",".join(record.flags)
+    return record.error_summary[:80] if record.error else ",".join(record.flags)
 
 
 def runs_table(records: Sequence[RunRecord]) -> str:
@@ -150,7 +148,7 @@ class StderrProgress(BenchmarkProgress):
         if record.status == "ok":
             summary = f"p50 {_cell(record.metrics.latency_ms_p50)} ms from {record.metrics.samples} samples"
         else:
-            summary = f"{record.status}: {(record.error or '').splitlines()[0]}"
+            summary = f"{record.status}: {record.error_summary}"
         click.echo(f"{self._prefix}: {summary} ({took:.1f} s)", err=True)
 
 
@@ -246,8 +244,12 @@ def run(config_path: Path, as_json: bool, names: tuple[str, ...]) -> None:
 def history(config_path: Path, as_json: bool, model: str, limit: int, batch_size: int | None) -> None:
     """Stored runs of MODEL, newest first."""
     loaded = _load(config_path)
+    configured = {m.name for m in loaded.config.models}
+    sqlite_file = loaded.sqlite_path()
+    if model not in configured and sqlite_file is not None and not sqlite_file.exists():
+        raise click.UsageError(f"unknown model {model!r}; configured: {', '.join(sorted(configured)) or '(none)'}")
     with _open_db(loaded) as db:
-        known = {m.name for m in queries.list_models(db)} | {m.name for m in loaded.config.models}
+        known = {m.name for m in queries.list_models(db)} | configured
         if model not in known:
             raise click.UsageError(f"unknown model {model!r}; known: {', '.join(sorted(known)) or '(none)'}")
         records = queries.history(db, model, limit=limit, batch_size=batch_size)

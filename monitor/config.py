@@ -14,7 +14,15 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 DEFAULT_CONFIG_NAME = "perfguard.toml"
 
@@ -44,7 +52,8 @@ class ConfigError(Exception):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: TOML's `true` must not pass as the number 1 (lax pydantic would coerce it).
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 def parse_duration(text: str) -> float:
@@ -265,17 +274,25 @@ class Config(_Strict):
     models: list[ModelConfig] = []
     rules: list[RuleConfig] = []
 
-    @model_validator(mode="after")
-    def _references(self) -> Config:
-        names = [m.name for m in self.models]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"models: duplicate name(s): {', '.join(dupes)}")
-        for i, rule in enumerate(self.rules):
+    @field_validator("models")
+    @classmethod
+    def _unique_names(cls, models: list[ModelConfig]) -> list[ModelConfig]:
+        first: dict[str, int] = {}
+        for i, model in enumerate(models):
+            if model.name in first:
+                raise ValueError(f"duplicate model name {model.name!r} (models[{first[model.name]}] and models[{i}])")
+            first[model.name] = i
+        return models
+
+    @field_validator("rules")
+    @classmethod
+    def _known_models(cls, rules: list[RuleConfig], info: ValidationInfo) -> list[RuleConfig]:
+        names = {m.name for m in info.data.get("models", [])}
+        for i, rule in enumerate(rules):
             for name in rule.models or []:
                 if name not in names:
-                    raise ValueError(f"rules[{i}].models: unknown model {name!r}")
-        return self
+                    raise ValueError(f"unknown model {name!r} in rules[{i}].models")
+        return rules
 
     def model(self, name: str) -> ModelConfig:
         for model in self.models:
@@ -295,6 +312,14 @@ class LoadedConfig(BaseModel):
     @property
     def base_dir(self) -> Path:
         return self.path.parent
+
+    def sqlite_path(self) -> Path | None:
+        """The database file when storage is SQLite on disk, else None."""
+        url = self.storage_url()
+        prefix = "sqlite:///"
+        if url.startswith(prefix) and url != "sqlite:///:memory:":
+            return Path(url[len(prefix):])
+        return None
 
     def storage_url(self) -> str:
         """The storage URL with a relative SQLite path anchored at the config's folder."""

@@ -120,6 +120,12 @@ class RunRecord:
     samples_ms: list[float] = field(default_factory=list)
     run_id: int | None = None
 
+    @property
+    def error_summary(self) -> str:
+        """The first line of the error text (the exception or signal), for tables and logs."""
+        lines = (self.error or "").strip().splitlines()
+        return lines[0] if lines else ""
+
     def to_json(self) -> dict[str, Any]:
         """The run as the CLI contract prints it (raw samples left out: they can be large)."""
         return {

@@ -63,7 +63,7 @@ def benchmark_models(
             queries.save_run(db, record)
             if record.status != "ok":
                 log.info("run %s of %s (batch %d) %s: %s", record.run_id, record.model,
-                            record.batch_size, record.status, (record.error or "").splitlines()[0])
+                            record.batch_size, record.status, record.error_summary)
             progress.end(record)
             stored.append(record)
     return stored
