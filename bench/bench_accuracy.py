@@ -1,9 +1,11 @@
 """Does the harness read what a bare loop reads? Harness p50 against a bare perf_counter loop.
 
-For each module the script alternates, `--rounds` times: a bare loop in this process
-(`perf_counter` around `--iters` calls, divided) and a full harness run in a fresh worker, both with
-the same thread count and `inference_mode`. It prints the medians and their ratio. Targets: the 200 us
-busy-wait within 1 % of the bare loop; harness / bare loop <= 1.02 on the ~50 us model.
+For each module the script alternates, `--rounds` times: a bare loop and a full harness run, each in
+a fresh process with the same environment (threads, allocator settings) and `inference_mode`. The
+bare loop is timeit-style: `perf_counter` around chunks of calls, divided, and the median over the
+chunks (a mean over one long loop would count every interrupt of the host in). It prints the medians
+and their ratio. Targets: the 200 us busy-wait within 1 % of the bare loop; harness / bare loop <=
+1.02 on the ~50 us model.
 
     .venv/bin/python bench/bench_accuracy.py
 """
@@ -11,35 +13,48 @@ busy-wait within 1 % of the bare loop; harness / bare loop <= 1.02 on the ~50 us
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
+import subprocess
 import sys
-import time
 from pathlib import Path
-
-import torch
 
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
-import workloads  # noqa: E402
-
 from monitor.harness.protocol import BenchmarkJob, InputTensor, SamplingSettings, Subject  # noqa: E402
-from monitor.harness.runner import run_worker  # noqa: E402
+from monitor.harness.runner import run_worker, worker_environment  # noqa: E402
 
 CASES = [("busy_200us", [1, 16]), ("small_mlp", [4, 256])]
 
 
-def bare_loop_us(factory: str, shape: list[int], iters: int, threads: int) -> float:
-    torch.set_num_threads(threads)
-    model = getattr(workloads, factory)().eval()
-    x = torch.randn(shape)
-    with torch.inference_mode():
-        for _ in range(max(50, iters // 10)):
-            model(x)
+BARE_LOOP = """
+import json, statistics, sys, time, torch
+sys.path.insert(0, {bench!r})
+import workloads
+torch.set_num_threads({threads})
+model = workloads.{factory}().eval()
+x = torch.randn({shape})
+with torch.inference_mode():
+    for _ in range(200):
+        model(x)
+    means = []
+    for _ in range({chunks}):
         t0 = time.perf_counter()
-        for _ in range(iters):
+        for _ in range({chunk}):
             model(x)
-        return (time.perf_counter() - t0) / iters * 1e6
+        means.append((time.perf_counter() - t0) / {chunk})
+print(json.dumps({{"us": statistics.median(means) * 1e6}}))
+"""
+
+
+def bare_loop_us(factory: str, shape: list[int], iters: int, threads: int) -> float:
+    chunk = 10
+    script = BARE_LOOP.format(bench=str(BENCH), threads=threads, factory=factory, shape=shape,
+                              chunks=max(1, iters // chunk), chunk=chunk)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
+                          env=worker_environment(threads, pin_allocator=True))
+    return json.loads(done.stdout.strip().splitlines()[-1])["us"]
 
 
 def harness_us(factory: str, shape: list[int], threads: int, max_time_s: float) -> float:

@@ -41,8 +41,9 @@ print(json.dumps({{"median_ms": m.median * 1000}}))
 """
 
 
-def write_config(folder: Path, pin: bool, max_time_s: float) -> Path:
+def write_config(folder: Path, pin: bool, max_time_s: float, threads: int | None) -> Path:
     folder.mkdir()
+    thread_line = f"threads = {threads}" if threads else ""
     models = "".join(
         textwrap.dedent(f"""
         [[models]]
@@ -50,6 +51,7 @@ def write_config(folder: Path, pin: bool, max_time_s: float) -> Path:
         factory = "{factory}"
         inputs = [{{ shape = {shape} }}]
         max_time_s = {max_time_s}
+        {thread_line}
         """)
         for name, (factory, shape) in MODELS.items()
     )
@@ -63,8 +65,11 @@ def write_config(folder: Path, pin: bool, max_time_s: float) -> Path:
 
 def perfguard_p50(config: Path, model: str) -> float:
     exe = shutil.which("perfguard", path=os.path.dirname(sys.executable))
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}  # the example models live in the checkout
     done = subprocess.run([exe, "run", model, "--json", "--config", str(config)], capture_output=True,
-                          text=True, cwd=ROOT, check=True)
+                          text=True, cwd=ROOT, env=env)
+    if done.returncode:
+        raise SystemExit(f"perfguard run {model} failed:\n{done.stderr}")
     [run] = json.loads(done.stdout)
     return run["metrics"]["latency_ms_p50"]
 
@@ -84,10 +89,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--max-time-s", type=float, default=5.0)
+    parser.add_argument("--threads", type=int, default=None, help="perfguard threads (default: torch's)")
     args = parser.parse_args()
+    print(f"runs={args.runs} max_time_s={args.max_time_s} threads={args.threads or 'torch default'}")
     with tempfile.TemporaryDirectory() as tmp:
-        pinned = write_config(Path(tmp) / "pinned", True, args.max_time_s)
-        unpinned = write_config(Path(tmp) / "unpinned", False, args.max_time_s)
+        pinned = write_config(Path(tmp) / "pinned", True, args.max_time_s, args.threads)
+        unpinned = write_config(Path(tmp) / "unpinned", False, args.max_time_s, args.threads)
         print(f"{'model':<9} {'method':<34} {'median of p50 ms':>17} {'CV %':>6}   per-process medians")
         for model in MODELS:
             series = {"perfguard (allocator pinned)": [], "perfguard (allocator not pinned)": [],

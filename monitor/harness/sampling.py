@@ -24,9 +24,10 @@ from monitor.harness.protocol import SamplingSettings
 from storage.records import FLAG_CONTENDED, FLAG_UNSTABLE, FLAG_WARMUP_UNSETTLED, RunMetrics
 
 Z95 = 1.959963984540054
-BLOCK_TARGET_NS = 100_000_000  # one sampling block: long enough to amortise checks, short to re-take
+BLOCK_TARGET_NS = 50_000_000  # one sampling block: long enough to amortise checks, short to re-take
+MIN_BLOCKS = 10  # the median's CI counts blocks too: never stop on one lucky stretch of the host
 MIN_SAMPLES_FLOOR = 3
-MIN_AB_ROUNDS = 10  # paired per-round ratios need a few rounds before their CI means anything
+MIN_AB_ROUNDS = MIN_BLOCKS  # paired per-round ratios need a few rounds before their CI means anything
 
 
 class ContentionProbe(Protocol):
@@ -107,6 +108,19 @@ def ci_rel(values: Sequence[float]) -> float:
     lo, hi = median_ci(ordered)
     med = statistics.median(ordered)
     return (hi - lo) / 2 / med if med > 0 else math.inf
+
+
+def block_ci_rel(samples: Sequence[float], block_medians: Sequence[float]) -> float:
+    """CI of the median that holds when the host drifts: the wider of two intervals.
+
+    Timings on a shared or virtualised host are autocorrelated: the same model runs 30 % slower for a
+    second, then fast again. The order-statistic CI of all samples assumes independence and is far
+    too narrow then; the CI of the median of per-block medians (the batch-means idea) sees the drift.
+    Before MIN_BLOCKS blocks the drift cannot be judged, so the interval is unbounded.
+    """
+    if len(block_medians) < MIN_BLOCKS or len(samples) < MIN_SAMPLES_FLOOR:
+        return math.inf
+    return max(ci_rel(samples), ci_rel(block_medians))
 
 
 def _median_se(values: Sequence[float]) -> float:
@@ -202,6 +216,7 @@ def adaptive_sample(
     sampling_start = time.perf_counter()
     kept: list[int] = []
     discarded: list[int] = []
+    block_medians: list[float] = []
     blocks = contended = 0
     others_weighted = kept_wall = 0.0
     next_check = settings.min_samples
@@ -219,11 +234,12 @@ def adaptive_sample(
             discarded += timings
         else:
             kept += timings
+            block_medians.append(statistics.median(timings))
             others_weighted += others * wall
             kept_wall += wall
         progress("sampling", len(kept))
-        if len(kept) >= next_check:
-            ci = ci_rel(kept)
+        if len(kept) >= next_check or len(block_medians) == MIN_BLOCKS:
+            ci = block_ci_rel(kept, block_medians)
             next_check = max(len(kept) + 1, int(len(kept) * 1.1))
             if ci <= settings.target_ci_rel:
                 reason = "ci"
@@ -236,8 +252,10 @@ def adaptive_sample(
     short_of_clean = contended > 0 and len(kept) < settings.min_samples
     if len(kept) < MIN_SAMPLES_FLOOR:
         kept = kept + discarded  # nothing clean enough to keep: report what ran, flagged
-    if len(kept) >= MIN_SAMPLES_FLOOR:
-        ci = ci_rel(kept)
+    elif len(block_medians) >= MIN_BLOCKS:
+        ci = block_ci_rel(kept, block_medians)
+    else:
+        ci = ci_rel(kept)  # too few blocks to judge drift: the sample CI is all there is
     return Sampled(
         samples_ns=kept,
         warmup=warmup,
@@ -318,7 +336,7 @@ def interleaved_sample(
         progress("sampling", least)
         if least >= next_check and len(round_medians[0]) >= MIN_AB_ROUNDS:
             next_check = max(least + 1, int(least * 1.1))
-            if all(ci_rel(k) <= settings.target_ci_rel for k in kept):
+            if all(block_ci_rel(k, m) <= settings.target_ci_rel for k, m in zip(kept, round_medians)):
                 reason = "ci"
                 break
         if time.perf_counter() >= deadline:
@@ -328,7 +346,9 @@ def interleaved_sample(
     others_pct = others_weighted / kept_wall if kept_wall else 0.0
     subjects = []
     for i, samples in enumerate(kept):
-        ci = ci_rel(samples) if len(samples) >= MIN_SAMPLES_FLOOR else math.inf
+        ci = block_ci_rel(samples, round_medians[i])
+        if math.isinf(ci) and len(samples) >= MIN_SAMPLES_FLOOR:
+            ci = ci_rel(samples)
         short = contended > 0 and len(samples) < settings.min_samples
         subjects.append(
             Sampled(

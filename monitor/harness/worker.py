@@ -11,6 +11,7 @@ from __future__ import annotations
 import faulthandler
 import importlib
 import json
+import math
 import os
 import sys
 import time
@@ -118,6 +119,8 @@ def _subject_result(prepared: Prepared, sampled: sampling.Sampled, job: Benchmar
     import torch
 
     metrics: RunMetrics = sampling.latency_metrics(sampled.samples_ns, job.batch_size)
+    if math.isfinite(sampled.ci_rel):
+        metrics.ci95_rel = sampled.ci_rel  # drift-aware (block medians), not the i.i.d. sample CI
     metrics.params, metrics.model_size_mb = collectors.model_size(prepared.model)
     metrics.peak_rss_mb = round(collectors.peak_rss_mb(), 2)
     if job.device.startswith("cuda"):
