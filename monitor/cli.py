@@ -138,7 +138,7 @@ class StderrProgress(BenchmarkProgress):
     def update(self, phase: str, samples: int) -> None:
         now = time.monotonic()
         if phase != self._phase or now - self._last >= 2.0:
-            label = {"warmup": "warming up", "setup": "loading model", "eval": "evaluating accuracy"}
+            label = {"warmup": "warming up", "setup": "loading model", "collect": "size, memory, accuracy"}
             text = f"{samples} samples" if phase == "sampling" else label.get(phase, phase)
             click.echo(f"{self._prefix}: {text}", err=True)
             self._phase, self._last = phase, now

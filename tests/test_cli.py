@@ -279,3 +279,19 @@ def test_db_upgrade_creates_a_fresh_sqlite_database(tmp_path: Path) -> None:
     # The upgraded database is usable at once: the configured model has no history yet.
     empty = perfguard("history", "tiny", "--json", config=config)
     assert (empty.returncode, empty.json()) == (0, [])
+
+
+@pytest.mark.postgres
+def test_run_and_history_against_postgresql(tmp_path: Path, pg_schema_url: str) -> None:
+    config = write_config(tmp_path / "perfguard.toml", [tiny_model("tiny")], storage_url=pg_schema_url)
+
+    upgraded = perfguard("db", "upgrade", config=config)
+    ran = perfguard("run", "--json", config=config)
+    read = perfguard("history", "tiny", "--json", config=config)
+
+    assert upgraded.returncode == 0, upgraded
+    assert ran.returncode == 0, ran
+    assert read.returncode == 0, read
+    assert [r["run_id"] for r in read.json()] == [r["run_id"] for r in ran.json()]
+    assert read.json()[0]["metrics"] == ran.json()[0]["metrics"]
+    assert not list(tmp_path.glob("*.db*"))  # nothing went to a SQLite file by mistake

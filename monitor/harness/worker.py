@@ -184,7 +184,7 @@ def run_job(job: BenchmarkJob, channel: Channel) -> WorkerResult:
             sampled_all, contended = [one], one.contended_blocks
         pressure = sampled_all[0].contention_pct if probe.has_psi else None
         host = watch.finish(contended, pressure)
-        channel.progress("eval", len(sampled_all[0].samples_ns))
+        channel.progress("collect", len(sampled_all[0].samples_ns))
         results = [_subject_result(p, s, job) for p, s in zip(prepared, sampled_all)]
     if nvml is not None:
         nvml.close()
