@@ -20,20 +20,21 @@ import sys
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
-sys.path.insert(0, str(BENCH))
+MODEL_PATHS = [str(BENCH), str(BENCH.parent / "tests")]
+sys.path[:0] = MODEL_PATHS
 
 from monitor.harness.protocol import BenchmarkJob, InputTensor, SamplingSettings, Subject  # noqa: E402
 from monitor.harness.runner import run_worker, worker_environment  # noqa: E402
 
-CASES = [("busy_200us", [1, 16]), ("small_mlp", [4, 256])]
+CASES = [("workloads:busy_200us", [1, 16]), ("bench_models:small_mlp", [4, 256])]
 
 
 BARE_LOOP = """
-import json, statistics, sys, time, torch
-sys.path.insert(0, {bench!r})
-import workloads
+import importlib, json, statistics, sys, time, torch
+sys.path[:0] = {paths!r}
+module, fn = {factory!r}.split(":")
 torch.set_num_threads({threads})
-model = workloads.{factory}().eval()
+model = getattr(importlib.import_module(module), fn)().eval()
 x = torch.randn({shape})
 with torch.inference_mode():
     for _ in range(200):
@@ -50,7 +51,7 @@ print(json.dumps({{"us": statistics.median(means) * 1e6}}))
 
 def bare_loop_us(factory: str, shape: list[int], iters: int, threads: int) -> float:
     chunk = 10
-    script = BARE_LOOP.format(bench=str(BENCH), threads=threads, factory=factory, shape=shape,
+    script = BARE_LOOP.format(paths=MODEL_PATHS, threads=threads, factory=factory, shape=shape,
                               chunks=max(1, iters // chunk), chunk=chunk)
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
                           env=worker_environment(threads, pin_allocator=True))
@@ -60,11 +61,11 @@ def bare_loop_us(factory: str, shape: list[int], iters: int, threads: int) -> fl
 def harness_us(factory: str, shape: list[int], threads: int, max_time_s: float) -> float:
     job = BenchmarkJob(
         model=factory,
-        subjects=[Subject(label="baseline", factory=f"workloads:{factory}", inputs=[InputTensor(shape)])],
+        subjects=[Subject(label="baseline", factory=factory, inputs=[InputTensor(shape)])],
         batch_size=shape[0],
         threads=threads,
         sampling=SamplingSettings(max_time_s=max_time_s),
-        sys_path=[str(BENCH)],
+        sys_path=MODEL_PATHS,
     )
     outcome = run_worker(job, timeout_s=120)
     if outcome.result is None:
@@ -79,15 +80,15 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--max-time-s", type=float, default=3.0)
     args = parser.parse_args()
-    print(f"{'model':<12} {'bare loop us':>13} {'harness p50 us':>15} {'ratio':>7}")
+    print(f"{'model':<24} {'bare loop us':>13} {'harness p50 us':>15} {'ratio':>7}")
     for factory, shape in CASES:
         bare, harness = [], []
         for _ in range(args.rounds):
             bare.append(bare_loop_us(factory, shape, args.iters, args.threads))
             harness.append(harness_us(factory, shape, args.threads, args.max_time_s))
         b, h = statistics.median(bare), statistics.median(harness)
-        print(f"{factory:<12} {b:13.2f} {h:15.2f} {h / b:7.4f}")
-        print(f"{'':<12} bare runs: {', '.join(f'{v:.1f}' for v in bare)}; "
+        print(f"{factory:<24} {b:13.2f} {h:15.2f} {h / b:7.4f}")
+        print(f"{'':<24} bare runs: {', '.join(f'{v:.1f}' for v in bare)}; "
               f"harness runs: {', '.join(f'{v:.1f}' for v in harness)}")
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 RunStatus = Literal["ok", "failed", "timeout"]
 RUN_STATUSES: tuple[RunStatus, ...] = ("ok", "failed", "timeout")
@@ -22,8 +22,22 @@ FLAG_UNSTABLE = "unstable"  # the 95 % CI of the median did not reach the target
 FLAG_WARMUP_UNSETTLED = "warmup_unsettled"  # warm-up hit its cap before timings settled
 
 
+class _JsonFields:
+    """to_dict / from_dict for the JSON columns; keys a newer version added are ignored on read."""
+
+    __slots__ = ()
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Self:
+        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+
 @dataclass(slots=True)
-class RunMetrics:
+class RunMetrics(_JsonFields):
     """Figures of one run; None where not measured (e.g. GPU figures on CPU, accuracy without eval)."""
 
     latency_ms_p50: float | None = None
@@ -45,17 +59,9 @@ class RunMetrics:
     gpu_power_w: float | None = None
     energy_j_per_inference: float | None = None
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> RunMetrics:
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
 
 @dataclass(slots=True)
-class EnvFingerprint:
+class EnvFingerprint(_JsonFields):
     """What the numbers depend on besides the model: software, hardware and settings of the worker."""
 
     torch: str | None = None
@@ -72,17 +78,9 @@ class EnvFingerprint:
     platform: str | None = None
     allocator: dict[str, str] = field(default_factory=dict)
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> EnvFingerprint:
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
 
 @dataclass(slots=True)
-class HostCondition:
+class HostCondition(_JsonFields):
     """The state of the host while the run sampled: load from others can explain a slow reading."""
 
     loadavg_1m: float | None = None
@@ -90,14 +88,6 @@ class HostCondition:
     cpu_freq_mhz: float | None = None
     contended_blocks: int = 0  # sampling blocks discarded because another process used the CPU
     cpu_pressure_pct: float | None = None  # kernel PSI: share of kept sampling time a task waited for CPU
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> HostCondition:
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 @dataclass(slots=True)

@@ -212,3 +212,17 @@ def test_interleaved_subjects_share_the_window_by_time_spent():
     assert a.window["energy_j"] + b.window["energy_j"] == pytest.approx(10.0)
     # Blocks are sized to equal time, so each subject spent about half of it.
     assert a.window["energy_j"] == pytest.approx(5.0, rel=0.2)
+
+
+def test_sampling_never_stops_before_min_samples_while_the_budget_allows():
+    settings = SamplingSettings(max_time_s=5, target_ci_rel=0.5, min_samples=40)
+    result = adaptive_sample(block_runner(spin(0.004)), settings, NoProbe())  # ~12 per 50 ms block
+    assert len(result.samples_ns) >= 40
+    assert result.stop_reason == "ci"
+    assert result.blocks >= 4
+
+
+def test_a_lone_stretch_of_blocks_is_not_enough_to_stop():
+    settings = SamplingSettings(max_time_s=5, target_ci_rel=0.5, min_samples=5)
+    result = adaptive_sample(block_runner(spin(0.0001)), settings, NoProbe())
+    assert result.blocks >= 10  # MIN_BLOCKS: drift cannot be judged from fewer

@@ -27,7 +27,6 @@ Z95 = 1.959963984540054
 BLOCK_TARGET_NS = 50_000_000  # one sampling block: long enough to amortise checks, short to re-take
 MIN_BLOCKS = 10  # the median's CI counts blocks too: never stop on one lucky stretch of the host
 MIN_SAMPLES_FLOOR = 3
-MIN_AB_ROUNDS = MIN_BLOCKS  # paired per-round ratios need a few rounds before their CI means anything
 
 
 class ContentionProbe(Protocol):
@@ -206,74 +205,12 @@ def adaptive_sample(
     window: MeasuredWindow | None = None,
 ) -> Sampled:
     """Warm up, then sample in blocks until the median is known to ±target or the budget is spent."""
-    start = time.perf_counter()
-    deadline = start + settings.max_time_s
-    progress("warmup", 0)
-    warmup = warm_up(run, settings.max_time_s * settings.warmup_fraction)
-    block = min(100_000, max(1, round(BLOCK_TARGET_NS / max(warmup.estimate_ns, 1))))
-    if window is not None:
-        window.start()
-    sampling_start = time.perf_counter()
-    kept: list[int] = []
-    discarded: list[int] = []
-    block_medians: list[float] = []
-    blocks = contended = 0
-    others_weighted = kept_wall = 0.0
-    next_check = settings.min_samples
-    ci = math.inf
-    reason = "budget"
-    while True:
-        token = probe.begin()
-        t0 = time.perf_counter()
-        timings = run(block)
-        wall = time.perf_counter() - t0
-        others = probe.end(token)
-        blocks += 1
-        if others > settings.contention_cpu_pct:
-            contended += 1
-            discarded += timings
-        else:
-            kept += timings
-            block_medians.append(statistics.median(timings))
-            others_weighted += others * wall
-            kept_wall += wall
-        progress("sampling", len(kept))
-        if len(kept) >= next_check or len(block_medians) == MIN_BLOCKS:
-            ci = block_ci_rel(kept, block_medians)
-            next_check = max(len(kept) + 1, int(len(kept) * 1.1))
-            if ci <= settings.target_ci_rel:
-                reason = "ci"
-                break
-        if time.perf_counter() >= deadline:
-            break
-    sampling_s = time.perf_counter() - sampling_start
-    measured = window.stop() if window is not None else None
-    executed = len(kept) + len(discarded)
-    short_of_clean = contended > 0 and len(kept) < settings.min_samples
-    if len(kept) < MIN_SAMPLES_FLOOR:
-        kept = kept + discarded  # nothing clean enough to keep: report what ran, flagged
-    elif len(block_medians) >= MIN_BLOCKS:
-        ci = block_ci_rel(kept, block_medians)
-    else:
-        ci = ci_rel(kept)  # too few blocks to judge drift: the sample CI is all there is
-    return Sampled(
-        samples_ns=kept,
-        warmup=warmup,
-        stop_reason=reason,
-        ci_rel=ci,
-        blocks=blocks,
-        contended_blocks=contended,
-        executed=executed,
-        sampling_s=sampling_s,
-        window=measured,
-        contention_pct=others_weighted / kept_wall if kept_wall else 0.0,
-        flags=_flags(warmup, reason, ci, settings.target_ci_rel, short_of_clean),
-    )
+    return interleaved_sample([("only", run)], settings, probe, progress, window).subjects[0]
 
 
 @dataclass(slots=True)
 class Interleaved:
-    """A/B result: each subject's samples, plus per-round medians for paired ratios."""
+    """A/B result: each subject's samples and the comparison of each with the first."""
 
     subjects: list[Sampled]
     rounds: int
@@ -288,26 +225,27 @@ def interleaved_sample(
     progress: Callable[[str, int], None] = lambda phase, n: None,
     window: MeasuredWindow | None = None,
 ) -> Interleaved:
-    """Time several subjects in alternating blocks (ABBA...) within one budget.
+    """Time one or more subjects in alternating blocks (ABBA...) within one budget.
 
-    Each round runs one block (~50 ms in all) of every subject, in reversed order every other round, so a
-    linear drift of the host costs each subject the same. A round during which other processes used
-    the CPU is discarded whole, keeping the pairing fair. The comparison gives, for each subject
-    after the first, the ratio of its median to the first's and a 95 % CI from the per-round ratios.
+    Each round runs one block of every subject (~50 ms in all), in reversed order every other
+    round, so a linear drift of the host costs each subject the same. A round during which other
+    processes used the CPU is discarded whole, keeping the pairing fair. Sampling stops once every
+    subject's median is known to ±target (drift-aware, see `block_ci_rel`) with `min_samples` kept,
+    or at the budget. The comparison gives, for each subject after the first, the ratio of its median
+    to the first's and a 95 % CI from the per-round ratios.
     """
-    start = time.perf_counter()
-    deadline = start + settings.max_time_s
+    deadline = time.perf_counter() + settings.max_time_s
     progress("warmup", 0)
     warm_budget = settings.max_time_s * settings.warmup_fraction / len(runs)
     warmups = [warm_up(run, warm_budget) for _, run in runs]
-    block_ns = BLOCK_TARGET_NS / 2 / len(runs)
+    block_ns = BLOCK_TARGET_NS / len(runs)
     sizes = [min(100_000, max(1, round(block_ns / max(w.estimate_ns, 1)))) for w in warmups]
     if window is not None:
         window.start()
     sampling_start = time.perf_counter()
     kept: list[list[int]] = [[] for _ in runs]
-    round_medians: list[list[float]] = [[] for _ in runs]
-    executed = [0 for _ in runs]
+    discarded: list[list[int]] = [[] for _ in runs]
+    medians: list[list[float]] = [[] for _ in runs]
     rounds = contended = 0
     others_weighted = kept_wall = 0.0
     reason = "budget"
@@ -322,34 +260,39 @@ def interleaved_sample(
         wall = time.perf_counter() - t0
         others = probe.end(token)
         rounds += 1
-        for i, block in timings.items():
-            executed[i] += len(block)
         if others > settings.contention_cpu_pct:
             contended += 1
+            for i, block in timings.items():
+                discarded[i] += block
         else:
             others_weighted += others * wall
             kept_wall += wall
             for i, block in timings.items():
                 kept[i] += block
-                round_medians[i].append(statistics.median(block))
+                medians[i].append(statistics.median(block))
         least = min(len(k) for k in kept)
         progress("sampling", least)
-        if least >= next_check and len(round_medians[0]) >= MIN_AB_ROUNDS:
+        if least >= next_check:
             next_check = max(least + 1, int(least * 1.1))
-            if all(block_ci_rel(k, m) <= settings.target_ci_rel for k, m in zip(kept, round_medians)):
+            if all(block_ci_rel(k, m) <= settings.target_ci_rel for k, m in zip(kept, medians)):
                 reason = "ci"
                 break
         if time.perf_counter() >= deadline:
             break
     sampling_s = time.perf_counter() - sampling_start
     measured = window.stop() if window is not None else None
-    others_pct = others_weighted / kept_wall if kept_wall else 0.0
+    executed = [len(k) + len(d) for k, d in zip(kept, discarded)]
     subjects = []
-    for i, samples in enumerate(kept):
-        ci = block_ci_rel(samples, round_medians[i])
-        if math.isinf(ci) and len(samples) >= MIN_SAMPLES_FLOOR:
-            ci = ci_rel(samples)
-        short = contended > 0 and len(samples) < settings.min_samples
+    for i in range(len(runs)):
+        samples = kept[i]
+        short_of_clean = contended > 0 and len(samples) < settings.min_samples
+        if len(samples) < MIN_SAMPLES_FLOOR:
+            samples = samples + discarded[i]  # nothing clean enough to keep: report what ran, flagged
+            ci = ci_rel(samples) if len(samples) >= MIN_SAMPLES_FLOOR else math.inf
+        elif len(medians[i]) >= MIN_BLOCKS:
+            ci = block_ci_rel(samples, medians[i])
+        else:
+            ci = ci_rel(samples)  # too few blocks to judge drift: the sample CI is all there is
         subjects.append(
             Sampled(
                 samples_ns=samples,
@@ -361,13 +304,12 @@ def interleaved_sample(
                 executed=executed[i],
                 sampling_s=sampling_s,
                 window=_share(measured, executed, kept, i),
-                contention_pct=others_pct,
-                flags=_flags(warmups[i], reason, ci, settings.target_ci_rel, short),
+                contention_pct=others_weighted / kept_wall if kept_wall else 0.0,
+                flags=_flags(warmups[i], reason, ci, settings.target_ci_rel, short_of_clean),
             )
         )
     comparison = {
-        runs[i][0]: _paired_ratio(kept[i], kept[0], round_medians[i], round_medians[0])
-        for i in range(1, len(runs))
+        runs[i][0]: _paired_ratio(kept[i], kept[0], medians[i], medians[0]) for i in range(1, len(runs))
     }
     return Interleaved(subjects, rounds, contended, comparison)
 
