@@ -226,3 +226,13 @@ def test_a_lone_stretch_of_blocks_is_not_enough_to_stop():
     settings = SamplingSettings(max_time_s=5, target_ci_rel=0.5, min_samples=5)
     result = adaptive_sample(block_runner(spin(0.0001)), settings, NoProbe())
     assert result.blocks >= 10  # MIN_BLOCKS: drift cannot be judged from fewer
+
+
+def test_a_model_slower_than_its_budget_gives_json_safe_details():
+    import json
+
+    settings = SamplingSettings(max_time_s=0.05, min_samples=100)
+    result = adaptive_sample(block_runner(spin(0.03)), settings, NoProbe())
+    assert 1 <= len(result.samples_ns) < 3
+    assert FLAG_UNSTABLE in result.flags
+    json.dumps(result.details(), allow_nan=False)  # PostgreSQL's JSON type rejects NaN/Infinity

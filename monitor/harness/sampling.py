@@ -179,7 +179,7 @@ class Sampled:
             "warmup_settled": self.warmup.settled,
             "sampling_s": round(self.sampling_s, 4),
             "stop_reason": self.stop_reason,
-            "ci95_rel": self.ci_rel,
+            "ci95_rel": self.ci_rel if math.isfinite(self.ci_rel) else None,  # JSON has no Infinity
             "blocks": self.blocks,
             "contended_blocks": self.contended_blocks,
             "executed": self.executed,
