@@ -1,4 +1,5 @@
-"""Shared fixtures: a real PostgreSQL database for the `postgres` tests, one fresh schema per test.
+"""Shared fixtures: a real PostgreSQL database for the `postgres` tests, one fresh schema per test,
+and `db_url` / `db`, which run a test once per storage backend (SQLite file, then PostgreSQL).
 
 The server comes from PERFGUARD_TEST_PG_URL (e.g. postgresql+psycopg://postgres@127.0.0.1:5432/test).
 Without it the tests skip, except in CI (CI=true), where a missing database must fail the run rather
@@ -10,6 +11,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, make_url
@@ -48,6 +50,26 @@ def pg_schema_url(pg_url: str) -> Iterator[str]:
         with admin.begin() as conn:
             conn.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
         admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest) -> str:
+    """The URL of a new, empty database on each backend: a SQLite file, then a PostgreSQL schema.
+
+    The PostgreSQL case goes through `pg_schema_url`, so it skips or fails exactly as `pg_url` says.
+    """
+    if request.param == "postgresql":
+        return str(request.getfixturevalue("pg_schema_url"))
+    tmp_path: Path = request.getfixturevalue("tmp_path")
+    return f"sqlite:///{tmp_path / 'perfguard.db'}"
+
+
+@pytest.fixture
+def db(db_url: str) -> Iterator[Database]:
+    """`db_url`, opened (and so migrated to head); closed after the test."""
+    db = Database.open(db_url)
+    yield db
+    db.close()
 
 
 @pytest.fixture

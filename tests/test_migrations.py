@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -18,16 +17,10 @@ from storage.models import Base
 TABLES = {"models", "variants", "runs", "run_metrics", "run_samples"}
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "postgres":
-        return str(request.getfixturevalue("pg_schema_url"))
-    return f"sqlite:///{tmp_path / 'perfguard.db'}"
-
-
 @pytest.fixture
-def empty_db(url: str) -> Iterator[Database]:
-    db = Database.open(url, upgrade=False)
+def empty_db(db_url: str) -> Iterator[Database]:
+    """A new database on each backend (`db_url`, see conftest.py), opened without migrating."""
+    db = Database.open(db_url, upgrade=False)
     yield db
     db.close()
 
@@ -52,8 +45,8 @@ def test_upgrade_from_an_empty_database_creates_every_table_at_head(empty_db: Da
     assert current_revisions(empty_db) == (head_revision(),)
 
 
-def test_opening_a_database_applies_migrations(url: str) -> None:
-    with Database.open(url) as db:
+def test_opening_a_database_applies_migrations(db_url: str) -> None:
+    with Database.open(db_url) as db:
         assert current_revisions(db) == (head_revision(),)
 
 
