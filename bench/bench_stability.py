@@ -6,6 +6,10 @@ the same models with torch.utils.benchmark defaults (`Timer(...).adaptive_autora
 one thread unless told otherwise), each in a fresh process too. Prints the coefficient of variation
 of the per-process medians. Goals here: <= 3 % on the CNN, <= 1.5 % on the MLP.
 
+A last series times each model in A/B mode beside the other example model, in one worker, and
+reports the CV of the ratio of their medians: how much of the spread is host drift that a reference
+timed alongside cancels.
+
     .venv/bin/python bench/bench_stability.py
 """
 
@@ -73,6 +77,22 @@ def perfguard_p50(config: Path, model: str) -> float:
     return run["metrics"]["latency_ms_p50"]
 
 
+def ab_ratio(model: str, reference: str, max_time_s: float, threads: int | None) -> float:
+    from monitor.harness.protocol import BenchmarkJob, InputTensor, SamplingSettings, Subject
+    from monitor.harness.runner import run_worker
+
+    subjects = [
+        Subject(label=name, factory=MODELS[name][0], inputs=[InputTensor(MODELS[name][1])])
+        for name in (reference, model)
+    ]
+    job = BenchmarkJob(model=model, subjects=subjects, batch_size=32, threads=threads, mode="ab",
+                       sampling=SamplingSettings(max_time_s=max_time_s), sys_path=[str(ROOT)])
+    outcome = run_worker(job, timeout_s=300)
+    if outcome.result is None:
+        raise SystemExit(f"A/B run of {model} failed:\n{outcome.error}")
+    return outcome.result.comparison[model]["ratio_p50"]
+
+
 def tub_median(model: str) -> float:
     factory, shape = MODELS[model]
     script = TUB_SCRIPT.format(root=str(ROOT), fn=factory.split(":")[1], shape=shape)
@@ -96,12 +116,15 @@ def main() -> None:
         unpinned = write_config(Path(tmp) / "unpinned", False, args.max_time_s, args.threads)
         print(f"{'model':<9} {'method':<34} {'median of p50 ms':>17} {'CV %':>6}   per-process medians")
         for model in MODELS:
+            reference = next(name for name in MODELS if name != model)
+            ab_label = f"A/B ratio to {reference} (one worker)"
             series = {"perfguard (allocator pinned)": [], "perfguard (allocator not pinned)": [],
-                      "torch.utils.benchmark defaults": []}
+                      "torch.utils.benchmark defaults": [], ab_label: []}
             for _ in range(args.runs):  # interleaved so host drift hits each method alike
                 series["perfguard (allocator pinned)"].append(perfguard_p50(pinned, model))
                 series["perfguard (allocator not pinned)"].append(perfguard_p50(unpinned, model))
                 series["torch.utils.benchmark defaults"].append(tub_median(model))
+                series[ab_label].append(ab_ratio(model, reference, args.max_time_s, args.threads))
             for method, values in series.items():
                 print(f"{model:<9} {method:<34} {statistics.median(values):17.3f} {cv(values):6.2f}   "
                       + " ".join(f"{v:.3f}" for v in values))
