@@ -139,8 +139,10 @@ def run_worker(
         while not events.empty():
             _apply(events.get_nowait(), outcome, progress)
         outcome.finished_at = datetime.now(UTC)
-        if outcome.result is not None:
-            outcome.status, outcome.error = "ok", None
+        if outcome.result is not None and not outcome.extra.get("memory_exceeded"):
+            outcome.status, outcome.error = "ok", None  # a result that beat the clock still counts
+        elif outcome.result is not None:
+            outcome.result = None  # over its memory limit: the model fails even if it finished
         elif outcome.error is None:
             reason = outcome.extra.get("exception") or _exit_reason(proc.returncode)
             tail = _tail(stderr)
@@ -191,6 +193,7 @@ def _supervise(
                 pass
         if memory_limit_mb is not None and peak > memory_limit_mb:
             outcome.status = "failed"
+            outcome.extra["memory_exceeded"] = True
             outcome.error = (
                 f"memory limit exceeded: worker resident memory reached {peak:.0f} MB, "
                 f"over memory_limit_mb={memory_limit_mb:g} (phase: {outcome.phase})"
