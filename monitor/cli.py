@@ -20,7 +20,7 @@ from typing import Any
 import click
 
 from monitor.config import DEFAULT_CONFIG_NAME, ConfigError, LoadedConfig, load_config
-from monitor.registry import PlannedBenchmark, UnknownModelError
+from monitor.registry import PlannedBenchmark, UnknownModelError, plan
 from monitor.service.benchmark import BenchmarkProgress, benchmark_models
 from storage import queries
 from storage.db import Database
@@ -58,7 +58,7 @@ def _open_db(loaded: LoadedConfig) -> Database:
 
 
 def _print_json(value: Any) -> None:
-    click.echo(json.dumps(value, indent=2, default=str))
+    click.echo(json.dumps(value, indent=2, default=str, allow_nan=False))  # strict JSON: no NaN/inf
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -220,9 +220,10 @@ def models(config_path: Path, as_json: bool) -> None:
 def run(config_path: Path, as_json: bool, names: tuple[str, ...]) -> None:
     """Benchmark models now (all, or the NAMES given), store and print the runs."""
     loaded = _load(config_path)
-    unknown = [n for n in names if n not in {m.name for m in loaded.config.models}]
-    if unknown:
-        raise click.UsageError(str(UnknownModelError(unknown[0], [m.name for m in loaded.config.models])))
+    try:
+        plan(loaded, list(names))  # unknown names are a usage error, before the database is opened
+    except UnknownModelError as exc:
+        raise click.UsageError(str(exc)) from None
     with _open_db(loaded) as db:
         records = benchmark_models(loaded, db, list(names) or None, StderrProgress())
         location = db.display_location()

@@ -7,6 +7,8 @@ database sees the schema its code expects; `upgrade` does the same on request (`
 
 from __future__ import annotations
 
+import functools
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -96,15 +98,20 @@ class Database:
         self.close()
 
 
+# Strict JSON in every JSON column: SQLite would keep NaN/Infinity that PostgreSQL's json type
+# refuses, and the two backends must accept the same runs.
+_json_serializer = functools.partial(json.dumps, allow_nan=False)
+
+
 def _create_engine(url: URL) -> Engine:
     if url.get_backend_name() != "sqlite":
         # A service runs for months: connections dropped by a database restart are replaced, not used.
-        return create_engine(url, pool_pre_ping=True)
+        return create_engine(url, pool_pre_ping=True, json_serializer=_json_serializer)
     if url.database and url.database != ":memory:" and not url.database.startswith("file:"):
         path = Path(url.database).expanduser().resolve()
         path.parent.mkdir(parents=True, exist_ok=True)
         url = url.set(database=str(path))
-    engine = create_engine(url)
+    engine = create_engine(url, json_serializer=_json_serializer)
     event.listen(engine, "connect", _configure_sqlite_connection)
     event.listen(engine, "begin", _begin_sqlite_transaction)
     return engine

@@ -38,7 +38,10 @@ class _JsonFields:
 
 @dataclass(slots=True)
 class RunMetrics(_JsonFields):
-    """Figures of one run; None where not measured (e.g. GPU figures on CPU, accuracy without eval)."""
+    """Figures of one run; None where not measured (e.g. GPU figures on CPU, accuracy without eval).
+
+    Every `*_mb` figure is in MiB (2**20 bytes), like `memory_limit_mb` in the config.
+    """
 
     latency_ms_p50: float | None = None
     latency_ms_p90: float | None = None
@@ -84,7 +87,7 @@ class HostCondition(_JsonFields):
     """The state of the host while the run sampled: load from others can explain a slow reading."""
 
     loadavg_1m: float | None = None
-    others_cpu_pct: float | None = None  # other processes' CPU use during kept samples, % of one core
+    others_cpu_pct: float | None = None  # others' CPU use over warm-up and sampling, % of one core
     cpu_freq_mhz: float | None = None
     contended_blocks: int = 0  # sampling blocks discarded because another process used the CPU
     cpu_pressure_pct: float | None = None  # kernel PSI: share of kept sampling time a task waited for CPU

@@ -80,8 +80,12 @@ class CliResult:
     stderr: str
 
     def json(self) -> Any:
-        """The whole of stdout as JSON: fails if anything but JSON was printed there."""
-        return json.loads(self.stdout)
+        """The whole of stdout as strict JSON: fails on anything else, NaN and Infinity included."""
+
+        def reject(token: str) -> Any:
+            raise ValueError(f"non-standard JSON token {token} on stdout")
+
+        return json.loads(self.stdout, parse_constant=reject)
 
     def __str__(self) -> str:
         return f"perfguard {' '.join(self.args)} -> {self.returncode}\n--- stdout\n{self.stdout}\n--- stderr\n{self.stderr}"

@@ -51,10 +51,12 @@ def test_a_tiny_model_is_measured_with_all_cpu_metrics():
     assert record.details["stop_reason"] in ("ci", "budget")
 
 
-def test_the_allocator_is_left_alone_when_pinning_is_off():
+def test_the_allocator_is_left_alone_when_pinning_is_off(monkeypatch):
+    for name in ALLOCATOR_PINS:
+        monkeypatch.delenv(name, raising=False)
     outcome = run_worker(job("tiny"), timeout_s=60, pin_allocator=False)
     assert outcome.status == "ok", outcome.error
-    assert not set(ALLOCATOR_PINS) & set(outcome.result.env.allocator) - set(os.environ)
+    assert outcome.result.env.allocator == {}
 
 
 def test_inputs_factory_and_eval_give_accuracy():
@@ -100,6 +102,32 @@ def test_a_hanging_model_times_out_and_leaves_no_process_behind(tmp_path, monkey
     assert time.monotonic() - start < 20
     for pid in (outcome.pid, int(pid_file.read_text())):
         assert not _alive(pid), f"process {pid} outlived the runner"
+
+
+def test_a_worker_does_not_outlive_a_killed_runner(tmp_path, monkeypatch):
+    pid_file = tmp_path / "child.pid"
+    monkeypatch.setenv("PERFGUARD_TEST_CHILD_PID_FILE", str(pid_file))
+    runner_script = textwrap.dedent(f"""
+        from monitor.harness.protocol import BenchmarkJob, InputTensor, SamplingSettings, Subject
+        from monitor.harness.runner import run_worker
+        subject = Subject(label="baseline", factory="workloads:spawns_child", inputs=[InputTensor([4, 16])])
+        run_worker(BenchmarkJob(model="x", subjects=[subject], batch_size=4, sys_path=[{str(TESTS)!r}]),
+                   timeout_s=600)
+    """)
+    runner = subprocess.Popen([sys.executable, "-c", runner_script])
+    deadline = time.monotonic() + 60
+    while not (pid_file.exists() and pid_file.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    child = int(pid_file.read_text())
+    worker = psutil.Process(child).ppid()
+    assert worker != runner.pid and psutil.Process(worker).ppid() == runner.pid
+    runner.kill()
+    runner.wait()
+    deadline = time.monotonic() + 10
+    while (_alive(worker) or _alive(child)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _alive(worker), "the worker outlived its runner"
+    assert not _alive(child), "the worker's child outlived the runner"
 
 
 def _alive(pid: int) -> bool:

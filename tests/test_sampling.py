@@ -151,8 +151,7 @@ def test_probe_reads_little_contention_on_a_quiet_window():
     token = probe.begin()
     time.sleep(0.2)
     quiet = probe.end(token)
-    assert quiet >= 0.0
-    assert quiet < 100.0
+    assert 0.0 <= quiet < 15.0  # below the default threshold: a quiet window is never called contended
 
 
 def test_probe_sees_busy_neighbours(cpu_hogs):
@@ -163,9 +162,20 @@ def test_probe_sees_busy_neighbours(cpu_hogs):
 
 
 def test_interleaved_sampling_measures_the_ratio_of_two_known_costs():
+    calls: list[str] = []
+
+    def recorded(label: str, fn):
+        run = block_runner(fn)
+
+        def wrapped(n: int) -> list[int]:
+            calls.append(label)
+            return run(n)
+
+        return wrapped
+
     settings = SamplingSettings(max_time_s=3, target_ci_rel=0.01, min_samples=50)
     result = interleaved_sample(
-        [("a", block_runner(spin(0.0001))), ("b", block_runner(spin(0.0003)))], settings, NoProbe()
+        [("a", recorded("a", spin(0.0001))), ("b", recorded("b", spin(0.0003)))], settings, NoProbe()
     )
     a, b = result.subjects
     assert statistics.median(a.samples_ns) == pytest.approx(100_000, rel=0.15)
@@ -173,10 +183,14 @@ def test_interleaved_sampling_measures_the_ratio_of_two_known_costs():
     ratio = result.comparison["b"]
     assert ratio["ratio_p50"] == pytest.approx(3.0, rel=0.1)
     lo, hi = ratio["ratio_ci95"]
-    assert lo <= ratio["ratio_p50"] * 1.02 and hi >= ratio["ratio_p50"] * 0.98
-    assert ratio["rounds"] >= 3
-    # Both subjects ran in every kept round: alternating blocks, not one after the other.
-    assert result.rounds >= 3
+    assert lo <= ratio["ratio_p50"] <= hi
+    assert ratio["ratio_pooled"] == pytest.approx(3.0, rel=0.1)
+    assert ratio["rounds"] >= 10
+    # The last calls are the rounds, after each subject's warm-up: in ABBA order, a b | b a | a b | ...
+    sampling_calls = calls[-2 * result.rounds :]
+    rounds = [sampling_calls[i : i + 2] for i in range(0, len(sampling_calls), 2)]
+    assert calls[: -2 * result.rounds] == sorted(calls[: -2 * result.rounds])  # all of a's, then b's
+    assert all(r == (["a", "b"] if i % 2 == 0 else ["b", "a"]) for i, r in enumerate(rounds))
 
 
 class RecordingWindow:
@@ -215,9 +229,9 @@ def test_interleaved_subjects_share_the_window_by_time_spent():
 
 
 def test_sampling_never_stops_before_min_samples_while_the_budget_allows():
-    settings = SamplingSettings(max_time_s=5, target_ci_rel=0.5, min_samples=40)
+    settings = SamplingSettings(max_time_s=5, target_ci_rel=0.5, min_samples=300)
     result = adaptive_sample(block_runner(spin(0.004)), settings, NoProbe())  # ~12 per 50 ms block
-    assert len(result.samples_ns) >= 40
+    assert len(result.samples_ns) >= 300  # 10 blocks alone would give ~120
     assert result.stop_reason == "ci"
     assert result.blocks >= 4
 
@@ -228,11 +242,15 @@ def test_a_lone_stretch_of_blocks_is_not_enough_to_stop():
     assert result.blocks >= 10  # MIN_BLOCKS: drift cannot be judged from fewer
 
 
-def test_a_model_slower_than_its_budget_gives_json_safe_details():
+def test_a_model_slower_than_its_budget_stays_in_budget_with_json_safe_details():
     import json
 
-    settings = SamplingSettings(max_time_s=0.05, min_samples=100)
+    settings = SamplingSettings(max_time_s=0.3, min_samples=100)
+    start = time.perf_counter()
     result = adaptive_sample(block_runner(spin(0.03)), settings, NoProbe())
-    assert 1 <= len(result.samples_ns) < 3
-    assert FLAG_UNSTABLE in result.flags
+    took = time.perf_counter() - start
+    assert took < 0.3 + 2 * 0.03 + 0.05  # at most one call past the budget in each phase
+    assert result.warmup.seconds < settings.max_time_s * settings.warmup_fraction + 0.03 + 0.02
+    assert FLAG_UNSTABLE in result.flags  # far fewer than 10 blocks: precision unknown
+    assert result.details()["ci95_rel"] is None
     json.dumps(result.details(), allow_nan=False)  # PostgreSQL's JSON type rejects NaN/Infinity

@@ -12,7 +12,6 @@ import os
 import platform
 import resource
 import socket
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -40,7 +39,7 @@ class CpuContentionProbe:
 
     Reads the kernel's CPU pressure (PSI, /proc/pressure/cpu): the microseconds during which some
     runnable task waited for a CPU. It is exact to the microsecond, whereas CPU-time accounting in
-    /proc/stat is sampled in 10 ms ticks, too coarse for 0.1 s windows. Where PSI is missing the probe
+    /proc/stat is sampled in 10 ms ticks, too coarse for 50 ms windows. Where PSI is missing the probe
     falls back to other processes' CPU time from /proc/stat (busy time minus this process and its
     parent), in % of one core.
     """
@@ -116,7 +115,7 @@ class HostWatch:
 
 
 def peak_rss_mb() -> float:
-    """Peak resident memory of this process (ru_maxrss is in KiB on Linux)."""
+    """Peak resident memory of this process in MiB (ru_maxrss is in KiB on Linux)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
@@ -167,7 +166,7 @@ def environment(threads: int, interop_threads: int, device: str, nvml: Nvml | No
 
 
 def model_size(model: Any) -> tuple[int, float]:
-    """Parameter count and serialized size (MB) of the model's state_dict."""
+    """Parameter count and serialized size (MiB, like every *_mb figure) of the model's state_dict."""
     import torch
 
     params = sum(p.numel() for p in model.parameters())
@@ -175,7 +174,7 @@ def model_size(model: Any) -> tuple[int, float]:
     # Outside inference_mode: some quantized tensors refuse to be saved from inside it.
     with torch.inference_mode(False):
         torch.save(model.state_dict(), buffer)
-    return params, buffer.tell() / 1e6
+    return params, buffer.tell() / 2**20
 
 
 class Nvml:
@@ -281,5 +280,3 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def python_version() -> str:
-    return sys.version.split()[0]

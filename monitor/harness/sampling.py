@@ -4,8 +4,9 @@ Torch-free on purpose: it times any zero-argument callable, so its rules can be 
 Python functions. The rules follow pyperf and torch.utils.benchmark, tightened for a monitor:
 - warm-up is calibrated: it runs until the medians of the last two windows agree (pyperf compares
   halves of a sample), capped at a fraction of the budget, not a fixed count;
-- sampling goes in blocks of ~0.1 s and stops once the distribution-free 95 % confidence interval
-  of the median is within `target_ci_rel` of it (with a minimum count), or the budget is spent;
+- sampling goes in blocks of ~50 ms and stops once the 95 % confidence interval of the median is
+  within `target_ci_rel` of it, with a minimum count and at least 10 blocks, or the budget is spent;
+  the interval is drift-aware (see `block_ci_rel`): timings on a shared host are not independent;
 - a block during which other processes used the CPU is discarded and re-sampled: on a 2-core host
   one busy neighbour inflates a 50 us model hundreds of times;
 - A/B mode runs the subjects in alternating blocks (ABBA order) so slow host drift hits each alike.
@@ -138,22 +139,27 @@ class Warmup:
 
 
 def warm_up(run: Callable[[int], list[int]], max_s: float, settle_rel: float = 0.02) -> Warmup:
-    """Run until the medians of the last two windows agree (within `settle_rel` or their noise)."""
+    """Run until the medians of the last two windows agree (within `settle_rel` or their noise).
+
+    Never plans past `max_s`: each window is cut to the calls that fit in the time left, so a model
+    slower than its warm-up cap costs one call, not a window of them.
+    """
     start = time.perf_counter()
     timings = run(1)  # the first call: lazy initialisation, often 10-1000x slower
     while True:
-        estimate = statistics.median(timings[-5:])
-        k = min(200, max(5, math.ceil(25_000_000 / max(estimate, 1))))
-        timings += run(k)
         elapsed = time.perf_counter() - start
-        if len(timings) > 2 * k:
+        estimate = statistics.median(timings[-5:])
+        if elapsed >= max_s:
+            return Warmup(len(timings), elapsed, False, estimate)
+        fits = max(1, int((max_s - elapsed) * 1e9 / max(estimate, 1)))
+        k = min(200, fits, max(5, math.ceil(25_000_000 / max(estimate, 1))))
+        timings += run(k)
+        if len(timings) > 2 * k and k >= 5:
             before, last = timings[-2 * k : -k], timings[-k:]
             m0, m1 = statistics.median(before), statistics.median(last)
             noise = 2 * math.hypot(_median_se(before), _median_se(last))
             if abs(m0 - m1) <= max(settle_rel * m1, noise):
-                return Warmup(len(timings), elapsed, True, m1)
-        if elapsed >= max_s:
-            return Warmup(len(timings), elapsed, False, statistics.median(timings[-k:]))
+                return Warmup(len(timings), time.perf_counter() - start, True, m1)
 
 
 @dataclass(slots=True)
@@ -179,7 +185,7 @@ class Sampled:
             "warmup_settled": self.warmup.settled,
             "sampling_s": round(self.sampling_s, 4),
             "stop_reason": self.stop_reason,
-            "ci95_rel": self.ci_rel if math.isfinite(self.ci_rel) else None,  # JSON has no Infinity
+            "ci95_rel": _finite(self.ci_rel),
             "blocks": self.blocks,
             "contended_blocks": self.contended_blocks,
             "executed": self.executed,
@@ -289,10 +295,9 @@ def interleaved_sample(
         if len(samples) < MIN_SAMPLES_FLOOR:
             samples = samples + discarded[i]  # nothing clean enough to keep: report what ran, flagged
             ci = ci_rel(samples) if len(samples) >= MIN_SAMPLES_FLOOR else math.inf
-        elif len(medians[i]) >= MIN_BLOCKS:
-            ci = block_ci_rel(samples, medians[i])
         else:
-            ci = ci_rel(samples)  # too few blocks to judge drift: the sample CI is all there is
+            # Fewer than MIN_BLOCKS blocks: the drift is unknown, so is the precision (inf: unstable).
+            ci = block_ci_rel(samples, medians[i])
         subjects.append(
             Sampled(
                 samples_ns=samples,
@@ -327,12 +332,21 @@ def _share(measured: dict[str, Any] | None, executed: list[int], kept: list[list
 def _paired_ratio(
     samples: list[int], reference: list[int], medians: list[float], ref_medians: list[float]
 ) -> dict[str, Any]:
-    if not samples or not reference:
-        return {"ratio_p50": None, "ratio_ci95": None, "rounds": 0}
-    ratio = statistics.median(samples) / statistics.median(reference)
+    """The subject's median over the reference's, estimated per round so that drift cancels."""
     per_round = sorted(m / r for m, r in zip(medians, ref_medians) if r > 0)
+    if not per_round:
+        return {"ratio_p50": None, "ratio_ci95": None, "ratio_pooled": None, "rounds": 0}
     ci = list(median_ci(per_round)) if len(per_round) >= MIN_SAMPLES_FLOOR else None
-    return {"ratio_p50": ratio, "ratio_ci95": ci, "rounds": len(per_round)}
+    return {
+        "ratio_p50": statistics.median(per_round),
+        "ratio_ci95": ci,
+        "ratio_pooled": statistics.median(samples) / statistics.median(reference),
+        "rounds": len(per_round),
+    }
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None  # JSON (and PostgreSQL's json type) has no inf
 
 
 def latency_metrics(samples_ns: Sequence[int], batch_size: int) -> RunMetrics:
@@ -355,7 +369,7 @@ def latency_metrics(samples_ns: Sequence[int], batch_size: int) -> RunMetrics:
         latency_ms_std=std,
         latency_ms_min=min(ms),
         latency_ms_max=max(ms),
-        ci95_rel=ci_rel(ms) if len(ms) >= MIN_SAMPLES_FLOOR else None,
+        ci95_rel=_finite(ci_rel(ms)) if len(ms) >= MIN_SAMPLES_FLOOR else None,
         samples=len(ms),
         throughput_per_s=batch_size / (p50 / 1e3) if p50 > 0 else None,
     )

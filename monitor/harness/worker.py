@@ -13,7 +13,9 @@ import importlib
 import json
 import math
 import os
+import signal
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -160,7 +162,7 @@ def run_job(job: BenchmarkJob, channel: Channel) -> WorkerResult:
     sync = None
     if job.device.startswith("cuda"):
         device = torch.device(job.device)
-        torch.cuda.set_device(device)
+        torch.cuda.set_device(device.index if device.index is not None else 0)  # "cuda" means cuda:0
         sync = torch.cuda.synchronize
 
     channel.progress("setup", 0)
@@ -191,22 +193,28 @@ def run_job(job: BenchmarkJob, channel: Channel) -> WorkerResult:
     return WorkerResult(env=env, host=host, subjects=results, comparison=comparison)
 
 
-def _die_with_parent() -> None:
-    """Ask the kernel to kill this worker if the runner dies, so no orphan keeps a core busy."""
-    try:
-        import ctypes
-        import signal
+def _exit_with_runner() -> None:
+    """End this worker, and whatever it started, if the runner that spawned it goes away.
 
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-    if os.getppid() == 1:  # the parent died before prctl took effect
-        os._exit(1)
+    A watcher thread rather than PR_SET_PDEATHSIG: that signal follows the *thread* that forked, so a
+    daemon spawning workers from a thread pool would see live workers killed when a thread retires.
+    """
+    runner = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(1.0)
+            if os.getppid() != runner:  # re-parented: the runner died
+                if os.getpgrp() == os.getpid():  # our own group (the runner's doing): take it all
+                    os.killpg(os.getpgrp(), signal.SIGKILL)
+                os._exit(1)
+
+    threading.Thread(target=watch, name="perfguard-runner-watch", daemon=True).start()
 
 
 def main() -> int:
     faulthandler.enable()
-    _die_with_parent()
+    _exit_with_runner()
     # Keep the original stdout for the protocol; send everything else that writes to fd 1 to stderr.
     channel = Channel(os.fdopen(os.dup(1), "w", encoding="utf-8"))
     os.dup2(2, 1)

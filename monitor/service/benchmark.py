@@ -8,7 +8,10 @@ interruption loses at most the run in flight.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
+
+from sqlalchemy.exc import OperationalError
 
 from monitor.config import LoadedConfig
 from monitor.harness.runner import run_worker, to_records
@@ -31,6 +34,27 @@ class BenchmarkProgress:
 
     def end(self, record: RunRecord) -> None:
         """Called once each run is stored."""
+
+
+STORE_ATTEMPTS = 4
+
+
+def _store(db: Database, record: RunRecord) -> None:
+    """Save a run, riding out a short database outage (a restart, a lock held by another writer).
+
+    A run costs a benchmark to make; giving up on the first error would throw it away. Each attempt is
+    one transaction, so a failed one leaves nothing behind; the last error is raised.
+    """
+    for attempt in range(1, STORE_ATTEMPTS + 1):
+        try:
+            queries.save_run(db, record)
+            return
+        except OperationalError as exc:
+            if attempt == STORE_ATTEMPTS:
+                raise
+            log.warning("storing the run of %s failed (attempt %d of %d), retrying: %s",
+                        record.model, attempt, STORE_ATTEMPTS, exc)
+            time.sleep(0.5 * 2**attempt)
 
 
 def benchmark_models(
@@ -60,7 +84,7 @@ def benchmark_models(
             progress=update,
         )
         for record in to_records(item.job, outcome, variants[item.model.name]):
-            queries.save_run(db, record)
+            _store(db, record)
             if record.status != "ok":
                 log.info("run %s of %s (batch %d) %s: %s", record.run_id, record.model,
                             record.batch_size, record.status, record.error_summary)
