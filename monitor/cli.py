@@ -262,6 +262,25 @@ def history(config_path: Path, as_json: bool, model: str, limit: int, batch_size
         click.echo(f"no runs stored for {model}", err=True)
 
 
+@main.command()
+@config_option
+def daemon(config_path: Path) -> None:
+    """Benchmark every model on its schedule until SIGTERM/SIGINT (SIGHUP reloads the config)."""
+    from monitor.service.daemon import run_daemon
+    from monitor.service.lock import DaemonAlreadyRunning
+
+    loaded = _load(config_path)
+    # A service logs what it does; the libraries' own chatter stays at warnings.
+    logging.getLogger().setLevel(min(logging.getLogger().level, logging.INFO))
+    for noisy in ("apscheduler", "alembic"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        sys.exit(run_daemon(loaded))
+    except DaemonAlreadyRunning as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_FAILED)
+
+
 @main.group()
 def db() -> None:
     """Database maintenance."""

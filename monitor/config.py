@@ -267,8 +267,17 @@ class HarnessConfig(_Strict):
     pin_allocator: bool = True
 
 
+class DaemonConfig(_Strict):
+    """The long-running service: where it listens, how it stops, how far back it catches up."""
+
+    listen: str = Field(default="127.0.0.1:9307", pattern=r"^[\w.\-\[\]:]+:\d{1,5}$")
+    stop_timeout_s: float = Field(default=30.0, ge=0)  # a running benchmark may finish within this
+    misfire_grace_s: float = Field(default=6 * 3600.0, gt=0)  # a missed run older than this is skipped
+
+
 class Config(_Strict):
     storage: StorageConfig = StorageConfig()
+    daemon: DaemonConfig = DaemonConfig()
     email: EmailConfig | None = None
     harness: HarnessConfig = HarnessConfig()
     models: list[ModelConfig] = []

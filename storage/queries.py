@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, ScalarSelect, select, update
+from sqlalchemy import Row, ScalarSelect, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -241,6 +241,18 @@ def latency_trend(db: Database, model: str, batch_size: int, limit: int = 1000) 
         TrendPoint(run_id, started_at, variant, status, tuple(flags), *figures)
         for run_id, started_at, variant, status, flags, *figures in reversed(rows)
     ]
+
+
+def last_run_times(db: Database) -> dict[str, datetime]:
+    """When each model's most recent run started, any status: the scheduler catches up from these."""
+    stmt = (
+        select(ModelRow.name, func.max(RunRow.started_at))
+        .join(RunRow, RunRow.model_id == ModelRow.id)
+        .group_by(ModelRow.name)
+    )
+    with db.session(readonly=True) as session:
+        # max() keeps its argument's type, so the times come back as aware UTC like any other.
+        return dict(session.execute(stmt).tuples().all())
 
 
 def list_models(db: Database) -> list[ModelInfo]:

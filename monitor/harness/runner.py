@@ -108,8 +108,13 @@ def run_worker(
     pin_allocator: bool = True,
     cwd: Path | None = None,
     progress: ProgressCallback | None = None,
+    cancel: threading.Event | None = None,
 ) -> WorkerOutcome:
-    """Run one job in a fresh worker process and wait for it, at most `timeout_s`."""
+    """Run one job in a fresh worker process and wait for it, at most `timeout_s`.
+
+    Setting `cancel` (a stopping daemon does) kills the worker at the next poll; the run ends
+    `failed` with the reason, so it is stored as aborted rather than lost or half-written.
+    """
     started_at = datetime.now(UTC)
     outcome = WorkerOutcome(status="failed", started_at=started_at, finished_at=started_at)
     with tempfile.TemporaryFile() as stderr:
@@ -130,7 +135,7 @@ def run_worker(
             assert proc.stdin is not None
             proc.stdin.write(job.to_json().encode())
             proc.stdin.close()
-            _supervise(proc, events, outcome, timeout_s, memory_limit_mb, progress)
+            _supervise(proc, events, outcome, timeout_s, memory_limit_mb, progress, cancel)
         except BrokenPipeError:
             pass  # the worker died before reading its job; its exit status tells why
         finally:
@@ -139,10 +144,11 @@ def run_worker(
         while not events.empty():
             _apply(events.get_nowait(), outcome, progress)
         outcome.finished_at = datetime.now(UTC)
-        if outcome.result is not None and not outcome.extra.get("memory_exceeded"):
+        if outcome.result is not None and not outcome.extra.get("memory_exceeded") \
+                and not outcome.extra.get("cancelled"):
             outcome.status, outcome.error = "ok", None  # a result that beat the clock still counts
         elif outcome.result is not None:
-            outcome.result = None  # over its memory limit: the model fails even if it finished
+            outcome.result = None  # over its memory limit (or cancelled): failed even if it finished
         elif outcome.error is None:
             reason = outcome.extra.get("exception") or _exit_reason(proc.returncode)
             tail = _tail(stderr)
@@ -161,12 +167,13 @@ def _supervise(
     timeout_s: float,
     memory_limit_mb: float | None,
     progress: ProgressCallback | None,
+    cancel: threading.Event | None,
 ) -> None:
     deadline = time.monotonic() + timeout_s
     watched = psutil.Process(proc.pid)
     # Each wake-up of this process takes a core from the worker for a moment: poll memory often only
     # when a limit must be enforced (the worker reports its own peak RSS at the end either way).
-    poll_s = MEMORY_POLL_S if memory_limit_mb is not None else IDLE_POLL_S
+    poll_s = MEMORY_POLL_S if memory_limit_mb is not None or cancel is not None else IDLE_POLL_S
     peak = 0.0
     eof = False
     while True:
@@ -198,6 +205,11 @@ def _supervise(
                 f"memory limit exceeded: worker resident memory reached {peak:.0f} MB, "
                 f"over memory_limit_mb={memory_limit_mb:g} (phase: {outcome.phase})"
             )
+            return
+        if cancel is not None and cancel.is_set():
+            outcome.status = "failed"
+            outcome.extra["cancelled"] = True
+            outcome.error = f"aborted: the benchmark was cancelled (phase: {outcome.phase})"
             return
         if time.monotonic() >= deadline:
             outcome.status = "timeout"

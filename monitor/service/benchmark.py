@@ -8,6 +8,7 @@ interruption loses at most the run in flight.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 
@@ -62,8 +63,12 @@ def benchmark_models(
     db: Database,
     names: list[str] | None = None,
     progress: BenchmarkProgress | None = None,
+    cancel: threading.Event | None = None,
 ) -> list[RunRecord]:
-    """Run the named models (all when empty) and store each run; the stored records, in order."""
+    """Run the named models (all when empty) and store each run; the stored records, in order.
+
+    Once `cancel` is set, the worker in flight is aborted (and stored as such) and no other starts.
+    """
     progress = progress or BenchmarkProgress()
     planned = plan(loaded, names)
     variants: dict[str, str] = {}
@@ -73,6 +78,8 @@ def benchmark_models(
             variants[model.name] = queries.active_variant(session, model.name)
     stored: list[RunRecord] = []
     for index, item in enumerate(planned):
+        if cancel is not None and cancel.is_set():
+            break
         progress.begin(index, len(planned), item)
         update: Callable[[str, int], None] = progress.update
         outcome = run_worker(
@@ -82,6 +89,7 @@ def benchmark_models(
             pin_allocator=loaded.config.harness.pin_allocator,
             cwd=loaded.base_dir,
             progress=update,
+            cancel=cancel,
         )
         for record in to_records(item.job, outcome, variants[item.model.name]):
             _store(db, record)

@@ -1,0 +1,152 @@
+"""`perfguard daemon`: benchmark every model on its schedule, for months, until told to stop.
+
+The main thread only waits for signals: SIGTERM/SIGINT stop (no new jobs; the benchmark in flight may
+finish within `stop_timeout_s`, else it is aborted and stored as such; exit 0), SIGHUP or a changed
+config file reloads (a bad new config is logged and the old one kept). Benchmarks run on the
+scheduler's per-device threads, each in its own worker process; this process never imports torch.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from pathlib import Path
+from types import FrameType
+
+from monitor.config import ConfigError, LoadedConfig, load_config
+from monitor.service.benchmark import BenchmarkProgress, benchmark_models
+from monitor.service.lock import DaemonLock
+from monitor.service.scheduler import BenchmarkScheduler
+from storage import queries
+from storage.db import Database
+from storage.records import RunRecord
+
+log = logging.getLogger(__name__)
+
+CONFIG_POLL_S = 2.0
+
+
+class LogProgress(BenchmarkProgress):
+    """One log line per stored run: model, batch size, run id, outcome."""
+
+    def end(self, record: RunRecord) -> None:
+        if record.status == "ok":
+            log.info("run %s stored: model=%s batch=%d status=ok p50_ms=%.4g flags=%s", record.run_id,
+                     record.model, record.batch_size, record.metrics.latency_ms_p50 or 0.0,
+                     ",".join(record.flags) or "-")
+        else:
+            log.warning("run %s stored: model=%s batch=%d status=%s error=%s", record.run_id,
+                        record.model, record.batch_size, record.status, record.error_summary)
+
+
+class Daemon:
+    """The running service: config, database, scheduler, and the signals that steer them."""
+
+    def __init__(self, loaded: LoadedConfig, db: Database):
+        self.loaded = loaded
+        self.db = db
+        self.stop_requested = threading.Event()
+        self.reload_requested = threading.Event()
+        self.cancel = threading.Event()  # set when a stop has waited long enough: aborts workers
+        self._active = 0
+        self._idle = threading.Condition()
+        daemon_config = loaded.config.daemon
+        self.scheduler = BenchmarkScheduler(self.run_model, daemon_config.misfire_grace_s)
+
+    def run_model(self, name: str) -> None:
+        """One scheduled job: benchmark one model (all its batch sizes) and store the runs."""
+        if self.stop_requested.is_set():
+            return
+        with self._idle:
+            self._active += 1
+        try:
+            loaded = self.loaded  # a reload swaps it; this run keeps the config it started with
+            if name not in {m.name for m in loaded.config.models}:
+                return
+            benchmark_models(loaded, self.db, [name], LogProgress(), cancel=self.cancel)
+        except Exception:
+            log.exception("benchmark of %s failed to run or store", name)
+        finally:
+            with self._idle:
+                self._active -= 1
+                self._idle.notify_all()
+
+    def sync_schedule(self) -> None:
+        self.scheduler.sync(
+            self.loaded.config.models, queries.last_run_times(self.db), self.loaded.config.daemon.misfire_grace_s
+        )
+
+    def reload(self) -> None:
+        try:
+            loaded = load_config(self.loaded.path)
+        except ConfigError as exc:
+            log.error("config reload refused, keeping the running config:\n%s", exc)
+            return
+        if loaded.storage_url() != self.loaded.storage_url():
+            log.error("config reload refused: storage.url cannot change while the daemon runs")
+            return
+        self.loaded = loaded
+        self.sync_schedule()
+        log.info("config reloaded from %s", loaded.path)
+
+    def serve(self) -> None:
+        """Run until a stop is requested, then stop gracefully."""
+        self.sync_schedule()
+        self.scheduler.start()
+        log.info("perfguard daemon started: %d model(s), database %s", len(self.loaded.config.models),
+                 self.db.display_location())
+        mtime = _mtime(self.loaded.path)
+        while not self.stop_requested.wait(CONFIG_POLL_S):
+            current = _mtime(self.loaded.path)
+            if self.reload_requested.is_set() or current != mtime:
+                self.reload_requested.clear()
+                mtime = current
+                self.reload()
+        self.stop()
+
+    def stop(self) -> None:
+        timeout = self.loaded.config.daemon.stop_timeout_s
+        log.info("stopping: no new benchmarks; waiting up to %g s for the one in flight", timeout)
+        self.scheduler.pause()
+        with self._idle:
+            finished = self._idle.wait_for(lambda: self._active == 0, timeout=timeout)
+        if not finished:
+            log.warning("stop timeout reached: aborting the benchmark in flight")
+            self.cancel.set()
+        self.scheduler.shutdown()
+        log.info("perfguard daemon stopped")
+
+
+def _mtime(path: Path) -> float | None:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return None
+
+
+def run_daemon(loaded: LoadedConfig) -> int:
+    """Hold the per-database lock, open storage, serve until SIGTERM/SIGINT; the exit status."""
+    url = loaded.storage_url()
+    db = Database.open(url)
+    try:
+        with DaemonLock(url, db.display_location()):
+            daemon = Daemon(loaded, db)
+
+            def on_stop(signum: int, _frame: FrameType | None) -> None:
+                log.info("received %s", signal.Signals(signum).name)
+                daemon.stop_requested.set()
+
+            def on_reload(_signum: int, _frame: FrameType | None) -> None:
+                daemon.reload_requested.set()
+
+            signal.signal(signal.SIGTERM, on_stop)
+            signal.signal(signal.SIGINT, on_stop)
+            signal.signal(signal.SIGHUP, on_reload)
+            started = time.monotonic()
+            daemon.serve()
+            log.info("ran for %.0f s", time.monotonic() - started)
+    finally:
+        db.close()
+    return 0

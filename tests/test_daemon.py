@@ -1,0 +1,174 @@
+"""The daemon as a real process: runs on schedule, stops gracefully, catches up once, runs alone."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from monitor.config import load_config
+from storage import queries
+from storage.db import Database
+
+from cli_helpers import PERFGUARD
+
+TESTS = Path(__file__).resolve().parent
+
+
+def write_config(folder: Path, models: str, stop_timeout_s: float = 5) -> Path:
+    (folder / "workloads.py").unlink(missing_ok=True)
+    (folder / "workloads.py").symlink_to(TESTS / "workloads.py")
+    path = folder / "perfguard.toml"
+    path.write_text(
+        '[storage]\nurl = "sqlite:///runs.db"\n[harness]\nmin_samples = 20\n'
+        f"[daemon]\nstop_timeout_s = {stop_timeout_s}\n" + textwrap.dedent(models)
+    )
+    return path
+
+
+QUICK_MODEL = """
+[[models]]
+name = "{name}"
+factory = "workloads:tiny"
+inputs = [{{ shape = [4, 16] }}]
+max_time_s = 0.2
+schedule = {{ every = "{every}" }}
+"""
+
+
+def start(config: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen([PERFGUARD, "daemon", "--config", str(config)], cwd=config.parent,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def stop(proc: subprocess.Popen[str], sig: int = signal.SIGTERM, timeout: float = 30) -> tuple[int, str]:
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=timeout)
+    return proc.returncode, err
+
+
+def runs(config: Path, model: str) -> list:
+    with Database.open(load_config(config).storage_url()) as db:
+        return list(reversed(queries.history(db, model, limit=1000, with_samples=True)))
+
+
+def wait_for(predicate, timeout: float, step: float = 0.2) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(step)
+    return predicate()
+
+
+def test_models_run_on_their_schedule_and_sigterm_exits_cleanly(tmp_path):
+    config = write_config(tmp_path, QUICK_MODEL.format(name="fast", every="3s")
+                          + QUICK_MODEL.format(name="slow", every="1h"))
+    proc = start(config)
+    try:
+        assert wait_for(lambda: (tmp_path / "runs.db").exists() and len(runs(config, "fast")) >= 4, 40)
+    finally:
+        code, err = stop(proc)
+    assert code == 0, err
+    fast, slow = runs(config, "fast"), runs(config, "slow")
+    assert all(r.status == "ok" for r in fast + slow), err
+    assert len(slow) == 1  # never ran before: runs once at start, then hourly
+    gaps = [(b.started_at - a.started_at).total_seconds() for a, b in zip(fast, fast[1:])]
+    # Every 3 s; a run may wait behind the other model's on the same device, never run twice at once.
+    assert all(2.0 <= gap <= 6.5 for gap in gaps), gaps
+    assert sum(gaps) / len(gaps) == pytest.approx(3.0, abs=1.0)
+    assert "run 1 stored" in err or "stored: model=" in err
+
+
+def test_the_daemon_never_imports_torch(tmp_path):
+    config = write_config(tmp_path, QUICK_MODEL.format(name="fast", every="1h"))
+    proc = start(config)
+    try:
+        assert wait_for(lambda: (tmp_path / "runs.db").exists() and runs(config, "fast"), 40)
+        maps = Path(f"/proc/{proc.pid}/maps").read_text()
+    finally:
+        stop(proc)
+    assert "libtorch" not in maps
+
+
+def test_sigterm_during_a_benchmark_aborts_it_after_the_stop_timeout_and_stores_it(tmp_path):
+    config = write_config(tmp_path, """
+        [[models]]
+        name = "long"
+        factory = "workloads:hang"
+        inputs = [{ shape = [4, 16] }]
+        timeout_s = 120
+        schedule = { every = "1h" }
+    """, stop_timeout_s=0.5)
+    proc = start(config)
+    try:
+        time.sleep(4)  # the worker is in its (endless) first call by now
+    finally:
+        started = time.monotonic()
+        code, err = stop(proc)
+    assert code == 0, err
+    assert time.monotonic() - started < 10
+    [run] = runs(config, "long")
+    assert run.status == "failed" and run.error.startswith("aborted")
+    assert run.samples_ms == [] and run.metrics.samples is None  # nothing half-written
+
+
+def test_a_second_daemon_on_the_same_database_is_refused(tmp_path):
+    config = write_config(tmp_path, QUICK_MODEL.format(name="fast", every="1h"))
+    first = start(config)
+    try:
+        assert wait_for(lambda: (tmp_path / "runs.db").exists(), 20)
+        time.sleep(1)
+        second = subprocess.run([PERFGUARD, "daemon", "--config", str(config)], capture_output=True,
+                                text=True, timeout=60)
+    finally:
+        stop(first)
+    assert second.returncode == 1
+    assert "already running" in second.stderr and str(first.pid) in second.stderr
+
+
+def test_after_kill_9_a_restart_runs_each_missed_model_once(tmp_path):
+    config = write_config(tmp_path, QUICK_MODEL.format(name="fast", every="2s"))
+    proc = start(config)
+    assert wait_for(lambda: (tmp_path / "runs.db").exists() and runs(config, "fast"), 40)
+    proc.kill()  # no chance to clean up; the kernel drops its lock
+    proc.wait()
+    before = runs(config, "fast")
+    time.sleep(7)  # three runs missed
+    restart = start(config)
+    try:
+        assert wait_for(lambda: len(runs(config, "fast")) > len(before), 30)
+        time.sleep(1.0)  # a duplicate catch-up would land right after the first
+        after = runs(config, "fast")
+    finally:
+        code, err = stop(restart)
+    assert code == 0, err
+    new = after[len(before):]
+    assert [r.run_id for r in after[: len(before)]] == [r.run_id for r in before]
+    # One catch-up run at restart, not three; the next one only an interval later.
+    assert len(new) == 1 or (new[1].started_at - new[0].started_at) >= timedelta(seconds=1.5)
+    assert new[0].started_at - before[-1].started_at > timedelta(seconds=6)
+
+
+def test_a_changed_config_file_is_reloaded_and_a_bad_one_refused(tmp_path):
+    config = write_config(tmp_path, QUICK_MODEL.format(name="fast", every="1h"))
+    proc = start(config)
+    try:
+        assert wait_for(lambda: (tmp_path / "runs.db").exists() and runs(config, "fast"), 40)
+        config.write_text(config.read_text() + "\n[[models]]\nname = \"broken\"\nfactory = 1\n")
+        time.sleep(3)
+        config.write_text(config.read_text().replace('\n[[models]]\nname = "broken"\nfactory = 1\n', "")
+                          + textwrap.dedent(QUICK_MODEL.format(name="added", every="1h")))
+        assert wait_for(lambda: runs(config, "added"), 40)
+    finally:
+        code, err = stop(proc)
+    assert code == 0, err
+    assert "config reload refused" in err
+    assert "config reloaded" in err
