@@ -181,6 +181,12 @@ BAD_FILES: dict[str, BadFile] = {
     "harness-min-samples": BadFile(
         config_text([GOOD], harness={"min_samples": 2}), "harness.min_samples", "greater than or equal to 5"
     ),
+    "daemon-listen": BadFile(
+        '[daemon]\nlisten = "localhost"\n' + config_text([GOOD]), "daemon.listen", "should match pattern"
+    ),
+    "daemon-stop-timeout": BadFile(
+        '[daemon]\nstop_timeout_s = -1\n' + config_text([GOOD]), "daemon.stop_timeout_s", "greater than or equal to 0"
+    ),
     "email-digest-cron": BadFile(
         '[email]\nsender = "pg@example.com"\ndigest_cron = "daily"\n' + config_text([GOOD]),
         "email.digest_cron",
