@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import os
+import json
 import signal
+import socket
 import subprocess
+import urllib.error
+import urllib.request
 import sys
 import textwrap
 import time
@@ -22,13 +26,20 @@ from cli_helpers import PERFGUARD
 TESTS = Path(__file__).resolve().parent
 
 
-def write_config(folder: Path, models: str, stop_timeout_s: float = 5) -> Path:
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def write_config(folder: Path, models: str, stop_timeout_s: float = 5, port: int | None = None) -> Path:
     (folder / "workloads.py").unlink(missing_ok=True)
     (folder / "workloads.py").symlink_to(TESTS / "workloads.py")
     path = folder / "perfguard.toml"
     path.write_text(
         '[storage]\nurl = "sqlite:///runs.db"\n[harness]\nmin_samples = 20\n'
-        f"[daemon]\nstop_timeout_s = {stop_timeout_s}\n" + textwrap.dedent(models)
+        f'[daemon]\nstop_timeout_s = {stop_timeout_s}\nlisten = "127.0.0.1:{port or free_port()}"\n'
+        + textwrap.dedent(models)
     )
     return path
 
@@ -172,3 +183,45 @@ def test_a_changed_config_file_is_reloaded_and_a_bad_one_refused(tmp_path):
     assert code == 0, err
     assert "config reload refused" in err
     assert "config reloaded" in err
+
+
+def http_get(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as reply:
+            return reply.status, reply.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+def test_healthz_and_prometheus_metrics(tmp_path):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    port = free_port()
+    config = write_config(tmp_path, QUICK_MODEL.format(name="fast", every="1h"), port=port)
+    proc = start(config)
+    try:
+        assert wait_for(lambda: (tmp_path / "runs.db").exists() and runs(config, "fast"), 40)
+        time.sleep(0.5)
+        health_code, health = http_get(port, "/healthz")
+        metrics_code, metrics = http_get(port, "/metrics")
+        missing_code, _ = http_get(port, "/nope")
+    finally:
+        stop(proc)
+    assert health_code == 200
+    report = json.loads(health)
+    assert report["healthy"] and report["scheduler_running"] and report["database_reachable"]
+    assert report["last_successful_run"] is not None and "fast" in report["next_runs"]
+    assert metrics_code == 200 and missing_code == 404
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(metrics)
+        for s in family.samples
+    }
+    [run] = runs(config, "fast")
+    series = (("batch_size", "4"), ("device", "cpu"), ("model", "fast"), ("variant", "baseline"))
+    p50 = samples[("perfguard_latency_seconds", tuple(sorted((*series, ("quantile", "0.5")))))]
+    assert p50 == pytest.approx(run.metrics.latency_ms_p50 / 1000)
+    assert samples[("perfguard_runs_total", (("model", "fast"), ("status", "ok")))] == 1
+    assert samples[("perfguard_last_run_timestamp_seconds", (("model", "fast"),))] == pytest.approx(
+        run.started_at.timestamp())
+    assert samples[("perfguard_peak_rss_bytes", series)] > 50 * 2**20

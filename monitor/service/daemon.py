@@ -12,11 +12,17 @@ import logging
 import signal
 import threading
 import time
+from datetime import datetime
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from types import FrameType
+from typing import Any
+
+from sqlalchemy import text
 
 from monitor.config import ConfigError, LoadedConfig, load_config
 from monitor.service.benchmark import BenchmarkProgress, benchmark_models
+from monitor.service.http import RunMetricsExporter, serve
 from monitor.service.lock import DaemonLock
 from monitor.service.scheduler import BenchmarkScheduler
 from storage import queries
@@ -29,9 +35,15 @@ CONFIG_POLL_S = 2.0
 
 
 class LogProgress(BenchmarkProgress):
-    """One log line per stored run: model, batch size, run id, outcome."""
+    """One log line per stored run (model, batch size, run id, outcome), and the run to /metrics."""
+
+    def __init__(self, daemon: Daemon):
+        self._daemon = daemon
 
     def end(self, record: RunRecord) -> None:
+        self._daemon.exporter.observe(record)
+        if record.status == "ok":
+            self._daemon.last_success = record.finished_at
         if record.status == "ok":
             log.info("run %s stored: model=%s batch=%d status=ok p50_ms=%.4g flags=%s", record.run_id,
                      record.model, record.batch_size, record.metrics.latency_ms_p50 or 0.0,
@@ -54,6 +66,34 @@ class Daemon:
         self._idle = threading.Condition()
         daemon_config = loaded.config.daemon
         self.scheduler = BenchmarkScheduler(self.run_model, daemon_config.misfire_grace_s)
+        self.exporter = RunMetricsExporter()
+        self.last_success: datetime | None = None
+        self._http: ThreadingHTTPServer | None = None
+
+    def health(self) -> dict[str, Any]:
+        """What /healthz reports: healthy when the scheduler runs and the database answers."""
+        try:
+            with self.db.session(readonly=True) as session:
+                session.execute(text("SELECT 1"))
+            reachable, problem = True, None
+        except Exception as exc:  # noqa: BLE001 - any driver error means "unreachable", reported
+            reachable, problem = False, f"{type(exc).__name__}: {exc}"
+        return {
+            "healthy": self.scheduler.running and reachable,
+            "scheduler_running": self.scheduler.running,
+            "database_reachable": reachable,
+            "database_error": problem,
+            "last_successful_run": self.last_success.isoformat() if self.last_success else None,
+            "next_runs": {name: when.isoformat() if when else None for name, when in self.scheduler.next_runs().items()},
+        }
+
+    def seed_metrics(self) -> None:
+        """Latest stored figures per series, so /metrics is complete right after a restart."""
+        for model in self.loaded.config.models:
+            for record in reversed(queries.history(self.db, model.name, limit=4 * len(model.series_batch_sizes))):
+                self.exporter.observe(record, count=False)
+                if record.status == "ok" and (self.last_success is None or record.finished_at > self.last_success):
+                    self.last_success = record.finished_at
 
     def run_model(self, name: str) -> None:
         """One scheduled job: benchmark one model (all its batch sizes) and store the runs."""
@@ -65,7 +105,7 @@ class Daemon:
             loaded = self.loaded  # a reload swaps it; this run keeps the config it started with
             if name not in {m.name for m in loaded.config.models}:
                 return
-            benchmark_models(loaded, self.db, [name], LogProgress(), cancel=self.cancel)
+            benchmark_models(loaded, self.db, [name], LogProgress(self), cancel=self.cancel)
         except Exception:
             log.exception("benchmark of %s failed to run or store", name)
         finally:
@@ -93,8 +133,11 @@ class Daemon:
 
     def serve(self) -> None:
         """Run until a stop is requested, then stop gracefully."""
+        self.seed_metrics()
         self.sync_schedule()
         self.scheduler.start()
+        self._http = serve(self.loaded.config.daemon.listen, self.exporter, self.health)
+        log.info("health and metrics on http://%s/healthz and /metrics", self.loaded.config.daemon.listen)
         log.info("perfguard daemon started: %d model(s), database %s", len(self.loaded.config.models),
                  self.db.display_location())
         mtime = _mtime(self.loaded.path)
@@ -116,6 +159,8 @@ class Daemon:
             log.warning("stop timeout reached: aborting the benchmark in flight")
             self.cancel.set()
         self.scheduler.shutdown()
+        if self._http is not None:
+            self._http.shutdown()
         log.info("perfguard daemon stopped")
 
 
