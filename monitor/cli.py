@@ -20,6 +20,7 @@ from typing import Any
 import click
 
 from monitor.config import DEFAULT_CONFIG_NAME, ConfigError, LoadedConfig, load_config
+from monitor.logsetup import configure_logging
 from monitor.registry import PlannedBenchmark, UnknownModelError, plan
 from monitor.service.benchmark import BenchmarkProgress, benchmark_models
 from storage import queries
@@ -154,14 +155,12 @@ class StderrProgress(BenchmarkProgress):
 
 @click.group()
 @click.option("-v", "--verbose", is_flag=True, help="Log more detail on stderr.")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              help="Log lines as text or as one JSON object per line (for log shippers).")
 @click.version_option(package_name="perfguard")
-def main(verbose: bool) -> None:
+def main(verbose: bool, log_format: str) -> None:
     """perfguard: keep deployed PyTorch models fast."""
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(logging.INFO if verbose else logging.WARNING, log_format)
 
 
 @main.command()
@@ -279,6 +278,34 @@ def daemon(config_path: Path) -> None:
     except DaemonAlreadyRunning as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(EXIT_FAILED)
+
+
+@main.command()
+@config_option
+@json_option
+def status(config_path: Path, as_json: bool) -> None:
+    """Is a daemon running on this database; each model's last run and next scheduled run."""
+    from monitor.service.daemon import daemon_report
+
+    loaded = _load(config_path)
+    with _open_db(loaded) as database:
+        report = daemon_report(loaded, database)
+    if as_json:
+        _print_json(report)
+        return
+    daemon_state = report["daemon"]
+    if daemon_state["running"]:
+        click.echo(f"daemon: running ({daemon_state['holder']}), {daemon_state['endpoint']}")
+    else:
+        click.echo("daemon: not running")
+    click.echo(f"database: {report['database']}\n")
+    rows = []
+    for item in report["models"]:
+        last = item["last_run"] or {}
+        rows.append([item["model"], last.get("run_id"), last.get("started_at", "-")[:19],
+                     last.get("status"), last.get("error") or "", item["next_run"][:19], item["next_run_source"]])
+    click.echo(format_table(["model", "last run", "started (UTC)", "status", "error", "next run (UTC)", "from"],
+                            rows))
 
 
 @main.group()

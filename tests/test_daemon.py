@@ -54,8 +54,8 @@ schedule = {{ every = "{every}" }}
 """
 
 
-def start(config: Path) -> subprocess.Popen[str]:
-    return subprocess.Popen([PERFGUARD, "daemon", "--config", str(config)], cwd=config.parent,
+def start(config: Path, *options: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([PERFGUARD, *options, "daemon", "--config", str(config)], cwd=config.parent,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -98,15 +98,18 @@ def test_models_run_on_their_schedule_and_sigterm_exits_cleanly(tmp_path):
     assert "run 1 stored" in err or "stored: model=" in err
 
 
-def test_the_daemon_never_imports_torch(tmp_path):
+def test_the_daemon_never_imports_torch_and_can_log_json_lines(tmp_path):
     config = write_config(tmp_path, QUICK_MODEL.format(name="fast", every="1h"))
-    proc = start(config)
+    proc = start(config, "--log-format", "json")
     try:
         assert wait_for(lambda: (tmp_path / "runs.db").exists() and runs(config, "fast"), 40)
         maps = Path(f"/proc/{proc.pid}/maps").read_text()
     finally:
-        stop(proc)
+        code, err = stop(proc)
     assert "libtorch" not in maps
+    events = [json.loads(line) for line in err.splitlines()]  # every line is one JSON object
+    [stored] = [e for e in events if "stored: model=fast" in e["message"]]
+    assert stored["level"] == "info" and stored["logger"] == "monitor.service.daemon" and stored["time"]
 
 
 def test_sigterm_during_a_benchmark_aborts_it_after_the_stop_timeout_and_stores_it(tmp_path):
@@ -131,7 +134,7 @@ def test_sigterm_during_a_benchmark_aborts_it_after_the_stop_timeout_and_stores_
     assert run.samples_ms == [] and run.metrics.samples is None  # nothing half-written
 
 
-def test_a_second_daemon_on_the_same_database_is_refused(tmp_path):
+def test_a_second_daemon_is_refused_and_status_tells_who_runs(tmp_path):
     config = write_config(tmp_path, QUICK_MODEL.format(name="fast", every="1h"))
     first = start(config)
     try:
@@ -139,10 +142,20 @@ def test_a_second_daemon_on_the_same_database_is_refused(tmp_path):
         time.sleep(1)
         second = subprocess.run([PERFGUARD, "daemon", "--config", str(config)], capture_output=True,
                                 text=True, timeout=60)
+        assert wait_for(lambda: runs(config, "fast"), 40)
+        running = subprocess.run([PERFGUARD, "status", "--json", "--config", str(config)],
+                                 capture_output=True, text=True, timeout=60)
     finally:
         stop(first)
     assert second.returncode == 1
     assert "already running" in second.stderr and str(first.pid) in second.stderr
+    stopped = subprocess.run([PERFGUARD, "status", "--json", "--config", str(config)],
+                             capture_output=True, text=True, timeout=60)
+    live, after = json.loads(running.stdout), json.loads(stopped.stdout)
+    assert live["daemon"]["running"] and live["daemon"]["holder"] == f"pid {first.pid}"
+    [model] = live["models"]
+    assert model["next_run_source"] == "daemon" and model["last_run"]["status"] == "ok"
+    assert not after["daemon"]["running"] and after["models"][0]["next_run_source"] == "schedule"
 
 
 def test_after_kill_9_a_restart_runs_each_missed_model_once(tmp_path):

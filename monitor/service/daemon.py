@@ -8,11 +8,13 @@ scheduler's per-device threads, each in its own worker process; this process nev
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import threading
 import time
-from datetime import datetime
+import urllib.request
+from datetime import UTC, datetime
 from http.server import ThreadingHTTPServer
 from pathlib import Path
 from types import FrameType
@@ -23,8 +25,8 @@ from sqlalchemy import text
 from monitor.config import ConfigError, LoadedConfig, load_config
 from monitor.service.benchmark import BenchmarkProgress, benchmark_models
 from monitor.service.http import RunMetricsExporter, serve
-from monitor.service.lock import DaemonLock
-from monitor.service.scheduler import BenchmarkScheduler
+from monitor.service.lock import DaemonLock, daemon_holder
+from monitor.service.scheduler import BenchmarkScheduler, next_due
 from storage import queries
 from storage.db import Database
 from storage.records import RunRecord
@@ -195,3 +197,45 @@ def run_daemon(loaded: LoadedConfig) -> int:
     finally:
         db.close()
     return 0
+
+
+def daemon_report(loaded: LoadedConfig, db: Database) -> dict[str, Any]:
+    """What `perfguard status` shows: is a daemon running here, and per model its last and next run.
+
+    The next run comes from the running daemon's /healthz when it answers, else from the schedule
+    and the last stored run (what a daemon started now would do).
+    """
+    holder = daemon_holder(loaded.storage_url())
+    listen = loaded.config.daemon.listen
+    live_next: dict[str, str | None] = {}
+    if holder is not None:
+        try:
+            with urllib.request.urlopen(f"http://{listen}/healthz", timeout=2) as reply:
+                live_next = json.loads(reply.read())["next_runs"]
+        except (OSError, ValueError, KeyError):
+            live_next = {}
+    now = datetime.now(UTC)
+    models = []
+    for model in loaded.config.models:
+        [last] = queries.history(db, model.name, limit=1) or [None]
+        if model.name in live_next:
+            next_run, source = live_next[model.name], "daemon"
+        elif last is None:
+            next_run, source = now.isoformat(), "schedule"
+        else:
+            next_run, source = max(now, next_due(model.schedule, last.started_at)).isoformat(), "schedule"
+        models.append({
+            "model": model.name,
+            "last_run": None if last is None else {
+                "run_id": last.run_id, "started_at": last.started_at.isoformat(), "batch_size": last.batch_size,
+                "status": last.status, "error": last.error_summary or None,
+            },
+            "next_run": next_run,
+            "next_run_source": source,
+        })
+    return {
+        "daemon": {"running": holder is not None, "holder": holder,
+                   "endpoint": f"http://{listen}" if holder is not None else None},
+        "database": db.display_location(),
+        "models": models,
+    }

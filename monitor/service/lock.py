@@ -57,3 +57,18 @@ class DaemonLock:
         if self._file is not None:
             self._file.close()  # closing releases the lock
             self._file = None
+
+
+def daemon_holder(storage_url: str) -> str | None:
+    """Who holds the daemon lock for this database on this host ("pid N"), or None if nobody does."""
+    path = lock_path(storage_url)
+    if not path.exists():
+        return None
+    with open(path, "a+", encoding="utf-8") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            return handle.read().strip() or "unknown pid"
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return None
