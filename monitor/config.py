@@ -273,6 +273,7 @@ class DaemonConfig(_Strict):
     listen: str = Field(default="127.0.0.1:9307", pattern=r"^[\w.\-\[\]:]+:\d{1,5}$")
     stop_timeout_s: float = Field(default=30.0, ge=0)  # a running benchmark may finish within this
     misfire_grace_s: float = Field(default=6 * 3600.0, gt=0)  # a missed run older than this is skipped
+    spool_dir: str = "perfguard-spool"  # runs waiting for the database (relative to the config file)
 
 
 class Config(_Strict):

@@ -26,6 +26,7 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
 # Long enough to ride out another process's commit (the daemon and a CLI call can share one file).
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+PG_CONNECT_TIMEOUT_S = 5
 # Any fixed number: serialises concurrent upgrades of one PostgreSQL database by several hosts.
 _PG_MIGRATION_LOCK_KEY = 0x7065_7266  # "perf"
 
@@ -106,7 +107,10 @@ _json_serializer = functools.partial(json.dumps, allow_nan=False)
 def _create_engine(url: URL) -> Engine:
     if url.get_backend_name() != "sqlite":
         # A service runs for months: connections dropped by a database restart are replaced, not used.
-        return create_engine(url, pool_pre_ping=True, json_serializer=_json_serializer)
+        # ...and a server that stopped answering fails a connect within seconds instead of hanging it.
+        connect_args = {"connect_timeout": PG_CONNECT_TIMEOUT_S, "keepalives": 1, "keepalives_idle": 30}
+        return create_engine(url, pool_pre_ping=True, json_serializer=_json_serializer,
+                             connect_args=connect_args)
     if url.database and url.database != ":memory:" and not url.database.startswith("file:"):
         path = Path(url.database).expanduser().resolve()
         path.parent.mkdir(parents=True, exist_ok=True)

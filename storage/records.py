@@ -119,6 +119,32 @@ class RunRecord:
         lines = (self.error or "").strip().splitlines()
         return lines[0] if lines else ""
 
+    def to_storable(self) -> dict[str, Any]:
+        """Everything, raw samples included, as JSON-ready values (for a spool awaiting the database)."""
+        data = self.to_json()
+        data["samples_ms"] = list(self.samples_ms)
+        return data
+
+    @classmethod
+    def from_storable(cls, data: dict[str, Any]) -> RunRecord:
+        return cls(
+            model=data["model"],
+            variant=data["variant"],
+            device=data["device"],
+            batch_size=data["batch_size"],
+            status=data["status"],
+            started_at=datetime.fromisoformat(data["started_at"]),
+            finished_at=datetime.fromisoformat(data["finished_at"]),
+            error=data["error"],
+            metrics=RunMetrics.from_dict(data["metrics"]),
+            env=EnvFingerprint.from_dict(data["env"]),
+            host=HostCondition.from_dict(data["host"]),
+            flags=list(data["flags"]),
+            details=dict(data["details"]),
+            samples_ms=list(data["samples_ms"]),
+            run_id=data["run_id"],
+        )
+
     def to_json(self) -> dict[str, Any]:
         """The run as the CLI contract prints it (raw samples left out: they can be large)."""
         return {

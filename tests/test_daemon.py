@@ -204,6 +204,8 @@ def http_get(port: int, path: str) -> tuple[int, str]:
             return reply.status, reply.read().decode()
     except urllib.error.HTTPError as error:
         return error.code, error.read().decode()
+    except (TimeoutError, urllib.error.URLError):
+        return 0, "{}"  # not answering (yet): the caller waits and asks again
 
 
 def test_healthz_and_prometheus_metrics(tmp_path):
@@ -238,3 +240,106 @@ def test_healthz_and_prometheus_metrics(tmp_path):
     assert samples[("perfguard_last_run_timestamp_seconds", (("model", "fast"),))] == pytest.approx(
         run.started_at.timestamp())
     assert samples[("perfguard_peak_rss_bytes", series)] > 50 * 2**20
+
+
+class TcpProxy:
+    """A loopback TCP forwarder that can be cut and restored: a database outage, for real."""
+
+    def __init__(self, target_port: int):
+        self.target_port = target_port
+        self.port = free_port()
+        self._server: socket.socket | None = None
+        self._conns: list[socket.socket] = []
+
+    def start(self) -> None:
+        import threading
+
+        server = socket.socket()
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind(("127.0.0.1", self.port))
+        server.listen()
+        self._server = server
+
+        def pump(src: socket.socket, dst: socket.socket) -> None:
+            try:
+                while data := src.recv(65536):
+                    dst.sendall(data)
+            except OSError:
+                pass
+            finally:
+                for s in (src, dst):
+                    try:
+                        s.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass
+
+        def accept() -> None:
+            while True:
+                try:
+                    client, _ = server.accept()
+                except OSError:
+                    return
+                upstream = socket.create_connection(("127.0.0.1", self.target_port))
+                self._conns += [client, upstream]
+                threading.Thread(target=pump, args=(client, upstream), daemon=True).start()
+                threading.Thread(target=pump, args=(upstream, client), daemon=True).start()
+
+        threading.Thread(target=accept, daemon=True).start()
+
+    def stop(self) -> None:
+        assert self._server is not None
+        try:
+            self._server.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept(); close() alone does not
+        except OSError:
+            pass
+        self._server.close()
+        for conn in self._conns:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+                conn.close()
+            except OSError:
+                pass
+        self._conns.clear()
+
+
+@pytest.mark.postgres
+def test_a_database_outage_turns_health_red_and_loses_no_run(tmp_path, pg_schema_url):
+    from sqlalchemy import make_url
+
+    target = make_url(pg_schema_url)
+    proxy = TcpProxy(target.port or 5432)
+    proxy.start()
+    url = target.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+    port = free_port()
+    config = write_config(tmp_path, QUICK_MODEL.format(name="fast", every="2s"), port=port)
+    config.write_text(config.read_text().replace('url = "sqlite:///runs.db"', f'url = "{url}"'))
+
+    def count() -> int:
+        with Database.open(pg_schema_url) as db:
+            return len(queries.history(db, "fast", limit=1000))
+
+    proc = start(config)
+    try:
+        assert wait_for(lambda: count() >= 1, 40)
+        proxy.stop()
+        outage_start = time.time()
+        assert wait_for(lambda: http_get(port, "/healthz")[0] == 503, 20)
+        report = json.loads(http_get(port, "/healthz")[1])
+        assert report["database_reachable"] is False and report["database_error"]
+        assert wait_for(lambda: json.loads(http_get(port, "/healthz")[1]).get("spooled_runs", 0) >= 2, 30)
+        outage_end = time.time()
+        proxy.start()
+        assert wait_for(lambda: http_get(port, "/healthz")[0] == 200, 20)
+        assert wait_for(lambda: json.loads(http_get(port, "/healthz")[1]).get("spooled_runs") == 0, 20)
+    finally:
+        code, err = stop(proc)
+        proxy.stop()
+    assert code == 0, err
+    with Database.open(pg_schema_url) as db:
+        stored = list(reversed(queries.history(db, "fast", limit=1000)))
+    during = [r for r in stored if outage_start <= r.started_at.timestamp() <= outage_end]
+    assert len(during) >= 2, "runs made during the outage were not stored afterwards"
+    gaps = [(b.started_at - a.started_at).total_seconds() for a, b in zip(stored, stored[1:])]
+    assert max(gaps) < 8, gaps  # no run went missing
+    assert "stored from the spool" in err
+    assert not list((tmp_path / "perfguard-spool").glob("*.json"))

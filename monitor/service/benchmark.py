@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from monitor.config import LoadedConfig
 from monitor.harness.runner import run_worker, to_records
@@ -40,7 +40,7 @@ class BenchmarkProgress:
 STORE_ATTEMPTS = 4
 
 
-def _store(db: Database, record: RunRecord) -> None:
+def store_with_retries(db: Database, record: RunRecord) -> bool:
     """Save a run, riding out a short database outage (a restart, a lock held by another writer).
 
     A run costs a benchmark to make; giving up on the first error would throw it away. Each attempt is
@@ -49,13 +49,14 @@ def _store(db: Database, record: RunRecord) -> None:
     for attempt in range(1, STORE_ATTEMPTS + 1):
         try:
             queries.save_run(db, record)
-            return
+            return True
         except OperationalError as exc:
             if attempt == STORE_ATTEMPTS:
                 raise
             log.warning("storing the run of %s failed (attempt %d of %d), retrying: %s",
                         record.model, attempt, STORE_ATTEMPTS, exc)
             time.sleep(0.5 * 2**attempt)
+    raise AssertionError("unreachable")
 
 
 def benchmark_models(
@@ -64,18 +65,29 @@ def benchmark_models(
     names: list[str] | None = None,
     progress: BenchmarkProgress | None = None,
     cancel: threading.Event | None = None,
+    store: Callable[[Database, RunRecord], bool] = store_with_retries,
+    known_variants: dict[str, str] | None = None,
 ) -> list[RunRecord]:
     """Run the named models (all when empty) and store each run; the stored records, in order.
 
     Once `cancel` is set, the worker in flight is aborted (and stored as such) and no other starts.
+    `store` saves one run and says whether it reached the database (the daemon's may spool it).
+    `known_variants` (model -> active variant) is kept up to date from the database and, when the
+    database is unreachable, used instead of it, so that the benchmark still runs and is spooled.
     """
     progress = progress or BenchmarkProgress()
     planned = plan(loaded, names)
-    variants: dict[str, str] = {}
-    with db.session() as session:
-        for model in {p.model.name: p.model for p in planned}.values():
-            queries.register_model(session, model.name, model.factory, model.device)
-            variants[model.name] = queries.active_variant(session, model.name)
+    variants = known_variants if known_variants is not None else {}
+    try:
+        with db.session() as session:
+            for model in {p.model.name: p.model for p in planned}.values():
+                queries.register_model(session, model.name, model.factory, model.device)
+                variants[model.name] = queries.active_variant(session, model.name)
+    except DBAPIError as exc:
+        if known_variants is None:
+            raise
+        log.warning("database unavailable before benchmarking, using the last known variants: %s",
+                    str(exc).splitlines()[0])
     stored: list[RunRecord] = []
     for index, item in enumerate(planned):
         if cancel is not None and cancel.is_set():
@@ -91,8 +103,9 @@ def benchmark_models(
             progress=update,
             cancel=cancel,
         )
-        for record in to_records(item.job, outcome, variants[item.model.name]):
-            _store(db, record)
+        variant = variants.get(item.model.name, queries.BASELINE)
+        for record in to_records(item.job, outcome, variant):
+            store(db, record)
             if record.status != "ok":
                 log.info("run %s of %s (batch %d) %s: %s", record.run_id, record.model,
                             record.batch_size, record.status, record.error_summary)

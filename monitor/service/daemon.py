@@ -27,6 +27,7 @@ from monitor.service.benchmark import BenchmarkProgress, benchmark_models
 from monitor.service.http import RunMetricsExporter, serve
 from monitor.service.lock import DaemonLock, daemon_holder
 from monitor.service.scheduler import BenchmarkScheduler, next_due
+from monitor.service.spool import RunSpool
 from storage import queries
 from storage.db import Database
 from storage.records import RunRecord
@@ -44,6 +45,10 @@ class LogProgress(BenchmarkProgress):
 
     def end(self, record: RunRecord) -> None:
         self._daemon.exporter.observe(record)
+        if record.run_id is None:
+            log.warning("run of %s (batch %d, %s) spooled until the database is back", record.model,
+                        record.batch_size, record.status)
+            return
         if record.status == "ok":
             self._daemon.last_success = record.finished_at
         if record.status == "ok":
@@ -69,6 +74,8 @@ class Daemon:
         daemon_config = loaded.config.daemon
         self.scheduler = BenchmarkScheduler(self.run_model, daemon_config.misfire_grace_s)
         self.exporter = RunMetricsExporter()
+        self.spool = RunSpool(loaded.base_dir / daemon_config.spool_dir)
+        self.variants: dict[str, str] = {}  # model -> active variant, last seen in the database
         self.last_success: datetime | None = None
         self._http: ThreadingHTTPServer | None = None
 
@@ -86,6 +93,7 @@ class Daemon:
             "database_reachable": reachable,
             "database_error": problem,
             "last_successful_run": self.last_success.isoformat() if self.last_success else None,
+            "spooled_runs": len(self.spool.files()),
             "next_runs": {name: when.isoformat() if when else None for name, when in self.scheduler.next_runs().items()},
         }
 
@@ -107,7 +115,8 @@ class Daemon:
             loaded = self.loaded  # a reload swaps it; this run keeps the config it started with
             if name not in {m.name for m in loaded.config.models}:
                 return
-            benchmark_models(loaded, self.db, [name], LogProgress(self), cancel=self.cancel)
+            benchmark_models(loaded, self.db, [name], LogProgress(self), cancel=self.cancel,
+                             store=self.spool.store, known_variants=self.variants)
         except Exception:
             log.exception("benchmark of %s failed to run or store", name)
         finally:
@@ -135,6 +144,7 @@ class Daemon:
 
     def serve(self) -> None:
         """Run until a stop is requested, then stop gracefully."""
+        self.flush_spool()  # runs a previous daemon could not store
         self.seed_metrics()
         self.sync_schedule()
         self.scheduler.start()
@@ -144,12 +154,21 @@ class Daemon:
                  self.db.display_location())
         mtime = _mtime(self.loaded.path)
         while not self.stop_requested.wait(CONFIG_POLL_S):
+            self.flush_spool()
             current = _mtime(self.loaded.path)
             if self.reload_requested.is_set() or current != mtime:
                 self.reload_requested.clear()
                 mtime = current
                 self.reload()
         self.stop()
+
+    def flush_spool(self) -> None:
+        """Store runs that waited for the database, once it answers again."""
+        if not self.spool.files():
+            return
+        for record in self.spool.flush(self.db):
+            if record.status == "ok" and (self.last_success is None or record.finished_at > self.last_success):
+                self.last_success = record.finished_at
 
     def stop(self) -> None:
         timeout = self.loaded.config.daemon.stop_timeout_s
@@ -161,6 +180,7 @@ class Daemon:
             log.warning("stop timeout reached: aborting the benchmark in flight")
             self.cancel.set()
         self.scheduler.shutdown()
+        self.flush_spool()  # what cannot be stored now stays spooled for the next start
         if self._http is not None:
             self._http.shutdown()
         log.info("perfguard daemon stopped")
