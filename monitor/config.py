@@ -9,6 +9,7 @@ inside the worker process.
 from __future__ import annotations
 
 import difflib
+import os
 import re
 import tomllib
 from pathlib import Path
@@ -25,6 +26,7 @@ from pydantic import (
 )
 
 DEFAULT_CONFIG_NAME = "perfguard.toml"
+STORAGE_URL_ENV = "PERFGUARD_STORAGE_URL"
 
 FLOAT_DTYPES = ("float32", "float16", "bfloat16", "float64")
 INT_DTYPES = ("int64", "int32", "int16", "int8", "uint8", "bool")
@@ -332,8 +334,12 @@ class LoadedConfig(BaseModel):
         return None
 
     def storage_url(self) -> str:
-        """The storage URL with a relative SQLite path anchored at the config's folder."""
-        url = self.config.storage.url
+        """The storage URL with a relative SQLite path anchored at the config's folder.
+
+        PERFGUARD_STORAGE_URL, when set, replaces `storage.url`: a URL with a password belongs in the
+        environment (a Kubernetes Secret, a systemd EnvironmentFile), not in the config file.
+        """
+        url = os.environ.get(STORAGE_URL_ENV) or self.config.storage.url
         prefix = "sqlite:///"
         if url.startswith(prefix) and url != "sqlite:///:memory:":
             db_path = Path(url[len(prefix):])

@@ -451,3 +451,11 @@ def test_a_bad_config_pointing_at_a_new_database_does_not_create_it(tmp_path: Pa
     assert result.stdout == ""
     assert f'error: {config}: models[0].device (model "tiny"): ' in result.stderr
     assert not (tmp_path / "data").exists()
+
+
+def test_perfguard_storage_url_from_the_environment_replaces_the_configs(tmp_path, monkeypatch):
+    path = tmp_path / "perfguard.toml"
+    path.write_text('[storage]\nurl = "sqlite:///local.db"\n')
+    assert load_config(path).storage_url() == f"sqlite:///{tmp_path / 'local.db'}"
+    monkeypatch.setenv("PERFGUARD_STORAGE_URL", "postgresql+psycopg://u:secret@db/perf")
+    assert load_config(path).storage_url() == "postgresql+psycopg://u:secret@db/perf"
