@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 CONFIG ?= perfguard.toml
 
-.PHONY: run test install clean
+.PHONY: run once test install clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +19,12 @@ install: $(VENV)/.installed
 $(CONFIG): | $(VENV)/.installed
 	$(VENV)/bin/perfguard init --config $(CONFIG)
 
+# The main job: the daemon on the example config (each model runs at once, then on its schedule;
+# Ctrl-C stops it gracefully). `make once` benchmarks everything a single time and prints the table.
 run: $(VENV)/.installed $(CONFIG)
+	$(VENV)/bin/perfguard daemon --config $(CONFIG)
+
+once: $(VENV)/.installed $(CONFIG)
 	$(VENV)/bin/perfguard run --config $(CONFIG)
 
 test: $(VENV)/.installed

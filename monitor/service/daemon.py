@@ -115,14 +115,21 @@ class Daemon:
             loaded = self.loaded  # a reload swaps it; this run keeps the config it started with
             if name not in {m.name for m in loaded.config.models}:
                 return
-            benchmark_models(loaded, self.db, [name], LogProgress(self), cancel=self.cancel,
-                             store=self.spool.store, known_variants=self.variants)
+            records = benchmark_models(loaded, self.db, [name], LogProgress(self), cancel=self.cancel,
+                                       store=self.spool.store, known_variants=self.variants)
+            self.after_runs(records)
         except Exception:
             log.exception("benchmark of %s failed to run or store", name)
         finally:
             with self._idle:
                 self._active -= 1
                 self._idle.notify_all()
+
+    def after_runs(self, records: list[RunRecord]) -> None:
+        """Called with each finished job's runs: where detection and the rules will be evaluated.
+
+        Nothing to do until those features land; the call site is the contract they plug into.
+        """
 
     def sync_schedule(self) -> None:
         self.scheduler.sync(
