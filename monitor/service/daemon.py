@@ -27,7 +27,7 @@ from monitor.service.benchmark import BenchmarkProgress, benchmark_models
 from monitor.service.http import RunMetricsExporter, serve
 from monitor.service.lock import DaemonLock, daemon_holder
 from monitor.service.scheduler import BenchmarkScheduler, next_due
-from monitor.service.spool import RunSpool
+from monitor.service.spool import UNAVAILABLE, RunSpool
 from storage import queries
 from storage.db import Database
 from storage.records import RunRecord
@@ -145,8 +145,14 @@ class Daemon:
         if loaded.storage_url() != self.loaded.storage_url():
             log.error("config reload refused: storage.url cannot change while the daemon runs")
             return
-        self.loaded = loaded
-        self.sync_schedule()
+        previous, self.loaded = self.loaded, loaded
+        try:
+            self.sync_schedule()
+        except UNAVAILABLE as exc:
+            self.loaded = previous
+            self.reload_requested.set()  # try again at the next poll
+            log.warning("config reload postponed, the database is unavailable: %s", str(exc).splitlines()[0])
+            return
         log.info("config reloaded from %s", loaded.path)
 
     def serve(self) -> None:
@@ -185,7 +191,8 @@ class Daemon:
             finished = self._idle.wait_for(lambda: self._active == 0, timeout=timeout)
         if not finished:
             log.warning("stop timeout reached: aborting the benchmark in flight")
-            self.cancel.set()
+        # Also aborts a job that slipped in between the pause and the wait, instead of waiting for it.
+        self.cancel.set()
         self.scheduler.shutdown()
         self.flush_spool()  # what cannot be stored now stays spooled for the next start
         if self._http is not None:
