@@ -20,7 +20,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
@@ -61,7 +61,10 @@ class WorkerOutcome:
     samples_seen: int = 0
     peak_rss_mb: float | None = None
     pid: int | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    worker_exception: str | None = None  # "Type: message", as the worker reported it
+    # Why the runner killed the worker: "timeout", "memory" or "cancelled". A result that arrived
+    # first still counts after a timeout, but not past the memory limit or a cancel.
+    killed_for: str | None = None
 
 
 def worker_environment(threads: int | None, pin_allocator: bool) -> dict[str, str]:
@@ -144,13 +147,12 @@ def run_worker(
         while not events.empty():
             _apply(events.get_nowait(), outcome, progress)
         outcome.finished_at = datetime.now(UTC)
-        if outcome.result is not None and not outcome.extra.get("memory_exceeded") \
-                and not outcome.extra.get("cancelled"):
-            outcome.status, outcome.error = "ok", None  # a result that beat the clock still counts
+        if outcome.result is not None and outcome.killed_for in (None, "timeout"):
+            outcome.status, outcome.error = "ok", None
         elif outcome.result is not None:
-            outcome.result = None  # over its memory limit (or cancelled): failed even if it finished
+            outcome.result = None
         elif outcome.error is None:
-            reason = outcome.extra.get("exception") or _exit_reason(proc.returncode)
+            reason = outcome.worker_exception or _exit_reason(proc.returncode)
             tail = _tail(stderr)
             outcome.error = f"{reason}\n{tail}" if tail else reason
         else:
@@ -200,7 +202,7 @@ def _supervise(
                 pass
         if memory_limit_mb is not None and peak > memory_limit_mb:
             outcome.status = "failed"
-            outcome.extra["memory_exceeded"] = True
+            outcome.killed_for = "memory"
             outcome.error = (
                 f"memory limit exceeded: worker resident memory reached {peak:.0f} MB, "
                 f"over memory_limit_mb={memory_limit_mb:g} (phase: {outcome.phase})"
@@ -208,11 +210,12 @@ def _supervise(
             return
         if cancel is not None and cancel.is_set():
             outcome.status = "failed"
-            outcome.extra["cancelled"] = True
+            outcome.killed_for = "cancelled"
             outcome.error = f"aborted: the benchmark was cancelled (phase: {outcome.phase})"
             return
         if time.monotonic() >= deadline:
             outcome.status = "timeout"
+            outcome.killed_for = "timeout"
             outcome.error = (
                 f"timed out after {timeout_s:g} s in phase '{outcome.phase}' "
                 f"({outcome.samples_seen} samples taken)"
@@ -233,7 +236,7 @@ def _apply(event: dict[str, Any] | None, outcome: WorkerOutcome, progress: Progr
     elif kind == "result":
         outcome.result = WorkerResult.from_event(event)
     elif kind == "error":
-        outcome.extra["exception"] = event["error"]
+        outcome.worker_exception = event["error"]
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
