@@ -1,6 +1,6 @@
 """Benchmark registered models now and store every run, failed ones included.
 
-The one function the CLI's `run` (and, later, the scheduler) calls: plan the series, make sure each
+The one function the CLI's `run` and the daemon's jobs call: plan the series, make sure each
 model is registered, run each series in its own worker, and store each run as soon as it ends, so an
 interruption loses at most the run in flight.
 """
@@ -31,7 +31,7 @@ class BenchmarkProgress:
         """Called before a series' worker starts."""
 
     def update(self, phase: str, samples: int) -> None:
-        """Called as the worker reports its phase (setup, warmup, sampling, eval) and sample count."""
+        """Called as the worker reports its phase (setup, warmup, sampling, collect) and sample count."""
 
     def end(self, record: RunRecord) -> None:
         """Called once each run is stored."""

@@ -44,13 +44,11 @@ class LogProgress(BenchmarkProgress):
         self._daemon = daemon
 
     def end(self, record: RunRecord) -> None:
-        self._daemon.exporter.observe(record)
+        self._daemon.note_run(record, stored=record.run_id is not None)
         if record.run_id is None:
             log.warning("run of %s (batch %d, %s) spooled until the database is back", record.model,
                         record.batch_size, record.status)
             return
-        if record.status == "ok":
-            self._daemon.last_success = record.finished_at
         if record.status == "ok":
             log.info("run %s stored: model=%s batch=%d status=ok p50_ms=%.4g flags=%s", record.run_id,
                      record.model, record.batch_size, record.metrics.latency_ms_p50 or 0.0,
@@ -101,9 +99,13 @@ class Daemon:
         """Latest stored figures per series, so /metrics is complete right after a restart."""
         for model in self.loaded.config.models:
             for record in reversed(queries.history(self.db, model.name, limit=4 * len(model.series_batch_sizes))):
-                self.exporter.observe(record, count=False)
-                if record.status == "ok" and (self.last_success is None or record.finished_at > self.last_success):
-                    self.last_success = record.finished_at
+                self.note_run(record, count=False)
+
+    def note_run(self, record: RunRecord, count: bool = True, stored: bool = True) -> None:
+        """Feed a run to /metrics and, once it is in the database, to /healthz's last success."""
+        self.exporter.observe(record, count=count)
+        if stored and record.status == "ok" and (self.last_success is None or record.finished_at > self.last_success):
+            self.last_success = record.finished_at
 
     def run_model(self, name: str) -> None:
         """One scheduled job: benchmark one model (all its batch sizes) and store the runs."""
@@ -180,8 +182,7 @@ class Daemon:
         if not self.spool.files():
             return
         for record in self.spool.flush(self.db):
-            if record.status == "ok" and (self.last_success is None or record.finished_at > self.last_success):
-                self.last_success = record.finished_at
+            self.note_run(record, count=False)  # counted when it was spooled
 
     def stop(self) -> None:
         timeout = self.loaded.config.daemon.stop_timeout_s
