@@ -40,7 +40,7 @@ class BenchmarkProgress:
 STORE_ATTEMPTS = 4
 
 
-def store_with_retries(db: Database, record: RunRecord) -> bool:
+def store_with_retries(db: Database, record: RunRecord) -> None:
     """Save a run, riding out a short database outage (a restart, a lock held by another writer).
 
     A run costs a benchmark to make; giving up on the first error would throw it away. Each attempt is
@@ -49,14 +49,13 @@ def store_with_retries(db: Database, record: RunRecord) -> bool:
     for attempt in range(1, STORE_ATTEMPTS + 1):
         try:
             queries.save_run(db, record)
-            return True
+            return
         except OperationalError as exc:
             if attempt == STORE_ATTEMPTS:
                 raise
             log.warning("storing the run of %s failed (attempt %d of %d), retrying: %s",
                         record.model, attempt, STORE_ATTEMPTS, exc)
             time.sleep(0.5 * 2**attempt)
-    raise AssertionError("unreachable")
 
 
 def benchmark_models(
@@ -65,13 +64,13 @@ def benchmark_models(
     names: list[str] | None = None,
     progress: BenchmarkProgress | None = None,
     cancel: threading.Event | None = None,
-    store: Callable[[Database, RunRecord], bool] = store_with_retries,
+    store: Callable[[Database, RunRecord], None] = store_with_retries,
     known_variants: dict[str, str] | None = None,
 ) -> list[RunRecord]:
     """Run the named models (all when empty) and store each run; the stored records, in order.
 
     Once `cancel` is set, the worker in flight is aborted (and stored as such) and no other starts.
-    `store` saves one run and says whether it reached the database (the daemon's may spool it).
+    `store` saves one run, setting its `run_id` (the daemon's may spool it instead, leaving it None).
     `known_variants` (model -> active variant) is kept up to date from the database and, when the
     database is unreachable, used instead of it, so that the benchmark still runs and is spooled.
     """

@@ -68,22 +68,16 @@ class RunSpool:
                      record.model, record.batch_size, record.status)
         return stored
 
-    def store(self, db: Database, record: RunRecord) -> bool:
-        """Store `record` now (after any that wait), or spool it; True when it reached the database."""
+    def store(self, db: Database, record: RunRecord) -> None:
+        """Store `record` now (after any that wait), or spool it; `record.run_id` says which."""
         with self._lock:
-            return self._store(db, record)
-
-    def _store(self, db: Database, record: RunRecord) -> bool:
-        if self.files():
-            self._flush(db)
-            if self.files():  # still down: queue behind the others, keeping the order of runs
-                self.add(record)
-                return False
-        try:
-            queries.save_run(db, record)
-            return True
-        except UNAVAILABLE as exc:
-            path = self.add(record)
-            log.warning("database unavailable, run of %s kept in %s: %s", record.model, path,
-                        str(exc).splitlines()[0])
-            return False
+            if self.files():
+                self._flush(db)
+            if not self.files():  # nothing waits: store now, unless the database is still away
+                try:
+                    queries.save_run(db, record)
+                    return
+                except UNAVAILABLE as exc:
+                    log.warning("database unavailable, run of %s spooled: %s", record.model,
+                                str(exc).splitlines()[0])
+            self.add(record)  # behind any that wait, keeping the order of runs
