@@ -25,6 +25,7 @@ from monitor.registry import PlannedBenchmark, UnknownModelError, plan
 from monitor.service.benchmark import BenchmarkProgress, benchmark_models
 from storage import queries
 from storage.db import Database
+from storage.findings import FindingRecord
 from storage.records import RunRecord
 
 EXIT_FAILED = 1
@@ -306,6 +307,103 @@ def status(config_path: Path, as_json: bool) -> None:
                      last.get("status"), last.get("error") or "", item["next_run"][:19], item["next_run_source"]])
     click.echo(format_table(["model", "last run", "started (UTC)", "status", "error", "next run (UTC)", "from"],
                             rows))
+
+
+def findings_table(findings: Sequence[FindingRecord]) -> str:
+    """One line per finding: what changed, by how much, since when, and why if known."""
+    rows = []
+    for f in findings:
+        before, after = f.before, f.after
+        rows.append([
+            f.id, f.model, f.key.label(), f.metric, f.verdict, f"{100 * f.rel_change:+.1f}%",
+            f"{_cell(before['median'])} [{_cell(before['low'])}-{_cell(before['high'])}]",
+            f"{_cell(after['median'])} [{_cell(after['low'])}-{_cell(after['high'])}]",
+            f.change_run_id, f.p_value, f.cause or "-", _env_note(f.env_diff), f.state,
+        ])
+    headers = ["id", "model", "series", "metric", "verdict", "change", "before [95% CI]", "after [95% CI]",
+               "since run", "p", "cause", "environment", "state"]
+    return format_table(headers, rows)
+
+
+def _env_note(diff: dict[str, Any] | None) -> str:
+    if not diff:
+        return "-"
+    return ", ".join(f"{name} {old}->{new}" for name, (old, new) in diff.items())[:60]
+
+
+@main.command()
+@config_option
+@json_option
+@click.argument("names", nargs=-1)
+@click.option("--all", "show_all", is_flag=True, help="Also list resolved findings.")
+@click.option("--confirm/--no-confirm", default=None,
+              help="A/B new latency regressions against the frozen reference (default: detection.confirm).")
+def check(config_path: Path, as_json: bool, names: tuple[str, ...], show_all: bool, confirm: bool | None) -> None:
+    """Detect changes in the stored history (all models, or NAMES) and print the findings."""
+    from monitor.detection import attribution
+    from monitor.detection.check import check_models
+
+    loaded = _load(config_path)
+    with _open_db(loaded) as db:
+        known = {m.name for m in queries.list_models(db)} | {m.name for m in loaded.config.models}
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise click.UsageError(f"unknown model {unknown[0]!r}; known: {', '.join(sorted(known)) or '(none)'}")
+        result = check_models(db, loaded, list(names) or None)
+        if confirm if confirm is not None else loaded.config.detection.confirm:
+            attribution.confirm_new(db, loaded, result.new)
+    shown = [f for f in result.findings if show_all or f.state == "open"]
+    if as_json:
+        _print_json({"findings": [f.to_json() for f in shown], "new": [f.id for f in result.new]})
+    elif shown:
+        click.echo(findings_table(shown))
+    else:
+        click.echo("no open findings", err=True)
+
+
+@main.group()
+def baseline() -> None:
+    """Baselines that findings are measured against."""
+
+
+@baseline.command("accept")
+@config_option
+@json_option
+@click.argument("model")
+@click.option("--note", help="Why the new level is intended (kept with the baseline).")
+def baseline_accept(config_path: Path, as_json: bool, model: str, note: str | None) -> None:
+    """After an intended change: make MODEL's current level its baseline and freeze a new reference."""
+    from monitor.detection import attribution
+    from monitor.detection.baseline import NoRunsError, accept
+
+    loaded = _load(config_path)
+    with _open_db(loaded) as db:
+        try:
+            segments = accept(db, loaded, model, note)
+        except NoRunsError as exc:
+            raise click.UsageError(str(exc)) from None
+        references = []
+        if model in {m.name for m in loaded.config.models}:
+            for planned in plan(loaded, [model]):
+                key = next((s.key for s in segments if s.key.batch_size == planned.job.batch_size), None)
+                if key is not None:
+                    references.append(attribution.freeze_reference(db, loaded, planned, key))
+    if as_json:
+        _print_json({
+            "model": model,
+            "series": [{"variant": s.key.variant, "device": s.key.device, "batch_size": s.key.batch_size,
+                        "since_run_id": s.run_id, "since": s.started_at.isoformat(), "runs": s.runs}
+                       for s in segments],
+            "references": references,
+        })
+    else:
+        click.echo(format_table(
+            ["series", "baseline from run", "since (UTC)", "runs"],
+            [[s.key.label(), s.run_id, s.started_at.strftime("%Y-%m-%d %H:%M:%S"), s.runs] for s in segments],
+        ))
+    if any(r is None for r in references):
+        click.echo("warning: a reference could not be frozen (see the log)", err=True)
+        sys.exit(EXIT_FAILED)
 
 
 @main.group()

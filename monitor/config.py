@@ -143,6 +143,49 @@ class Schedule(_Strict):
         return parse_duration(self.every) if self.every else None
 
 
+class DetectionOverrides(_Strict):
+    """Per-model changes to the detection settings."""
+
+    min_effect: dict[str, float] = {}
+    alpha: float | None = Field(default=None, gt=0, lt=0.5)
+
+    @field_validator("min_effect")
+    @classmethod
+    def _min_effect(cls, value: dict[str, float]) -> dict[str, float]:
+        return _check_min_effect(value)
+
+
+class DetectionConfig(_Strict):
+    """How change points become findings (see monitor/detection)."""
+
+    # Smallest relative change worth a finding, per metric; metrics not named keep their default
+    # (5 % for latency p50, throughput, memory and energy; 10 % for p99; 0.5 % for accuracy).
+    min_effect: dict[str, float] = {}
+    alpha: float = Field(default=0.001, gt=0, lt=0.5)
+    # Runs flagged as measured on a busy host: "exclude" them from the series (the default: contention
+    # only ever slows a run down, so down-weighting would still bias the series upwards) or "include".
+    contended: Literal["exclude", "include"] = "exclude"
+    confirm: bool = True  # A/B the current model against its frozen reference on a new regression
+    artifact_dir: str = "perfguard-artifacts"  # frozen references (relative to the config file)
+    history: int = Field(default=2000, ge=20)  # newest runs per series that detection reads
+
+    @field_validator("min_effect")
+    @classmethod
+    def _min_effect(cls, value: dict[str, float]) -> dict[str, float]:
+        return _check_min_effect(value)
+
+
+def _check_min_effect(value: dict[str, float]) -> dict[str, float]:
+    from monitor.detection.metrics import WATCHED
+
+    for key, effect in value.items():
+        if key not in WATCHED:
+            raise ValueError(f"unknown metric {key!r}; expected one of: {', '.join(WATCHED)}")
+        if not 0 < effect < 10:
+            raise ValueError(f"{key}: expected a relative change such as 0.05, got {effect}")
+    return value
+
+
 class ModelConfig(_Strict):
     """A registered model and how to benchmark it."""
 
@@ -160,6 +203,7 @@ class ModelConfig(_Strict):
     timeout_s: float | None = Field(default=None, gt=0)
     memory_limit_mb: float | None = Field(default=None, gt=0)
     threads: int | None = Field(default=None, gt=0)
+    detection: DetectionOverrides = DetectionOverrides()
 
     @field_validator("factory", "inputs_factory", "eval")
     @classmethod
@@ -283,6 +327,7 @@ class Config(_Strict):
     daemon: DaemonConfig = DaemonConfig()
     email: EmailConfig | None = None
     harness: HarnessConfig = HarnessConfig()
+    detection: DetectionConfig = DetectionConfig()
     models: list[ModelConfig] = []
     rules: list[RuleConfig] = []
 

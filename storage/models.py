@@ -185,3 +185,87 @@ class RunSamplesRow(Base):
     encoding: Mapped[str] = mapped_column(String(32))
     count: Mapped[int]
     data: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class ReferenceRow(Base):
+    """A frozen copy of a model variant, benchmarked beside the live model to tell model from host."""
+
+    __tablename__ = "reference_artifacts"
+    __table_args__ = (
+        Index("ix_reference_artifacts_series", "variant_id", "device", "batch_size", "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"))
+    variant_id: Mapped[int] = mapped_column(ForeignKey("variants.id", ondelete="CASCADE"))
+    device: Mapped[str] = mapped_column(String(64))
+    batch_size: Mapped[int]  # an exported program is specialised to its example inputs' shapes
+    created_at: Mapped[datetime] = mapped_column(default=utc_now)
+    artifact: Mapped[dict[str, Any]]  # kind, path, sha256, factory, torch version, fallbacks
+    measured: Mapped[dict[str, Any]]  # the live-vs-reference A/B taken when it was frozen
+
+
+class BaselineRow(Base):
+    """An accepted baseline: detection of one series reads only runs from `since_run_id` on."""
+
+    __tablename__ = "baselines"
+    __table_args__ = (Index("ix_baselines_model_accepted", "model_id", "accepted_at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"))
+    variant_id: Mapped[int] = mapped_column(ForeignKey("variants.id", ondelete="CASCADE"))
+    device: Mapped[str] = mapped_column(String(64))
+    batch_size: Mapped[int]
+    since_run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    since: Mapped[datetime]
+    accepted_at: Mapped[datetime] = mapped_column(default=utc_now)
+    note: Mapped[str | None] = mapped_column(Text)
+
+
+class EnvChangeRow(Base):
+    """The environment of a model's runs changed at `run_id` (torch, GPU, driver, threads, host...)."""
+
+    __tablename__ = "env_changes"
+    __table_args__ = (UniqueConstraint("run_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"))
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    at: Mapped[datetime]
+    diff: Mapped[dict[str, Any]]  # field -> [before, after]
+
+
+class FindingRow(Base):
+    """A change of one metric of one series, kept up to date as runs arrive (never duplicated)."""
+
+    __tablename__ = "findings"
+    __table_args__ = (
+        CheckConstraint("state IN ('open', 'resolved')", name="state"),
+        CheckConstraint("verdict IN ('regression', 'improvement')", name="verdict"),
+        Index("ix_findings_model_state", "model_id", "state"),
+        Index("ix_findings_series", "variant_id", "device", "batch_size", "metric"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"))
+    variant_id: Mapped[int] = mapped_column(ForeignKey("variants.id", ondelete="CASCADE"))
+    device: Mapped[str] = mapped_column(String(64))
+    batch_size: Mapped[int]
+    metric: Mapped[str] = mapped_column(String(64))
+    change: Mapped[str] = mapped_column(String(8))  # up | down
+    verdict: Mapped[str] = mapped_column(String(16))  # regression | improvement
+    state: Mapped[str] = mapped_column(String(16), default="open")
+    resolution: Mapped[str | None] = mapped_column(String(200))
+    change_run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    change_at: Mapped[datetime]
+    before: Mapped[dict[str, Any]]  # median, low, high, runs
+    after: Mapped[dict[str, Any]]
+    rel_change: Mapped[float]
+    p_value: Mapped[float]
+    samples: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # raw-sample confirmation
+    cause: Mapped[str | None] = mapped_column(String(16))  # model | environment | unknown
+    confirmation: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # the A/B against the reference
+    env_diff: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    first_seen: Mapped[datetime] = mapped_column(default=utc_now)
+    last_seen: Mapped[datetime] = mapped_column(default=utc_now)
+    resolved_at: Mapped[datetime | None]

@@ -61,9 +61,57 @@ class Hog(nn.Module):
         return x
 
 
+class DataDependent(nn.Module):
+    """Branches in Python on a tensor's value: torch.export refuses it, a trace would bake one branch in."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.sum() > 0:
+            return self.fc(x)
+        return -self.fc(x)
+
+
+class NumpyForward(nn.Module):
+    """Calls numpy mid-forward: neither torch.export nor TorchScript can freeze it, only its weights."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        import numpy as np  # numpy comes with the examples extra (scikit-learn)
+
+        y = self.fc(x)
+        return y * float(np.tanh(y.detach().cpu().numpy()).std())
+
+
+class Noisy(nn.Module):
+    """Draws fresh noise every call: no frozen copy can reproduce its output."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + torch.randn_like(x)
+
+
 def tiny() -> nn.Module:
     torch.manual_seed(0)
     return Tiny()
+
+
+def data_dependent() -> nn.Module:
+    torch.manual_seed(0)
+    return DataDependent()
+
+
+def numpy_forward() -> nn.Module:
+    torch.manual_seed(0)
+    return NumpyForward()
+
+
+def random_output() -> nn.Module:
+    return Noisy()
 
 
 def busy_200us() -> nn.Module:

@@ -4,6 +4,9 @@ The runner writes one `BenchmarkJob` to the worker's stdin; the worker answers o
 channel (its original stdout; model code printing goes to stderr) with events: `started` (the
 environment, sent before any model code runs so even a crash has it), `progress`, and one `result`.
 Plain dataclasses so both sides, which share no process, agree on one shape.
+
+A job in "freeze" mode also writes a frozen reference copy of its model to disk (see reference.py) and
+answers with an `ArtifactRef` to it, which later jobs name in `Subject.artifact` to time that copy.
 """
 
 from __future__ import annotations
@@ -26,15 +29,46 @@ class InputTensor:
     high: int | None = None
 
 
+ArtifactKind = Literal["exported", "torchscript", "state_dict"]
+REFERENCE_LABEL = "reference"  # the frozen copy's label in a freeze job's subjects and comparison
+
+
+@dataclass(slots=True)
+class ArtifactRef:
+    """A frozen reference copy of a model on disk, as reference.freeze wrote it.
+
+    `sha256` is the trust anchor: the worker loads nothing whose bytes differ from it, so the ref must
+    be kept somewhere at least as trusted as the file (the database). `kind` says how much is frozen:
+    an exported program or TorchScript module holds code and weights; a state dict holds only the
+    weights, rebuilt through `factory` at load time, so a code change in the factory shows in it too.
+    The copy is valid for the example inputs' shapes (one series, one batch size).
+    """
+
+    kind: ArtifactKind
+    path: str  # absolute
+    sha256: str
+    factory: str  # the original model's factory; the state_dict kind rebuilds the module with it
+    torch_version: str
+    fallbacks: list[str] = field(default_factory=list)  # why each earlier kind was refused
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ArtifactRef:
+        return cls(**{**data, "fallbacks": list(data.get("fallbacks", []))})
+
+
 @dataclass(slots=True)
 class Subject:
-    """One callable to time: a model factory and how to feed it."""
+    """One callable to time: a model factory (or a frozen copy of its model) and how to feed it."""
 
     label: str
     factory: str
     inputs: list[InputTensor] | None = None
     inputs_factory: str | None = None
     eval: str | None = None
+    artifact: ArtifactRef | None = None  # when set, the model is loaded from it, not built by factory
 
 
 @dataclass(slots=True)
@@ -50,7 +84,12 @@ class SamplingSettings:
 
 @dataclass(slots=True)
 class BenchmarkJob:
-    """One worker's task: time one subject, or several interleaved (A/B), at one batch size."""
+    """One worker's task: time one subject, or several interleaved (A/B), at one batch size.
+
+    "freeze" builds the single subject from its factory, freezes it into `freeze_dir`, and times the
+    live model and the reloaded copy interleaved: the ratio is the copy's baseline cost relative to
+    the model, against which a later A/B of the two tells a host change from a model regression.
+    """
 
     model: str
     subjects: list[Subject]
@@ -59,7 +98,18 @@ class BenchmarkJob:
     threads: int | None = None
     sampling: SamplingSettings = field(default_factory=SamplingSettings)
     sys_path: list[str] = field(default_factory=list)
-    mode: Literal["single", "ab"] = "single"
+    mode: Literal["single", "ab", "freeze"] = "single"
+    freeze_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.mode != "freeze":
+            return
+        if self.freeze_dir is None:
+            raise ValueError("a freeze job needs freeze_dir")
+        if len(self.subjects) != 1 or self.subjects[0].artifact is not None:
+            raise ValueError("a freeze job takes one subject, built from its factory")
+        if self.subjects[0].label == REFERENCE_LABEL:
+            raise ValueError(f"the label {REFERENCE_LABEL!r} is the frozen copy's; give the model another")
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
@@ -70,8 +120,13 @@ class BenchmarkJob:
         subjects = []
         for s in data.pop("subjects"):
             inputs = s.pop("inputs")
+            artifact = s.pop("artifact", None)
             subjects.append(
-                Subject(**s, inputs=None if inputs is None else [InputTensor(**i) for i in inputs])
+                Subject(
+                    **s,
+                    inputs=None if inputs is None else [InputTensor(**i) for i in inputs],
+                    artifact=None if artifact is None else ArtifactRef.from_dict(artifact),
+                )
             )
         sampling = SamplingSettings(**data.pop("sampling"))
         return cls(**data, subjects=subjects, sampling=sampling)
@@ -95,7 +150,8 @@ class WorkerResult:
     env: EnvFingerprint
     host: HostCondition
     subjects: list[SubjectResult]
-    comparison: dict[str, Any] | None = None  # A/B mode: ratios against the first subject
+    comparison: dict[str, Any] | None = None  # A/B and freeze modes: ratios against the first subject
+    frozen: ArtifactRef | None = None  # freeze mode: the copy it wrote
 
     def to_event(self) -> dict[str, Any]:
         return {"event": "result", **dataclasses.asdict(self)}
@@ -116,4 +172,5 @@ class WorkerResult:
                 for s in data["subjects"]
             ],
             comparison=data.get("comparison"),
+            frozen=None if data.get("frozen") is None else ArtifactRef.from_dict(data["frozen"]),
         )

@@ -269,7 +269,12 @@ def _exit_reason(returncode: int | None) -> str:
 
 
 def to_records(job: BenchmarkJob, outcome: WorkerOutcome, variant: str) -> list[RunRecord]:
-    """One run record per subject; a failed worker gives one failed record for the job."""
+    """One run record per subject; a failed worker gives one failed record for the job.
+
+    A freeze job gives one record, the live model's under `variant`, with the copy it wrote in
+    details["frozen"] and the copy's cost relative to it in details["comparison"]: the copy is no
+    series of its own, and a "reference" variant would only clutter the model's history.
+    """
     env = outcome.result.env if outcome.result else (outcome.env or EnvFingerprint())
     if outcome.result is None:
         record = RunRecord(
@@ -287,14 +292,17 @@ def to_records(job: BenchmarkJob, outcome: WorkerOutcome, variant: str) -> list[
         record.metrics.peak_rss_mb = outcome.peak_rss_mb
         return [record]
     records = []
-    for subject in outcome.result.subjects:
+    subjects = outcome.result.subjects[:1] if job.mode == "freeze" else outcome.result.subjects
+    for subject in subjects:
         details = dict(subject.details)
         if outcome.result.comparison is not None:
             details["comparison"] = outcome.result.comparison
+        if outcome.result.frozen is not None:
+            details["frozen"] = outcome.result.frozen.to_dict()
         records.append(
             RunRecord(
                 model=job.model,
-                variant=variant if job.mode == "single" else subject.label,
+                variant=subject.label if job.mode == "ab" else variant,
                 device=job.device,
                 batch_size=job.batch_size,
                 status="ok",

@@ -8,6 +8,7 @@ here cannot take the parent with it; the runner turns it into a stored failed ru
 
 from __future__ import annotations
 
+import dataclasses
 import faulthandler
 import importlib
 import json
@@ -21,8 +22,16 @@ import traceback
 from collections.abc import Callable
 from typing import IO, Any
 
-from monitor.harness import collectors, sampling
-from monitor.harness.protocol import BenchmarkJob, InputTensor, Subject, SubjectResult, WorkerResult
+from monitor.harness import collectors, reference, sampling
+from monitor.harness.protocol import (
+    REFERENCE_LABEL,
+    ArtifactRef,
+    BenchmarkJob,
+    InputTensor,
+    Subject,
+    SubjectResult,
+    WorkerResult,
+)
 from storage.records import RunMetrics
 
 
@@ -105,16 +114,28 @@ def accuracy(model: Any, eval_path: str, device: str) -> float:
 
 
 class Prepared:
-    """A subject's model, inputs and the zero-argument call that the sampler times."""
+    """A subject's model (built, or loaded from its artifact), inputs and the call the sampler times."""
 
     def __init__(self, subject: Subject, job: BenchmarkJob):
-        model = resolve(subject.factory)()
-        if not hasattr(model, "eval") or not callable(model):
-            raise TypeError(f"{subject.factory} returned {type(model).__name__}, not a torch.nn.Module")
+        if subject.artifact is not None:
+            self.model = reference.load(subject.artifact, job.device)
+        else:
+            model = resolve(subject.factory)()
+            if not hasattr(model, "eval") or not callable(model):
+                raise TypeError(f"{subject.factory} returned {type(model).__name__}, not a torch.nn.Module")
+            self.model = model.eval().to(job.device)
         self.subject = subject
-        self.model = model.eval().to(job.device)
-        args, kwargs = build_inputs(subject, job.batch_size, job.device)
+        self.args, self.kwargs = build_inputs(subject, job.batch_size, job.device)
+        args, kwargs = self.args, self.kwargs
         self.call: Callable[[], Any] = lambda: self.model(*args, **kwargs)
+
+
+def _freeze(live: Prepared, job: BenchmarkJob) -> tuple[ArtifactRef, Prepared]:
+    """Freeze the live model, then load the copy back as a subject of its own, timed beside it."""
+    assert job.freeze_dir is not None
+    frozen = reference.freeze(live.model, live.args, live.kwargs, job.freeze_dir, live.subject.factory)
+    copy = dataclasses.replace(live.subject, label=REFERENCE_LABEL, artifact=frozen)
+    return frozen, Prepared(copy, job)
 
 
 def _subject_result(prepared: Prepared, sampled: sampling.Sampled, job: BenchmarkJob) -> SubjectResult:
@@ -168,6 +189,11 @@ def run_job(job: BenchmarkJob, channel: Channel) -> WorkerResult:
     channel.progress("setup", 0)
     # Factories run with autograd on: one may train or fine-tune before returning its model.
     prepared = [Prepared(subject, job) for subject in job.subjects]
+    frozen = None
+    if job.mode == "freeze":
+        channel.progress("freeze", 0)
+        frozen, copy = _freeze(prepared[0], job)  # outside inference_mode: export traces as autograd would
+        prepared.append(copy)
     with torch.inference_mode():
         if sync is not None:
             torch.cuda.reset_peak_memory_stats()
@@ -175,7 +201,7 @@ def run_job(job: BenchmarkJob, channel: Channel) -> WorkerResult:
         watch = collectors.HostWatch()
         watch.start()
         comparison = None
-        if job.mode == "ab":
+        if job.mode in ("ab", "freeze"):
             runs = [(p.subject.label, sampling.block_runner(p.call, sync)) for p in prepared]
             inter = sampling.interleaved_sample(runs, job.sampling, probe, channel.progress, nvml)
             sampled_all, comparison, contended = inter.subjects, inter.comparison, inter.contended_rounds
@@ -190,7 +216,7 @@ def run_job(job: BenchmarkJob, channel: Channel) -> WorkerResult:
         results = [_subject_result(p, s, job) for p, s in zip(prepared, sampled_all)]
     if nvml is not None:
         nvml.close()
-    return WorkerResult(env=env, host=host, subjects=results, comparison=comparison)
+    return WorkerResult(env=env, host=host, subjects=results, comparison=comparison, frozen=frozen)
 
 
 def _exit_with_runner() -> None:

@@ -1,0 +1,1 @@
+"""Change detection over stored benchmark history: change points, findings, baselines, confirmation."""

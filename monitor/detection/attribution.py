@@ -1,0 +1,204 @@
+"""Model or environment? Frozen references and the A/B that tells the two apart.
+
+When a series gets its baseline, a frozen copy of the model that produced it is written (exported
+program, else TorchScript, else state dict + factory; see monitor/harness/reference.py) and timed
+interleaved with the live model: `r0 = reference / live`. When a latency regression is found, the
+reference and the current model are timed interleaved again in one worker: `r1 = reference / current`.
+
+- r0 / r1 - 1 is how much slower the *current model* got relative to its frozen self. Host drift,
+  library upgrades and thread settings slow both alike and cancel in the ratio.
+- The reference's own latency now, against the old level, says whether the host or environment moved.
+
+A model change explaining at least half the regression -> `model`; no model change and a reference
+that slowed down by at least half the regression -> `environment`; anything else (the slowdown not
+reproduced, or split between both) -> `unknown`. A state-dict reference (the fallback when neither
+torch.export nor TorchScript can freeze the model) holds weights only, so it cannot clear the model's
+code: "both slowed down" stays `unknown` with it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from monitor.config import LoadedConfig, ModelConfig
+from monitor.harness.protocol import REFERENCE_LABEL, ArtifactRef, BenchmarkJob
+from monitor.harness.runner import WorkerOutcome, run_worker
+from monitor.registry import PlannedBenchmark, plan
+from storage import findings as store
+from storage import queries
+from storage.db import Database
+from storage.findings import FindingRecord, SeriesKey
+
+log = logging.getLogger(__name__)
+
+CURRENT_LABEL = "current"
+
+
+@dataclass(frozen=True, slots=True)
+class Attribution:
+    """The verdict of one A/B against the reference, with the numbers behind it."""
+
+    cause: str  # model | environment | unknown
+    confirmation: dict[str, Any]
+
+
+def ensure_references(db: Database, loaded: LoadedConfig, names: list[str] | None = None) -> list[SeriesKey]:
+    """Freeze a reference for every planned series of the active variant that has none yet."""
+    frozen = []
+    for planned in plan(loaded, names):
+        key = _series_key(db, planned)
+        if key is None or store.latest_reference(db, planned.model.name, key) is not None:
+            continue
+        if freeze_reference(db, loaded, planned, key) is not None:
+            frozen.append(key)
+    return frozen
+
+
+def freeze_reference(db: Database, loaded: LoadedConfig, planned: PlannedBenchmark, key: SeriesKey) -> int | None:
+    """Freeze the model of one series now and store the reference; None (logged) when it fails."""
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+    folder = (
+        loaded.base_dir / loaded.config.detection.artifact_dir / planned.model.name / key.variant
+        / key.device.replace(":", "_") / f"b{key.batch_size}" / stamp
+    )
+    job = replace(planned.job, mode="freeze", freeze_dir=str(folder))
+    outcome = _run(loaded, planned, job)
+    result = outcome.result
+    if outcome.status != "ok" or result is None or result.frozen is None:
+        log.warning("could not freeze a reference of %s %s: %s", planned.model.name, key.label(), outcome.error)
+        return None
+    ratio = (result.comparison or {}).get(REFERENCE_LABEL, {})
+    measured = {
+        "ratio": ratio.get("ratio_p50"),
+        "ratio_ci95": ratio.get("ratio_ci95"),
+        "live_p50_ms": result.subjects[0].metrics.latency_ms_p50,
+        "reference_p50_ms": result.subjects[1].metrics.latency_ms_p50 if len(result.subjects) > 1 else None,
+        "env": result.env.to_dict(),
+    }
+    ref_id = store.save_reference(db, planned.model.name, key, result.frozen.to_dict(), measured)
+    log.info("froze a %s reference of %s %s (id %d)", result.frozen.kind, planned.model.name, key.label(), ref_id)
+    return ref_id
+
+
+def attribute(db: Database, loaded: LoadedConfig, finding: FindingRecord) -> Attribution | None:
+    """A/B the current model against its reference for a latency finding; None without a reference."""
+    reference = store.latest_reference(db, finding.model, finding.key)
+    planned = next(
+        (p for p in plan(loaded, [finding.model]) if p.job.batch_size == finding.key.batch_size), None
+    ) if finding.model in {m.name for m in loaded.config.models} else None
+    if reference is None or planned is None or planned.job.device != finding.key.device:
+        return None
+    live = planned.job.subjects[0]
+    subjects = [
+        replace(live, label=CURRENT_LABEL),
+        replace(live, label=REFERENCE_LABEL, eval=None, artifact=ArtifactRef.from_dict(reference.artifact)),
+    ]
+    outcome = _run(loaded, planned, replace(planned.job, mode="ab", subjects=subjects))
+    if outcome.status != "ok" or outcome.result is None:
+        return Attribution("unknown", {"error": outcome.error or outcome.status, "reference_id": reference.id})
+    result = outcome.result
+    return judge(finding, reference.measured, result.comparison or {}, {
+        s.label: s.metrics.latency_ms_p50 for s in result.subjects
+    }, reference.id, _min_effect(loaded, planned.model, finding.metric), reference.artifact.get("kind", ""))
+
+
+def judge(
+    finding: FindingRecord,
+    measured: dict[str, Any],
+    comparison: dict[str, Any],
+    p50s: dict[str, float | None],
+    reference_id: int,
+    min_effect: float,
+    kind: str = "exported",
+) -> Attribution:
+    """The cause of a latency finding from the A/B numbers (see the module docstring)."""
+    r0 = measured.get("ratio")
+    now = comparison.get(REFERENCE_LABEL, {})
+    r1 = now.get("ratio_p50")
+    ci = now.get("ratio_ci95")
+    numbers: dict[str, Any] = {
+        "reference_id": reference_id,
+        "reference_kind": kind,
+        "baseline_ratio": r0,
+        "ratio": r1,
+        "ratio_ci95": ci,
+        "current_p50_ms": p50s.get(CURRENT_LABEL),
+        "reference_p50_ms": p50s.get(REFERENCE_LABEL),
+        "before_p50_ms": finding.before.get("median"),
+        "after_p50_ms": finding.after.get("median"),
+    }
+    if not r0 or not r1:
+        return Attribution("unknown", {**numbers, "why": "no usable ratio"})
+    model_change = r0 / r1 - 1.0
+    # The model's interval from the ratio's: a wider one makes "no model change" harder to claim.
+    model_interval = [r0 / ci[1] - 1.0, r0 / ci[0] - 1.0] if ci else None
+    # What the unchanged model would take now: the reference's time, less the copy's own overhead.
+    ref_now = p50s.get(REFERENCE_LABEL)
+    before = finding.before.get("median")
+    env_change = (ref_now / r0) / before - 1.0 if ref_now and before else None
+    numbers.update(model_change=model_change, model_change_ci95=model_interval, environment_change=env_change)
+    needed = max(min_effect, abs(finding.rel_change) / 2)
+    same_way = (model_change > 0) == (finding.rel_change > 0)
+    if same_way and abs(model_change) >= needed:
+        return Attribution("model", {**numbers, "why": "the current model is slower than its frozen copy"})
+    model_flat = abs(model_change) < min_effect and (
+        model_interval is None or model_interval[0] < 0 < model_interval[1] or abs(model_change) < min_effect / 2
+    )
+    env_same_way = env_change is not None and (env_change > 0) == (finding.rel_change > 0)
+    if model_flat and env_same_way and abs(env_change or 0.0) >= needed:
+        if kind == "state_dict":
+            # Such a copy freezes the weights only; its code comes from the factory, so a code
+            # regression would slow it down too and pass for a host change.
+            return Attribution("unknown", {**numbers, "why": "both slowed down, but the copy holds weights only"})
+        return Attribution("environment", {**numbers, "why": "the frozen copy slowed down as much"})
+    return Attribution("unknown", {**numbers, "why": "neither the model nor the reference explains it"})
+
+
+def confirm_new(db: Database, loaded: LoadedConfig, new: list[FindingRecord]) -> list[FindingRecord]:
+    """Attribute each new open latency regression; store and return the ones that got a cause."""
+    done = []
+    for finding in new:
+        if finding.id is None or finding.cause is not None or finding.state != "open":
+            continue
+        if finding.verdict != "regression" or not finding.metric.startswith("latency_"):
+            continue
+        verdict = attribute(db, loaded, finding)
+        if verdict is None:
+            continue
+        store.set_cause(db, finding.id, verdict.cause, verdict.confirmation)
+        finding.cause, finding.confirmation = verdict.cause, verdict.confirmation
+        log.info("finding %d (%s %s): cause %s", finding.id, finding.model, finding.metric, verdict.cause)
+        done.append(finding)
+    return done
+
+
+def _series_key(db: Database, planned: PlannedBenchmark) -> SeriesKey | None:
+    try:
+        with db.session(readonly=True) as session:
+            variant = queries.active_variant(session, planned.model.name)
+    except LookupError:
+        return None
+    return SeriesKey(variant, planned.job.device, planned.job.batch_size)
+
+
+def _run(loaded: LoadedConfig, planned: PlannedBenchmark, job: BenchmarkJob) -> WorkerOutcome:
+    return run_worker(
+        job,
+        timeout_s=planned.timeout_s * 2,  # two subjects share the worker
+        memory_limit_mb=planned.memory_limit_mb,
+        pin_allocator=loaded.config.harness.pin_allocator,
+        cwd=Path(loaded.base_dir),
+    )
+
+
+def _min_effect(loaded: LoadedConfig, model: ModelConfig, metric: str) -> float:
+    from monitor.detection.check import detection_options
+
+    return detection_options(loaded, model, metric).min_effect
+
+
+

@@ -1,0 +1,69 @@
+"""Accepting a baseline: after an intended change, the current level of each series becomes normal.
+
+By default a finding compares against the last stable segment before its change. `perfguard
+baseline accept MODEL` says "this is how it should be now": for each series of the model, detection
+from then on reads only the runs of its current segment (since the newest change of any watched
+metric), and the model's open findings are resolved.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime
+
+import numpy as np
+
+from monitor.config import LoadedConfig
+from monitor.detection.changepoints import detect_changes
+from monitor.detection.check import detection_options, usable_run
+from monitor.detection.metrics import WATCHED
+from storage import findings as store
+from storage.db import Database
+from storage.findings import SeriesKey, SeriesRun
+
+
+@dataclass(frozen=True, slots=True)
+class AcceptedSegment:
+    """Where a series' new baseline starts."""
+
+    key: SeriesKey
+    run_id: int
+    started_at: datetime
+    runs: int  # usable runs in the segment so far
+
+
+class NoRunsError(LookupError):
+    """The model has no successful runs to make a baseline of."""
+
+
+def current_segments(db: Database, loaded: LoadedConfig, model: str) -> list[AcceptedSegment]:
+    """The current segment of each series of `model`: from its newest change of any watched metric."""
+    settings = loaded.config.detection
+    config = next((m for m in loaded.config.models if m.name == model), None)
+    since = store.baselines(db, model)
+    by_key: dict[SeriesKey, list[SeriesRun]] = defaultdict(list)
+    for run in store.series_runs(db, model, settings.history):
+        if usable_run(run, settings.contended) and run.run_id >= since.get(run.key, 0):
+            by_key[run.key].append(run)
+    segments = []
+    for key, runs in by_key.items():
+        start = 0
+        for metric in WATCHED:
+            values = np.array([np.nan if r.metrics.get(metric) is None else r.metrics[metric] for r in runs])
+            if np.isfinite(values).any():
+                points = detect_changes(values, options=detection_options(loaded, config, metric))
+                if points:
+                    start = max(start, points[-1].index)
+        first = runs[start]
+        segments.append(AcceptedSegment(key, first.run_id, first.started_at, len(runs) - start))
+    if not segments:
+        raise NoRunsError(f"model {model!r} has no successful runs to accept as its baseline")
+    return segments
+
+
+def accept(db: Database, loaded: LoadedConfig, model: str, note: str | None = None) -> list[AcceptedSegment]:
+    """Make the current segment of every series of `model` its baseline; resolve open findings."""
+    segments = current_segments(db, loaded, model)
+    store.accept_baselines(db, model, {s.key: (s.run_id, s.started_at) for s in segments}, note)
+    return segments

@@ -1,0 +1,216 @@
+"""Detection over stored history: every series of a model, every watched metric, findings kept.
+
+Flow per model: read its runs (newest `history` per series) -> note environment changes between
+consecutive runs -> per series and metric, drop failed runs (a failure is not a zero) and, by default,
+runs measured on a busy host -> `detect_changes` -> each change point still in effect becomes a finding
+(before/after medians with intervals, the run where it began, any environment change at that run) ->
+the newest latency change is confirmed with raw samples -> findings are merged into the stored ones.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from monitor.config import LoadedConfig, ModelConfig
+from monitor.detection.changepoints import ChangePoint, DetectionOptions, detect_changes
+from monitor.detection.confirm import confirm_with_samples, confirms
+from monitor.detection.metrics import WATCHED, verdict
+from monitor.harness.sampling import median_ci
+from storage import findings as store
+from storage.db import Database
+from storage.findings import FindingRecord, SeriesKey, SeriesRun
+from storage.queries import list_models, load_samples
+from storage.records import FLAG_CONTENDED
+
+log = logging.getLogger(__name__)
+
+# Fields of the environment fingerprint whose change can explain a change of the numbers.
+ENV_FIELDS = ("torch", "python", "cpu", "cpu_count", "gpu", "gpu_driver", "cuda", "threads", "interop_threads", "host")
+
+
+@dataclass(slots=True)
+class CheckResult:
+    """What one check found: the models' findings as stored, and which of them are new."""
+
+    findings: list[FindingRecord] = field(default_factory=list)
+    new: list[FindingRecord] = field(default_factory=list)
+    env_changes: int = 0
+
+
+def check_models(db: Database, loaded: LoadedConfig, names: Sequence[str] | None = None) -> CheckResult:
+    """Run detection for the named models (default: every configured or stored model)."""
+    configured = {m.name: m for m in loaded.config.models}
+    if names:
+        models = list(names)
+    else:
+        models = list(configured) + [m.name for m in list_models(db) if m.name not in configured]
+    result = CheckResult()
+    for name in models:
+        one = check_model(db, loaded, name, configured.get(name))
+        result.findings.extend(one.findings)
+        result.new.extend(one.new)
+        result.env_changes += one.env_changes
+    return result
+
+
+def check_model(db: Database, loaded: LoadedConfig, model: str, config: ModelConfig | None) -> CheckResult:
+    """Detection over one model's stored history; findings are stored and returned."""
+    settings = loaded.config.detection
+    runs = store.series_runs(db, model, settings.history)
+    if not runs:
+        return CheckResult()
+    changes = environment_changes(runs)
+    store.record_env_changes(db, model, changes)
+    env_at = {run_id: diff for run_id, _, diff in changes}
+    since = store.baselines(db, model)
+    by_key: dict[SeriesKey, list[SeriesRun]] = defaultdict(list)
+    for run in runs:
+        by_key[run.key].append(run)
+
+    detected: list[FindingRecord] = []
+    checked: list[tuple[SeriesKey, str]] = []
+    order: dict[int, int] = {}
+    for key, series in by_key.items():
+        first = since.get(key)
+        if first is not None:
+            series = [r for r in series if r.run_id >= first] or series[-1:]
+        usable = [r for r in series if usable_run(r, settings.contended)]
+        order.update({r.run_id: i for i, r in enumerate(usable)})
+        for metric in WATCHED:
+            values = np.array([_value(r.metrics.get(metric)) for r in usable], dtype=float)
+            if not np.isfinite(values).any():
+                continue
+            checked.append((key, metric))
+            options = detection_options(loaded, config, metric)
+            points = detect_changes(values, options=options)
+            for i, change in enumerate(points):
+                if not in_effect(change, points, values, options):
+                    continue
+                if WATCHED[metric].from_samples and change is points[-1]:
+                    change = _confirm(db, usable, values, change, points[:-1])
+                start = points[i - 1].index if i else 0
+                detected.append(_finding(model, key, metric, usable, values, start, change, env_at))
+    known = {f.id for f in store.findings(db, model)}
+    stored = store.sync_findings(db, model, detected, checked, order)
+    new = [f for f in stored if f.id not in known]
+    for finding in new:
+        log.info(
+            "finding: %s %s %s %+.1f%% (%s) from run %d",
+            model, finding.key.label(), finding.metric, 100 * finding.rel_change, finding.verdict, finding.change_run_id,
+        )
+    return CheckResult(findings=stored, new=new, env_changes=len(changes))
+
+
+def detection_options(loaded: LoadedConfig, config: ModelConfig | None, metric: str) -> DetectionOptions:
+    """The options for one metric: its default effect, the config's, then the model's override."""
+    settings = loaded.config.detection
+    effect = settings.min_effect.get(metric, WATCHED[metric].min_effect)
+    alpha = settings.alpha
+    if config is not None:
+        effect = config.detection.min_effect.get(metric, effect)
+        alpha = config.detection.alpha if config.detection.alpha is not None else alpha
+    return DetectionOptions(min_effect=effect, alpha=alpha)
+
+
+def in_effect(
+    change: ChangePoint, points: Sequence[ChangePoint], values: np.ndarray, options: DetectionOptions
+) -> bool:
+    """Whether a change still holds: the newest level differs from the level before the change by
+    at least the minimum effect, in the change's direction (a regression later undone does not)."""
+    newest = values[points[-1].index :]
+    current = float(np.median(newest[np.isfinite(newest)]))
+    rel = current / change.before - 1.0 if change.before else 0.0
+    return abs(rel) >= options.min_effect and (rel > 0) == (change.direction == "up")
+
+
+def environment_changes(runs: Sequence[SeriesRun]) -> list[tuple[int, Any, dict[str, Any]]]:
+    """(run id, time, field -> [before, after]) wherever a device's environment changed between runs."""
+    last: dict[str, dict[str, Any]] = {}
+    changes = []
+    for run in runs:
+        if not run.env:
+            continue
+        env = {name: run.env.get(name) for name in ENV_FIELDS}
+        previous = last.get(run.key.device)
+        if previous is not None:
+            diff = {name: [previous[name], env[name]] for name in ENV_FIELDS if previous[name] != env[name]}
+            if diff:
+                changes.append((run.run_id, run.started_at, diff))
+        last[run.key.device] = env
+    return changes
+
+
+def usable_run(run: SeriesRun, contended: str) -> bool:
+    """A run detection reads: successful and, unless configured otherwise, not on a busy host."""
+    if run.status != "ok":
+        return False
+    return contended == "include" or FLAG_CONTENDED not in run.flags
+
+
+def _value(value: float | None) -> float:
+    return float("nan") if value is None else float(value)
+
+
+def _confirm(
+    db: Database, runs: Sequence[SeriesRun], values: np.ndarray, change: ChangePoint, earlier: Sequence[ChangePoint]
+) -> ChangePoint:
+    """The newest change of a latency series, checked against the raw samples of nearby runs."""
+    samples: list[list[float] | None] = [None] * len(runs)
+    for i in range(max(0, change.index - 12), min(len(runs), change.index + 12)):
+        samples[i] = load_samples(db, runs[i].run_id) or None
+    return confirm_with_samples(change, values, samples, earlier)
+
+
+def _finding(
+    model: str,
+    key: SeriesKey,
+    metric: str,
+    runs: Sequence[SeriesRun],
+    values: np.ndarray,
+    segment_start: int,
+    change: ChangePoint,
+    env_at: dict[int, dict[str, Any]],
+) -> FindingRecord:
+    """A change point as a finding: the level before it (since the previous change, at most the last
+    50 runs) against the level after it (up to now)."""
+    start = change.index
+    run = runs[start]
+    before = _segment_summary(values, max(segment_start, start - 50), start)
+    after = _segment_summary(values, start, len(values))
+    samples = None
+    if change.samples_interval is not None:
+        samples = {
+            "interval": list(change.samples_interval),
+            "p_value": change.samples_p_value,
+            "confirmed": confirms(change),
+        }
+    # An environment change at the first run of the new level, or at the run just before it.
+    env_diff = env_at.get(run.run_id) or (env_at.get(runs[start - 1].run_id) if start > 0 else None)
+    return FindingRecord(
+        model=model,
+        key=key,
+        metric=metric,
+        change=change.direction,
+        verdict=verdict(metric, change.direction),
+        change_run_id=run.run_id,
+        change_at=run.started_at,
+        before=before,
+        after=after,
+        rel_change=change.rel_change,
+        p_value=change.p_value,
+        samples=samples,
+        env_diff=env_diff,
+    )
+
+
+def _segment_summary(values: np.ndarray, start: int, stop: int) -> dict[str, Any]:
+    part = values[start:stop]
+    part = np.sort(part[np.isfinite(part)])
+    low, high = median_ci(part.tolist())
+    return {"median": float(np.median(part)), "low": float(low), "high": float(high), "runs": int(part.size)}

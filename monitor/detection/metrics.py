@@ -1,0 +1,36 @@
+"""Which stored metrics are watched for changes, and which way is worse for each."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+
+@dataclass(frozen=True, slots=True)
+class WatchedMetric:
+    """A run metric as a series: `worse` is the direction of a regression; the other is an improvement."""
+
+    name: str
+    worse: Literal["up", "down"]
+    min_effect: float  # default smallest relative change worth a finding
+    from_samples: bool = False  # raw per-iteration latencies can confirm a change of this metric
+
+
+WATCHED: dict[str, WatchedMetric] = {
+    m.name: m
+    for m in (
+        WatchedMetric("latency_ms_p50", "up", 0.05, from_samples=True),
+        WatchedMetric("latency_ms_p99", "up", 0.10, from_samples=True),
+        WatchedMetric("throughput_per_s", "down", 0.05),
+        WatchedMetric("peak_rss_mb", "up", 0.05),
+        WatchedMetric("cuda_peak_mem_mb", "up", 0.05),
+        WatchedMetric("model_size_mb", "up", 0.01),
+        WatchedMetric("accuracy", "down", 0.005),
+        WatchedMetric("energy_j_per_inference", "up", 0.05),
+    )
+}
+
+
+def verdict(metric: str, change: Literal["up", "down"]) -> Literal["regression", "improvement"]:
+    """A change of `metric` in direction `change`, judged."""
+    return "regression" if WATCHED[metric].worse == change else "improvement"

@@ -1,0 +1,248 @@
+"""Frozen reference copies of a model, written once and timed later beside the live model.
+
+When a regression is suspected, timing the copy that produced the baseline and the current model
+interleaved in one worker tells the two causes apart: if the copy slowed down too, the host or
+environment changed; if only the model did, the model regressed. That only works if the copy is
+frozen as far as it can be, so `freeze` tries, in order:
+- `torch.export` (`reference.pt2`): the traced ATen graph and weights, independent of model code;
+- TorchScript (`reference.ts`): `torch.jit.trace`, refused on any TracerWarning (data-dependent
+  control flow or numpy calls would be silently baked in), then `torch.jit.script`;
+- the state dict (`reference.state.pt`) plus the factory: weights only, the code is rebuilt at load.
+Each candidate is loaded back and must reproduce the live model's output before it is accepted.
+
+Runs inside the worker only; torch is imported inside the functions so importing this module is cheap.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import tempfile
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO, Any
+
+from monitor.harness.protocol import ArtifactKind, ArtifactRef
+
+FILE_NAMES: dict[ArtifactKind, str] = {
+    "exported": "reference.pt2",
+    "torchscript": "reference.ts",
+    "state_dict": "reference.state.pt",
+}
+# Relative tolerance of the load-back check by output dtype (absolute: the same, times the output's
+# scale): exported graphs may decompose ops and TorchScript may fuse them, which reorders float math.
+TOLERANCE = {"float64": 1e-7, "float32": 1e-4, "complex64": 1e-4, "float16": 1e-2, "bfloat16": 2e-2}
+REASON_CHARS = 240
+HASH_CHUNK = 2**20
+
+
+class ArtifactError(RuntimeError):
+    """A reference artifact that is missing, altered or otherwise refused."""
+
+
+class TraceRefused(RuntimeError):
+    """torch.jit.trace warned that its trace may not match the model on other inputs."""
+
+
+def freeze(
+    model: Any, example_args: tuple[Any, ...], example_kwargs: dict[str, Any], directory: str | Path, factory: str
+) -> ArtifactRef:
+    """Write the most frozen faithful copy of `model` into `directory` and return a reference to it.
+
+    Must be called outside `torch.inference_mode` with ordinary tensors: export and tracing run the
+    model as autograd would. A refused kind's reason is kept in `fallbacks`; if no kind reproduces
+    the model's output (a model whose output is random, say), ArtifactError lists them all.
+    """
+    import torch
+
+    if torch.is_inference_mode_enabled():
+        raise RuntimeError("reference.freeze must run outside torch.inference_mode")
+    folder = Path(directory).resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    device = _device_of(model)
+    with torch.inference_mode():
+        expected = model(*example_args, **example_kwargs)
+    candidates: list[tuple[ArtifactKind, str, Callable[[IO[bytes]], None]]] = [
+        ("exported", "exported", lambda f: _save_exported(model, example_args, example_kwargs, f)),
+        ("torchscript", "torchscript/trace", lambda f: _save_traced(model, example_args, example_kwargs, f)),
+        ("torchscript", "torchscript/script", lambda f: _save_scripted(model, f)),
+        ("state_dict", "state_dict", lambda f: torch.save(model.state_dict(), f)),
+    ]
+    fallbacks: list[str] = []
+    for kind, name, save in candidates:
+        final = folder / FILE_NAMES[kind]
+        fd, temp_name = tempfile.mkstemp(dir=folder, prefix=f".{final.name}.", suffix=".tmp")
+        temp = Path(temp_name)
+        try:
+            with os.fdopen(fd, "w+b") as handle:
+                save(handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+                handle.seek(0)
+                sha256 = _sha256(handle)
+                handle.seek(0)
+                copy = _load(kind, handle, factory, device)
+            with torch.inference_mode():
+                mismatch = _mismatch(copy(*example_args, **example_kwargs), expected)
+            if mismatch:
+                raise ArtifactError(mismatch)
+        except Exception as exc:  # noqa: BLE001 - any failure just means: try the next kind
+            temp.unlink(missing_ok=True)
+            fallbacks.append(f"{name}: {_reason(exc)}")
+            continue
+        except BaseException:
+            temp.unlink(missing_ok=True)
+            raise
+        os.replace(temp, final)
+        _fsync_dir(folder)
+        return ArtifactRef(
+            kind=kind, path=str(final), sha256=sha256, factory=factory,
+            torch_version=torch.__version__, fallbacks=fallbacks,
+        )
+    raise ArtifactError(f"no reference copy of {factory} reproduces its output: " + "; ".join(fallbacks))
+
+
+def load(ref: ArtifactRef, device: str) -> Any:
+    """The frozen model, ready to call on `device`; refuses a missing file or one whose hash differs.
+
+    The file is hashed and loaded through one open handle, so it cannot be swapped in between. The
+    hash matters: a state dict is read with `weights_only=True`, but `torch.export.load` may unpickle
+    parts of a .pt2 archive without that restriction, so only bytes we wrote may reach it.
+    """
+    path = Path(ref.path)
+    try:
+        handle = path.open("rb")
+    except FileNotFoundError:
+        raise ArtifactError(f"reference artifact {path} is missing") from None
+    with handle:
+        found = _sha256(handle)
+        if found != ref.sha256:
+            raise ArtifactError(
+                f"reference artifact {path} does not match its recorded sha256 (expected {ref.sha256}, "
+                f"found {found}): it was altered or corrupted; refusing to load it"
+            )
+        handle.seek(0)
+        return _load(ref.kind, handle, ref.factory, device)
+
+
+def _load(kind: ArtifactKind, handle: IO[bytes], factory: str, device: str) -> Any:
+    import torch
+
+    if kind == "exported":
+        return torch.export.load(handle).module().to(device)  # an exported module refuses .eval()
+    if kind == "torchscript":
+        with _jit_warnings():
+            return torch.jit.load(handle, map_location=device).eval()
+    if kind == "state_dict":
+        from monitor.harness.worker import resolve
+
+        state = torch.load(handle, map_location=device, weights_only=True)
+        module = resolve(factory)().to(device)
+        module.load_state_dict(state)
+        return module.eval()
+    raise ArtifactError(f"unknown artifact kind {kind!r}")
+
+
+def _save_exported(model: Any, args: tuple[Any, ...], kwargs: dict[str, Any], handle: IO[bytes]) -> None:
+    import torch
+
+    torch.export.save(torch.export.export(model, tuple(args), dict(kwargs)), handle)
+
+
+def _save_traced(model: Any, args: tuple[Any, ...], kwargs: dict[str, Any], handle: IO[bytes]) -> None:
+    import torch
+
+    if args and kwargs:
+        raise ValueError("torch.jit.trace takes positional or keyword example inputs, not both")
+    with _jit_warnings(), warnings.catch_warnings(record=True) as caught:
+        # A TracerWarning means the trace recorded a Python value computed from a tensor (a branch
+        # taken, a numpy result) as a constant: the copy would be fast and wrong on other inputs.
+        # Recorded, not raised: raised inside torch's C code it surfaces as an opaque SystemError.
+        # Torch's own filter for such warnings from inside torch (outside torch.jit) is kept.
+        warnings.filterwarnings("always", category=torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning, module="torch.(?!jit)")
+        if kwargs:
+            traced = torch.jit.trace(model, example_kwarg_inputs=dict(kwargs))
+        else:
+            traced = torch.jit.trace(model, tuple(args))
+    refused = [w for w in caught if issubclass(w.category, torch.jit.TracerWarning)]
+    if refused:
+        first_sentence = str(refused[0].message).split(". ")[0].rstrip(".")
+        raise TraceRefused(first_sentence)
+    with _jit_warnings():
+        torch.jit.save(traced, handle)
+
+
+def _save_scripted(model: Any, handle: IO[bytes]) -> None:
+    import torch
+
+    with _jit_warnings():
+        torch.jit.save(torch.jit.script(model), handle)
+
+
+@contextlib.contextmanager
+def _jit_warnings() -> Iterator[None]:
+    """Silence torch.jit's deprecation notices (torch 2.13 deprecates it) here only, not process-wide."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message=r"`torch\.jit\.[\w.]+` is deprecated", category=DeprecationWarning
+        )
+        yield
+
+
+def _mismatch(actual: Any, expected: Any) -> str | None:
+    """Why the copy's output is not the live model's (tensor leaves compared), or None if it is."""
+    import torch
+    from torch.utils._pytree import tree_leaves
+
+    got, want = tree_leaves(actual), tree_leaves(expected)
+    if len(got) != len(want):
+        return f"the copy returns {len(got)} outputs, the model {len(want)}"
+    for i, (g, w) in enumerate(zip(got, want)):
+        if not isinstance(w, torch.Tensor):
+            if g != w:
+                return f"output {i} is {g!r}, the model's is {w!r}"
+            continue
+        if not isinstance(g, torch.Tensor) or g.shape != w.shape or g.dtype != w.dtype:
+            return f"output {i} has a different type, shape or dtype than the model's"
+        if not (w.is_floating_point() or w.is_complex()):
+            if not torch.equal(g, w):
+                return f"output {i} differs from the model's"
+            continue
+        rtol = TOLERANCE.get(str(w.dtype).removeprefix("torch."), 1e-4)
+        scale = float(w.abs().max()) if w.numel() else 0.0
+        if not torch.allclose(g, w, rtol=rtol, atol=rtol * max(scale, 1e-6), equal_nan=True):
+            worst = float((g - w).abs().max())
+            return f"output {i} differs from the model's by up to {worst:.3g} (scale {scale:.3g}, rtol {rtol:g})"
+    return None
+
+
+def _device_of(model: Any) -> str:
+    for tensor in (*model.parameters(), *model.buffers()):
+        return str(tensor.device)
+    return "cpu"
+
+
+def _sha256(handle: IO[bytes]) -> str:
+    digest = hashlib.sha256()
+    while chunk := handle.read(HASH_CHUNK):
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _reason(exc: BaseException) -> str:
+    """One short line: the exception type and the first line of its message."""
+    lines = str(exc).strip().splitlines()
+    text = f"{type(exc).__name__}: {lines[0].strip()}" if lines else type(exc).__name__
+    return text if len(text) <= REASON_CHARS else text[: REASON_CHARS - 3] + "..."
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the rename itself durable, so a crash cannot leave the ref naming a file that is gone."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

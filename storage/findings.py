@@ -1,0 +1,394 @@
+"""Reads and writes of what detection keeps: findings, environment changes, baselines, references.
+
+Detection reads runs as light `SeriesRun`s (no samples, no details) and writes back findings keyed by
+their series and the run where the change began, so that checking again updates a finding rather
+than adding a second one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from storage.db import Database
+from storage.models import (
+    BaselineRow,
+    EnvChangeRow,
+    FindingRow,
+    ModelRow,
+    ReferenceRow,
+    RunMetricsRow,
+    RunRow,
+    VariantRow,
+    utc_now,
+)
+from storage.queries import _model_id, _variant_id
+
+# How far (in runs) a change may move between checks and still be the same finding: more history
+# sharpens where a change began.
+SAME_CHANGE_RUNS = 5
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesKey:
+    """One benchmark series of a model: detection runs per key and metric."""
+
+    variant: str
+    device: str
+    batch_size: int
+
+    def label(self) -> str:
+        return f"{self.variant}/{self.device}/b{self.batch_size}"
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesRun:
+    """One run as detection reads it."""
+
+    run_id: int
+    started_at: datetime
+    key: SeriesKey
+    status: str
+    flags: tuple[str, ...]
+    env: dict[str, Any]
+    metrics: dict[str, float | None]
+
+
+@dataclass(slots=True)
+class FindingRecord:
+    """A finding as stored and printed (`perfguard check --json` emits `to_json()`)."""
+
+    model: str
+    key: SeriesKey
+    metric: str
+    change: str
+    verdict: str
+    change_run_id: int
+    change_at: datetime
+    before: dict[str, Any]
+    after: dict[str, Any]
+    rel_change: float
+    p_value: float
+    samples: dict[str, Any] | None = None
+    env_diff: dict[str, Any] | None = None
+    cause: str | None = None
+    confirmation: dict[str, Any] | None = None
+    state: str = "open"
+    resolution: str | None = None
+    first_seen: datetime | None = None
+    last_seen: datetime | None = None
+    resolved_at: datetime | None = None
+    id: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data.pop("key")
+        data.update(variant=self.key.variant, device=self.key.device, batch_size=self.key.batch_size)
+        for name in ("change_at", "first_seen", "last_seen", "resolved_at"):
+            value = data[name]
+            data[name] = value.isoformat() if value is not None else None
+        return data
+
+
+@dataclass(frozen=True, slots=True)
+class ReferenceInfo:
+    """The newest frozen reference of a model variant on a device."""
+
+    id: int
+    created_at: datetime
+    artifact: dict[str, Any]
+    measured: dict[str, Any] = field(default_factory=dict)
+
+
+def series_runs(db: Database, model: str, limit: int) -> list[SeriesRun]:
+    """The newest `limit` runs of `model` per series, oldest first, with the watched metrics."""
+    from monitor.detection.metrics import WATCHED
+
+    metric_columns = [getattr(RunMetricsRow, name) for name in WATCHED]
+    with db.session(readonly=True) as session:
+        model_id = session.scalar(select(ModelRow.id).where(ModelRow.name == model))
+        if model_id is None:
+            return []
+        stmt = (
+            select(
+                RunRow.id,
+                RunRow.started_at,
+                VariantRow.name,
+                RunRow.device,
+                RunRow.batch_size,
+                RunRow.status,
+                RunRow.flags,
+                RunRow.env,
+                *metric_columns,
+            )
+            .join(VariantRow, VariantRow.id == RunRow.variant_id)
+            .outerjoin(RunMetricsRow, RunMetricsRow.run_id == RunRow.id)
+            .where(RunRow.model_id == model_id)
+            .order_by(RunRow.started_at.desc(), RunRow.id.desc())
+        )
+        runs: list[SeriesRun] = []
+        counts: dict[SeriesKey, int] = {}
+        for run_id, started_at, variant, device, batch, status, flags, env, *figures in session.execute(stmt):
+            key = SeriesKey(variant, device, batch)
+            if counts.get(key, 0) >= limit:
+                continue
+            counts[key] = counts.get(key, 0) + 1
+            runs.append(
+                SeriesRun(
+                    run_id, started_at, key, status, tuple(flags), env, dict(zip(WATCHED, figures, strict=True))
+                )
+            )
+    runs.reverse()
+    return runs
+
+
+def baselines(db: Database, model: str) -> dict[SeriesKey, int]:
+    """The accepted baseline of each series of `model`: the first run detection reads."""
+    stmt = (
+        select(VariantRow.name, BaselineRow.device, BaselineRow.batch_size, BaselineRow.since_run_id)
+        .join(VariantRow, VariantRow.id == BaselineRow.variant_id)
+        .join(ModelRow, ModelRow.id == BaselineRow.model_id)
+        .where(ModelRow.name == model)
+        .order_by(BaselineRow.accepted_at, BaselineRow.id)
+    )
+    with db.session(readonly=True) as session:
+        return {SeriesKey(v, d, b): run_id for v, d, b, run_id in session.execute(stmt)}
+
+
+def accept_baselines(
+    db: Database, model: str, since: dict[SeriesKey, tuple[int, datetime]], note: str | None
+) -> None:
+    """Make the runs from each given run on the baseline of their series; resolve open findings."""
+    with db.session() as session:
+        model_id = _model_id(session, model)
+        now = utc_now()
+        for key, (run_id, started_at) in since.items():
+            session.add(
+                BaselineRow(
+                    model_id=model_id,
+                    variant_id=_variant_id(session, model_id, key.variant),
+                    device=key.device,
+                    batch_size=key.batch_size,
+                    since_run_id=run_id,
+                    since=started_at,
+                    accepted_at=now,
+                    note=note,
+                )
+            )
+        for row in session.scalars(
+            select(FindingRow).where(FindingRow.model_id == model_id, FindingRow.state == "open")
+        ):
+            row.state, row.resolution, row.resolved_at = "resolved", "baseline accepted", now
+
+
+def record_env_changes(db: Database, model: str, changes: Iterable[tuple[int, datetime, dict[str, Any]]]) -> None:
+    """Store environment changes (run id, time, field -> [before, after]); known ones are skipped."""
+    changes = list(changes)
+    if not changes:
+        return
+    with db.session() as session:
+        model_id = _model_id(session, model)
+        known = set(
+            session.scalars(
+                select(EnvChangeRow.run_id).where(EnvChangeRow.run_id.in_([c[0] for c in changes]))
+            )
+        )
+        for run_id, at, diff in changes:
+            if run_id not in known:
+                session.add(EnvChangeRow(model_id=model_id, run_id=run_id, at=at, diff=diff))
+
+
+def env_changes(db: Database, model: str) -> list[tuple[int, datetime, dict[str, Any]]]:
+    """Stored environment changes of `model`, oldest first."""
+    stmt = (
+        select(EnvChangeRow.run_id, EnvChangeRow.at, EnvChangeRow.diff)
+        .join(ModelRow, ModelRow.id == EnvChangeRow.model_id)
+        .where(ModelRow.name == model)
+        .order_by(EnvChangeRow.at, EnvChangeRow.run_id)
+    )
+    with db.session(readonly=True) as session:
+        return [(run_id, at, diff) for run_id, at, diff in session.execute(stmt)]
+
+
+def sync_findings(
+    db: Database,
+    model: str,
+    detected: Sequence[FindingRecord],
+    checked: Iterable[tuple[SeriesKey, str]],
+    run_order: dict[int, int],
+) -> list[FindingRecord]:
+    """Merge one check's findings into the stored ones and return the model's findings as stored.
+
+    A detected finding updates the open finding of the same series, metric and direction whose change
+    began within `SAME_CHANGE_RUNS` runs (by `run_order`, the position of each run in its series);
+    otherwise it is new. Open findings of a checked series that this check no longer reports are
+    resolved. Cause and confirmation, once measured, are kept.
+    """
+    now = utc_now()
+    checked = set(checked)
+    with db.session() as session:
+        model_id = _model_id(session, model)
+        variant_ids: dict[str, int] = {}
+
+        def variant_id(name: str) -> int:
+            if name not in variant_ids:
+                variant_ids[name] = _variant_id(session, model_id, name)
+            return variant_ids[name]
+
+        names = {vid: name for name, vid in ((k.variant, variant_id(k.variant)) for k, _ in checked)}
+        open_rows = list(
+            session.scalars(
+                select(FindingRow).where(FindingRow.model_id == model_id, FindingRow.state == "open")
+            )
+        )
+        matched: set[int] = set()
+        for finding in detected:
+            key = finding.key
+            row = _match(open_rows, matched, variant_id(key.variant), finding, run_order)
+            if row is None:
+                row = FindingRow(
+                    model_id=model_id,
+                    variant_id=variant_id(key.variant),
+                    device=key.device,
+                    batch_size=key.batch_size,
+                    metric=finding.metric,
+                    change=finding.change,
+                    verdict=finding.verdict,
+                    state="open",
+                    first_seen=now,
+                )
+                session.add(row)
+            else:
+                matched.add(row.id)
+            row.change_run_id = finding.change_run_id
+            row.change_at = finding.change_at
+            row.before, row.after = finding.before, finding.after
+            row.rel_change, row.p_value = finding.rel_change, finding.p_value
+            row.samples = finding.samples if finding.samples is not None else row.samples
+            row.env_diff = finding.env_diff
+            row.last_seen = now
+        for row in open_rows:
+            if row.id in matched:
+                continue
+            key = SeriesKey(names.get(row.variant_id, ""), row.device, row.batch_size)
+            if (key, row.metric) in checked:
+                row.state, row.resolution, row.resolved_at = "resolved", "no longer detected", now
+        session.flush()
+    return findings(db, model)
+
+
+def _match(
+    rows: list[FindingRow], taken: set[int], variant_id: int, finding: FindingRecord, order: dict[int, int]
+) -> FindingRow | None:
+    at = order.get(finding.change_run_id)
+    for row in rows:
+        if (
+            row.id not in taken
+            and row.variant_id == variant_id
+            and row.device == finding.key.device
+            and row.batch_size == finding.key.batch_size
+            and row.metric == finding.metric
+            and row.change == finding.change
+        ):
+            there = order.get(row.change_run_id)
+            if at is not None and there is not None and abs(at - there) <= SAME_CHANGE_RUNS:
+                return row
+    return None
+
+
+def findings(
+    db: Database, model: str | None = None, state: str | None = None
+) -> list[FindingRecord]:
+    """Stored findings, newest change first."""
+    stmt = (
+        select(FindingRow, ModelRow.name, VariantRow.name)
+        .join(ModelRow, ModelRow.id == FindingRow.model_id)
+        .join(VariantRow, VariantRow.id == FindingRow.variant_id)
+        .order_by(FindingRow.change_at.desc(), FindingRow.id.desc())
+    )
+    if model is not None:
+        stmt = stmt.where(ModelRow.name == model)
+    if state is not None:
+        stmt = stmt.where(FindingRow.state == state)
+    with db.session(readonly=True) as session:
+        return [_record(row, name, variant) for row, name, variant in session.execute(stmt)]
+
+
+def set_cause(db: Database, finding_id: int, cause: str, confirmation: dict[str, Any]) -> None:
+    """Record what the A/B against the reference said about a finding."""
+    with db.session() as session:
+        row = session.get(FindingRow, finding_id)
+        if row is None:
+            raise KeyError(f"no finding {finding_id}")
+        row.cause, row.confirmation = cause, confirmation
+
+
+def save_reference(db: Database, model: str, key: SeriesKey, artifact: dict[str, Any], measured: dict[str, Any]) -> int:
+    """Store a frozen reference of one series' model; the newest one is the one used."""
+    with db.session() as session:
+        model_id = _model_id(session, model)
+        row = ReferenceRow(
+            model_id=model_id,
+            variant_id=_variant_id(session, model_id, key.variant),
+            device=key.device,
+            batch_size=key.batch_size,
+            artifact=artifact,
+            measured=measured,
+        )
+        session.add(row)
+        session.flush()
+        return row.id
+
+
+def latest_reference(db: Database, model: str, key: SeriesKey) -> ReferenceInfo | None:
+    """The newest reference of one series' model, if one was frozen."""
+    stmt = (
+        select(ReferenceRow)
+        .join(ModelRow, ModelRow.id == ReferenceRow.model_id)
+        .join(VariantRow, VariantRow.id == ReferenceRow.variant_id)
+        .where(
+            ModelRow.name == model,
+            VariantRow.name == key.variant,
+            ReferenceRow.device == key.device,
+            ReferenceRow.batch_size == key.batch_size,
+        )
+        .order_by(ReferenceRow.created_at.desc(), ReferenceRow.id.desc())
+        .limit(1)
+    )
+    with db.session(readonly=True) as session:
+        row = session.scalar(stmt)
+        if row is None:
+            return None
+        return ReferenceInfo(row.id, row.created_at, row.artifact, row.measured)
+
+
+def _record(row: FindingRow, model: str, variant: str) -> FindingRecord:
+    return FindingRecord(
+        model=model,
+        key=SeriesKey(variant, row.device, row.batch_size),
+        metric=row.metric,
+        change=row.change,
+        verdict=row.verdict,
+        change_run_id=row.change_run_id,
+        change_at=row.change_at,
+        before=row.before,
+        after=row.after,
+        rel_change=row.rel_change,
+        p_value=row.p_value,
+        samples=row.samples,
+        env_diff=row.env_diff,
+        cause=row.cause,
+        confirmation=row.confirmation,
+        state=row.state,
+        resolution=row.resolution,
+        first_seen=row.first_seen,
+        last_seen=row.last_seen,
+        resolved_at=row.resolved_at,
+        id=row.id,
+    )

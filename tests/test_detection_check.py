@@ -1,0 +1,226 @@
+"""Detection over stored history, on SQLite and PostgreSQL: findings, directions, env changes, baselines."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from monitor.config import LoadedConfig, load_config
+from monitor.detection.attribution import judge
+from monitor.detection.baseline import NoRunsError, accept
+from monitor.detection.check import check_model
+from storage import findings as store
+from storage.db import Database
+from storage.findings import FindingRecord, SeriesKey
+from storage.queries import save_runs
+from storage.records import FLAG_CONTENDED, EnvFingerprint, HostCondition, RunMetrics, RunRecord
+from tests.cli_helpers import perfguard, tiny_model, write_config
+from tests.storage_helpers import T0
+
+MODEL = "m"
+KEY = SeriesKey("baseline", "cpu", 8)
+
+
+@pytest.fixture
+def loaded(tmp_path: Path) -> LoadedConfig:
+    return load_config(write_config(tmp_path / "perfguard.toml", [tiny_model(MODEL)], extra="[detection]\nconfirm = false\n"))
+
+
+def run(i: int, p50: float, *, status: str = "ok", flags: tuple[str, ...] = (), threads: int = 2,
+        throughput: float | None = None, samples: list[float] | None = None) -> RunRecord:
+    started = T0 + timedelta(minutes=10 * i)
+    ok = status == "ok"
+    return RunRecord(
+        model=MODEL, variant="baseline", device="cpu", batch_size=8, status=status,  # type: ignore[arg-type]
+        error=None if ok else "RuntimeError: boom", started_at=started, finished_at=started + timedelta(seconds=3),
+        metrics=RunMetrics(latency_ms_p50=p50 if ok else None,
+                           throughput_per_s=(throughput if throughput is not None else 8000 / p50) if ok else None),
+        env=EnvFingerprint(torch="2.13.0+cpu", threads=threads, host="bench-1"), host=HostCondition(),
+        flags=list(flags), details={}, samples_ms=samples if samples is not None else [],
+    )
+
+
+def levels(seed: int, values: list[tuple[int, float]], cv: float = 0.01) -> list[float]:
+    """A noisy series: `values` is [(count, level), ...]."""
+    rng = np.random.default_rng(seed)
+    out: list[float] = []
+    for count, level in values:
+        out += list(level * (1 + cv * rng.standard_normal(count)))
+    return out
+
+
+def store_series(db: Database, p50s: list[float], start: int = 0, **kw: object) -> None:
+    save_runs(db, [run(start + i, v, **kw) for i, v in enumerate(p50s)])  # type: ignore[arg-type]
+
+
+def test_a_latency_step_is_one_open_regression_with_its_numbers(db: Database, loaded: LoadedConfig) -> None:
+    store_series(db, levels(1, [(30, 1.0), (6, 1.2)]))
+    result = check_model(db, loaded, MODEL, loaded.config.models[0])
+    by_metric = {f.metric: f for f in result.findings}
+    latency = by_metric["latency_ms_p50"]
+    assert (latency.verdict, latency.change, latency.state) == ("regression", "up", "open")
+    assert latency.rel_change == pytest.approx(0.2, abs=0.02)
+    assert latency.before["low"] <= latency.before["median"] <= latency.before["high"]
+    assert latency.before["median"] == pytest.approx(1.0, abs=0.01) and latency.after["runs"] == 6
+    assert latency.change_at == T0 + timedelta(minutes=300)  # the 31st run: where the change began
+    assert latency.p_value < 0.001
+    # Throughput fell with it: down is the bad direction there, so it is a regression too.
+    assert (by_metric["throughput_per_s"].verdict, by_metric["throughput_per_s"].change) == ("regression", "down")
+    assert {f.id for f in result.new} == {f.id for f in result.findings}
+
+
+def test_an_improvement_is_reported_as_one(db: Database, loaded: LoadedConfig) -> None:
+    store_series(db, levels(2, [(30, 1.0), (6, 0.8)]))
+    latency = next(f for f in check_model(db, loaded, MODEL, None).findings if f.metric == "latency_ms_p50")
+    assert (latency.verdict, latency.change) == ("improvement", "down")
+
+
+def test_flat_history_gives_no_findings(db: Database, loaded: LoadedConfig) -> None:
+    store_series(db, levels(3, [(60, 1.0)], cv=0.03))
+    assert check_model(db, loaded, MODEL, None).findings == []
+
+
+def test_empty_history_and_a_single_run(db: Database, loaded: LoadedConfig) -> None:
+    assert check_model(db, loaded, MODEL, None).findings == []
+    store_series(db, [1.0])
+    assert check_model(db, loaded, MODEL, None).findings == []
+
+
+def test_failed_runs_are_skipped_not_read_as_zero(db: Database, loaded: LoadedConfig) -> None:
+    p50s = levels(4, [(40, 1.0)])
+    save_runs(db, [run(i, v, status="failed" if i % 7 == 3 else "ok") for i, v in enumerate(p50s)])
+    assert check_model(db, loaded, MODEL, None).findings == []
+
+
+def test_contended_runs_are_excluded_by_default(db: Database, loaded: LoadedConfig, tmp_path: Path) -> None:
+    p50s = levels(5, [(40, 1.0)])
+    # The last four runs were slow because the host was busy, and were flagged as such.
+    save_runs(db, [run(i, v * (1.5 if i >= 36 else 1.0), flags=(FLAG_CONTENDED,) if i >= 36 else ())
+                   for i, v in enumerate(p50s)])
+    assert check_model(db, loaded, MODEL, None).findings == []
+    included = load_config(write_config(tmp_path / "inc.toml", [tiny_model(MODEL)],
+                                        extra="[detection]\ncontended = \"include\"\nconfirm = false\n"))
+    assert any(f.metric == "latency_ms_p50" for f in check_model(db, included, MODEL, None).findings)
+
+
+def test_checking_again_updates_the_finding_instead_of_adding_one(db: Database, loaded: LoadedConfig) -> None:
+    p50s = levels(6, [(30, 1.0), (20, 1.2)])
+    store_series(db, p50s[:34])
+    first = {f.metric: f for f in check_model(db, loaded, MODEL, None).findings}["latency_ms_p50"]
+    store_series(db, p50s[34:], start=34)
+    again = check_model(db, loaded, MODEL, None)
+    latency = [f for f in again.findings if f.metric == "latency_ms_p50"]
+    assert [f.id for f in latency] == [first.id] and again.new == []
+    assert latency[0].last_seen > first.last_seen and latency[0].after["runs"] == 20
+    assert latency[0].first_seen == first.first_seen
+
+
+def test_a_regression_undone_is_resolved(db: Database, loaded: LoadedConfig) -> None:
+    p50s = levels(7, [(30, 1.0), (10, 1.3), (12, 1.0)])
+    store_series(db, p50s[:40])
+    (open_one,) = [f for f in check_model(db, loaded, MODEL, None).findings if f.metric == "latency_ms_p50"]
+    store_series(db, p50s[40:], start=40)
+    stored = {f.id: f for f in check_model(db, loaded, MODEL, None).findings}
+    assert stored[open_one.id].state == "resolved" and stored[open_one.id].resolution == "no longer detected"
+
+
+def test_an_environment_change_at_the_change_is_named_in_the_finding(db: Database, loaded: LoadedConfig) -> None:
+    p50s = levels(8, [(30, 1.0), (6, 1.7)])
+    save_runs(db, [run(i, v, threads=2 if i < 30 else 1) for i, v in enumerate(p50s)])
+    result = check_model(db, loaded, MODEL, None)
+    latency = next(f for f in result.findings if f.metric == "latency_ms_p50")
+    assert latency.env_diff == {"threads": [2, 1]}
+    assert result.env_changes == 1 and len(store.env_changes(db, MODEL)) == 1
+    check_model(db, loaded, MODEL, None)
+    assert len(store.env_changes(db, MODEL)) == 1  # annotations are stored once
+
+
+def test_baseline_accept_makes_the_current_level_normal(db: Database, loaded: LoadedConfig) -> None:
+    with pytest.raises(NoRunsError):
+        accept(db, loaded, MODEL)
+    p50s = levels(9, [(30, 1.0), (8, 1.25)])
+    store_series(db, p50s)
+    (finding,) = [f for f in check_model(db, loaded, MODEL, None).findings if f.metric == "latency_ms_p50"]
+    (segment,) = accept(db, loaded, MODEL, note="bigger model on purpose")
+    assert segment.key == KEY and segment.runs == 8
+    resolved = {f.id: f for f in store.findings(db, MODEL)}[finding.id]
+    assert (resolved.state, resolved.resolution) == ("resolved", "baseline accepted")
+    # More runs at the accepted level: nothing new. A step from it: a finding against the new level.
+    store_series(db, levels(10, [(12, 1.25)]), start=38)
+    assert [f for f in check_model(db, loaded, MODEL, None).findings if f.state == "open"] == []
+    store_series(db, levels(11, [(5, 1.6)]), start=50)
+    opened = [f for f in check_model(db, loaded, MODEL, None).findings if f.state == "open" and f.metric == "latency_ms_p50"]
+    assert len(opened) == 1 and opened[0].before["median"] == pytest.approx(1.25, rel=0.02)
+
+
+def test_the_newest_latency_change_is_confirmed_with_raw_samples(db: Database, loaded: LoadedConfig) -> None:
+    rng = np.random.default_rng(12)
+    p50s = levels(12, [(30, 1.0), (5, 1.3)])
+    save_runs(db, [run(i, v, samples=list(v * (1 + 0.02 * rng.standard_normal(200)))) for i, v in enumerate(p50s)])
+    latency = next(f for f in check_model(db, loaded, MODEL, None).findings if f.metric == "latency_ms_p50")
+    assert latency.samples is not None and latency.samples["confirmed"] is True
+    low, high = latency.samples["interval"]
+    assert 0.2 < low < high < 0.4
+
+
+def finding(rel: float = 0.3, before: float = 1.0) -> FindingRecord:
+    return FindingRecord(
+        model=MODEL, key=KEY, metric="latency_ms_p50", change="up", verdict="regression", change_run_id=1,
+        change_at=T0, before={"median": before}, after={"median": before * (1 + rel)}, rel_change=rel, p_value=1e-6,
+    )
+
+
+def test_ab_judgement_tells_model_from_environment() -> None:
+    base = {"ratio": 1.02}  # the frozen copy ran 2 % slower than the live model when frozen
+    # Only the current model got slower: the reference/current ratio fell by the regression.
+    model = judge(finding(), base, {"reference": {"ratio_p50": 1.02 / 1.3, "ratio_ci95": [0.76, 0.8]}},
+                  {"current": 1.3, "reference": 1.02}, 7, 0.05)
+    assert model.cause == "model" and model.confirmation["model_change"] == pytest.approx(0.3, abs=0.01)
+    # Both got slower alike: the ratio held and the reference itself is 30 % slower than before.
+    env = judge(finding(), base, {"reference": {"ratio_p50": 1.02, "ratio_ci95": [0.99, 1.05]}},
+                {"current": 1.3, "reference": 1.02 * 1.3}, 7, 0.05)
+    assert env.cause == "environment" and env.confirmation["environment_change"] == pytest.approx(0.3, abs=0.01)
+    # Nothing reproduces now (a transient): unknown, with the numbers kept.
+    gone = judge(finding(), base, {"reference": {"ratio_p50": 1.02, "ratio_ci95": [0.99, 1.05]}},
+                 {"current": 1.0, "reference": 1.02}, 7, 0.05)
+    assert gone.cause == "unknown" and gone.confirmation["reference_id"] == 7
+    assert judge(finding(), {}, {}, {}, 7, 0.05).cause == "unknown"
+
+
+def test_check_and_baseline_commands(tmp_path: Path) -> None:
+    config = write_config(tmp_path / "perfguard.toml", [tiny_model(MODEL)], extra="[detection]\nconfirm = false\n")
+    with Database.open(f"sqlite:///{tmp_path / 'perfguard.db'}") as db:
+        store_series(db, levels(13, [(30, 1.0), (6, 1.4)]))
+    out = perfguard("check", "--json", config=config)
+    assert out.returncode == 0, out
+    data = out.json()
+    latency = next(f for f in data["findings"] if f["metric"] == "latency_ms_p50")
+    assert latency["verdict"] == "regression" and latency["model"] == MODEL and latency["state"] == "open"
+    assert set(data["new"]) == {f["id"] for f in data["findings"]}
+    table = perfguard("check", config=config)
+    assert "latency_ms_p50" in table.stdout and "regression" in table.stdout and "+39.4%" in table.stdout
+    assert perfguard("check", "nope", config=config).returncode == 2
+    accepted = perfguard("baseline", "accept", MODEL, "--json", config=config)
+    assert accepted.returncode == 0, accepted
+    assert accepted.json()["series"][0]["runs"] == 6
+    assert perfguard("check", "--json", config=config).json()["findings"] == []
+    everything = perfguard("check", "--json", "--all", config=config).json()["findings"]
+    assert {f["resolution"] for f in everything} == {"baseline accepted"}
+
+
+def test_bad_detection_config_names_the_field(tmp_path: Path) -> None:
+    config = write_config(tmp_path / "perfguard.toml", [tiny_model(MODEL, detection={"min_effect": {"latency": 0.1}})])
+    out = perfguard("check", config=config)
+    assert out.returncode == 2 and "models[0].detection.min_effect" in out.stderr and "latency_ms_p50" in out.stderr
+
+
+
+
+
+def test_a_weights_only_reference_cannot_clear_the_models_code() -> None:
+    both_slower = judge(finding(), {"ratio": 1.0}, {"reference": {"ratio_p50": 1.0, "ratio_ci95": [0.98, 1.02]}},
+                        {"current": 1.3, "reference": 1.3}, 7, 0.05, kind="state_dict")
+    assert both_slower.cause == "unknown" and "weights only" in both_slower.confirmation["why"]
