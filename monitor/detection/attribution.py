@@ -19,6 +19,7 @@ code: "both slowed down" stays `unknown` with it.
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -46,19 +47,25 @@ class Attribution:
     confirmation: dict[str, Any]
 
 
-def ensure_references(db: Database, loaded: LoadedConfig, names: list[str] | None = None) -> list[SeriesKey]:
+def ensure_references(
+    db: Database, loaded: LoadedConfig, names: list[str] | None = None, cancel: threading.Event | None = None
+) -> list[SeriesKey]:
     """Freeze a reference for every planned series of the active variant that has none yet."""
     frozen = []
     for planned in plan(loaded, names):
         key = _series_key(db, planned)
         if key is None or store.latest_reference(db, planned.model.name, key) is not None:
             continue
-        if freeze_reference(db, loaded, planned, key) is not None:
+        if cancel is not None and cancel.is_set():
+            break
+        if freeze_reference(db, loaded, planned, key, cancel) is not None:
             frozen.append(key)
     return frozen
 
 
-def freeze_reference(db: Database, loaded: LoadedConfig, planned: PlannedBenchmark, key: SeriesKey) -> int | None:
+def freeze_reference(
+    db: Database, loaded: LoadedConfig, planned: PlannedBenchmark, key: SeriesKey, cancel: threading.Event | None = None
+) -> int | None:
     """Freeze the model of one series now and store the reference; None (logged) when it fails."""
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
     folder = (
@@ -66,7 +73,7 @@ def freeze_reference(db: Database, loaded: LoadedConfig, planned: PlannedBenchma
         / key.device.replace(":", "_") / f"b{key.batch_size}" / stamp
     )
     job = replace(planned.job, mode="freeze", freeze_dir=str(folder))
-    outcome = _run(loaded, planned, job)
+    outcome = _run(loaded, planned, job, cancel)
     result = outcome.result
     if outcome.status != "ok" or result is None or result.frozen is None:
         log.warning("could not freeze a reference of %s %s: %s", planned.model.name, key.label(), outcome.error)
@@ -84,7 +91,9 @@ def freeze_reference(db: Database, loaded: LoadedConfig, planned: PlannedBenchma
     return ref_id
 
 
-def attribute(db: Database, loaded: LoadedConfig, finding: FindingRecord) -> Attribution | None:
+def attribute(
+    db: Database, loaded: LoadedConfig, finding: FindingRecord, cancel: threading.Event | None = None
+) -> Attribution | None:
     """A/B the current model against its reference for a latency finding; None without a reference."""
     reference = store.latest_reference(db, finding.model, finding.key)
     planned = next(
@@ -97,7 +106,7 @@ def attribute(db: Database, loaded: LoadedConfig, finding: FindingRecord) -> Att
         replace(live, label=CURRENT_LABEL),
         replace(live, label=REFERENCE_LABEL, eval=None, artifact=ArtifactRef.from_dict(reference.artifact)),
     ]
-    outcome = _run(loaded, planned, replace(planned.job, mode="ab", subjects=subjects))
+    outcome = _run(loaded, planned, replace(planned.job, mode="ab", subjects=subjects), cancel)
     if outcome.status != "ok" or outcome.result is None:
         return Attribution("unknown", {"error": outcome.error or outcome.status, "reference_id": reference.id})
     result = outcome.result
@@ -158,7 +167,9 @@ def judge(
     return Attribution("unknown", {**numbers, "why": "neither the model nor the reference explains it"})
 
 
-def confirm_new(db: Database, loaded: LoadedConfig, new: list[FindingRecord]) -> list[FindingRecord]:
+def confirm_new(
+    db: Database, loaded: LoadedConfig, new: list[FindingRecord], cancel: threading.Event | None = None
+) -> list[FindingRecord]:
     """Attribute each new open latency regression; store and return the ones that got a cause."""
     done = []
     for finding in new:
@@ -166,7 +177,9 @@ def confirm_new(db: Database, loaded: LoadedConfig, new: list[FindingRecord]) ->
             continue
         if finding.verdict != "regression" or not finding.metric.startswith("latency_"):
             continue
-        verdict = attribute(db, loaded, finding)
+        if cancel is not None and cancel.is_set():
+            break
+        verdict = attribute(db, loaded, finding, cancel)
         if verdict is None:
             continue
         store.set_cause(db, finding.id, verdict.cause, verdict.confirmation)
@@ -185,13 +198,16 @@ def _series_key(db: Database, planned: PlannedBenchmark) -> SeriesKey | None:
     return SeriesKey(variant, planned.job.device, planned.job.batch_size)
 
 
-def _run(loaded: LoadedConfig, planned: PlannedBenchmark, job: BenchmarkJob) -> WorkerOutcome:
+def _run(
+    loaded: LoadedConfig, planned: PlannedBenchmark, job: BenchmarkJob, cancel: threading.Event | None
+) -> WorkerOutcome:
     return run_worker(
         job,
         timeout_s=planned.timeout_s * 2,  # two subjects share the worker
         memory_limit_mb=planned.memory_limit_mb,
         pin_allocator=loaded.config.harness.pin_allocator,
         cwd=Path(loaded.base_dir),
+        cancel=cancel,
     )
 
 

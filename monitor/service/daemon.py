@@ -23,6 +23,8 @@ from typing import Any
 from sqlalchemy import text
 
 from monitor.config import ConfigError, LoadedConfig, load_config
+from monitor.detection.attribution import confirm_new, ensure_references
+from monitor.detection.check import check_models
 from monitor.service.benchmark import BenchmarkProgress, benchmark_models
 from monitor.service.http import RunMetricsExporter, serve
 from monitor.service.lock import DaemonLock, daemon_holder
@@ -119,7 +121,7 @@ class Daemon:
                 return
             records = benchmark_models(loaded, self.db, [name], LogProgress(self), cancel=self.cancel,
                                        store=self.spool.store, known_variants=self.variants)
-            self.after_runs(records)
+            self.after_runs(loaded, name, records)
         except Exception:
             log.exception("benchmark of %s failed to run or store", name)
         finally:
@@ -127,11 +129,18 @@ class Daemon:
                 self._active -= 1
                 self._idle.notify_all()
 
-    def after_runs(self, records: list[RunRecord]) -> None:
-        """Called with each finished job's runs: where detection and the rules will be evaluated.
+    def after_runs(self, loaded: LoadedConfig, name: str, records: list[RunRecord]) -> None:
+        """After a model's runs: freeze its reference once, detect changes, attribute new regressions.
 
-        Nothing to do until those features land; the call site is the contract they plug into.
+        Rules (and alerts) plug in here next, fed with the findings.
         """
+        if not any(r.status == "ok" and r.run_id is not None for r in records) or self.cancel.is_set():
+            return
+        ensure_references(self.db, loaded, [name], self.cancel)
+        result = check_models(self.db, loaded, [name])
+        if loaded.config.detection.confirm:
+            confirm_new(self.db, loaded, result.new, self.cancel)
+        self.exporter.observe_findings(name, result.findings)
 
     def sync_schedule(self) -> None:
         self.scheduler.sync(

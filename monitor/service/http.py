@@ -10,13 +10,14 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from storage.findings import FindingRecord
 from storage.records import RunRecord
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,17 @@ class RunMetricsExporter:
                             registry=self.registry)
         self.last_run = Gauge("perfguard_last_run_timestamp_seconds", "Start time of the latest run",
                               ["model"], registry=self.registry)
+        self.findings = Gauge("perfguard_open_findings", "Open findings of change detection",
+                              ["model", "metric", "verdict"], registry=self.registry)
+
+    def observe_findings(self, model: str, findings: Iterable[FindingRecord]) -> None:
+        """Set the open-finding counts of one model from its stored findings (zero where none now)."""
+        counts: dict[tuple[str, str], int] = {}
+        for finding in findings:
+            key = (finding.metric, finding.verdict)
+            counts[key] = counts.get(key, 0) + (finding.state == "open")
+        for (metric, verdict), count in counts.items():
+            self.findings.labels(model, metric, verdict).set(count)
 
     def observe(self, record: RunRecord, count: bool = True) -> None:
         """Take in a stored run; `count=False` when seeding from history (not a run of this daemon)."""
