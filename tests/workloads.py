@@ -186,3 +186,9 @@ class SpawnsChild(nn.Module):
 
 def spawns_child() -> nn.Module:
     return SpawnsChild()
+
+
+def matmul() -> nn.Module:
+    """Matmul-bound (512-wide, takes a [N, 512] input): its speed follows the thread count."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(512, 1024), nn.ReLU(), nn.Linear(1024, 1024), nn.ReLU(), nn.Linear(1024, 512))

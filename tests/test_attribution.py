@@ -1,0 +1,82 @@
+"""Model or environment, for real: freeze a model in a worker, change the model or the host, A/B again."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from monitor.config import LoadedConfig, load_config
+from monitor.detection.attribution import attribute, ensure_references
+from monitor.service.benchmark import benchmark_models
+from storage import findings as store
+from storage.db import Database
+from storage.findings import FindingRecord, SeriesKey
+from tests.cli_helpers import TESTS_DIR, tiny_model, write_config
+from tests.storage_helpers import T0
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(autouse=True)
+def workloads_importable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PYTHONPATH", str(TESTS_DIR))  # workers inherit it
+
+
+def config(tmp_path: Path, name: str, **fields: object) -> LoadedConfig:
+    extra = "[detection]\nmin_effect = { latency_ms_p50 = 0.1 }\n"
+    return load_config(write_config(tmp_path / name, [tiny_model("m", **fields)], extra=extra,
+                                    storage_url=f"sqlite:///{tmp_path / 'perfguard.db'}"))
+
+
+def finding(batch: int, before_ms: float, after_ms: float) -> FindingRecord:
+    return FindingRecord(
+        model="m", key=SeriesKey("baseline", "cpu", batch), metric="latency_ms_p50", change="up",
+        verdict="regression", change_run_id=1, change_at=T0, before={"median": before_ms},
+        after={"median": after_ms}, rel_change=after_ms / before_ms - 1, p_value=1e-9, id=1,
+    )
+
+
+def baseline_p50(db: Database, loaded: LoadedConfig) -> float:
+    (record,) = benchmark_models(loaded, db)
+    assert record.status == "ok", record.error
+    assert ensure_references(db, loaded) == [SeriesKey("baseline", "cpu", record.batch_size)]
+    assert ensure_references(db, loaded) == []  # once per series
+    assert record.metrics.latency_ms_p50 is not None
+    return record.metrics.latency_ms_p50
+
+
+def test_a_slower_model_is_blamed_on_the_model(tmp_path: Path) -> None:
+    before = config(tmp_path, "before.toml")
+    with Database.open(before.storage_url()) as db:
+        p50 = baseline_p50(db, before)
+        reference = store.latest_reference(db, "m", SeriesKey("baseline", "cpu", 8))
+        assert reference is not None and reference.artifact["kind"] == "exported"
+        assert reference.measured["ratio"] is not None
+        # The model's code changed: the factory now builds one that spins 300 us per call.
+        after = config(tmp_path, "after.toml", factory="workloads:busy_300us")
+        verdict = attribute(db, after, finding(8, p50, p50 + 0.3))
+    assert verdict is not None and verdict.cause == "model", verdict
+    assert verdict.confirmation["model_change"] > 1.0
+
+
+def test_a_slower_host_is_blamed_on_the_environment(tmp_path: Path) -> None:
+    fields = {"factory": "workloads:matmul", "inputs": [{"shape": [256, 512]}], "max_time_s": 1.0}
+    before = config(tmp_path, "before.toml", threads=2, **fields)
+    with Database.open(before.storage_url()) as db:
+        p50 = baseline_p50(db, before)
+        # Same model, one thread instead of two: the environment changed, not the model.
+        after = config(tmp_path, "after.toml", threads=1, **fields)
+        (slow,) = benchmark_models(after, db)
+        assert slow.metrics.latency_ms_p50 is not None and slow.env.threads == 1
+        regression = finding(256, p50, slow.metrics.latency_ms_p50)
+        assert regression.rel_change > 0.3, "one thread should be much slower than two here"
+        verdict = attribute(db, after, regression)
+    assert verdict is not None and verdict.cause == "environment", verdict
+    assert abs(verdict.confirmation["model_change"]) < 0.1
+
+
+def test_no_reference_no_verdict(tmp_path: Path) -> None:
+    loaded = config(tmp_path, "c.toml")
+    with Database.open(loaded.storage_url()) as db:
+        assert attribute(db, loaded, finding(8, 1.0, 2.0)) is None
