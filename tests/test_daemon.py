@@ -344,3 +344,43 @@ def test_a_database_outage_turns_health_red_and_loses_no_run(tmp_path, pg_schema
     assert max(gaps) < 8, gaps  # no run went missing
     assert "stored from the spool" in err
     assert not list((tmp_path / "perfguard-spool").glob("*.json"))
+
+
+def test_after_each_run_the_daemon_detects_changes_and_freezes_a_reference(tmp_path):
+    import dataclasses
+    from datetime import UTC, datetime
+
+    from storage import findings as store
+    from storage_helpers import full_record
+
+    port = free_port()
+    config = write_config(tmp_path, QUICK_MODEL.format(name="fast", every="2s"), port=port)
+    # 30 runs of history at 5 ms; the tiny model really takes microseconds: a large improvement.
+    start_at = datetime.now(UTC) - timedelta(hours=6)
+    history = []
+    for i in range(30):
+        record = full_record("fast", minute=i, batch_size=4)
+        metrics = dataclasses.replace(record.metrics, latency_ms_p50=5.0 * (1 + 0.01 * ((i * 7) % 5 - 2)))
+        history.append(dataclasses.replace(record, flags=[], metrics=metrics, started_at=start_at + timedelta(minutes=i),
+                                           finished_at=start_at + timedelta(minutes=i, seconds=1)))
+    with Database.open(load_config(config).storage_url()) as db:
+        queries.save_runs(db, history)
+
+    def latency_finding():
+        with Database.open(load_config(config).storage_url()) as db:
+            return [f for f in store.findings(db, "fast") if f.metric == "latency_ms_p50"]
+
+    gauge = 'perfguard_open_findings{metric="latency_ms_p50",model="fast",verdict="improvement"} 1.0'
+    proc = start(config)
+    try:
+        assert wait_for(lambda: (tmp_path / "runs.db").exists() and gauge in http_get(port, "/metrics")[1], 90, 1.0)
+    finally:
+        code, err = stop(proc)
+    assert code == 0, err
+    [finding] = latency_finding()
+    assert (finding.verdict, finding.change, finding.state) == ("improvement", "down", "open")
+    assert finding.change_run_id == len(history) + 1  # the daemon's first run
+    assert finding.cause is None  # only regressions are attributed
+    with Database.open(load_config(config).storage_url()) as db:
+        reference = store.latest_reference(db, "fast", store.SeriesKey("baseline", "cpu", 4))
+    assert reference is not None and reference.artifact["kind"] == "exported"
