@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 CONFIG ?= perfguard.toml
 
-.PHONY: run once test install clean
+.PHONY: run once test install clean bench-detection
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,11 @@ once: $(VENV)/.installed $(CONFIG)
 
 test: $(VENV)/.installed
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Change detection against Apache Otava (bench-only; --no-deps: its pins would downgrade numpy/scipy).
+bench-detection: $(VENV)/.installed
+	$(PY) -m pip install -q --no-deps apache-otava==0.8.0
+	$(PY) bench/detection.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
