@@ -338,8 +338,14 @@ def _env_note(diff: dict[str, Any] | None) -> str:
 @click.option("--all", "show_all", is_flag=True, help="Also list resolved findings.")
 @click.option("--confirm/--no-confirm", default=None,
               help="A/B new latency regressions against the frozen reference (default: detection.confirm).")
-def check(config_path: Path, as_json: bool, names: tuple[str, ...], show_all: bool, confirm: bool | None) -> None:
-    """Detect changes in the stored history (all models, or NAMES) and print the findings."""
+@click.option("--fail-on-regression", is_flag=True, help="Exit 1 when a regression is open (for CI gates).")
+def check(config_path: Path, as_json: bool, names: tuple[str, ...], show_all: bool, confirm: bool | None,
+          fail_on_regression: bool) -> None:
+    """Detect changes in the stored history (all models, or NAMES) and print the findings.
+
+    With confirmation on, a series without a frozen reference gets one first (a worker run per
+    series, once), and each new latency regression is timed against its reference.
+    """
     from monitor.detection import attribution
     from monitor.detection.check import check_models
 
@@ -351,6 +357,10 @@ def check(config_path: Path, as_json: bool, names: tuple[str, ...], show_all: bo
             raise click.UsageError(f"unknown model {unknown[0]!r}; known: {', '.join(sorted(known)) or '(none)'}")
         result = check_models(db, loaded, list(names) or None)
         if confirm if confirm is not None else loaded.config.detection.confirm:
+            configured = [n for n in (names or [m.name for m in loaded.config.models]) if n in
+                          {m.name for m in loaded.config.models}]
+            if configured:
+                attribution.ensure_references(db, loaded, configured)
             attribution.confirm_new(db, loaded, result.new)
     shown = [f for f in result.findings if show_all or f.state == "open"]
     if as_json:
@@ -359,6 +369,8 @@ def check(config_path: Path, as_json: bool, names: tuple[str, ...], show_all: bo
         click.echo(findings_table(shown))
     else:
         click.echo("no open findings", err=True)
+    if fail_on_regression and any(f.state == "open" and f.verdict == "regression" for f in result.findings):
+        sys.exit(EXIT_FAILED)
 
 
 @main.group()
@@ -384,9 +396,10 @@ def baseline_accept(config_path: Path, as_json: bool, model: str, note: str | No
             raise click.UsageError(str(exc)) from None
         references = []
         if model in {m.name for m in loaded.config.models}:
+            accepted = {s.key for s in segments}
             for planned in plan(loaded, [model]):
-                key = next((s.key for s in segments if s.key.batch_size == planned.job.batch_size), None)
-                if key is not None:
+                key = attribution.series_key(db, planned)
+                if key in accepted:
                     references.append(attribution.freeze_reference(db, loaded, planned, key))
     if as_json:
         _print_json({

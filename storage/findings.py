@@ -28,11 +28,27 @@ from storage.models import (
     VariantRow,
     utc_now,
 )
-from storage.queries import _model_id, _variant_id
+from storage.queries import _insert, _model_id, _variant_id
 
 # How far (in runs) a change may move between checks and still be the same finding: more history
 # sharpens where a change began.
 SAME_CHANGE_RUNS = 5
+NOT_DETECTED = "no longer detected"
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesState:
+    """Where one checked series (one metric) stands now, for deciding whether a finding still holds."""
+
+    current: float | None  # median of its newest runs
+    min_effect: float
+
+    def holds(self, before: float | None, change: str) -> bool:
+        """Whether the level is still at least half the minimum effect away from `before`, that way."""
+        if self.current is None or not before:
+            return False
+        rel = self.current / before - 1.0
+        return abs(rel) >= self.min_effect / 2 and (rel > 0) == (change == "up")
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,17 +164,21 @@ def series_runs(db: Database, model: str, limit: int) -> list[SeriesRun]:
     return runs
 
 
-def baselines(db: Database, model: str) -> dict[SeriesKey, int]:
-    """The accepted baseline of each series of `model`: the first run detection reads."""
+def baselines(db: Database, model: str) -> dict[SeriesKey, datetime]:
+    """The accepted baseline of each series of `model`: the start time of the first run detection reads.
+
+    By start time, not run id: a run stored late (flushed from the spool after an outage, or sent by
+    another host) has a higher id than runs that started after it.
+    """
     stmt = (
-        select(VariantRow.name, BaselineRow.device, BaselineRow.batch_size, BaselineRow.since_run_id)
+        select(VariantRow.name, BaselineRow.device, BaselineRow.batch_size, BaselineRow.since)
         .join(VariantRow, VariantRow.id == BaselineRow.variant_id)
         .join(ModelRow, ModelRow.id == BaselineRow.model_id)
         .where(ModelRow.name == model)
         .order_by(BaselineRow.accepted_at, BaselineRow.id)
     )
     with db.session(readonly=True) as session:
-        return {SeriesKey(v, d, b): run_id for v, d, b, run_id in session.execute(stmt)}
+        return {SeriesKey(v, d, b): since for v, d, b, since in session.execute(stmt)}
 
 
 def accept_baselines(
@@ -194,14 +214,9 @@ def record_env_changes(db: Database, model: str, changes: Iterable[tuple[int, da
         return
     with db.session() as session:
         model_id = _model_id(session, model)
-        known = set(
-            session.scalars(
-                select(EnvChangeRow.run_id).where(EnvChangeRow.run_id.in_([c[0] for c in changes]))
-            )
-        )
-        for run_id, at, diff in changes:
-            if run_id not in known:
-                session.add(EnvChangeRow(model_id=model_id, run_id=run_id, at=at, diff=diff))
+        rows = [{"model_id": model_id, "run_id": run_id, "at": at, "diff": diff} for run_id, at, diff in changes]
+        # ON CONFLICT DO NOTHING: a check running beside another one stores each change once.
+        session.execute(_insert(session, EnvChangeRow).values(rows).on_conflict_do_nothing(index_elements=["run_id"]))
 
 
 def env_changes(db: Database, model: str) -> list[tuple[int, datetime, dict[str, Any]]]:
@@ -220,20 +235,23 @@ def sync_findings(
     db: Database,
     model: str,
     detected: Sequence[FindingRecord],
-    checked: Iterable[tuple[SeriesKey, str]],
+    checked: dict[tuple[SeriesKey, str], SeriesState],
     run_order: dict[int, int],
 ) -> list[FindingRecord]:
     """Merge one check's findings into the stored ones and return the model's findings as stored.
 
-    A detected finding updates the open finding of the same series, metric and direction whose change
-    began within `SAME_CHANGE_RUNS` runs (by `run_order`, the position of each run in its series);
-    otherwise it is new. Open findings of a checked series that this check no longer reports are
-    resolved. Cause and confirmation, once measured, are kept.
+    A detected finding updates the finding of the same series, metric and direction whose change
+    began within `SAME_CHANGE_RUNS` runs (by `run_order`, the position of each run in its series),
+    reopening it if an earlier check had let it go; otherwise it is new. An open finding that this
+    check does not report is resolved only once its series' current level is back within half the
+    minimum effect of the level before the change: a change hovering at the threshold does not flap
+    between open and resolved, nor come back as a new finding. Cause and confirmation are kept.
     """
     now = utc_now()
-    checked = set(checked)
     with db.session() as session:
         model_id = _model_id(session, model)
+        # One check of a model at a time writes findings (PostgreSQL row lock; SQLite's writer lock).
+        session.execute(select(ModelRow.id).where(ModelRow.id == model_id).with_for_update())
         variant_ids: dict[str, int] = {}
 
         def variant_id(name: str) -> int:
@@ -241,16 +259,19 @@ def sync_findings(
                 variant_ids[name] = _variant_id(session, model_id, name)
             return variant_ids[name]
 
-        names = {vid: name for name, vid in ((k.variant, variant_id(k.variant)) for k, _ in checked)}
-        open_rows = list(
+        names = {variant_id(key.variant): key.variant for key, _ in checked}
+        candidates = list(
             session.scalars(
-                select(FindingRow).where(FindingRow.model_id == model_id, FindingRow.state == "open")
+                select(FindingRow).where(
+                    FindingRow.model_id == model_id,
+                    (FindingRow.state == "open") | (FindingRow.resolution == NOT_DETECTED),
+                )
             )
         )
         matched: set[int] = set()
         for finding in detected:
             key = finding.key
-            row = _match(open_rows, matched, variant_id(key.variant), finding, run_order)
+            row = _match(candidates, matched, variant_id(key.variant), finding, run_order)
             if row is None:
                 row = FindingRow(
                     model_id=model_id,
@@ -260,12 +281,10 @@ def sync_findings(
                     metric=finding.metric,
                     change=finding.change,
                     verdict=finding.verdict,
-                    state="open",
                     first_seen=now,
                 )
                 session.add(row)
-            else:
-                matched.add(row.id)
+            row.state, row.resolution, row.resolved_at = "open", None, None
             row.change_run_id = finding.change_run_id
             row.change_at = finding.change_at
             row.before, row.after = finding.before, finding.after
@@ -273,12 +292,14 @@ def sync_findings(
             row.samples = finding.samples if finding.samples is not None else row.samples
             row.env_diff = finding.env_diff
             row.last_seen = now
-        for row in open_rows:
-            if row.id in matched:
+            session.flush()
+            matched.add(row.id)
+        for row in candidates:
+            if row.id in matched or row.state != "open":
                 continue
-            key = SeriesKey(names.get(row.variant_id, ""), row.device, row.batch_size)
-            if (key, row.metric) in checked:
-                row.state, row.resolution, row.resolved_at = "resolved", "no longer detected", now
+            state = checked.get((SeriesKey(names.get(row.variant_id, ""), row.device, row.batch_size), row.metric))
+            if state is not None and not state.holds(row.before.get("median"), row.change):
+                row.state, row.resolution, row.resolved_at = "resolved", NOT_DETECTED, now
         session.flush()
     return findings(db, model)
 

@@ -175,3 +175,9 @@ def test_a_long_series_keeps_every_change_at_its_place() -> None:
     points = detect_changes(x)  # speed: bench/detection.py --perf (100 x 10,000 points)
     assert [p.direction for p in points] == ["up", "down"]
     assert [abs(p.index - at) <= 2 for p, at in zip(points, (3000, 7000))] == [True, True]
+
+
+def test_a_metric_flat_until_now_reports_its_new_level_after_three_runs() -> None:
+    size = np.array([10.0] * 30 + list(10.5 + 0.001 * np.array([1, -1, 0])))  # e.g. model size in MB
+    (cp,) = detect_changes(size, options=DetectionOptions(min_effect=0.01))
+    assert cp.index == 30 and cp.rel_change == pytest.approx(0.05, abs=0.001)

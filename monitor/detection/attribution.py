@@ -37,6 +37,9 @@ from storage.findings import FindingRecord, SeriesKey
 log = logging.getLogger(__name__)
 
 CURRENT_LABEL = "current"
+# The A/B times medians, so it judges findings of the median latency (a p99 finding of the same change
+# would only repeat the A/B, with the wrong level to compare against).
+ATTRIBUTED_METRIC = "latency_ms_p50"
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,11 +53,22 @@ class Attribution:
 def ensure_references(
     db: Database, loaded: LoadedConfig, names: list[str] | None = None, cancel: threading.Event | None = None
 ) -> list[SeriesKey]:
-    """Freeze a reference for every planned series of the active variant that has none yet."""
+    """Freeze a reference for every planned series of the active variant that has none yet.
+
+    A series with an open latency regression is skipped: the model now is not the one that made the
+    baseline, so a copy of it would explain nothing (`perfguard baseline accept` freezes anew).
+    """
     frozen = []
     for planned in plan(loaded, names):
-        key = _series_key(db, planned)
+        key = series_key(db, planned)
         if key is None or store.latest_reference(db, planned.model.name, key) is not None:
+            continue
+        regressed = any(
+            f.key == key and f.metric == ATTRIBUTED_METRIC and f.verdict == "regression"
+            for f in store.findings(db, planned.model.name, state="open")
+        )
+        if regressed:
+            log.info("not freezing %s %s: it has an open latency regression", planned.model.name, key.label())
             continue
         if cancel is not None and cancel.is_set():
             break
@@ -145,10 +159,15 @@ def judge(
     model_change = r0 / r1 - 1.0
     # The model's interval from the ratio's: a wider one makes "no model change" harder to claim.
     model_interval = [r0 / ci[1] - 1.0, r0 / ci[0] - 1.0] if ci else None
-    # What the unchanged model would take now: the reference's time, less the copy's own overhead.
+    # How much slower the frozen copy runs now than when it was frozen, both times timed interleaved
+    # with a live model (like with like); else against the series' old level, less the copy's overhead.
     ref_now = p50s.get(REFERENCE_LABEL)
+    ref_then = measured.get("reference_p50_ms")
     before = finding.before.get("median")
-    env_change = (ref_now / r0) / before - 1.0 if ref_now and before else None
+    if ref_now and ref_then:
+        env_change = ref_now / ref_then - 1.0
+    else:
+        env_change = (ref_now / r0) / before - 1.0 if ref_now and before else None
     numbers.update(model_change=model_change, model_change_ci95=model_interval, environment_change=env_change)
     needed = max(min_effect, abs(finding.rel_change) / 2)
     same_way = (model_change > 0) == (finding.rel_change > 0)
@@ -175,7 +194,7 @@ def confirm_new(
     for finding in new:
         if finding.id is None or finding.cause is not None or finding.state != "open":
             continue
-        if finding.verdict != "regression" or not finding.metric.startswith("latency_"):
+        if finding.verdict != "regression" or finding.metric != ATTRIBUTED_METRIC:
             continue
         if cancel is not None and cancel.is_set():
             break
@@ -189,7 +208,8 @@ def confirm_new(
     return done
 
 
-def _series_key(db: Database, planned: PlannedBenchmark) -> SeriesKey | None:
+def series_key(db: Database, planned: PlannedBenchmark) -> SeriesKey | None:
+    """The series a planned benchmark stores into: the model's active variant, device, batch size."""
     try:
         with db.session(readonly=True) as session:
             variant = queries.active_variant(session, planned.model.name)

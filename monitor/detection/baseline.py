@@ -44,7 +44,7 @@ def current_segments(db: Database, loaded: LoadedConfig, model: str) -> list[Acc
     since = store.baselines(db, model)
     by_key: dict[SeriesKey, list[SeriesRun]] = defaultdict(list)
     for run in store.series_runs(db, model, settings.history):
-        if usable_run(run, settings.contended) and run.run_id >= since.get(run.key, 0):
+        if usable_run(run, settings.contended) and (run.key not in since or run.started_at >= since[run.key]):
             by_key[run.key].append(run)
     segments = []
     for key, runs in by_key.items():

@@ -34,7 +34,10 @@ from scipy import stats
 
 CLIP = 3.5  # noise units a point may sit from its neighbourhood's median before it counts as an outlier
 _WIDE, _NARROW = 7, 5  # running-median windows: inside the series, and at its newest end
-# A newest segment shorter than this must look like a level (see `_is_level`) to be reported.
+# A newest segment shorter than this must look like a level, not a burst of outliers, to be reported:
+# its range within 2 * CLIP noise units (the range of ten Gaussian points exceeds 7 sigma about once in
+# a thousand; a burst of wild readings spreads over many noise units). A regression that also makes
+# the model much noisier is reported a few runs later, once its segment is long enough.
 _BURST_CHECK_POINTS = 10
 # Segments at least this long on both sides must also differ in rank (Mann-Whitney U, one-sided).
 _RANK_CHECK_POINTS = 6
@@ -249,8 +252,12 @@ def _judge(
     rel = after / before - 1.0
     if abs(rel) < options.min_effect or (rel > 0) != (score > 0):
         return None
-    if stop == y.size and stop - cut < _BURST_CHECK_POINTS and not _is_level(y[cut:stop], noise * max(1.0, after / before)):
-        return _UNSETTLED
+    if stop == y.size and stop - cut < _BURST_CHECK_POINTS:
+        # Noise grows with the level it is measured at; a spread under half the smallest change
+        # worth reporting is a level whatever the noise was (a metric flat until now, like a size).
+        allowed = max(2.0 * CLIP * noise * max(1.0, after / before), options.min_effect * abs(before) / 2)
+        if float(np.ptp(y[cut:stop])) > allowed:
+            return _UNSETTLED
     if min(cut - start, stop - cut) >= _RANK_CHECK_POINTS:
         # Rank confirmation, blind to how wild any single reading is: the split must also hold for
         # the order of the values, not just for their means.
@@ -268,18 +275,6 @@ def _judge(
         p_value=p,
         t_stat=score,
     )
-
-
-def _is_level(newest: np.ndarray, noise: float) -> bool:
-    """Whether a short newest segment is a new level rather than a burst of outliers.
-
-    A level keeps the noise the series had (`noise` is scaled by the caller when the level rose, as
-    timing noise grows with the time measured); a burst of wild readings spreads over many noise
-    units. The range of ten Gaussian points exceeds 7 sigma about once in a thousand. (A regression
-    that also makes the model much noisier is reported a few runs later, once its segment is long
-    enough.)
-    """
-    return float(np.ptp(newest)) <= 2.0 * CLIP * noise
 
 
 def _reindex(change: ChangePoint, index: int) -> ChangePoint:

@@ -24,7 +24,7 @@ from monitor.detection.metrics import WATCHED, verdict
 from monitor.harness.sampling import median_ci
 from storage import findings as store
 from storage.db import Database
-from storage.findings import FindingRecord, SeriesKey, SeriesRun
+from storage.findings import FindingRecord, SeriesKey, SeriesRun, SeriesState
 from storage.queries import list_models, load_samples
 from storage.records import FLAG_CONTENDED
 
@@ -65,37 +65,41 @@ def check_model(db: Database, loaded: LoadedConfig, model: str, config: ModelCon
     runs = store.series_runs(db, model, settings.history)
     if not runs:
         return CheckResult()
-    changes = environment_changes(runs)
-    store.record_env_changes(db, model, changes)
-    env_at = {run_id: diff for run_id, _, diff in changes}
     since = store.baselines(db, model)
     by_key: dict[SeriesKey, list[SeriesRun]] = defaultdict(list)
     for run in runs:
         by_key[run.key].append(run)
 
     detected: list[FindingRecord] = []
-    checked: list[tuple[SeriesKey, str]] = []
+    checked: dict[tuple[SeriesKey, str], SeriesState] = {}
     order: dict[int, int] = {}
+    env_count = 0
     for key, series in by_key.items():
+        changes = environment_changes(series)
+        store.record_env_changes(db, model, changes)
+        env_count += len(changes)
+        env_at = {run_id: diff for run_id, _, diff in changes}
         first = since.get(key)
         if first is not None:
-            series = [r for r in series if r.run_id >= first] or series[-1:]
+            series = [r for r in series if r.started_at >= first] or series[-1:]
         usable = [r for r in series if usable_run(r, settings.contended)]
         order.update({r.run_id: i for i, r in enumerate(usable)})
         for metric in WATCHED:
             values = np.array([_value(r.metrics.get(metric)) for r in usable], dtype=float)
             if not np.isfinite(values).any():
                 continue
-            checked.append((key, metric))
             options = detection_options(loaded, config, metric)
             points = detect_changes(values, options=options)
+            newest = values[points[-1].index :] if points else values
+            checked[key, metric] = SeriesState(float(np.median(newest[np.isfinite(newest)])), options.min_effect)
             for i, change in enumerate(points):
                 if not in_effect(change, points, values, options):
                     continue
                 if WATCHED[metric].from_samples and change is points[-1]:
                     change = _confirm(db, usable, values, change, points[:-1])
                 start = points[i - 1].index if i else 0
-                detected.append(_finding(model, key, metric, usable, values, start, change, env_at))
+                env_diff = _env_diff(series, usable, change.index, env_at)
+                detected.append(_finding(model, key, metric, usable, values, start, change, env_diff))
     known = {f.id for f in store.findings(db, model)}
     stored = store.sync_findings(db, model, detected, checked, order)
     new = [f for f in stored if f.id not in known]
@@ -104,7 +108,30 @@ def check_model(db: Database, loaded: LoadedConfig, model: str, config: ModelCon
             "finding: %s %s %s %+.1f%% (%s) from run %d",
             model, finding.key.label(), finding.metric, 100 * finding.rel_change, finding.verdict, finding.change_run_id,
         )
-    return CheckResult(findings=stored, new=new, env_changes=len(changes))
+    return CheckResult(findings=stored, new=new, env_changes=env_count)
+
+
+def _env_diff(
+    series: Sequence[SeriesRun], usable: Sequence[SeriesRun], index: int, env_at: dict[int, dict[str, Any]]
+) -> dict[str, Any] | None:
+    """The environment changes of a series between the last usable run before a change and its first.
+
+    Failed or contended runs in between count too: the environment may have changed at one of them.
+    """
+    first = usable[index].run_id
+    previous = usable[index - 1].run_id if index > 0 else None
+    merged: dict[str, Any] = {}
+    inside = previous is None
+    for run in series:
+        if run.run_id == previous:
+            inside = True
+            continue
+        if inside and run.run_id in env_at:
+            for name, (old, new) in env_at[run.run_id].items():
+                merged[name] = [merged[name][0] if name in merged else old, new]
+        if run.run_id == first:
+            break
+    return {name: pair for name, pair in merged.items() if pair[0] != pair[1]} or None
 
 
 def detection_options(loaded: LoadedConfig, config: ModelConfig | None, metric: str) -> DetectionOptions:
@@ -129,20 +156,20 @@ def in_effect(
     return abs(rel) >= options.min_effect and (rel > 0) == (change.direction == "up")
 
 
-def environment_changes(runs: Sequence[SeriesRun]) -> list[tuple[int, Any, dict[str, Any]]]:
-    """(run id, time, field -> [before, after]) wherever a device's environment changed between runs."""
-    last: dict[str, dict[str, Any]] = {}
+def environment_changes(series: Sequence[SeriesRun]) -> list[tuple[int, Any, dict[str, Any]]]:
+    """(run id, time, field -> [before, after]) wherever the environment changed between two runs of
+    one series (any status: a failed run still records where it ran)."""
+    previous: dict[str, Any] | None = None
     changes = []
-    for run in runs:
-        if not run.env:
-            continue
+    for run in series:
+        if not run.env or run.env.get("torch") is None:
+            continue  # a worker that died before reporting its environment
         env = {name: run.env.get(name) for name in ENV_FIELDS}
-        previous = last.get(run.key.device)
         if previous is not None:
             diff = {name: [previous[name], env[name]] for name in ENV_FIELDS if previous[name] != env[name]}
             if diff:
                 changes.append((run.run_id, run.started_at, diff))
-        last[run.key.device] = env
+        previous = env
     return changes
 
 
@@ -175,7 +202,7 @@ def _finding(
     values: np.ndarray,
     segment_start: int,
     change: ChangePoint,
-    env_at: dict[int, dict[str, Any]],
+    env_diff: dict[str, Any] | None,
 ) -> FindingRecord:
     """A change point as a finding: the level before it (since the previous change, at most the last
     50 runs) against the level after it (up to now)."""
@@ -190,8 +217,6 @@ def _finding(
             "p_value": change.samples_p_value,
             "confirmed": confirms(change),
         }
-    # An environment change at the first run of the new level, or at the run just before it.
-    env_diff = env_at.get(run.run_id) or (env_at.get(runs[start - 1].run_id) if start > 0 else None)
     return FindingRecord(
         model=model,
         key=key,

@@ -30,6 +30,7 @@ from monitor.service.http import RunMetricsExporter, serve
 from monitor.service.lock import DaemonLock, daemon_holder
 from monitor.service.scheduler import BenchmarkScheduler, next_due
 from monitor.service.spool import UNAVAILABLE, RunSpool
+from storage import findings as findings_store
 from storage import queries
 from storage.db import Database
 from storage.records import RunRecord
@@ -102,6 +103,7 @@ class Daemon:
         for model in self.loaded.config.models:
             for record in reversed(queries.history(self.db, model.name, limit=4 * len(model.series_batch_sizes))):
                 self.note_run(record, count=False)
+            self.exporter.observe_findings(model.name, findings_store.findings(self.db, model.name))
 
     def note_run(self, record: RunRecord, count: bool = True, stored: bool = True) -> None:
         """Feed a run to /metrics and, once it is in the database, to /healthz's last success."""
@@ -110,7 +112,7 @@ class Daemon:
             self.last_success = record.finished_at
 
     def run_model(self, name: str) -> None:
-        """One scheduled job: benchmark one model (all its batch sizes) and store the runs."""
+        """One scheduled job: benchmark one model (all its batch sizes), store the runs, check them."""
         if self.stop_requested.is_set():
             return
         with self._idle:
@@ -119,28 +121,36 @@ class Daemon:
             loaded = self.loaded  # a reload swaps it; this run keeps the config it started with
             if name not in {m.name for m in loaded.config.models}:
                 return
-            records = benchmark_models(loaded, self.db, [name], LogProgress(self), cancel=self.cancel,
-                                       store=self.spool.store, known_variants=self.variants)
-            self.after_runs(loaded, name, records)
-        except Exception:
-            log.exception("benchmark of %s failed to run or store", name)
+            try:
+                records = benchmark_models(loaded, self.db, [name], LogProgress(self), cancel=self.cancel,
+                                           store=self.spool.store, known_variants=self.variants)
+            except Exception:
+                log.exception("benchmark of %s failed to run or store", name)
+                return
+            try:
+                self.after_runs(loaded, name, records)
+            except Exception:
+                log.exception("change detection for %s failed", name)
         finally:
             with self._idle:
                 self._active -= 1
                 self._idle.notify_all()
 
     def after_runs(self, loaded: LoadedConfig, name: str, records: list[RunRecord]) -> None:
-        """After a model's runs: freeze its reference once, detect changes, attribute new regressions.
+        """After a model's runs: detect changes, freeze its reference once, attribute new regressions.
 
         Rules (and alerts) plug in here next, fed with the findings.
         """
-        if not any(r.status == "ok" and r.run_id is not None for r in records) or self.cancel.is_set():
+        if not any(r.status == "ok" and r.run_id is not None for r in records) or self.stopping():
             return
-        ensure_references(self.db, loaded, [name], self.cancel)
         result = check_models(self.db, loaded, [name])
-        if loaded.config.detection.confirm:
-            confirm_new(self.db, loaded, result.new, self.cancel)
         self.exporter.observe_findings(name, result.findings)
+        if loaded.config.detection.confirm and not self.stopping():
+            ensure_references(self.db, loaded, [name], self.cancel)
+            confirm_new(self.db, loaded, result.new, self.cancel)
+
+    def stopping(self) -> bool:
+        return self.stop_requested.is_set() or self.cancel.is_set()
 
     def sync_schedule(self) -> None:
         self.scheduler.sync(
