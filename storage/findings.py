@@ -31,8 +31,8 @@ from storage.models import (
 from storage.queries import _insert, _model_id, _variant_id
 
 # How far (in runs) a change may move between checks and still be the same finding: more history
-# sharpens where a change began.
-SAME_CHANGE_RUNS = 5
+# sharpens where a change began (a noisy one moved 7 runs in bench/detection_real.py).
+SAME_CHANGE_RUNS = 12
 NOT_DETECTED = "no longer detected"
 
 
@@ -307,20 +307,26 @@ def sync_findings(
 def _match(
     rows: list[FindingRow], taken: set[int], variant_id: int, finding: FindingRecord, order: dict[int, int]
 ) -> FindingRow | None:
+    """The stored finding a detected one continues: same series, metric and direction, the nearest
+    change start within SAME_CHANGE_RUNS runs, not already continued by another in this check."""
     at = order.get(finding.change_run_id)
+    best: tuple[int, FindingRow] | None = None
     for row in rows:
         if (
-            row.id not in taken
-            and row.variant_id == variant_id
-            and row.device == finding.key.device
-            and row.batch_size == finding.key.batch_size
-            and row.metric == finding.metric
-            and row.change == finding.change
+            row.id in taken
+            or row.variant_id != variant_id
+            or row.device != finding.key.device
+            or row.batch_size != finding.key.batch_size
+            or row.metric != finding.metric
+            or row.change != finding.change
         ):
-            there = order.get(row.change_run_id)
-            if at is not None and there is not None and abs(at - there) <= SAME_CHANGE_RUNS:
-                return row
-    return None
+            continue
+        there = order.get(row.change_run_id)
+        if at is None or there is None or abs(at - there) > SAME_CHANGE_RUNS:
+            continue
+        if best is None or abs(at - there) < best[0]:
+            best = (abs(at - there), row)
+    return None if best is None else best[1]
 
 
 def findings(

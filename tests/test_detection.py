@@ -181,3 +181,14 @@ def test_a_metric_flat_until_now_reports_its_new_level_after_three_runs() -> Non
     size = np.array([10.0] * 30 + list(10.5 + 0.001 * np.array([1, -1, 0])))  # e.g. model size in MB
     (cp,) = detect_changes(size, options=DetectionOptions(min_effect=0.01))
     assert cp.index == 30 and cp.rel_change == pytest.approx(0.05, abs=0.001)
+
+
+def test_a_tail_change_is_confirmed_on_the_tail_not_the_median() -> None:
+    rng = np.random.default_rng(16)
+    before = [list(10 + rng.standard_normal(2000)) for _ in range(6)]
+    # Same median, but one call in twenty is now 50 % slower: p99 moves, p50 does not.
+    after = [list(np.where(rng.random(2000) < 0.05, 15.0, 10.0) + rng.standard_normal(2000)) for _ in range(6)]
+    low50, high50 = bootstrap_interval(before, after, quantile=0.5)
+    low99, high99 = bootstrap_interval(before, after, quantile=0.99)
+    assert low50 < 0.02 and high50 < 0.05
+    assert low99 > 0.2

@@ -93,6 +93,11 @@ def freeze_reference(
         log.warning("could not freeze a reference of %s %s: %s", planned.model.name, key.label(), outcome.error)
         return None
     ratio = (result.comparison or {}).get(REFERENCE_LABEL, {})
+    if ratio.get("ratio_p50") is None:
+        # Every A/B round was taken on a busy host: a copy without its baseline ratio could never
+        # judge anything, so keep none and freeze again after the next run.
+        log.warning("not keeping the reference of %s %s: no clean A/B rounds", planned.model.name, key.label())
+        return None
     measured = {
         "ratio": ratio.get("ratio_p50"),
         "ratio_ci95": ratio.get("ratio_ci95"),

@@ -104,7 +104,7 @@ def detect_changes(
     if samples is not None and points:
         from monitor.detection.confirm import confirm_with_samples
 
-        points[-1] = confirm_with_samples(points[-1], x, samples, points[:-1])
+        points[-1] = confirm_with_samples(points[-1], x, samples, points[:-1])  # of the median
     return points
 
 

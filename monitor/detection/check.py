@@ -95,8 +95,9 @@ def check_model(db: Database, loaded: LoadedConfig, model: str, config: ModelCon
             for i, change in enumerate(points):
                 if not in_effect(change, points, values, options):
                     continue
-                if WATCHED[metric].from_samples and change is points[-1]:
-                    change = _confirm(db, usable, values, change, points[:-1])
+                quantile = WATCHED[metric].sample_quantile
+                if quantile is not None and change is points[-1]:
+                    change = _confirm(db, usable, values, change, points[:-1], quantile)
                 start = points[i - 1].index if i else 0
                 env_diff = _env_diff(series, usable, change.index, env_at)
                 detected.append(_finding(model, key, metric, usable, values, start, change, env_diff))
@@ -185,13 +186,18 @@ def _value(value: float | None) -> float:
 
 
 def _confirm(
-    db: Database, runs: Sequence[SeriesRun], values: np.ndarray, change: ChangePoint, earlier: Sequence[ChangePoint]
+    db: Database,
+    runs: Sequence[SeriesRun],
+    values: np.ndarray,
+    change: ChangePoint,
+    earlier: Sequence[ChangePoint],
+    quantile: float,
 ) -> ChangePoint:
     """The newest change of a latency series, checked against the raw samples of nearby runs."""
     samples: list[list[float] | None] = [None] * len(runs)
     for i in range(max(0, change.index - 12), min(len(runs), change.index + 12)):
         samples[i] = load_samples(db, runs[i].run_id) or None
-    return confirm_with_samples(change, values, samples, earlier)
+    return confirm_with_samples(change, values, samples, earlier, quantile=quantile)
 
 
 def _finding(

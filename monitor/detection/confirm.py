@@ -18,7 +18,7 @@ from scipy import stats
 from monitor.detection.changepoints import ChangePoint
 
 RUNS_PER_SIDE = 10  # the runs nearest the change on each side
-_QUANTILES = np.linspace(0.0, 1.0, 101)
+_QUANTILES = np.linspace(0.0, 1.0, 1001)  # per-run sketch, fine enough for a p99
 _BOOTSTRAP = 1000
 _MWU_MAX = 5000  # pooled samples per side for the U test (it is O(n log n), and p saturates anyway)
 
@@ -29,8 +29,10 @@ def confirm_with_samples(
     samples: Sequence[Sequence[float] | None],
     earlier: Sequence[ChangePoint],
     seed: int = 0,
+    quantile: float = 0.5,
 ) -> ChangePoint:
-    """`change` with `samples_interval` (95 %, relative change of the median) and `samples_p_value`.
+    """`change` with `samples_interval` (95 %, relative change of the samples' `quantile`: the median
+    for a p50 series, 0.99 for p99) and `samples_p_value`.
 
     Uses up to RUNS_PER_SIDE runs with samples on each side, never reaching past the previous change
     point. Left unchanged when either side has no samples.
@@ -42,7 +44,7 @@ def confirm_with_samples(
     before, after = before[-RUNS_PER_SIDE:], after[:RUNS_PER_SIDE]
     if not before or not after:
         return change
-    interval = bootstrap_interval(before, after, seed)
+    interval = bootstrap_interval(before, after, seed, quantile)
     alternative = "greater" if change.direction == "up" else "less"
     rng = np.random.default_rng(seed)
     pooled_after, pooled_before = (_subsample(np.concatenate(side), rng) for side in (after, before))
@@ -51,15 +53,15 @@ def confirm_with_samples(
 
 
 def bootstrap_interval(
-    before: Sequence[Sequence[float]], after: Sequence[Sequence[float]], seed: int = 0
+    before: Sequence[Sequence[float]], after: Sequence[Sequence[float]], seed: int = 0, quantile: float = 0.5
 ) -> tuple[float, float]:
-    """95 % interval of median(after) / median(before) - 1, resampling whole runs."""
+    """95 % interval of q(after) / q(before) - 1 for the samples' `quantile` q, resampling whole runs."""
     rng = np.random.default_rng(seed)
     sketches = []
     for side in (before, after):
         sketch = np.stack([np.quantile(np.asarray(run, dtype=float), _QUANTILES) for run in side])
         picks = rng.integers(0, len(side), size=(_BOOTSTRAP, len(side)))
-        sketches.append(np.median(sketch[picks].reshape(_BOOTSTRAP, -1), axis=1))
+        sketches.append(np.quantile(sketch[picks].reshape(_BOOTSTRAP, -1), quantile, axis=1))
     ratio = sketches[1] / sketches[0] - 1.0
     low, high = np.quantile(ratio, [0.025, 0.975])
     return float(low), float(high)
