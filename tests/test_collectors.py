@@ -93,3 +93,18 @@ def test_the_probe_prefers_psi_where_the_kernel_has_it():
     import os
 
     assert CpuContentionProbe().has_psi == os.path.exists("/proc/pressure/cpu")
+
+
+def test_peak_rss_of_a_worker_does_not_include_the_parent_it_was_forked_from():
+    import subprocess
+    import sys
+
+    ballast = bytearray(300 * 2**20)  # this process is now at least 300 MB resident
+    for offset in range(0, len(ballast), 4096):
+        ballast[offset] = 1
+    child = subprocess.run(
+        [sys.executable, "-c", "from monitor.harness.collectors import peak_rss_mb; print(peak_rss_mb())"],
+        capture_output=True, text=True, check=True,
+    )
+    assert float(child.stdout) < 100, "the child reported its parent's size (ru_maxrss survives exec)"
+    del ballast

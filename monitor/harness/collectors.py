@@ -115,8 +115,20 @@ class HostWatch:
 
 
 def peak_rss_mb() -> float:
-    """Peak resident memory of this process in MiB (ru_maxrss is in KiB on Linux)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """Peak resident memory of this process in MiB, since it started its own program.
+
+    Linux's VmHWM (the high-water mark of this address space), not ru_maxrss: ru_maxrss survives
+    exec, so a worker forked from a 300 MB parent would report at least the parent's size, and the
+    series would move whenever the parent grew (bench/detection_real.py caught exactly that).
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux, bytes on macOS
 
 
 def _cpu_info() -> tuple[str | None, list[str]]:
