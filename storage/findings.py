@@ -307,8 +307,9 @@ def sync_findings(
 def _match(
     rows: list[FindingRow], taken: set[int], variant_id: int, finding: FindingRecord, order: dict[int, int]
 ) -> FindingRow | None:
-    """The stored finding a detected one continues: same series, metric and direction, the nearest
-    change start within SAME_CHANGE_RUNS runs, not already continued by another in this check."""
+    """The stored finding a detected one continues: same series, metric and direction, a size within
+    a factor of two, the nearest change start within SAME_CHANGE_RUNS runs, and not already continued
+    by another in this check."""
     at = order.get(finding.change_run_id)
     best: tuple[int, FindingRow] | None = None
     for row in rows:
@@ -324,6 +325,8 @@ def _match(
         there = order.get(row.change_run_id)
         if at is None or there is None or abs(at - there) > SAME_CHANGE_RUNS:
             continue
+        if not 0.5 <= abs(finding.rel_change) / max(abs(row.rel_change), 1e-12) <= 2.0:
+            continue  # a different size: another event near the same runs (a blip, then the real step)
         if best is None or abs(at - there) < best[0]:
             best = (abs(at - there), row)
     return None if best is None else best[1]

@@ -263,3 +263,24 @@ def test_every_series_names_the_environment_change_even_behind_a_failed_run(db: 
     latency = [f for f in check_model(db, loaded, MODEL, None).findings if f.metric == "latency_ms_p50"]
     assert sorted(f.key.batch_size for f in latency) == [1, 8]
     assert all(f.env_diff == {"threads": [2, 1]} for f in latency), [f.env_diff for f in latency]
+
+
+def test_a_blip_and_the_real_step_after_it_are_two_findings(db: Database) -> None:
+    """A +15 % blip found and gone, then a +70 % step four runs later: the step is a new finding (with
+    its own A/B), not the blip's reopened with the blip's cause."""
+    store_series(db, levels(17, [(40, 1.0)]))
+    order = {run_id: run_id - 1 for run_id in range(1, 41)}
+    checked = {(KEY, "latency_ms_p50"): store.SeriesState(1.0, 0.05)}
+    blip = dataclasses.replace(finding(rel=0.15), change_run_id=30)
+    (stored,) = store.sync_findings(db, MODEL, [blip], checked, order)
+    store.set_cause(db, stored.id, "environment", {"why": "the blip"})
+    store.sync_findings(db, MODEL, [], checked, order)  # gone: resolved
+    step = dataclasses.replace(finding(rel=0.7), change_run_id=34)
+    after = {f.id: f for f in store.sync_findings(db, MODEL, [step], checked, order)}
+    assert len(after) == 2 and after[stored.id].state == "resolved"
+    (new,) = [f for f in after.values() if f.id != stored.id]
+    assert new.cause is None and new.rel_change == 0.7
+    # The same size again near the same runs is the same finding, reopened.
+    again = dataclasses.replace(finding(rel=0.16), change_run_id=31)
+    reopened = {f.id: f for f in store.sync_findings(db, MODEL, [again, step], checked, order)}
+    assert len(reopened) == 2 and reopened[stored.id].state == "open"
