@@ -284,3 +284,26 @@ def test_a_blip_and_the_real_step_after_it_are_two_findings(db: Database) -> Non
     again = dataclasses.replace(finding(rel=0.16), change_run_id=31)
     reopened = {f.id: f for f in store.sync_findings(db, MODEL, [again, step], checked, order)}
     assert len(reopened) == 2 and reopened[stored.id].state == "open"
+
+
+def test_a_later_slowdown_is_judged_against_the_last_ab_not_the_freeze(db: Database, loaded: LoadedConfig) -> None:
+    from monitor.detection.attribution import last_measurement
+
+    store_series(db, levels(18, [(40, 1.0)]))
+    key_ref = store.save_reference(db, MODEL, KEY, {"kind": "exported"}, {"ratio": 1.08, "reference_p50_ms": 1.0})
+    reference = store.latest_reference(db, MODEL, KEY)
+    assert reference is not None and reference.id == key_ref
+    order = {run_id: run_id - 1 for run_id in range(1, 41)}
+    checked = {(KEY, "latency_ms_p50"): store.SeriesState(2.2, 0.05)}
+    widened = dataclasses.replace(finding(rel=0.9), change_run_id=20, change_at=T0 + timedelta(minutes=200))
+    later = dataclasses.replace(finding(rel=0.2, before=1.9), change_run_id=32, change_at=T0 + timedelta(minutes=320))
+    first, second = sorted(store.sync_findings(db, MODEL, [widened, later], checked, order), key=lambda f: f.change_at)
+    assert last_measurement(db, first, reference) == reference.measured  # nothing earlier: the freeze
+    store.set_cause(db, first.id, "model", {"reference_id": reference.id, "ratio": 0.568,
+                                            "reference_p50_ms": 1.02, "finding_id": first.id})
+    baseline = last_measurement(db, second, reference)
+    assert baseline["ratio"] == 0.568 and baseline["from_finding"] == first.id
+    # The copy holds its ratio to the (already widened) model; it is the host that slowed down by 20 %.
+    verdict = judge(second, baseline, {"reference": {"ratio_p50": 0.56, "ratio_ci95": [0.55, 0.57]}},
+                    {"current": 2.28, "reference": 1.02 * 1.2}, reference.id, 0.05)
+    assert verdict.cause == "environment", verdict

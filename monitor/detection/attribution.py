@@ -129,9 +129,31 @@ def attribute(
     if outcome.status != "ok" or outcome.result is None:
         return Attribution("unknown", {"error": outcome.error or outcome.status, "reference_id": reference.id})
     result = outcome.result
-    return judge(finding, reference.measured, result.comparison or {}, {
+    measured = last_measurement(db, finding, reference)
+    return judge(finding, measured, result.comparison or {}, {
         s.label: s.metrics.latency_ms_p50 for s in result.subjects
     }, reference.id, _min_effect(loaded, planned.model, finding.metric), reference.artifact.get("kind", ""))
+
+
+def last_measurement(db: Database, finding: FindingRecord, reference: store.ReferenceInfo) -> dict[str, Any]:
+    """What the model and its copy measured when the level before `finding` was set.
+
+    That is the freeze, unless an earlier regression of the series, still open, was A/B-timed against
+    the same copy since: then the level before this finding is that regression's, and its A/B (ratio
+    and copy's time) is the baseline to compare with. Otherwise a model that regressed once would be
+    blamed again for every later slowdown, whatever caused it.
+    """
+    earlier = [
+        f for f in store.findings(db, finding.model, state="open")
+        if f.key == finding.key and f.metric == finding.metric and f.id != finding.id
+        and f.change_at < finding.change_at and f.confirmation
+        and f.confirmation.get("reference_id") == reference.id and f.confirmation.get("ratio")
+    ]
+    if not earlier:
+        return reference.measured
+    latest = max(earlier, key=lambda f: f.change_at).confirmation or {}
+    return {"ratio": latest.get("ratio"), "reference_p50_ms": latest.get("reference_p50_ms"),
+            "from_finding": latest.get("finding_id")}
 
 
 def judge(
@@ -149,6 +171,8 @@ def judge(
     r1 = now.get("ratio_p50")
     ci = now.get("ratio_ci95")
     numbers: dict[str, Any] = {
+        "finding_id": finding.id,
+        "baseline_from_finding": measured.get("from_finding"),
         "reference_id": reference_id,
         "reference_kind": kind,
         "baseline_ratio": r0,
