@@ -307,3 +307,12 @@ def test_a_later_slowdown_is_judged_against_the_last_ab_not_the_freeze(db: Datab
     verdict = judge(second, baseline, {"reference": {"ratio_p50": 0.56, "ratio_ci95": [0.55, 0.57]}},
                     {"current": 2.28, "reference": 1.02 * 1.2}, reference.id, 0.05)
     assert verdict.cause == "environment", verdict
+
+
+def test_each_finding_describes_its_own_segments(db: Database, loaded: LoadedConfig) -> None:
+    store_series(db, levels(19, [(30, 1.0), (20, 1.2), (10, 1.5)]))
+    latency = sorted((f for f in check_model(db, loaded, MODEL, None).findings if f.metric == "latency_ms_p50"),
+                     key=lambda f: f.change_at)
+    assert [round(f.before["median"], 1) for f in latency] == [1.0, 1.2]
+    assert [round(f.after["median"], 1) for f in latency] == [1.2, 1.5]
+    assert [f.after["runs"] for f in latency] == [20, 10]

@@ -99,8 +99,9 @@ def check_model(db: Database, loaded: LoadedConfig, model: str, config: ModelCon
                 if quantile is not None and change is points[-1]:
                     change = _confirm(db, usable, values, change, points[:-1], quantile)
                 start = points[i - 1].index if i else 0
+                stop = points[i + 1].index if i + 1 < len(points) else len(values)
                 env_diff = _env_diff(series, usable, change.index, env_at)
-                detected.append(_finding(model, key, metric, usable, values, start, change, env_diff))
+                detected.append(_finding(model, key, metric, usable, values, (start, stop), change, env_diff))
     known = {f.id for f in store.findings(db, model)}
     stored = store.sync_findings(db, model, detected, checked, order)
     new = [f for f in stored if f.id not in known]
@@ -206,16 +207,16 @@ def _finding(
     metric: str,
     runs: Sequence[SeriesRun],
     values: np.ndarray,
-    segment_start: int,
+    segment: tuple[int, int],
     change: ChangePoint,
     env_diff: dict[str, Any] | None,
 ) -> FindingRecord:
     """A change point as a finding: the level before it (since the previous change, at most the last
-    50 runs) against the level after it (up to now)."""
+    50 runs) against the level after it (up to the next change, or now)."""
     start = change.index
     run = runs[start]
-    before = _segment_summary(values, max(segment_start, start - 50), start)
-    after = _segment_summary(values, start, len(values))
+    before = _segment_summary(values, max(segment[0], start - 50), start)
+    after = _segment_summary(values, start, segment[1])
     samples = None
     if change.samples_interval is not None:
         samples = {
