@@ -32,13 +32,17 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def write_config(folder: Path, models: str, stop_timeout_s: float = 5, port: int | None = None) -> Path:
+def write_config(folder: Path, models: str, stop_timeout_s: float = 5, port: int | None = None,
+                 confirm: bool = False) -> Path:
+    """A daemon config; `confirm` off by default: freezing a reference after the first run takes the
+    device for a few seconds, which would shift the schedules these tests time."""
     (folder / "workloads.py").unlink(missing_ok=True)
     (folder / "workloads.py").symlink_to(TESTS / "workloads.py")
     path = folder / "perfguard.toml"
     path.write_text(
         '[storage]\nurl = "sqlite:///runs.db"\n[harness]\nmin_samples = 20\n'
         f'[daemon]\nstop_timeout_s = {stop_timeout_s}\nlisten = "127.0.0.1:{port or free_port()}"\n'
+        f'[detection]\nconfirm = {"true" if confirm else "false"}\n'
         + textwrap.dedent(models)
     )
     return path
@@ -354,7 +358,7 @@ def test_after_each_run_the_daemon_detects_changes_and_freezes_a_reference(tmp_p
     from storage_helpers import full_record
 
     port = free_port()
-    config = write_config(tmp_path, QUICK_MODEL.format(name="fast", every="2s"), port=port)
+    config = write_config(tmp_path, QUICK_MODEL.format(name="fast", every="2s"), port=port, confirm=True)
     # 30 runs of history at 5 ms; the tiny model really takes microseconds: a large improvement.
     start_at = datetime.now(UTC) - timedelta(hours=6)
     history = []
