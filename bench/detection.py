@@ -132,7 +132,13 @@ PERF_LENGTH = 10_000
 PERF_CV = 0.02
 PERF_TARGET_S = 2.0
 
-DETECTORS = ("perfguard", "otava", "naive")
+DETECTORS = ("perfguard", "otava", "naive", "chance")
+DEFAULT_DETECTORS = ("perfguard", "otava", "naive")
+# The `chance` control: at each monitored point, an alarm with this probability, its index drawn from
+# the last CHANCE_SPAN points and its direction at random. It knows nothing about the series; a
+# detector that scores no better than it in a cell is guessing there.
+CHANCE_RATE = 0.006
+CHANCE_SPAN = 10
 
 
 # ================================================================================================
@@ -291,12 +297,27 @@ def online_naive(values: Array) -> list[Alarm]:
     return alarms
 
 
+def online_chance(values: Array) -> list[Alarm]:
+    """The control detector: random alarms at CHANCE_RATE, seeded by the series itself."""
+    rng = np.random.default_rng(zlib.crc32(np.asarray(values, dtype=float).tobytes()))
+    alarms: list[Alarm] = []
+    for t in range(WARMUP, len(values)):
+        if rng.random() < CHANCE_RATE:
+            index = int(rng.integers(max(0, t - CHANCE_SPAN + 1), t + 1))
+            direction: Direction = "up" if rng.random() < 0.5 else "down"
+            if not any(a.direction == direction and abs(a.index - index) <= SAME_ALARM for a in alarms):
+                alarms.append(Alarm(t, index, direction))
+    return alarms
+
+
 def evaluate(task: tuple[DetectorSpec, Array]) -> tuple[list[Alarm], float]:
     """Worker entry point: one detector online over one series; returns its alarms and seconds."""
     spec, values = task
     started = time.perf_counter()
     if spec.name == "naive":
         alarms = online_naive(values)
+    elif spec.name == "chance":
+        alarms = online_chance(values)
     elif spec.name == "otava":
         alarms = online_changepoints(values, otava_finder())
     else:
@@ -607,8 +628,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="perfguard DetectionOptions.min_effect (default 0.015)")
     parser.add_argument("--alpha", type=float, default=None,
                         help="perfguard DetectionOptions.alpha (default: DetectionOptions' own)")
-    parser.add_argument("--detectors", default=",".join(DETECTORS),
-                        help=f"comma-separated subset of {','.join(DETECTORS)} (default all)")
+    parser.add_argument("--detectors", default=",".join(DEFAULT_DETECTORS),
+                        help=f"comma-separated subset of {','.join(DETECTORS)} (default "
+                        f"{','.join(DEFAULT_DETECTORS)}; chance: random alarms, a control)")
     parser.add_argument("--jobs", type=int, choices=(1, 2), default=2, help="worker processes (default 2)")
     parser.add_argument("--json", type=Path, metavar="PATH", help="write all numbers as JSON to PATH")
     parser.add_argument("--perf", action="store_true",
