@@ -80,3 +80,13 @@ def test_no_reference_no_verdict(tmp_path: Path) -> None:
     loaded = config(tmp_path, "c.toml")
     with Database.open(loaded.storage_url()) as db:
         assert attribute(db, loaded, finding(8, 1.0, 2.0)) is None
+
+
+def test_a_model_with_eval_data_freezes_and_is_judged(tmp_path: Path) -> None:
+    """Eval batches (32 rows) differ from the benchmark batch (8): the copy, specialised to 8, must
+    not be asked for accuracy, while the live model still is."""
+    loaded = config(tmp_path, "c.toml", eval="workloads:tiny_eval")
+    with Database.open(loaded.storage_url()) as db:
+        p50 = baseline_p50(db, loaded)
+        verdict = attribute(db, loaded, finding(8, p50, p50 * 1.5))
+    assert verdict is not None and "error" not in verdict.confirmation, verdict

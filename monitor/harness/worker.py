@@ -134,7 +134,9 @@ def _freeze(live: Prepared, job: BenchmarkJob) -> tuple[ArtifactRef, Prepared]:
     """Freeze the live model, then load the copy back as a subject of its own, timed beside it."""
     assert job.freeze_dir is not None
     frozen = reference.freeze(live.model, live.args, live.kwargs, job.freeze_dir, live.subject.factory)
-    copy = dataclasses.replace(live.subject, label=REFERENCE_LABEL, artifact=frozen)
+    # No accuracy for the copy: it is specialised to the example inputs' shapes, and the eval batches
+    # have their own (an exported program refuses any other batch size).
+    copy = dataclasses.replace(live.subject, label=REFERENCE_LABEL, artifact=frozen, eval=None)
     return frozen, Prepared(copy, job)
 
 
