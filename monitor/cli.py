@@ -318,11 +318,19 @@ def findings_table(findings: Sequence[FindingRecord]) -> str:
             f.id, f.model, f.key.label(), f.metric, f.verdict, f"{100 * f.rel_change:+.1f}%",
             f"{_cell(before['median'])} [{_cell(before['low'])}-{_cell(before['high'])}]",
             f"{_cell(after['median'])} [{_cell(after['low'])}-{_cell(after['high'])}]",
-            f.change_run_id, f.p_value, f.cause or "-", _env_note(f.env_diff), f.state,
+            f.change_run_id, f.p_value, _samples_note(f.samples), f.cause or "-", _env_note(f.env_diff), f.state,
         ])
     headers = ["id", "model", "series", "metric", "verdict", "change", "before [95% CI]", "after [95% CI]",
-               "since run", "p", "cause", "environment", "state"]
+               "since run", "p", "samples", "cause", "environment", "state"]
     return format_table(headers, rows)
+
+
+def _samples_note(samples: dict[str, Any] | None) -> str:
+    """Whether the raw samples confirm the change, with their 95 % interval of it."""
+    if not samples or samples.get("interval") is None:
+        return "-"
+    low, high = samples["interval"]
+    return f"{'yes' if samples.get('confirmed') else 'no'} [{100 * low:+.0f}%..{100 * high:+.0f}%]"
 
 
 def _env_note(diff: dict[str, Any] | None) -> str:
