@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from storage.db import Database
@@ -123,14 +123,27 @@ class ReferenceInfo:
 
 
 def series_runs(db: Database, model: str, limit: int) -> list[SeriesRun]:
-    """The newest `limit` runs of `model` per series, oldest first, with the watched metrics."""
+    """The newest `limit` runs of `model` per series, oldest first, with the watched metrics.
+
+    The per-series limit is applied in the database (ROW_NUMBER over each series), so a check reads
+    the same amount after a year of runs as after a week.
+    """
     from monitor.detection.metrics import WATCHED
 
-    metric_columns = [getattr(RunMetricsRow, name) for name in WATCHED]
+    rank = (
+        func.row_number()
+        .over(
+            partition_by=(RunRow.variant_id, RunRow.device, RunRow.batch_size),
+            order_by=(RunRow.started_at.desc(), RunRow.id.desc()),
+        )
+        .label("rank")
+    )
     with db.session(readonly=True) as session:
         model_id = session.scalar(select(ModelRow.id).where(ModelRow.name == model))
         if model_id is None:
             return []
+        newest = select(RunRow.id, rank).where(RunRow.model_id == model_id).subquery()
+        metric_columns = [getattr(RunMetricsRow, name) for name in WATCHED]
         stmt = (
             select(
                 RunRow.id,
@@ -143,25 +156,19 @@ def series_runs(db: Database, model: str, limit: int) -> list[SeriesRun]:
                 RunRow.env,
                 *metric_columns,
             )
+            .join(newest, newest.c.id == RunRow.id)
             .join(VariantRow, VariantRow.id == RunRow.variant_id)
             .outerjoin(RunMetricsRow, RunMetricsRow.run_id == RunRow.id)
-            .where(RunRow.model_id == model_id)
-            .order_by(RunRow.started_at.desc(), RunRow.id.desc())
+            .where(newest.c.rank <= limit)
+            .order_by(RunRow.started_at, RunRow.id)
         )
-        runs: list[SeriesRun] = []
-        counts: dict[SeriesKey, int] = {}
-        for run_id, started_at, variant, device, batch, status, flags, env, *figures in session.execute(stmt):
-            key = SeriesKey(variant, device, batch)
-            if counts.get(key, 0) >= limit:
-                continue
-            counts[key] = counts.get(key, 0) + 1
-            runs.append(
-                SeriesRun(
-                    run_id, started_at, key, status, tuple(flags), env, dict(zip(WATCHED, figures, strict=True))
-                )
+        return [
+            SeriesRun(
+                run_id, started_at, SeriesKey(variant, device, batch), status, tuple(flags), env,
+                dict(zip(WATCHED, figures, strict=True)),
             )
-    runs.reverse()
-    return runs
+            for run_id, started_at, variant, device, batch, status, flags, env, *figures in session.execute(stmt)
+        ]
 
 
 def baselines(db: Database, model: str) -> dict[SeriesKey, datetime]:

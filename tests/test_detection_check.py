@@ -316,3 +316,14 @@ def test_each_finding_describes_its_own_segments(db: Database, loaded: LoadedCon
     assert [round(f.before["median"], 1) for f in latency] == [1.0, 1.2]
     assert [round(f.after["median"], 1) for f in latency] == [1.2, 1.5]
     assert [f.after["runs"] for f in latency] == [20, 10]
+
+
+def test_detection_reads_only_the_newest_runs_of_each_series(db: Database) -> None:
+    records = [dataclasses.replace(run(i, 1.0 + i / 1000), batch_size=8 if i % 2 else 1) for i in range(60)]
+    save_runs(db, records)
+    runs = store.series_runs(db, MODEL, limit=10)
+    by_batch = {b: [r for r in runs if r.key.batch_size == b] for b in (1, 8)}
+    assert [len(v) for v in by_batch.values()] == [10, 10]
+    # The newest ten of each, oldest first.
+    assert [r.metrics["latency_ms_p50"] for r in by_batch[8]] == pytest.approx([1.0 + i / 1000 for i in range(41, 60, 2)])
+    assert [r.started_at for r in runs] == sorted(r.started_at for r in runs)
