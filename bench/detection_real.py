@@ -16,7 +16,7 @@ A scheduled run is simulated exactly as the daemon handles one (``Daemon.run_job
 [MODEL])`` (a fresh worker process, the run stored), then, if that run succeeded,
 ``result = check_models(db, loaded, [MODEL])``, and with ``confirm = true``
 ``ensure_references(db, loaded, [MODEL])`` (the first call freezes the reference copy of the series:
-the baseline; later calls find it and do nothing) and ``confirm_new(db, loaded, result.new)`` (the
+the baseline; later calls find it and do nothing) and ``confirm_pending(db, loaded, result.findings)`` (the
 A/B of the current model against its frozen copy, which sets each new p50 regression's cause). Runs
 follow each other with no pause.
 
@@ -67,7 +67,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from monitor.config import STORAGE_URL_ENV, LoadedConfig, load_config  # noqa: E402
-from monitor.detection.attribution import confirm_new, ensure_references  # noqa: E402
+from monitor.detection.attribution import confirm_pending, ensure_references  # noqa: E402
 from monitor.detection.changepoints import DetectionOptions  # noqa: E402
 from monitor.detection.check import CheckResult, check_models  # noqa: E402
 from monitor.service.benchmark import BenchmarkProgress, benchmark_models  # noqa: E402
@@ -264,7 +264,7 @@ def scheduled_run(db: Database, loaded: LoadedConfig, index: int, factory: str) 
             frozen = ensure_references(db, loaded, [MODEL])
             seconds["references"] = time.perf_counter() - t
             t = time.perf_counter()
-            caused = confirm_new(db, loaded, checked.new)
+            caused = confirm_pending(db, loaded, checked.findings)
             seconds["confirm"] = time.perf_counter() - t
     record = records[0] if records else None
     metrics = record.metrics if record is not None else None
@@ -442,7 +442,7 @@ def markdown(results: list[ScenarioResult], command: str, total_s: float) -> str
         f"`{command}` ({s.runs} scheduled runs per scenario of `real-mlp` = `bench.real_models:mlp`, "
         f"an MLP 512-1024-1024-512 at batch {INPUT_SHAPE[0]}, `max_time_s = {s.max_time_s}`, "
         f"`min_samples = {s.min_samples}`, detection defaults, `confirm = true`; each run is "
-        "`benchmark_models` -> `check_models` -> `ensure_references` -> `confirm_new`, as the daemon does; "
+        "`benchmark_models` -> `check_models` -> `ensure_references` -> `confirm_pending`, as the daemon does; "
         f"the change is made before run {s.change_at} of 0..{s.runs - 1}; total wall time {total_s / 60:.1f} min)",
         "",
         "| scenario | change at run | p50 before -> after (median) | CV of p50 before / after | finding | "

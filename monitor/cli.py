@@ -369,7 +369,7 @@ def check(config_path: Path, as_json: bool, names: tuple[str, ...], show_all: bo
                           {m.name for m in loaded.config.models}]
             if configured:
                 attribution.ensure_references(db, loaded, configured)
-            attribution.confirm_new(db, loaded, result.new)
+            attribution.confirm_pending(db, loaded, result.findings)
     shown = [f for f in result.findings if show_all or f.state == "open"]
     if as_json:
         _print_json({"findings": [f.to_json() for f in shown], "new": [f.id for f in result.new]})

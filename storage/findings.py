@@ -357,8 +357,8 @@ def findings(
         return [_record(row, name, variant) for row, name, variant in session.execute(stmt)]
 
 
-def set_cause(db: Database, finding_id: int, cause: str, confirmation: dict[str, Any]) -> None:
-    """Record what the A/B against the reference said about a finding."""
+def set_cause(db: Database, finding_id: int, cause: str | None, confirmation: dict[str, Any]) -> None:
+    """Record what the A/B against the reference said about a finding (None: it could not run)."""
     with db.session() as session:
         row = session.get(FindingRow, finding_id)
         if row is None:

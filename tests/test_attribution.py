@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -90,3 +92,30 @@ def test_a_model_with_eval_data_freezes_and_is_judged(tmp_path: Path) -> None:
         p50 = baseline_p50(db, loaded)
         verdict = attribute(db, loaded, finding(8, p50, p50 * 1.5))
     assert verdict is not None and "error" not in verdict.confirmation, verdict
+
+
+def test_an_ab_that_cannot_run_leaves_the_finding_pending_and_is_retried_a_few_times(tmp_path: Path) -> None:
+    from monitor.detection.attribution import MAX_ATTEMPTS, confirm_pending
+    from monitor.detection.check import check_model
+    from storage.queries import save_runs
+    from tests.test_detection_check import levels, run
+
+    loaded = config(tmp_path, "c.toml")
+    with Database.open(loaded.storage_url()) as db:
+        baseline_p50(db, loaded)
+        reference = store.latest_reference(db, "m", SeriesKey("baseline", "cpu", 8))
+        assert reference is not None
+        Path(reference.artifact["path"]).unlink()  # the copy is gone: every A/B fails
+        # Then a stored history (after the real run) with a regression to attribute.
+        later = datetime.now(UTC) + timedelta(minutes=1)
+        save_runs(db, [dataclasses.replace(run(i, v), started_at=later + timedelta(minutes=i),
+                                           finished_at=later + timedelta(minutes=i, seconds=1))
+                       for i, v in enumerate(levels(1, [(30, 1.0), (5, 2.0)]))])
+
+        result = check_model(db, loaded, "m", loaded.config.models[0])
+        for attempt in range(1, MAX_ATTEMPTS + 2):
+            assert confirm_pending(db, loaded, store.findings(db, "m")) == []
+            latency = next(f for f in store.findings(db, "m") if f.metric == "latency_ms_p50")
+            assert latency.cause is None and "missing" in latency.confirmation["error"]
+            assert latency.confirmation["attempts"] == min(attempt, MAX_ATTEMPTS)
+        assert result.new

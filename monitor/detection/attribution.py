@@ -37,6 +37,7 @@ from storage.findings import FindingRecord, SeriesKey
 log = logging.getLogger(__name__)
 
 CURRENT_LABEL = "current"
+MAX_ATTEMPTS = 3  # A/B runs tried for one finding before it is left without a cause
 # The A/B times medians, so it judges findings of the median latency (a p99 finding of the same change
 # would only repeat the A/B, with the wrong level to compare against).
 ATTRIBUTED_METRIC = "latency_ms_p50"
@@ -46,7 +47,7 @@ ATTRIBUTED_METRIC = "latency_ms_p50"
 class Attribution:
     """The verdict of one A/B against the reference, with the numbers behind it."""
 
-    cause: str  # model | environment | unknown
+    cause: str | None  # model | environment | unknown; None: the A/B could not be run
     confirmation: dict[str, Any]
 
 
@@ -127,7 +128,7 @@ def attribute(
     ]
     outcome = _run(loaded, planned, replace(planned.job, mode="ab", subjects=subjects), cancel)
     if outcome.status != "ok" or outcome.result is None:
-        return Attribution("unknown", {"error": outcome.error or outcome.status, "reference_id": reference.id})
+        return Attribution(None, {"error": outcome.error or outcome.status, "reference_id": reference.id})
     result = outcome.result
     measured = last_measurement(db, finding, reference)
     return judge(finding, measured, result.comparison or {}, {
@@ -215,20 +216,34 @@ def judge(
     return Attribution("unknown", {**numbers, "why": "neither the model nor the reference explains it"})
 
 
-def confirm_new(
-    db: Database, loaded: LoadedConfig, new: list[FindingRecord], cancel: threading.Event | None = None
+def confirm_pending(
+    db: Database, loaded: LoadedConfig, findings: list[FindingRecord], cancel: threading.Event | None = None
 ) -> list[FindingRecord]:
-    """Attribute each new open latency regression; store and return the ones that got a cause."""
+    """Attribute each open p50 regression among `findings` that has no cause yet; return those judged.
+
+    An A/B that could not run (the worker failed, or a stop cancelled it) leaves the finding pending,
+    with the error and the attempt counted in its confirmation; it is tried again after the next
+    run, at most MAX_ATTEMPTS times.
+    """
     done = []
-    for finding in new:
+    for finding in findings:
         if finding.id is None or finding.cause is not None or finding.state != "open":
             continue
         if finding.verdict != "regression" or finding.metric != ATTRIBUTED_METRIC:
+            continue
+        attempts = int((finding.confirmation or {}).get("attempts", 0))
+        if attempts >= MAX_ATTEMPTS:
             continue
         if cancel is not None and cancel.is_set():
             break
         verdict = attribute(db, loaded, finding, cancel)
         if verdict is None:
+            continue
+        if verdict.cause is None:
+            numbers = {**verdict.confirmation, "attempts": attempts + 1}
+            store.set_cause(db, finding.id, None, numbers)
+            finding.confirmation = numbers
+            log.warning("finding %d (%s): the A/B did not run: %s", finding.id, finding.model, numbers.get("error"))
             continue
         store.set_cause(db, finding.id, verdict.cause, verdict.confirmation)
         finding.cause, finding.confirmation = verdict.cause, verdict.confirmation

@@ -23,7 +23,7 @@ from typing import Any
 from sqlalchemy import text
 
 from monitor.config import ConfigError, LoadedConfig, load_config
-from monitor.detection.attribution import confirm_new, ensure_references
+from monitor.detection.attribution import confirm_pending, ensure_references
 from monitor.detection.check import check_models
 from monitor.service.benchmark import BenchmarkProgress, benchmark_models
 from monitor.service.http import RunMetricsExporter, serve
@@ -147,7 +147,7 @@ class Daemon:
         self.exporter.observe_findings(name, result.findings)
         if loaded.config.detection.confirm and not self.stopping():
             ensure_references(self.db, loaded, [name], self.cancel)
-            confirm_new(self.db, loaded, result.new, self.cancel)
+            confirm_pending(self.db, loaded, result.findings, self.cancel)
 
     def stopping(self) -> bool:
         return self.stop_requested.is_set() or self.cancel.is_set()
