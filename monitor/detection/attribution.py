@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from monitor.config import LoadedConfig, ModelConfig
+from monitor.detection.check import detection_options
 from monitor.harness.protocol import REFERENCE_LABEL, ArtifactRef, BenchmarkJob
 from monitor.harness.runner import WorkerOutcome, run_worker
 from monitor.registry import PlannedBenchmark, plan
@@ -276,8 +277,6 @@ def _run(
 
 
 def _min_effect(loaded: LoadedConfig, model: ModelConfig, metric: str) -> float:
-    from monitor.detection.check import detection_options
-
     return detection_options(loaded, model, metric).min_effect
 
 

@@ -8,7 +8,6 @@ metric), and the model's open findings are resolved.
 
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -16,11 +15,11 @@ import numpy as np
 
 from monitor.config import LoadedConfig
 from monitor.detection.changepoints import detect_changes
-from monitor.detection.check import detection_options, usable_run
+from monitor.detection.check import detection_options, read_series
 from monitor.detection.metrics import WATCHED
 from storage import findings as store
 from storage.db import Database
-from storage.findings import SeriesKey, SeriesRun
+from storage.findings import SeriesKey
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,24 +38,21 @@ class NoRunsError(LookupError):
 
 def current_segments(db: Database, loaded: LoadedConfig, model: str) -> list[AcceptedSegment]:
     """The current segment of each series of `model`: from its newest change of any watched metric."""
-    settings = loaded.config.detection
     config = next((m for m in loaded.config.models if m.name == model), None)
-    since = store.baselines(db, model)
-    by_key: dict[SeriesKey, list[SeriesRun]] = defaultdict(list)
-    for run in store.series_runs(db, model, settings.history):
-        if usable_run(run, settings.contended) and (run.key not in since or run.started_at >= since[run.key]):
-            by_key[run.key].append(run)
     segments = []
-    for key, runs in by_key.items():
+    for view in read_series(db, loaded, model):
+        runs = view.usable
+        if not runs:
+            continue
         start = 0
         for metric in WATCHED:
-            values = np.array([np.nan if r.metrics.get(metric) is None else r.metrics[metric] for r in runs])
+            values = view.values(metric)
             if np.isfinite(values).any():
                 points = detect_changes(values, options=detection_options(loaded, config, metric))
                 if points:
                     start = max(start, points[-1].index)
         first = runs[start]
-        segments.append(AcceptedSegment(key, first.run_id, first.started_at, len(runs) - start))
+        segments.append(AcceptedSegment(view.key, first.run_id, first.started_at, len(runs) - start))
     if not segments:
         raise NoRunsError(f"model {model!r} has no successful runs to accept as its baseline")
     return segments

@@ -59,33 +59,52 @@ def check_models(db: Database, loaded: LoadedConfig, names: Sequence[str] | None
     return result
 
 
-def check_model(db: Database, loaded: LoadedConfig, model: str, config: ModelConfig | None) -> CheckResult:
-    """Detection over one model's stored history; findings are stored and returned."""
+@dataclass(frozen=True, slots=True)
+class SeriesView:
+    """One series of a model as detection reads it."""
+
+    key: SeriesKey
+    runs: list[SeriesRun]  # every stored run read (all statuses), oldest first
+    current: list[SeriesRun]  # those since the accepted baseline, if any
+    usable: list[SeriesRun]  # of those, the runs detection reads (see `usable_run`)
+
+    def values(self, metric: str) -> np.ndarray:
+        """The usable runs' figures of one metric, NaN where a run has none."""
+        return np.array([_value(r.metrics.get(metric)) for r in self.usable], dtype=float)
+
+
+def read_series(db: Database, loaded: LoadedConfig, model: str) -> list[SeriesView]:
+    """The newest `[detection] history` runs of each series of `model`, split as detection needs."""
     settings = loaded.config.detection
-    runs = store.series_runs(db, model, settings.history)
-    if not runs:
-        return CheckResult()
     since = store.baselines(db, model)
     by_key: dict[SeriesKey, list[SeriesRun]] = defaultdict(list)
-    for run in runs:
+    for run in store.series_runs(db, model, settings.history):
         by_key[run.key].append(run)
+    views = []
+    for key, runs in by_key.items():
+        current = [r for r in runs if r.started_at >= since[key]] if key in since else runs
+        views.append(SeriesView(key, runs, current, [r for r in current if usable_run(r, settings.contended)]))
+    return views
 
+
+def check_model(db: Database, loaded: LoadedConfig, model: str, config: ModelConfig | None) -> CheckResult:
+    """Detection over one model's stored history; findings are stored and returned."""
+    views = read_series(db, loaded, model)
+    if not views:
+        return CheckResult()
     detected: list[FindingRecord] = []
     checked: dict[tuple[SeriesKey, str], SeriesState] = {}
     order: dict[int, int] = {}
     env_count = 0
-    for key, series in by_key.items():
-        changes = environment_changes(series)
+    for view in views:
+        key, usable = view.key, view.usable
+        changes = environment_changes(view.runs)
         store.record_env_changes(db, model, changes)
         env_count += len(changes)
         env_at = {run_id: diff for run_id, _, diff in changes}
-        first = since.get(key)
-        if first is not None:
-            series = [r for r in series if r.started_at >= first] or series[-1:]
-        usable = [r for r in series if usable_run(r, settings.contended)]
         order.update({r.run_id: i for i, r in enumerate(usable)})
         for metric in WATCHED:
-            values = np.array([_value(r.metrics.get(metric)) for r in usable], dtype=float)
+            values = view.values(metric)
             if not np.isfinite(values).any():
                 continue
             options = detection_options(loaded, config, metric)
@@ -100,7 +119,7 @@ def check_model(db: Database, loaded: LoadedConfig, model: str, config: ModelCon
                     change = _confirm(db, usable, values, change, points[:-1], quantile)
                 start = points[i - 1].index if i else 0
                 stop = points[i + 1].index if i + 1 < len(points) else len(values)
-                env_diff = _env_diff(series, usable, change.index, env_at)
+                env_diff = _env_diff(view.current, usable, change.index, env_at)
                 detected.append(_finding(model, key, metric, usable, values, (start, stop), change, env_diff))
     known = {f.id for f in store.findings(db, model)}
     stored = store.sync_findings(db, model, detected, checked, order)
