@@ -366,7 +366,8 @@ def set_cause(db: Database, finding_id: int, cause: str | None, confirmation: di
 
 
 def save_reference(db: Database, model: str, key: SeriesKey, artifact: dict[str, Any], measured: dict[str, Any]) -> int:
-    """Store a frozen reference of one series' model; the newest one is the one used."""
+    """Store a frozen reference of one series' model; the newest one is the one used. An empty
+    `artifact` records a failed attempt (the error in `measured`)."""
     with db.session() as session:
         model_id = _model_id(session, model)
         row = ReferenceRow(

@@ -119,3 +119,21 @@ def test_an_ab_that_cannot_run_leaves_the_finding_pending_and_is_retried_a_few_t
             assert latency.cause is None and "missing" in latency.confirmation["error"]
             assert latency.confirmation["attempts"] == min(attempt, MAX_ATTEMPTS)
         assert result.new
+
+
+def test_a_model_that_cannot_be_frozen_is_not_retried_after_every_run(tmp_path: Path) -> None:
+    from sqlalchemy import func, select
+
+    from storage.models import ReferenceRow
+
+    loaded = config(tmp_path, "c.toml", factory="workloads:random_output")  # no copy reproduces it
+    with Database.open(loaded.storage_url()) as db:
+        (record,) = benchmark_models(loaded, db)
+        assert record.status == "ok"
+        assert ensure_references(db, loaded) == []
+        failed = store.latest_reference(db, "m", SeriesKey("baseline", "cpu", 8))
+        assert failed is not None and failed.artifact == {} and "error" in failed.measured
+        assert ensure_references(db, loaded) == []  # within the retry interval: not tried again
+        with db.session(readonly=True) as session:
+            assert session.scalar(select(func.count()).select_from(ReferenceRow)) == 1
+        assert attribute(db, loaded, finding(8, 1.0, 2.0)) is None

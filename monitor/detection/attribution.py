@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 
 CURRENT_LABEL = "current"
 MAX_ATTEMPTS = 3  # A/B runs tried for one finding before it is left without a cause
+RETRY_FREEZE_S = 3600.0  # after a failed freeze of a series, the next try waits this long
 # The A/B times medians, so it judges findings of the median latency (a p99 finding of the same change
 # would only repeat the A/B, with the wrong level to compare against).
 ATTRIBUTED_METRIC = "latency_ms_p50"
@@ -61,10 +62,14 @@ def ensure_references(
     baseline, so a copy of it would explain nothing (`perfguard baseline accept` freezes anew).
     """
     frozen = []
+    now = datetime.now(UTC)
     for planned in plan(loaded, names):
         key = series_key(db, planned)
-        if key is None or store.latest_reference(db, planned.model.name, key) is not None:
+        if key is None:
             continue
+        latest = store.latest_reference(db, planned.model.name, key)
+        if latest is not None and (latest.artifact or (now - latest.created_at).total_seconds() < RETRY_FREEZE_S):
+            continue  # frozen, or failed to freeze lately: not one extra worker per scheduled run
         regressed = any(
             f.key == key and f.metric == ATTRIBUTED_METRIC and f.verdict == "regression"
             for f in store.findings(db, planned.model.name, state="open")
@@ -91,15 +96,20 @@ def freeze_reference(
     job = replace(planned.job, mode="freeze", freeze_dir=str(folder))
     outcome = _run(loaded, planned, job, cancel)
     result = outcome.result
+    ratio = ((result.comparison if result is not None else None) or {}).get(REFERENCE_LABEL, {})
+    failure = None
     if outcome.status != "ok" or result is None or result.frozen is None:
-        log.warning("could not freeze a reference of %s %s: %s", planned.model.name, key.label(), outcome.error)
-        return None
-    ratio = (result.comparison or {}).get(REFERENCE_LABEL, {})
-    if ratio.get("ratio_p50") is None:
+        failure = outcome.error or outcome.status
+    elif ratio.get("ratio_p50") is None:
         # Every A/B round was taken on a busy host: a copy without its baseline ratio could never
-        # judge anything, so keep none and freeze again after the next run.
-        log.warning("not keeping the reference of %s %s: no clean A/B rounds", planned.model.name, key.label())
+        # judge anything.
+        failure = "no clean A/B rounds of the model and its copy"
+    if failure is not None:
+        log.warning("could not freeze a reference of %s %s: %s", planned.model.name, key.label(), failure)
+        # Recorded as an attempt with no artifact, so that the next try waits RETRY_FREEZE_S.
+        store.save_reference(db, planned.model.name, key, {}, {"error": failure[-2000:]})
         return None
+    assert result is not None and result.frozen is not None
     measured = {
         "ratio": ratio.get("ratio_p50"),
         "ratio_ci95": ratio.get("ratio_ci95"),
@@ -117,6 +127,8 @@ def attribute(
 ) -> Attribution | None:
     """A/B the current model against its reference for a latency finding; None without a reference."""
     reference = store.latest_reference(db, finding.model, finding.key)
+    if reference is not None and not reference.artifact:
+        reference = None  # the last freeze failed
     planned = next(
         (p for p in plan(loaded, [finding.model]) if p.job.batch_size == finding.key.batch_size), None
     ) if finding.model in {m.name for m in loaded.config.models} else None
