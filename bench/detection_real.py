@@ -74,6 +74,7 @@ from monitor.service.benchmark import BenchmarkProgress, benchmark_models  # noq
 from storage import findings as finding_store  # noqa: E402
 from storage.db import Database  # noqa: E402
 from storage.findings import FindingRecord  # noqa: E402
+from tests.cli_helpers import toml_value  # noqa: E402  (the test configs' TOML writer)
 
 MODEL = "real-mlp"
 FACTORY = "bench.real_models:mlp"
@@ -100,20 +101,6 @@ class Settings:
     tolerance: int
     max_time_s: float
     min_samples: int
-
-
-def toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)  # a JSON string is a valid TOML basic string
-    if isinstance(value, list):
-        return "[" + ", ".join(toml_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{ " + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + " }"
-    raise TypeError(f"no TOML for {value!r}")
 
 
 def config_text(settings: Settings, factory: str, threads: int) -> str:
