@@ -10,8 +10,9 @@ itself never imports torch.
 
 from __future__ import annotations
 
-import torch
 from torch import nn
+
+from examples.models import seeded_mlp
 
 IO_WIDTH = 512
 HIDDEN = 1024
@@ -21,17 +22,7 @@ SEED = 0
 
 def make_mlp(hidden: int, io_width: int = IO_WIDTH, seed: int = SEED) -> nn.Sequential:
     """A io -> hidden -> hidden -> io MLP with the same weights on every call, in eval mode."""
-    # fork_rng: the fixed seed must not reset the random stream of whoever builds the model.
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = nn.Sequential(
-            nn.Linear(io_width, hidden),
-            nn.ReLU(),
-            nn.Linear(hidden, hidden),
-            nn.ReLU(),
-            nn.Linear(hidden, io_width),
-        )
-    return model.eval()
+    return seeded_mlp([io_width, hidden, hidden, io_width], seed)
 
 
 def mlp() -> nn.Sequential:

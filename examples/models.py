@@ -176,14 +176,18 @@ def seed_cnn_eval() -> list[tuple[torch.Tensor, torch.Tensor]]:
 
 def mlp() -> nn.Sequential:
     """Factory: a 1024-1024-1024-10 MLP with the same weights on every call, in eval mode."""
+    return seeded_mlp([MLP_WIDTH, MLP_WIDTH, MLP_WIDTH, 10], MLP_SEED)
+
+
+def seeded_mlp(widths: list[int], seed: int) -> nn.Sequential:
+    """Linear layers of the given widths with ReLU between them, the same weights on every call, in
+    eval mode."""
+    layers: list[nn.Module] = []
     # fork_rng keeps the fixed seed from resetting the random stream of whoever builds the model.
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(MLP_SEED)
-        model = nn.Sequential(
-            nn.Linear(MLP_WIDTH, MLP_WIDTH),
-            nn.ReLU(),
-            nn.Linear(MLP_WIDTH, MLP_WIDTH),
-            nn.ReLU(),
-            nn.Linear(MLP_WIDTH, 10),
-        )
-    return model.eval()
+        torch.manual_seed(seed)
+        for i, (n_in, n_out) in enumerate(zip(widths, widths[1:])):
+            if i:
+                layers.append(nn.ReLU())
+            layers.append(nn.Linear(n_in, n_out))
+    return nn.Sequential(*layers).eval()
