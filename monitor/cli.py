@@ -365,9 +365,8 @@ def check(config_path: Path, as_json: bool, names: tuple[str, ...], show_all: bo
             raise click.UsageError(f"unknown model {unknown[0]!r}; known: {', '.join(sorted(known)) or '(none)'}")
         result = check_models(db, loaded, list(names) or None)
         if confirm if confirm is not None else loaded.config.detection.confirm:
-            configured = [n for n in (names or [m.name for m in loaded.config.models]) if n in
-                          {m.name for m in loaded.config.models}]
-            if configured:
+            configured = [m.name for m in loaded.config.models if not names or m.name in names]
+            if configured:  # a stored model no longer configured has no factory to freeze
                 attribution.ensure_references(db, loaded, configured)
             attribution.confirm_pending(db, loaded, result.findings)
     shown = [f for f in result.findings if show_all or f.state == "open"]

@@ -29,7 +29,7 @@ from monitor.config import LoadedConfig, ModelConfig
 from monitor.detection.check import detection_options
 from monitor.harness.protocol import REFERENCE_LABEL, ArtifactRef, BenchmarkJob
 from monitor.harness.runner import WorkerOutcome, run_worker
-from monitor.registry import PlannedBenchmark, plan
+from monitor.registry import PlannedBenchmark, UnknownModelError, plan
 from storage import findings as store
 from storage import queries
 from storage.db import Database
@@ -129,9 +129,10 @@ def attribute(
     reference = store.latest_reference(db, finding.model, finding.key)
     if reference is not None and not reference.artifact:
         reference = None  # the last freeze failed
-    planned = next(
-        (p for p in plan(loaded, [finding.model]) if p.job.batch_size == finding.key.batch_size), None
-    ) if finding.model in {m.name for m in loaded.config.models} else None
+    try:
+        planned = next((p for p in plan(loaded, [finding.model]) if p.job.batch_size == finding.key.batch_size), None)
+    except UnknownModelError:  # stored, but no longer configured: nothing to time it with
+        planned = None
     if reference is None or planned is None or planned.job.device != finding.key.device:
         return None
     live = planned.job.subjects[0]
