@@ -94,6 +94,7 @@ class FindingRecord:
     env_diff: dict[str, Any] | None = None
     cause: str | None = None
     confirmation: dict[str, Any] | None = None
+    diagnosis: dict[str, Any] | None = None  # profile diff of the model against its reference
     state: str = "open"
     resolution: str | None = None
     first_seen: datetime | None = None
@@ -422,6 +423,7 @@ def _record(row: FindingRow, model: str, variant: str) -> FindingRecord:
         env_diff=row.env_diff,
         cause=row.cause,
         confirmation=row.confirmation,
+        diagnosis=row.diagnosis,
         state=row.state,
         resolution=row.resolution,
         first_seen=row.first_seen,

@@ -266,6 +266,58 @@ class FindingRow(Base):
     cause: Mapped[str | None] = mapped_column(String(16))  # model | environment | unknown
     confirmation: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # the A/B against the reference
     env_diff: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    diagnosis: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # profile diff: where the time went
     first_seen: Mapped[datetime] = mapped_column(default=utc_now)
     last_seen: Mapped[datetime] = mapped_column(default=utc_now)
     resolved_at: Mapped[datetime | None]
+
+
+class ActionRow(Base):
+    """One optimisation decision (requantize, prune) or rollback of a model, accepted or not, with the
+    numbers that justified it: every candidate tried, its A/B figures and why it was kept or refused."""
+
+    __tablename__ = "actions"
+    __table_args__ = (
+        CheckConstraint("kind IN ('requantize', 'prune', 'rollback')", name="kind"),
+        CheckConstraint("status IN ('accepted', 'rejected', 'dry_run', 'failed')", name="status"),
+        Index("ix_actions_model_created", "model_id", "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(16))
+    trigger: Mapped[str] = mapped_column(String(200))  # the rule that asked for it, or "cli"
+    finding_id: Mapped[int | None] = mapped_column(ForeignKey("findings.id", ondelete="SET NULL"))
+    from_variant_id: Mapped[int] = mapped_column(ForeignKey("variants.id", ondelete="CASCADE"))
+    to_variant_id: Mapped[int | None] = mapped_column(ForeignKey("variants.id", ondelete="SET NULL"))
+    status: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str] = mapped_column(Text)
+    candidates: Mapped[list[Any]] = mapped_column(JSON)
+    diagnosis: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(default=utc_now)
+    rolled_back_at: Mapped[datetime | None]
+
+
+class RuleEventRow(Base):
+    """A rule's decision that fired (alert, requantize, prune) or a rule that failed (error, timeout).
+
+    `key` carries hysteresis: a rule acts once per key (one finding, one breach episode), and its
+    cooldown counts from the newest event of the same rule and model.
+    """
+
+    __tablename__ = "rule_events"
+    __table_args__ = (
+        CheckConstraint("outcome IN ('alert', 'requantize', 'prune', 'error', 'timeout')", name="outcome"),
+        Index("ix_rule_events_model_rule_created", "model_id", "rule", "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"))
+    rule: Mapped[str] = mapped_column(String(200))
+    key: Mapped[str | None] = mapped_column(String(200))
+    outcome: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str] = mapped_column(Text)
+    details: Mapped[dict[str, Any]]
+    finding_id: Mapped[int | None] = mapped_column(ForeignKey("findings.id", ondelete="SET NULL"))
+    action_id: Mapped[int | None] = mapped_column(ForeignKey("actions.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(default=utc_now)

@@ -14,7 +14,7 @@ from sqlalchemy import event, inspect
 from storage.db import MIGRATIONS_DIR, Database
 from storage.models import Base
 
-TABLES = {"models", "variants", "runs", "run_metrics", "run_samples"}
+TABLES = {"models", "variants", "runs", "run_metrics", "run_samples", "findings", "actions", "rule_events"}
 
 
 @pytest.fixture

@@ -1,0 +1,75 @@
+"""The recipes perfguard can try, described without torch: names, what they suit, where they run.
+
+The parent (rules, CLI, the candidate search) picks and orders recipes from this catalog; the worker
+builds them (recipes.py, the only place that imports torch for them). A recipe is a hypothesis: on
+another CPU or GPU the same one may be slower, so every candidate is benchmarked before it is kept.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+Action = Literal["requantize", "prune"]
+Suits = Literal["linear", "conv", "any"]
+
+
+@dataclass(frozen=True, slots=True)
+class RecipeSpec:
+    """One way to build a faster candidate from a model.
+
+    `exact` recipes change only layout or compilation, so the output is the model's (up to float
+    reordering) and no accuracy is at stake. `cpu_flags`: any one of them must be present (e.g. native
+    bf16); `needs`: a Python package that must be importable in the worker. `by_default`: tried when
+    a rule or the CLI names no recipe (L1 unstructured pruning, which speeds nothing up on dense
+    kernels, only when asked).
+    """
+
+    name: str
+    action: Action
+    devices: tuple[str, ...]  # "cpu", "cuda"
+    suits: Suits
+    exact: bool
+    description: str
+    cpu_flags: tuple[str, ...] = ()
+    needs: str | None = None
+    by_default: bool = True
+    compiles: bool = False  # torch.compile: slow first call, nothing to save but the recipe
+
+
+CATALOG: tuple[RecipeSpec, ...] = (
+    RecipeSpec("dynamic_int8", "requantize", ("cpu",), "linear", False,
+               "int8 weights, activations quantized on the fly (Linear, LSTM): torch.ao quantize_dynamic"),
+    RecipeSpec("static_int8", "requantize", ("cpu",), "conv", False,
+               "int8 weights and activations calibrated on eval data or the inputs (FX graph mode, x86)"),
+    RecipeSpec("bf16", "requantize", ("cpu",), "any", False,
+               "bfloat16 weights and activations, on CPUs with native bf16 (AMX, AVX512-BF16)",
+               cpu_flags=("amx_bf16", "avx512_bf16")),
+    RecipeSpec("channels_last", "requantize", ("cpu", "cuda"), "conv", True,
+               "NHWC memory layout for convolutions; same numbers"),
+    RecipeSpec("compile", "requantize", ("cpu", "cuda"), "any", True,
+               "torch.compile (inductor); same numbers, slow first call", compiles=True),
+    RecipeSpec("torchao_int8_compile", "requantize", ("cpu", "cuda"), "linear", False,
+               "torchao int8 dynamic activations + int8 weights, with torch.compile (eager it is slower)",
+               needs="torchao", compiles=True),
+    RecipeSpec("fp16", "requantize", ("cuda",), "any", False, "float16 autocast on the GPU"),
+    RecipeSpec("bf16_autocast", "requantize", ("cuda",), "any", False, "bfloat16 autocast on the GPU"),
+    RecipeSpec("half", "requantize", ("cuda",), "any", False, "float16 weights and inputs (.half())"),
+    RecipeSpec("prune_structured", "prune", ("cpu", "cuda"), "any", False,
+               "remove the output channels/neurons with the smallest L1 norm and shrink the next layer"),
+    RecipeSpec("prune_l1_unstructured", "prune", ("cpu", "cuda"), "any", False,
+               "zero the smallest weights (no speed-up on dense kernels; only when asked)",
+               by_default=False),
+)
+RECIPES = {spec.name: spec for spec in CATALOG}
+
+
+def device_kind(device: str) -> str:
+    return "cuda" if device.startswith("cuda") else "cpu"
+
+
+def recipe(name: str) -> RecipeSpec:
+    try:
+        return RECIPES[name]
+    except KeyError:
+        raise KeyError(f"unknown recipe {name!r}; known: {', '.join(RECIPES)}") from None
