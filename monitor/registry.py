@@ -9,8 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from sqlalchemy.orm import Session
+
 from monitor.config import HarnessConfig, LoadedConfig, ModelConfig
-from monitor.harness.protocol import BenchmarkJob, InputTensor, SamplingSettings, Subject
+from monitor.harness.protocol import BenchmarkJob, InputTensor, SamplingSettings, Subject, VariantSpec
+from storage import actions, queries
+from storage.db import Database
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,7 +41,16 @@ def sampling_settings(model: ModelConfig, harness: HarnessConfig) -> SamplingSet
     )
 
 
-def subject_for(model: ModelConfig, batch_size: int, label: str = "baseline") -> Subject:
+def active_variant(session: Session, model: str) -> VariantSpec:
+    """How to build the variant a model is benchmarked and served as (the baseline: its factory)."""
+    name = queries.active_variant(session, model)
+    spec = actions.active_spec(session, model)
+    return VariantSpec.from_dict({**spec, "name": name}) if spec else VariantSpec(name=name)
+
+
+def subject_for(
+    model: ModelConfig, batch_size: int, label: str = "baseline", variant: VariantSpec | None = None
+) -> Subject:
     inputs = None
     if model.inputs is not None:
         inputs = [
@@ -50,11 +63,18 @@ def subject_for(model: ModelConfig, batch_size: int, label: str = "baseline") ->
         inputs=inputs,
         inputs_factory=model.inputs_factory,
         eval=model.eval,
+        variant=variant,
     )
 
 
-def plan(loaded: LoadedConfig, names: list[str] | None = None) -> list[PlannedBenchmark]:
-    """The benchmarks to run for the named models (all when `names` is empty), in config order."""
+def plan(
+    loaded: LoadedConfig, names: list[str] | None = None, variants: dict[str, VariantSpec] | None = None
+) -> list[PlannedBenchmark]:
+    """The benchmarks to run for the named models (all when `names` is empty), in config order.
+
+    `variants` (model -> active variant) makes each job build that variant; a model missing from it
+    is benchmarked as its factory builds it (the baseline).
+    """
     config = loaded.config
     registered = [m.name for m in config.models]
     for name in names or []:
@@ -67,7 +87,7 @@ def plan(loaded: LoadedConfig, names: list[str] | None = None) -> list[PlannedBe
         for batch_size in model.series_batch_sizes:
             job = BenchmarkJob(
                 model=model.name,
-                subjects=[subject_for(model, batch_size)],
+                subjects=[subject_for(model, batch_size, variant=(variants or {}).get(model.name))],
                 batch_size=batch_size,
                 device=model.device,
                 threads=model.threads,
@@ -76,3 +96,11 @@ def plan(loaded: LoadedConfig, names: list[str] | None = None) -> list[PlannedBe
             )
             planned.append(PlannedBenchmark(model, job, model.effective_timeout_s, model.memory_limit_mb))
     return planned
+
+
+def plan_active(db: Database, loaded: LoadedConfig, names: list[str] | None = None) -> list[PlannedBenchmark]:
+    """`plan` for each model's active variant as the database records it."""
+    wanted = names or [m.name for m in loaded.config.models]
+    with db.session(readonly=True) as session:
+        variants = {name: active_variant(session, name) for name in wanted}
+    return plan(loaded, names, variants)

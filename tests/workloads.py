@@ -192,3 +192,28 @@ def matmul() -> nn.Module:
     """Matmul-bound (512-wide, takes a [N, 512] input): its speed follows the thread count."""
     torch.manual_seed(0)
     return nn.Sequential(nn.Linear(512, 1024), nn.ReLU(), nn.Linear(1024, 1024), nn.ReLU(), nn.Linear(1024, 512))
+
+
+DRIFT_VERSION_FILE = "model_version.txt"
+
+
+def drifting_mlp() -> nn.Module:
+    """A 512-wide MLP classifier whose hidden layer grows from 512 to 2048 units once the file
+    `model_version.txt` in the working folder (the config's) says 2: a new checkpoint that is slower."""
+    from examples.models import seeded_mlp
+
+    try:
+        version = int(open(DRIFT_VERSION_FILE).read().strip())
+    except FileNotFoundError:
+        version = 1
+    hidden = 2048 if version >= 2 else 512
+    return seeded_mlp([512, hidden, 512, 10], seed=version)
+
+
+def mlp_eval() -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Labels that the drifting MLP (version 2) gets right on every row: accuracy 1.0 to defend."""
+    model = drifting_mlp().eval()
+    x = torch.randn(256, 512, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        labels = model(x).argmax(dim=-1)
+    return [(x[i : i + 64], labels[i : i + 64]) for i in range(0, 256, 64)]

@@ -29,7 +29,7 @@ from monitor.config import LoadedConfig, ModelConfig
 from monitor.detection.check import detection_options
 from monitor.harness.protocol import REFERENCE_LABEL, ArtifactRef, BenchmarkJob
 from monitor.harness.runner import WorkerOutcome, run_worker
-from monitor.registry import PlannedBenchmark, UnknownModelError, plan
+from monitor.registry import PlannedBenchmark, UnknownModelError, plan_active
 from storage import findings as store
 from storage import queries
 from storage.db import Database
@@ -63,7 +63,7 @@ def ensure_references(
     """
     frozen = []
     now = datetime.now(UTC)
-    for planned in plan(loaded, names):
+    for planned in plan_active(db, loaded, names):
         key = series_key(db, planned)
         if key is None:
             continue
@@ -130,7 +130,7 @@ def attribute(
     if reference is not None and not reference.artifact:
         reference = None  # the last freeze failed
     try:
-        planned = next((p for p in plan(loaded, [finding.model]) if p.job.batch_size == finding.key.batch_size), None)
+        planned = next((p for p in plan_active(db, loaded, [finding.model]) if p.job.batch_size == finding.key.batch_size), None)
     except UnknownModelError:  # stored, but no longer configured: nothing to time it with
         planned = None
     if reference is None or planned is None or planned.job.device != finding.key.device:

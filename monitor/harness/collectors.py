@@ -150,6 +150,11 @@ def _cpu_info() -> tuple[str | None, list[str]]:
     return model or platform.processor() or None, flags
 
 
+def cpu_flags() -> list[str]:
+    """The CPU features that decide which kernels (and so which optimisation recipes) pay off here."""
+    return _cpu_info()[1]
+
+
 def environment(threads: int, interop_threads: int, device: str, nvml: Nvml | None) -> EnvFingerprint:
     """Fingerprint of what the numbers depend on besides the model (gathered once per worker)."""
     import torch

@@ -7,6 +7,8 @@ Plain dataclasses so both sides, which share no process, agree on one shape.
 
 A job in "freeze" mode also writes a frozen reference copy of its model to disk (see reference.py) and
 answers with an `ArtifactRef` to it, which later jobs name in `Subject.artifact` to time that copy.
+A "candidates" job builds optimised candidates of its first subject (monitor/optimize/recipes.py),
+saves each, and times them interleaved with it; a "profile" job profiles each subject's operators.
 """
 
 from __future__ import annotations
@@ -60,6 +62,47 @@ class ArtifactRef:
 
 
 @dataclass(slots=True)
+class RecipeStep:
+    """One optimisation applied to a model, with the resolved params that rebuild its structure."""
+
+    recipe: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class VariantSpec:
+    """How to build a variant of a model: its factory's module, then each recipe's structure, then
+    its saved weights (a state dict, loaded with weights_only after a sha256 check). The baseline
+    has no steps and no weights file."""
+
+    name: str
+    steps: list[RecipeStep] = field(default_factory=list)
+    weights_path: str | None = None
+    weights_sha256: str | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> VariantSpec:
+        return cls(
+            name=data["name"],
+            steps=[RecipeStep(**step) for step in data.get("steps", [])],
+            weights_path=data.get("weights_path"),
+            weights_sha256=data.get("weights_sha256"),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(slots=True)
+class CandidateRequest:
+    """A candidate for a "candidates" job to build from its first subject with one recipe."""
+
+    label: str
+    recipe: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
 class Subject:
     """One callable to time: a model factory (or a frozen copy of its model) and how to feed it."""
 
@@ -69,6 +112,7 @@ class Subject:
     inputs_factory: str | None = None
     eval: str | None = None
     artifact: ArtifactRef | None = None  # when set, the model is loaded from it, not built by factory
+    variant: VariantSpec | None = None  # when set (and no artifact), the factory's model becomes it
 
 
 @dataclass(slots=True)
@@ -98,10 +142,17 @@ class BenchmarkJob:
     threads: int | None = None
     sampling: SamplingSettings = field(default_factory=SamplingSettings)
     sys_path: list[str] = field(default_factory=list)
-    mode: Literal["single", "ab", "freeze"] = "single"
+    mode: Literal["single", "ab", "freeze", "candidates", "profile"] = "single"
     freeze_dir: str | None = None
+    # "candidates" mode: what to build, where to save it, the fine-tune hook, how to judge fidelity.
+    candidates: list[CandidateRequest] = field(default_factory=list)
+    candidates_dir: str | None = None
+    train: str | None = None
+    fidelity: Literal["auto", "top1", "relative_error"] = "auto"
 
     def __post_init__(self) -> None:
+        if self.mode == "candidates" and (self.candidates_dir is None or len(self.subjects) != 1):
+            raise ValueError("a candidates job takes one subject (the current variant) and candidates_dir")
         if self.mode != "freeze":
             return
         if self.freeze_dir is None:
@@ -121,15 +172,18 @@ class BenchmarkJob:
         for s in data.pop("subjects"):
             inputs = s.pop("inputs")
             artifact = s.pop("artifact", None)
+            variant = s.pop("variant", None)
             subjects.append(
                 Subject(
                     **s,
                     inputs=None if inputs is None else [InputTensor(**i) for i in inputs],
                     artifact=None if artifact is None else ArtifactRef.from_dict(artifact),
+                    variant=None if variant is None else VariantSpec.from_dict(variant),
                 )
             )
         sampling = SamplingSettings(**data.pop("sampling"))
-        return cls(**data, subjects=subjects, sampling=sampling)
+        candidates = [CandidateRequest(**c) for c in data.pop("candidates", [])]
+        return cls(**data, subjects=subjects, sampling=sampling, candidates=candidates)
 
 
 @dataclass(slots=True)
@@ -144,6 +198,24 @@ class SubjectResult:
 
 
 @dataclass(slots=True)
+class BuiltCandidate:
+    """What a candidates job made of one request: the variant it saved, or why it could not.
+
+    `fidelity` compares the candidate's output with the current variant's on the model's inputs:
+    `{"kind": "top1", "agreement": 0.99}` for classifiers, `{"kind": "relative_error", "value": 0.02}`
+    otherwise. `build_s` includes calibration and fine-tuning.
+    """
+
+    label: str
+    recipe: str
+    variant: dict[str, Any] | None = None  # a VariantSpec as a dict
+    fidelity: dict[str, Any] | None = None
+    error: str | None = None
+    build_s: float | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
 class WorkerResult:
     """The worker's final answer: per-subject results plus what they share."""
 
@@ -152,6 +224,8 @@ class WorkerResult:
     subjects: list[SubjectResult]
     comparison: dict[str, Any] | None = None  # A/B and freeze modes: ratios against the first subject
     frozen: ArtifactRef | None = None  # freeze mode: the copy it wrote
+    built: list[BuiltCandidate] | None = None  # candidates mode: each candidate, built or not
+    profiles: dict[str, list[dict[str, Any]]] | None = None  # profile mode: operator rows per subject
 
     def to_event(self) -> dict[str, Any]:
         return {"event": "result", **dataclasses.asdict(self)}
@@ -173,4 +247,6 @@ class WorkerResult:
             ],
             comparison=data.get("comparison"),
             frozen=None if data.get("frozen") is None else ArtifactRef.from_dict(data["frozen"]),
+            built=None if data.get("built") is None else [BuiltCandidate(**b) for b in data["built"]],
+            profiles=data.get("profiles"),
         )

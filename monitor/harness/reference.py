@@ -81,7 +81,7 @@ def freeze(
                 handle.flush()
                 os.fsync(handle.fileno())
                 handle.seek(0)
-                sha256 = _sha256(handle)
+                sha256 = sha256_of(handle)
                 handle.seek(0)
                 copy = _load(kind, handle, factory, device)
             with torch.inference_mode():
@@ -117,7 +117,7 @@ def load(ref: ArtifactRef, device: str) -> Any:
     except FileNotFoundError:
         raise ArtifactError(f"reference artifact {path} is missing") from None
     with handle:
-        found = _sha256(handle)
+        found = sha256_of(handle)
         if found != ref.sha256:
             raise ArtifactError(
                 f"reference artifact {path} does not match its recorded sha256 (expected {ref.sha256}, "
@@ -225,7 +225,7 @@ def _device_of(model: Any) -> str:
     return "cpu"
 
 
-def _sha256(handle: IO[bytes]) -> str:
+def sha256_of(handle: IO[bytes]) -> str:
     digest = hashlib.sha256()
     while chunk := handle.read(HASH_CHUNK):
         digest.update(chunk)

@@ -22,7 +22,7 @@ import traceback
 from collections.abc import Callable
 from typing import IO, Any
 
-from monitor.harness import collectors, reference, sampling
+from monitor.harness import candidates, collectors, profiling, reference, sampling, variants
 from monitor.harness.protocol import (
     REFERENCE_LABEL,
     ArtifactRef,
@@ -65,8 +65,11 @@ def resolve(path: str) -> Callable[..., Any]:
     return obj
 
 
-def build_inputs(subject: Subject, batch_size: int, device: str) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    """Example inputs as (args, kwargs) for the model call, on the model's device."""
+def build_inputs(
+    subject: Subject, batch_size: int, device: str, seed: int = 0
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """Example inputs as (args, kwargs) for the model call, on the model's device; `seed` draws
+    another batch of the same shapes (an inputs factory gives what it gives)."""
     import torch
 
     if subject.inputs_factory:
@@ -76,7 +79,7 @@ def build_inputs(subject: Subject, batch_size: int, device: str) -> tuple[tuple[
         if isinstance(made, (tuple, list)):
             return tuple(_to(v, device) for v in made), {}
         return (_to(made, device),), {}
-    generator = torch.Generator().manual_seed(0)
+    generator = torch.Generator().manual_seed(seed)
     return tuple(_random_tensor(spec, generator).to(device) for spec in subject.inputs or []), {}
 
 
@@ -116,16 +119,21 @@ def accuracy(model: Any, eval_path: str, device: str) -> float:
 class Prepared:
     """A subject's model (built, or loaded from its artifact), inputs and the call the sampler times."""
 
-    def __init__(self, subject: Subject, job: BenchmarkJob):
-        if subject.artifact is not None:
+    def __init__(self, subject: Subject, job: BenchmarkJob, model: Any = None):
+        self.subject = subject
+        self.args, self.kwargs = build_inputs(subject, job.batch_size, job.device)
+        if model is not None:
+            self.model = model
+        elif subject.artifact is not None:
             self.model = reference.load(subject.artifact, job.device)
         else:
             model = resolve(subject.factory)()
             if not hasattr(model, "eval") or not callable(model):
                 raise TypeError(f"{subject.factory} returned {type(model).__name__}, not a torch.nn.Module")
-            self.model = model.eval().to(job.device)
-        self.subject = subject
-        self.args, self.kwargs = build_inputs(subject, job.batch_size, job.device)
+            model = model.eval().to(job.device)
+            if subject.variant is not None and (subject.variant.steps or subject.variant.weights_path):
+                model = variants.build_variant(model, subject.variant, self.args, self.kwargs, job.device)
+            self.model = model
         args, kwargs = self.args, self.kwargs
         self.call: Callable[[], Any] = lambda: self.model(*args, **kwargs)
 
@@ -138,6 +146,30 @@ def _freeze(live: Prepared, job: BenchmarkJob) -> tuple[ArtifactRef, Prepared]:
     # have their own (an exported program refuses any other batch size).
     copy = dataclasses.replace(live.subject, label=REFERENCE_LABEL, artifact=frozen, eval=None)
     return frozen, Prepared(copy, job)
+
+
+def _build_candidates(current: Prepared, job: BenchmarkJob) -> tuple[list[Any], list[Prepared]]:
+    """Build the job's candidates of the current variant; their reports and the ones to time."""
+    subject = current.subject
+    inputs = [(current.args, current.kwargs)]
+    if subject.inputs_factory is None:
+        inputs += [build_inputs(subject, job.batch_size, job.device, seed) for seed in range(1, candidates.FIDELITY_BATCHES)]
+    if subject.eval:
+        calibration = []
+        for batch, _labels in resolve(subject.eval)():
+            batch = batch if isinstance(batch, (tuple, list)) else (batch,)
+            calibration.append(tuple(_to(a, job.device) for a in batch))
+            if len(calibration) >= candidates.CALIBRATION_BATCHES:
+                break
+    else:
+        calibration = [args for args, _ in inputs]
+    built = candidates.build_all(job, current.model, inputs, calibration, resolve)
+    timed = [
+        Prepared(candidates.relabel(subject, report.label, report.variant), job, model)
+        for report, model in built
+        if model is not None and report.variant is not None
+    ]
+    return [report for report, _ in built], timed
 
 
 def _subject_result(prepared: Prepared, sampled: sampling.Sampled, job: BenchmarkJob) -> SubjectResult:
@@ -191,11 +223,24 @@ def run_job(job: BenchmarkJob, channel: Channel) -> WorkerResult:
     channel.progress("setup", 0)
     # Factories run with autograd on: one may train or fine-tune before returning its model.
     prepared = [Prepared(subject, job) for subject in job.subjects]
-    frozen = None
+    frozen = built = profiles = None
     if job.mode == "freeze":
         channel.progress("freeze", 0)
         frozen, copy = _freeze(prepared[0], job)  # outside inference_mode: export traces as autograd would
         prepared.append(copy)
+    elif job.mode == "candidates":
+        channel.progress("build", 0)
+        built, timed = _build_candidates(prepared[0], job)  # outside inference_mode: a train hook needs autograd
+        prepared.extend(timed)
+    elif job.mode == "profile":
+        channel.progress("profile", 0)
+        watch = collectors.HostWatch()
+        watch.start()
+        with torch.inference_mode():
+            profiles = {p.subject.label: profiling.profile_ops(p.call, job.device) for p in prepared}
+        if nvml is not None:
+            nvml.close()
+        return WorkerResult(env=env, host=watch.finish(0, None), subjects=[], profiles=profiles)
     with torch.inference_mode():
         if sync is not None:
             torch.cuda.reset_peak_memory_stats()
@@ -203,7 +248,7 @@ def run_job(job: BenchmarkJob, channel: Channel) -> WorkerResult:
         watch = collectors.HostWatch()
         watch.start()
         comparison = None
-        if job.mode in ("ab", "freeze"):
+        if len(prepared) > 1:
             runs = [(p.subject.label, sampling.block_runner(p.call, sync)) for p in prepared]
             inter = sampling.interleaved_sample(runs, job.sampling, probe, channel.progress, nvml)
             sampled_all, comparison, contended = inter.subjects, inter.comparison, inter.contended_rounds
@@ -218,7 +263,7 @@ def run_job(job: BenchmarkJob, channel: Channel) -> WorkerResult:
         results = [_subject_result(p, s, job) for p, s in zip(prepared, sampled_all)]
     if nvml is not None:
         nvml.close()
-    return WorkerResult(env=env, host=host, subjects=results, comparison=comparison, frozen=frozen)
+    return WorkerResult(env=env, host=host, subjects=results, comparison=comparison, frozen=frozen, built=built)
 
 
 def _exit_with_runner() -> None:

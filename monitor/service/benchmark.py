@@ -16,7 +16,8 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 
 from monitor.config import LoadedConfig
 from monitor.harness.runner import run_worker, to_records
-from monitor.registry import PlannedBenchmark, plan
+from monitor.harness.protocol import VariantSpec
+from monitor.registry import PlannedBenchmark, active_variant, plan
 from storage import queries
 from storage.db import Database
 from storage.records import RunRecord
@@ -65,28 +66,29 @@ def benchmark_models(
     progress: BenchmarkProgress | None = None,
     cancel: threading.Event | None = None,
     store: Callable[[Database, RunRecord], None] = store_with_retries,
-    known_variants: dict[str, str] | None = None,
+    known_variants: dict[str, VariantSpec] | None = None,
 ) -> list[RunRecord]:
     """Run the named models (all when empty) and store each run; the stored records, in order.
 
+    Each model is benchmarked as its active variant (an optimised one once an action promoted it).
     Once `cancel` is set, the worker in flight is aborted (and stored as such) and no other starts.
     `store` saves one run, setting its `run_id` (the daemon's may spool it instead, leaving it None).
     `known_variants` (model -> active variant) is kept up to date from the database and, when the
     database is unreachable, used instead of it, so that the benchmark still runs and is spooled.
     """
     progress = progress or BenchmarkProgress()
-    planned = plan(loaded, names)
     variants = known_variants if known_variants is not None else {}
     try:
         with db.session() as session:
-            for model in {p.model.name: p.model for p in planned}.values():
+            for model in {p.model.name: p.model for p in plan(loaded, names)}.values():
                 queries.register_model(session, model.name, model.factory, model.device)
-                variants[model.name] = queries.active_variant(session, model.name)
+                variants[model.name] = active_variant(session, model.name)
     except DBAPIError as exc:
         if known_variants is None:
             raise
         log.warning("database unavailable before benchmarking, using the last known variants: %s",
                     str(exc).splitlines()[0])
+    planned = plan(loaded, names, variants)
     stored: list[RunRecord] = []
     for index, item in enumerate(planned):
         if cancel is not None and cancel.is_set():
@@ -102,7 +104,7 @@ def benchmark_models(
             progress=update,
             cancel=cancel,
         )
-        variant = variants.get(item.model.name, queries.BASELINE)
+        variant = variants[item.model.name].name if item.model.name in variants else queries.BASELINE
         for record in to_records(item.job, outcome, variant):
             store(db, record)
             if record.status != "ok":

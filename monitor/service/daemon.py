@@ -25,6 +25,7 @@ from sqlalchemy import text
 from monitor.config import ConfigError, LoadedConfig, load_config
 from monitor.detection.attribution import confirm_pending, ensure_references
 from monitor.detection.check import check_models
+from monitor.harness.protocol import VariantSpec
 from monitor.service.benchmark import BenchmarkProgress, benchmark_models
 from monitor.service.http import RunMetricsExporter, serve
 from monitor.service.lock import DaemonLock, daemon_holder
@@ -76,7 +77,7 @@ class Daemon:
         self.scheduler = BenchmarkScheduler(self.run_model, daemon_config.misfire_grace_s)
         self.exporter = RunMetricsExporter()
         self.spool = RunSpool(loaded.base_dir / daemon_config.spool_dir)
-        self.variants: dict[str, str] = {}  # model -> active variant, last seen in the database
+        self.variants: dict[str, VariantSpec] = {}  # model -> active variant, last seen in the database
         self.last_success: datetime | None = None
         self._http: ThreadingHTTPServer | None = None
 

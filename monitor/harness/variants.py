@@ -1,0 +1,66 @@
+"""Variants in the worker: rebuild an optimised variant of a model, and save one safely.
+
+A variant is the factory's module, each recipe's structure applied in turn, then its saved weights.
+Weights are a plain state dict, written atomically and fsynced, identified by sha256, and read back
+with `torch.load(weights_only=True)` only after the hash matches, so a tampered or half-written
+file is refused rather than unpickled. Runs inside the worker only.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from monitor.harness.protocol import VariantSpec
+from monitor.harness.reference import ArtifactError, sha256_of
+
+
+def build_variant(model: Any, spec: VariantSpec, args: tuple[Any, ...], kwargs: dict[str, Any], device: str) -> Any:
+    """The variant `spec` of the freshly built `model` (already on `device`), ready to call."""
+    import torch
+
+    from monitor.optimize import recipes
+
+    for step in spec.steps:
+        model = recipes.structure(step.recipe, model, args, kwargs, step.params)
+    if spec.weights_path is not None:
+        path = Path(spec.weights_path)
+        try:
+            handle = path.open("rb")
+        except FileNotFoundError:
+            raise ArtifactError(f"weights of variant {spec.name!r} are missing: {path}") from None
+        with handle:
+            found = sha256_of(handle)
+            if found != spec.weights_sha256:
+                raise ArtifactError(
+                    f"weights of variant {spec.name!r} at {path} do not match their recorded sha256 "
+                    f"(expected {spec.weights_sha256}, found {found}); refusing to load them"
+                )
+            handle.seek(0)
+            state = torch.load(handle, map_location=device, weights_only=True)
+        model.load_state_dict(state)
+    return model.eval()
+
+
+def save_weights(model: Any, path: Path) -> str:
+    """Write the model's state dict to `path` atomically; its sha256."""
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w+b") as handle:
+            # Outside inference_mode: some quantized tensors refuse to be saved from inside it.
+            with torch.inference_mode(False):
+                torch.save(model.state_dict(), handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+            handle.seek(0)
+            digest = sha256_of(handle)
+        os.replace(temp_name, path)
+    except BaseException:
+        Path(temp_name).unlink(missing_ok=True)
+        raise
+    return digest

@@ -1,0 +1,105 @@
+"""Accept or reject a candidate: faster for real, as accurate, no bigger.
+
+Pure functions over the numbers a candidates job measured, so the rule is easy to read and test:
+- latency: the median of the per-round ratios (candidate / current, timed interleaved) must show at
+  least `min_speedup`, and the upper end of its 95 % interval must be below 1 (noise cannot pass);
+- accuracy: with eval data, the drop must stay within `accuracy_tolerance` (absolute, like Intel
+  Neural Compressor's tolerable loss); without, the output must follow the current variant's:
+  top-1 agreement within `top1_tolerance`, or relative error within `relative_error_tolerance`;
+- memory: the saved model may not be bigger than the current one (1 % slack for container overhead).
+The best accepted candidate is the one with the lowest latency ratio.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from monitor.config import OptimizeConfig
+
+SIZE_SLACK = 1.01
+
+
+@dataclass(slots=True)
+class CandidateNumbers:
+    """What was measured of one candidate beside the current variant."""
+
+    label: str
+    recipe: str
+    ratio_p50: float | None = None
+    ratio_ci95: list[float] | None = None
+    p50_ms: float | None = None
+    p99_ms: float | None = None
+    current_p50_ms: float | None = None
+    current_p99_ms: float | None = None
+    size_mb: float | None = None
+    current_size_mb: float | None = None
+    accuracy: float | None = None
+    current_accuracy: float | None = None
+    fidelity: dict[str, Any] | None = None
+    error: str | None = None
+    variant: dict[str, Any] | None = None
+    build_s: float | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def speedup(self) -> float | None:
+        return 1.0 / self.ratio_p50 if self.ratio_p50 else None
+
+
+@dataclass(slots=True)
+class Verdict:
+    """A candidate's decision with every reason it was refused (empty when accepted)."""
+
+    numbers: CandidateNumbers
+    accepted: bool
+    reasons: list[str]
+
+    def to_json(self) -> dict[str, Any]:
+        from dataclasses import asdict
+
+        data = asdict(self.numbers)
+        data["speedup"] = self.numbers.speedup
+        data.update(accepted=self.accepted, reasons=self.reasons)
+        return data
+
+
+def judge(numbers: CandidateNumbers, settings: OptimizeConfig) -> Verdict:
+    """Whether one candidate is really better than the current variant, and why not if it is not."""
+    if numbers.error is not None:
+        return Verdict(numbers, False, [f"could not be built or measured: {numbers.error.splitlines()[-1]}"])
+    reasons = []
+    ratio, ci = numbers.ratio_p50, numbers.ratio_ci95
+    needed = 1.0 / (1.0 + settings.min_speedup)
+    if ratio is None:
+        reasons.append("no clean interleaved rounds to compare latency")
+    elif ratio > needed:
+        reasons.append(f"latency {1 / ratio:.2f}x, below the required {1 + settings.min_speedup:.2f}x")
+    elif ci is not None and ci[1] >= 1.0:
+        reasons.append(f"latency gain not significant (ratio 95 % CI {ci[0]:.3f}-{ci[1]:.3f} includes 1)")
+    if numbers.accuracy is not None and numbers.current_accuracy is not None:
+        drop = numbers.current_accuracy - numbers.accuracy
+        if drop > settings.accuracy_tolerance:
+            reasons.append(f"accuracy {numbers.accuracy:.4f} vs {numbers.current_accuracy:.4f}: "
+                           f"drop {drop:.4f} over the tolerance {settings.accuracy_tolerance:g}")
+    elif numbers.fidelity is None:
+        reasons.append("no accuracy or output fidelity measured")
+    elif numbers.fidelity["kind"] == "top1":
+        disagreement = 1.0 - numbers.fidelity["agreement"]
+        if disagreement > settings.top1_tolerance:
+            reasons.append(f"top-1 agreement with the current variant {numbers.fidelity['agreement']:.4f}: "
+                           f"{disagreement:.4f} disagree, over the tolerance {settings.top1_tolerance:g}")
+    elif numbers.fidelity["value"] > settings.relative_error_tolerance:
+        reasons.append(f"output relative error {numbers.fidelity['value']:.4f} over the tolerance "
+                       f"{settings.relative_error_tolerance:g}")
+    if numbers.size_mb is not None and numbers.current_size_mb is not None:
+        if numbers.size_mb > numbers.current_size_mb * SIZE_SLACK:
+            reasons.append(f"model grows from {numbers.current_size_mb:.2f} to {numbers.size_mb:.2f} MiB")
+    return Verdict(numbers, not reasons, reasons)
+
+
+def best(verdicts: Sequence[Verdict]) -> Verdict | None:
+    """The accepted candidate with the lowest latency ratio, if any was accepted."""
+    accepted = [v for v in verdicts if v.accepted and v.numbers.ratio_p50 is not None]
+    return min(accepted, key=lambda v: v.numbers.ratio_p50 or 1.0) if accepted else None

@@ -1,0 +1,188 @@
+"""Reads and writes of optimisation actions and the variants they promote, rollbacks included.
+
+An accepted action adds a variant (its recipe steps and weights in `params["spec"]`, its weights file
+in `artifact_path`, the variant it was derived from as its parent) and makes it active, in the same
+transaction that records the decision: a crash can never leave a promoted variant without the
+numbers that justified it, nor a recorded promotion that did not happen. Open findings of the
+variant that stops being active are resolved: its series is no longer benchmarked.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session, aliased
+
+from storage.db import Database
+from storage.models import ActionRow, FindingRow, ModelRow, VariantRow, utc_now
+from storage.queries import BASELINE, _model_id, _variant_id, set_active_variant
+
+
+class NothingToRollBack(LookupError):
+    """The model's active variant has no parent: the baseline is already active."""
+
+
+@dataclass(slots=True)
+class ActionRecord:
+    """One optimisation decision as stored and printed (`perfguard optimize --json` emits `to_json()`)."""
+
+    model: str
+    kind: str  # requantize | prune | rollback
+    trigger: str
+    status: str  # accepted | rejected | dry_run | failed
+    reason: str
+    from_variant: str
+    to_variant: str | None = None
+    finding_id: int | None = None
+    candidates: list[dict[str, Any]] = field(default_factory=list)
+    diagnosis: dict[str, Any] | None = None
+    created_at: datetime | None = None
+    rolled_back_at: datetime | None = None
+    id: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        for name in ("created_at", "rolled_back_at"):
+            data[name] = data[name].isoformat() if data[name] is not None else None
+        return data
+
+
+@dataclass(frozen=True, slots=True)
+class Promotion:
+    """A new variant to add and activate with an accepted action."""
+
+    name: str
+    kind: str  # the action that made it: requantize | prune
+    spec: dict[str, Any]  # a VariantSpec as a dict
+    numbers: dict[str, Any]  # what justified it
+
+
+def active_spec(session: Session, model: str) -> dict[str, Any] | None:
+    """The active variant's build spec (None for the baseline, or a model not registered yet)."""
+    row = session.scalar(
+        select(VariantRow).join(ModelRow, ModelRow.id == VariantRow.model_id)
+        .where(ModelRow.name == model, VariantRow.is_active)
+    )
+    if row is None:
+        return None
+    return (row.params or {}).get("spec")
+
+
+def unused_variant_name(session: Session, model: str, wanted: str) -> str:
+    """`wanted`, or `wanted-2`, `wanted-3`...: a variant name the model has not used yet."""
+    model_id = _model_id(session, model)
+    taken = set(session.scalars(select(VariantRow.name).where(VariantRow.model_id == model_id)))
+    name, n = wanted, 1
+    while name in taken:
+        n += 1
+        name = f"{wanted}-{n}"
+    return name
+
+
+def record_action(db: Database, action: ActionRecord, promotion: Promotion | None = None) -> ActionRecord:
+    """Store a decision; with `promotion`, also add its variant and make it active (one transaction)."""
+    with db.session() as session:
+        model_id = _model_id(session, action.model)
+        from_id = _variant_id(session, model_id, action.from_variant)
+        to_id = None
+        if promotion is not None:
+            row = VariantRow(
+                model_id=model_id, name=promotion.name, kind=promotion.kind,
+                artifact_path=promotion.spec.get("weights_path"),
+                params={"spec": promotion.spec, "numbers": promotion.numbers}, parent_id=from_id,
+            )
+            session.add(row)
+            session.flush()
+            to_id = row.id
+            set_active_variant(session, action.model, promotion.name)
+            _resolve_findings(session, from_id, f"variant {promotion.name} promoted")
+            action.to_variant = promotion.name
+        elif action.to_variant is not None:
+            to_id = _variant_id(session, model_id, action.to_variant)
+        row = ActionRow(
+            model_id=model_id, kind=action.kind, trigger=action.trigger, finding_id=action.finding_id,
+            from_variant_id=from_id, to_variant_id=to_id, status=action.status, reason=action.reason,
+            candidates=action.candidates, diagnosis=action.diagnosis,
+        )
+        session.add(row)
+        session.flush()
+        action.id, action.created_at = row.id, row.created_at
+    return action
+
+
+def rollback(db: Database, model: str, trigger: str = "cli") -> ActionRecord:
+    """Make the active variant's parent active again; the rollback is recorded as an action."""
+    with db.session() as session:
+        model_id = _model_id(session, model)
+        current = session.scalar(select(VariantRow).where(VariantRow.model_id == model_id, VariantRow.is_active))
+        if current is None or current.parent_id is None:
+            raise NothingToRollBack(f"{model}: nothing to roll back: its {BASELINE} variant is active")
+        parent = session.get(VariantRow, current.parent_id)
+        assert parent is not None
+        set_active_variant(session, model, parent.name)
+        _resolve_findings(session, current.id, f"variant {current.name} rolled back")
+        now = utc_now()
+        session.execute(
+            update(ActionRow)
+            .where(ActionRow.to_variant_id == current.id, ActionRow.status == "accepted",
+                   ActionRow.kind != "rollback", ActionRow.rolled_back_at.is_(None))
+            .values(rolled_back_at=now)
+        )
+        row = ActionRow(
+            model_id=model_id, kind="rollback", trigger=trigger, finding_id=None, from_variant_id=current.id,
+            to_variant_id=parent.id, status="accepted",
+            reason=f"rolled back from {current.name} to {parent.name}", candidates=[], diagnosis=None,
+        )
+        session.add(row)
+        session.flush()
+        return ActionRecord(
+            model=model, kind="rollback", trigger=trigger, status="accepted", reason=row.reason,
+            from_variant=current.name, to_variant=parent.name, created_at=row.created_at, id=row.id,
+        )
+
+
+def actions(db: Database, model: str | None = None, limit: int = 100) -> list[ActionRecord]:
+    """Stored actions, newest first."""
+    source, target = aliased(VariantRow), aliased(VariantRow)
+    stmt = (
+        select(ActionRow, ModelRow.name, source.name, target.name)
+        .join(ModelRow, ModelRow.id == ActionRow.model_id)
+        .join(source, source.id == ActionRow.from_variant_id)
+        .outerjoin(target, target.id == ActionRow.to_variant_id)
+        .order_by(ActionRow.created_at.desc(), ActionRow.id.desc())
+        .limit(limit)
+    )
+    if model is not None:
+        stmt = stmt.where(ModelRow.name == model)
+    with db.session(readonly=True) as session:
+        return [
+            ActionRecord(
+                model=name, kind=row.kind, trigger=row.trigger, status=row.status, reason=row.reason,
+                from_variant=from_name, to_variant=to_name, finding_id=row.finding_id,
+                candidates=row.candidates, diagnosis=row.diagnosis, created_at=row.created_at,
+                rolled_back_at=row.rolled_back_at, id=row.id,
+            )
+            for row, name, from_name, to_name in session.execute(stmt)
+        ]
+
+
+def set_diagnosis(db: Database, finding_id: int, diagnosis: dict[str, Any]) -> None:
+    """Keep a finding's profile diff with it (shown by `perfguard check`, read by rules)."""
+    with db.session() as session:
+        row = session.get(FindingRow, finding_id)
+        if row is None:
+            raise KeyError(f"no finding {finding_id}")
+        row.diagnosis = diagnosis
+
+
+def _resolve_findings(session: Session, variant_id: int, resolution: str) -> None:
+    session.execute(
+        update(FindingRow)
+        .where(FindingRow.variant_id == variant_id, FindingRow.state == "open")
+        .values(state="resolved", resolution=resolution, resolved_at=utc_now())
+    )
+

@@ -1,0 +1,87 @@
+"""Actions and variants in the database, on every backend: promotion, rejection, rollback."""
+
+from __future__ import annotations
+
+import pytest
+
+from monitor.registry import active_variant
+from storage import actions as store
+from storage import queries
+from storage.actions import ActionRecord, NothingToRollBack, Promotion
+from storage.db import Database
+from storage.findings import FindingRecord, SeriesKey, SeriesState, findings, sync_findings
+from tests.storage_helpers import T0, full_record
+
+SPEC = {"name": "baseline+dynamic_int8", "steps": [{"recipe": "dynamic_int8", "params": {}}],
+        "weights_path": "/artifacts/w.pt", "weights_sha256": "ab" * 32}
+
+
+def registered(db: Database) -> None:
+    with db.session() as session:
+        queries.register_model(session, "m", "pkg:m", "cpu")
+
+
+def action(status: str = "accepted") -> ActionRecord:
+    return ActionRecord(model="m", kind="requantize", trigger="latency_drift", status=status,
+                        reason="why", from_variant="baseline", candidates=[{"label": "dynamic_int8", "speedup": 2.5}])
+
+
+def test_an_accepted_action_promotes_its_variant_with_the_numbers(db: Database) -> None:
+    registered(db)
+    record = store.record_action(db, action(), Promotion("baseline+dynamic_int8", "requantize", SPEC, {"speedup": 2.5}))
+    assert record.id is not None and record.to_variant == "baseline+dynamic_int8"
+    with db.session(readonly=True) as session:
+        spec = active_variant(session, "m")
+    assert spec.name == "baseline+dynamic_int8" and spec.steps[0].recipe == "dynamic_int8"
+    assert spec.weights_sha256 == "ab" * 32
+    (stored,) = store.actions(db, "m")
+    assert stored.status == "accepted" and stored.candidates == [{"label": "dynamic_int8", "speedup": 2.5}]
+    assert stored.from_variant == "baseline" and stored.to_variant == "baseline+dynamic_int8"
+
+
+def test_a_rejected_action_is_stored_and_changes_nothing(db: Database) -> None:
+    registered(db)
+    store.record_action(db, action("rejected"))
+    with db.session(readonly=True) as session:
+        assert queries.active_variant(session, "m") == "baseline"
+        assert store.active_spec(session, "m") is None
+    assert [a.status for a in store.actions(db)] == ["rejected"]
+
+
+def test_rollback_restores_the_parent_and_marks_the_promotion(db: Database) -> None:
+    registered(db)
+    store.record_action(db, action(), Promotion("baseline+dynamic_int8", "requantize", SPEC, {}))
+    back = store.rollback(db, "m")
+    assert (back.kind, back.from_variant, back.to_variant) == ("rollback", "baseline+dynamic_int8", "baseline")
+    with db.session(readonly=True) as session:
+        assert queries.active_variant(session, "m") == "baseline"
+    rollback_row, promotion_row = store.actions(db, "m")
+    assert rollback_row.kind == "rollback" and promotion_row.rolled_back_at is not None
+    with pytest.raises(NothingToRollBack, match="baseline variant is active"):
+        store.rollback(db, "m")
+
+
+def test_names_of_new_variants_never_repeat(db: Database) -> None:
+    registered(db)
+    store.record_action(db, action(), Promotion("baseline+bf16", "requantize", SPEC, {}))
+    store.rollback(db, "m")
+    with db.session(readonly=True) as session:
+        assert store.unused_variant_name(session, "m", "baseline+bf16") == "baseline+bf16-2"
+        assert store.unused_variant_name(session, "m", "baseline+compile") == "baseline+compile"
+
+
+def test_promotion_resolves_the_open_findings_of_the_variant_it_replaces(db: Database) -> None:
+    record = full_record("m")
+    queries.save_run(db, record)
+    assert record.run_id is not None
+    key = SeriesKey("baseline", "cpu", 32)
+    found = FindingRecord(model="m", key=key, metric="latency_ms_p50", change="up", verdict="regression",
+                          change_run_id=record.run_id, change_at=T0, before={"median": 1.0}, after={"median": 2.0},
+                          rel_change=1.0, p_value=1e-6)
+    (stored,) = sync_findings(db, "m", [found], {(key, "latency_ms_p50"): SeriesState(2.0, 0.05)}, {record.run_id: 0})
+    assert stored.id is not None
+    store.set_diagnosis(db, stored.id, {"summary": "aten::addmm +300 %"})
+    store.record_action(db, action(), Promotion("baseline+dynamic_int8", "requantize", SPEC, {}))
+    (after,) = findings(db, "m")
+    assert after.state == "resolved" and after.resolution == "variant baseline+dynamic_int8 promoted"
+    assert after.diagnosis == {"summary": "aten::addmm +300 %"}
