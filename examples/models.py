@@ -191,3 +191,22 @@ def seeded_mlp(widths: list[int], seed: int) -> nn.Sequential:
                 layers.append(nn.ReLU())
             layers.append(nn.Linear(n_in, n_out))
     return nn.Sequential(*layers).eval()
+
+
+ENCODER_LAYERS = 12
+ENCODER_WIDTH = 768
+ENCODER_HEADS = 12
+ENCODER_SEED = 0
+
+
+def encoder() -> nn.TransformerEncoder:
+    """Factory: a transformer encoder the size of BERT-base (12 layers, 768 wide, 12 heads, 3072
+    feed-forward; about 85 M parameters), seeded weights, no download. Input: [batch, tokens, 768]
+    embeddings."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(ENCODER_SEED)
+        layer = nn.TransformerEncoderLayer(
+            ENCODER_WIDTH, ENCODER_HEADS, dim_feedforward=4 * ENCODER_WIDTH, dropout=0.0, batch_first=True
+        )
+        model = nn.TransformerEncoder(layer, ENCODER_LAYERS, enable_nested_tensor=False)
+    return model.eval()

@@ -21,10 +21,11 @@ import click
 
 from monitor.config import DEFAULT_CONFIG_NAME, ConfigError, LoadedConfig, load_config
 from monitor.logsetup import configure_logging
-from monitor.registry import PlannedBenchmark, UnknownModelError, plan
+from monitor.registry import PlannedBenchmark, UnknownModelError, plan, plan_active
 from monitor.service.benchmark import BenchmarkProgress, benchmark_models
 from storage import queries
 from storage.db import Database
+from storage.actions import ActionRecord
 from storage.findings import FindingRecord
 from storage.records import RunRecord
 
@@ -347,15 +348,19 @@ def _env_note(diff: dict[str, Any] | None) -> str:
 @click.option("--confirm/--no-confirm", default=None,
               help="A/B new latency regressions against the frozen reference (default: detection.confirm).")
 @click.option("--fail-on-regression", is_flag=True, help="Exit 1 when a regression is open (for CI gates).")
+@click.option("--rules/--no-rules", "with_rules", default=True, show_default=True,
+              help="Evaluate the configured rules and run the actions they decide, as the daemon does.")
 def check(config_path: Path, as_json: bool, names: tuple[str, ...], show_all: bool, confirm: bool | None,
-          fail_on_regression: bool) -> None:
+          fail_on_regression: bool, with_rules: bool) -> None:
     """Detect changes in the stored history (all models, or NAMES) and print the findings.
 
     With confirmation on, a series without a frozen reference gets one first (a worker run per
-    series, once), and each new latency regression is timed against its reference.
+    series, once), and each new latency regression is timed against its reference. Then the rules
+    are evaluated and their actions (alerts, optimisations) carried out and printed.
     """
     from monitor.detection import attribution
     from monitor.detection.check import check_models
+    from storage import findings as findings_store
 
     loaded = _load(config_path)
     with _open_db(loaded) as db:
@@ -369,15 +374,161 @@ def check(config_path: Path, as_json: bool, names: tuple[str, ...], show_all: bo
             if configured:  # a stored model no longer configured has no factory to freeze
                 attribution.ensure_references(db, loaded, configured)
             attribution.confirm_pending(db, loaded, result.findings)
+        responses = []
+        if with_rules and loaded.config.rules:
+            from monitor.service.respond import respond
+            from rules.discovery import configured_rules
+
+            built = configured_rules(loaded.config)
+            new_ids = {f.id for f in result.new if f.id is not None}
+            for name in sorted({f.model for f in result.findings} | set(names)):
+                if name in {m.name for m in loaded.config.models}:
+                    mine = [f for f in result.findings if f.model == name]
+                    responses.append(respond(db, loaded, name, mine, new_ids, built))
+            if any(r.actions for r in responses):  # a promotion resolves the replaced variant's findings
+                result.findings = [f for f in findings_store.findings(db) if not names or f.model in names]
     shown = [f for f in result.findings if show_all or f.state == "open"]
+    fired = [d for r in responses for d in r.evaluation.fired]
+    acted = [a for r in responses for a in r.actions]
     if as_json:
-        _print_json({"findings": [f.to_json() for f in shown], "new": [f.id for f in result.new]})
+        _print_json({"findings": [f.to_json() for f in shown], "new": [f.id for f in result.new],
+                     "decisions": [d.to_json() for d in fired],
+                     "rule_failures": [x.to_json() for r in responses for x in r.evaluation.failures],
+                     "actions": [a.to_json() for a in acted]})
     elif shown:
         click.echo(findings_table(shown))
+        for f in shown:
+            if f.diagnosis:
+                click.echo(f"finding {f.id} ({f.model} {f.metric}): where the time went: {f.diagnosis.get('summary', '-')}")
     else:
         click.echo("no open findings", err=True)
+    if not as_json:
+        for d in fired:
+            click.echo(f"rule {d.rule}: {d.decision.action} {d.model}: {d.decision.reason}")
+        for failure in (x for r in responses for x in r.evaluation.failures):
+            click.echo(f"rule {failure.rule} on {failure.model}: {failure.outcome}: {failure.reason}", err=True)
+        for a in acted:
+            click.echo(f"action {a.id} ({a.kind} {a.model}): {a.status}: {a.reason}")
     if fail_on_regression and any(f.state == "open" and f.verdict == "regression" for f in result.findings):
         sys.exit(EXIT_FAILED)
+
+
+def candidates_table(action: ActionRecord) -> str:
+    """The before/after table of an optimisation: the current variant, then each candidate."""
+    rows = []
+    first = action.candidates[0] if action.candidates else {}
+    rows.append([action.from_variant, "(current)", first.get("current_p50_ms"), first.get("current_p99_ms"), 1.0,
+                 first.get("current_size_mb"), first.get("current_accuracy"), "-", "current"])
+    for c in action.candidates:
+        fidelity = c.get("fidelity") or {}
+        quality = (f"top1 {fidelity['agreement']:.4f}" if fidelity.get("kind") == "top1"
+                   else f"rel.err {fidelity['value']:.2e}" if fidelity else "-")
+        verdict = "accepted" if c["accepted"] else "rejected: " + "; ".join(c["reasons"])
+        rows.append([c["label"], c["recipe"], c.get("p50_ms"), c.get("p99_ms"), c.get("speedup"), c.get("size_mb"),
+                     c.get("accuracy"), quality, verdict[:110]])
+    return format_table(["variant", "recipe", "p50 ms", "p99 ms", "speed-up", "size MiB", "accuracy", "fidelity",
+                         "decision"], rows)
+
+
+@main.command()
+@config_option
+@json_option
+@click.argument("model")
+@click.option("--recipe", "recipes", multiple=True, help="Try this recipe (repeatable); default: the suitable ones.")
+@click.option("--action", type=click.Choice(["requantize", "prune"]), default=None,
+              help="Which kind of recipes to try when none is named (default: requantize).")
+@click.option("--dry-run/--promote", "dry_run", default=None,
+              help="Decide and record without promoting (default: optimize.dry_run).")
+@click.option("--list", "list_recipes", is_flag=True, help="List the recipes and exit.")
+def optimize(config_path: Path, as_json: bool, model: str, recipes: tuple[str, ...], action: str | None,
+             dry_run: bool | None, list_recipes: bool) -> None:
+    """Try to make MODEL faster now: build candidates, time them against the current variant, keep the best.
+
+    A candidate is kept only if it is faster by optimize.min_speedup, as accurate (within the
+    tolerance) and no bigger; the decision and every candidate's numbers are stored either way.
+    """
+    from monitor.optimize import catalog
+    from monitor.optimize.search import OptimizeError, OptimizeRequest
+    from monitor.optimize.search import optimize as run_optimize
+
+    if list_recipes:
+        rows = [{"name": s.name, "action": s.action, "devices": list(s.devices), "suits": s.suits, "exact": s.exact,
+                 "default": s.by_default, "description": s.description} for s in catalog.CATALOG]
+        if as_json:
+            _print_json(rows)
+        else:
+            click.echo(format_table(["recipe", "action", "devices", "suits", "exact", "default", "description"],
+                                    [[r["name"], r["action"], ",".join(r["devices"]), r["suits"], r["exact"],
+                                      r["default"], r["description"]] for r in rows]))
+        return
+    loaded = _load(config_path)
+    if model not in {m.name for m in loaded.config.models}:
+        raise click.UsageError(f"unknown model {model!r}; configured: "
+                               f"{', '.join(m.name for m in loaded.config.models) or '(none)'}")
+    for name in recipes:
+        if name not in catalog.RECIPES:
+            raise click.UsageError(f"unknown recipe {name!r}; known: {', '.join(catalog.RECIPES)}")
+    request = OptimizeRequest(model=model, action=action if action or recipes else "requantize",  # type: ignore[arg-type]
+                              recipes=recipes, dry_run=dry_run)
+    with _open_db(loaded) as db:
+        try:
+            record = run_optimize(db, loaded, request)
+        except OptimizeError as exc:
+            raise click.UsageError(str(exc)) from None
+    if as_json:
+        _print_json(record.to_json())
+    else:
+        if record.diagnosis:
+            click.echo(f"diagnosis: {record.diagnosis.get('summary', '-')}")
+        if record.candidates:
+            click.echo(candidates_table(record))
+        click.echo(f"\naction {record.id}: {record.status}: {record.reason}")
+    if record.status == "failed":
+        sys.exit(EXIT_FAILED)
+
+
+@main.command()
+@config_option
+@json_option
+@click.argument("model")
+def rollback(config_path: Path, as_json: bool, model: str) -> None:
+    """Make MODEL's previous variant active again (the one the current variant was derived from)."""
+    from storage.actions import NothingToRollBack
+    from storage.actions import rollback as roll_back
+
+    loaded = _load(config_path)
+    with _open_db(loaded) as db:
+        try:
+            record = roll_back(db, model)
+        except (NothingToRollBack, LookupError) as exc:
+            raise click.UsageError(str(exc).strip("'\"")) from None
+    if as_json:
+        _print_json(record.to_json())
+    else:
+        click.echo(f"{model}: {record.reason} (action {record.id})")
+
+
+@main.command()
+@config_option
+@json_option
+@click.argument("model", required=False)
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(min=1))
+def actions(config_path: Path, as_json: bool, model: str | None, limit: int) -> None:
+    """Optimisation decisions and rollbacks, newest first (all models, or MODEL)."""
+    from storage.actions import actions as stored_actions
+
+    loaded = _load(config_path)
+    with _open_db(loaded) as db:
+        records = stored_actions(db, model, limit)
+    if as_json:
+        _print_json([r.to_json() for r in records])
+        return
+    click.echo(format_table(
+        ["id", "created (UTC)", "model", "kind", "trigger", "status", "from", "to", "reason"],
+        [[r.id, r.created_at.strftime("%Y-%m-%d %H:%M:%S") if r.created_at else "-", r.model, r.kind, r.trigger,
+          r.status + (" (rolled back)" if r.rolled_back_at else ""), r.from_variant, r.to_variant or "-",
+          r.reason[:100]] for r in records],
+    ))
 
 
 @main.group()
@@ -404,7 +555,7 @@ def baseline_accept(config_path: Path, as_json: bool, model: str, note: str | No
         references = []
         if model in {m.name for m in loaded.config.models}:
             accepted = {s.key for s in segments}
-            for planned in plan(loaded, [model]):
+            for planned in plan_active(db, loaded, [model]):
                 key = attribution.series_key(db, planned)
                 if key in accepted:
                     references.append(attribution.freeze_reference(db, loaded, planned, key))
@@ -445,3 +596,62 @@ def upgrade(config_path: Path) -> None:
         click.echo(f"error: {loaded.path}: storage.url: cannot upgrade the database: {exc}", err=True)
         sys.exit(EXIT_USAGE)
     click.echo(f"database at {location} is up to date", err=True)
+
+
+@main.command("rules")
+@config_option
+@json_option
+def rules_command(config_path: Path, as_json: bool) -> None:
+    """Available rules (built-in and plugins), the configured ones, and each model's latest rule events."""
+    from rules.discovery import available_rules, configured_rules
+
+    loaded = _load(config_path)
+    available = available_rules()
+    configured = configured_rules(loaded.config)
+    events = _latest_rule_events(loaded)
+    if as_json:
+        _print_json({
+            "available": [r.to_json() for r in available],
+            "configured": [c.to_json() for c in configured],
+            "events": {model: [e.to_json() for e in found] for model, found in events.items()},
+        })
+        return
+    click.echo(format_table(
+        ["rule", "origin", "description"],
+        [[r.name, r.origin, f"UNUSABLE: {r.error}" if r.error else r.description] for r in available],
+    ))
+    for info in available:
+        for p in info.params:
+            default = "required" if p.required else f"default {json.dumps(p.default)}"
+            click.echo(f"  {info.name}.{p.name} ({p.type}, {default}): {p.description}")
+    click.echo("")
+    if not configured:
+        click.echo("no rules configured ([[rules]] in the config)")
+    else:
+        click.echo(format_table(
+            ["#", "use", "label", "models", "priority", "cooldown", "timeout s", "params"],
+            [[c.index, c.use, c.label, ",".join(sorted(c.models)) if c.models is not None else "all", c.priority,
+              c.cooldown, c.timeout_s, json.dumps(c.rule.params.model_dump(mode="json"))] for c in configured],
+        ))
+    rows = [[e.created_at.strftime("%Y-%m-%d %H:%M:%S"), model, e.rule, e.outcome, e.key, e.reason[:100]]
+            for model, found in events.items() for e in found]
+    if rows:
+        click.echo("")
+        click.echo(format_table(["at (UTC)", "model", "rule", "outcome", "key", "reason"], rows))
+
+
+def _latest_rule_events(loaded: LoadedConfig, per_model: int = 5) -> dict[str, Any]:
+    """The newest rule events of each configured model, if there is a database to read them from."""
+    from storage import rule_events
+
+    sqlite_file = loaded.sqlite_path()
+    if sqlite_file is not None and not sqlite_file.exists():
+        return {}
+    try:
+        database = Database.open(loaded.storage_url())
+    except Exception as exc:  # noqa: BLE001 - events are optional here; the listing is not
+        logging.getLogger(__name__).warning("rule events not shown: cannot open the database: %s", exc)
+        return {}
+    with database:
+        found = {m.name: rule_events.events(database, m.name, limit=per_model) for m in loaded.config.models}
+    return {model: events for model, events in found.items() if events}

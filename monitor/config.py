@@ -186,6 +186,79 @@ def _check_min_effect(value: dict[str, float]) -> dict[str, float]:
     return value
 
 
+def _check_recipes(value: list[str] | None) -> list[str] | None:
+    from monitor.optimize.catalog import RECIPES
+
+    for name in value or []:
+        if name not in RECIPES:
+            hint = difflib.get_close_matches(name, list(RECIPES), n=1)
+            raise ValueError(f"unknown recipe {name!r}" + (f"; did you mean {hint[0]!r}?" if hint else
+                             f"; expected one of: {', '.join(RECIPES)}"))
+    return value
+
+
+class OptimizeOverrides(_Strict):
+    """Per-model changes to the optimisation settings (see OptimizeConfig)."""
+
+    min_speedup: float | None = Field(default=None, gt=0, lt=1)
+    accuracy_tolerance: float | None = Field(default=None, ge=0, lt=1)
+    top1_tolerance: float | None = Field(default=None, ge=0, lt=1)
+    relative_error_tolerance: float | None = Field(default=None, ge=0)
+    fidelity: Literal["auto", "top1", "relative_error"] | None = None
+    recipes: list[str] | None = None
+    dry_run: bool | None = None
+
+    @field_validator("recipes")
+    @classmethod
+    def _recipes(cls, value: list[str] | None) -> list[str] | None:
+        return _check_recipes(value)
+
+
+class PromotionHook(_Strict):
+    """Told when a model gets a new active variant, so a serving system can load the new artifact:
+    a command (run with the promotion as JSON on stdin and PERFGUARD_* variables) or a URL (POSTed)."""
+
+    command: list[str] | None = None
+    url: str | None = Field(default=None, pattern=r"^https?://")
+    timeout_s: float = Field(default=30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _one_of(self) -> PromotionHook:
+        if (self.command is None) == (self.url is None):
+            raise ValueError("give exactly one of 'command' or 'url'")
+        if self.command is not None and not self.command:
+            raise ValueError("command: expected the program and its arguments")
+        return self
+
+
+class OptimizeConfig(_Strict):
+    """How an optimisation action decides: a candidate is kept only if it is really better.
+
+    Latency must improve by `min_speedup` (the 95 % interval of the interleaved ratio too); accuracy
+    may drop by `accuracy_tolerance` (absolute) where the model has eval data, else the output must
+    follow the current variant's (top-1 agreement or relative error); the model must not grow.
+    """
+
+    min_speedup: float = Field(default=0.10, gt=0, lt=1)
+    accuracy_tolerance: float = Field(default=0.01, ge=0, lt=1)
+    top1_tolerance: float = Field(default=0.01, ge=0, lt=1)
+    relative_error_tolerance: float = Field(default=0.05, ge=0)
+    fidelity: Literal["auto", "top1", "relative_error"] = "auto"
+    recipes: list[str] | None = None  # default: every suitable recipe of the catalog
+    max_candidates: int = Field(default=4, ge=1)
+    dry_run: bool = False  # decide and record, but never promote
+    on_promote: PromotionHook | None = None
+
+    @field_validator("recipes")
+    @classmethod
+    def _recipes(cls, value: list[str] | None) -> list[str] | None:
+        return _check_recipes(value)
+
+    def for_model(self, overrides: OptimizeOverrides) -> OptimizeConfig:
+        """These settings with a model's overrides applied."""
+        return self.model_copy(update=overrides.model_dump(exclude_none=True))
+
+
 class ModelConfig(_Strict):
     """A registered model and how to benchmark it."""
 
@@ -204,8 +277,10 @@ class ModelConfig(_Strict):
     memory_limit_mb: float | None = Field(default=None, gt=0)
     threads: int | None = Field(default=None, gt=0)
     detection: DetectionOverrides = DetectionOverrides()
+    train: ImportPath | None = None  # fine-tune hook: fn(model) -> model, called on pruned candidates
+    optimize: OptimizeOverrides = OptimizeOverrides()
 
-    @field_validator("factory", "inputs_factory", "eval")
+    @field_validator("factory", "inputs_factory", "eval", "train")
     @classmethod
     def _import_paths(cls, value: str | None) -> str | None:
         return value if value is None else _check_import_path(value)
@@ -298,10 +373,24 @@ class EmailConfig(_Strict):
 
 
 class RuleConfig(_Strict):
+    """One `[[rules]]` entry; `params` are checked against the rule's own schema by `load_config`."""
+
     use: str = Field(min_length=1)
     models: list[str] | None = None
     params: dict[str, Any] = {}
-    priority: int = 0
+    priority: int = 0  # higher is evaluated first
+    cooldown: str = "6h"  # after a rule fires for a model, its other decisions wait this long
+    timeout_s: float = Field(default=10.0, gt=0)  # a rule taking longer is abandoned and recorded
+
+    @field_validator("cooldown")
+    @classmethod
+    def _cooldown(cls, value: str) -> str:
+        parse_duration(value)
+        return value
+
+    @property
+    def cooldown_s(self) -> float:
+        return parse_duration(self.cooldown)
 
 
 class HarnessConfig(_Strict):
@@ -328,6 +417,7 @@ class Config(_Strict):
     email: EmailConfig | None = None
     harness: HarnessConfig = HarnessConfig()
     detection: DetectionConfig = DetectionConfig()
+    optimize: OptimizeConfig = OptimizeConfig()
     models: list[ModelConfig] = []
     rules: list[RuleConfig] = []
 
@@ -408,6 +498,14 @@ def load_config(path: Path | str) -> LoadedConfig:
         config = Config.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(_describe(path, raw, exc)) from None
+    if config.rules:
+        # Lazy: the rule plugins' contract (rules.api) imports this module. Checked here so that every
+        # command refuses a bad rule before it opens the database.
+        from rules.discovery import validate_rules
+
+        problems = validate_rules(config)
+        if problems:
+            raise ConfigError([f"{path}: {problem}" for problem in problems])
     return LoadedConfig(path=path.resolve(), config=config)
 
 

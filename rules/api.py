@@ -32,7 +32,11 @@ ENTRY_POINT_GROUP = "perfguard.rules"
 
 
 class RuleParams(BaseModel):
-    """Base of a rule's parameters: strict, unknown keys refused, so a typo in the config is an error."""
+    """Base of a rule's parameters: strict, unknown keys refused, so a typo in the config is an error.
+
+    `[[rules]].params` is validated as JSON would be (it comes from TOML text): an array may fill a
+    tuple and a string an enum, but `true` is not a number.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 

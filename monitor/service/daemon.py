@@ -26,7 +26,9 @@ from monitor.config import ConfigError, LoadedConfig, load_config
 from monitor.detection.attribution import confirm_pending, ensure_references
 from monitor.detection.check import check_models
 from monitor.harness.protocol import VariantSpec
+from rules.discovery import ConfiguredRule, configured_rules
 from monitor.service.benchmark import BenchmarkProgress, benchmark_models
+from monitor.service.respond import respond
 from monitor.service.http import RunMetricsExporter, serve
 from monitor.service.lock import DaemonLock, daemon_holder
 from monitor.service.scheduler import BenchmarkScheduler, next_due
@@ -62,6 +64,19 @@ class LogProgress(BenchmarkProgress):
                         record.model, record.batch_size, record.status, record.error_summary)
 
 
+class BuiltRules:
+    """The configured rules, built once per loaded config (a reload builds them anew)."""
+
+    def __init__(self) -> None:
+        self._for: LoadedConfig | None = None
+        self._rules: list[ConfiguredRule] = []
+
+    def get(self, loaded: LoadedConfig) -> list[ConfiguredRule]:
+        if loaded is not self._for:
+            self._rules, self._for = configured_rules(loaded.config), loaded
+        return self._rules
+
+
 class Daemon:
     """The running service: config, database, scheduler, and the signals that steer them."""
 
@@ -78,6 +93,7 @@ class Daemon:
         self.exporter = RunMetricsExporter()
         self.spool = RunSpool(loaded.base_dir / daemon_config.spool_dir)
         self.variants: dict[str, VariantSpec] = {}  # model -> active variant, last seen in the database
+        self.rules = BuiltRules()
         self.last_success: datetime | None = None
         self._http: ThreadingHTTPServer | None = None
 
@@ -138,10 +154,8 @@ class Daemon:
                 self._idle.notify_all()
 
     def after_runs(self, loaded: LoadedConfig, name: str, records: list[RunRecord]) -> None:
-        """After a model's runs: detect changes, freeze its reference once, attribute new regressions.
-
-        Rules (and alerts) plug in here next, fed with the findings.
-        """
+        """After a model's runs: detect changes, freeze its reference once, attribute new regressions,
+        then evaluate the rules and run the actions they decide (monitor/service/respond.py)."""
         if not any(r.status == "ok" and r.run_id is not None for r in records) or self.stopping():
             return
         result = check_models(self.db, loaded, [name])
@@ -149,6 +163,11 @@ class Daemon:
         if loaded.config.detection.confirm and not self.stopping():
             ensure_references(self.db, loaded, [name], self.cancel)
             confirm_pending(self.db, loaded, result.findings, self.cancel)
+        if loaded.config.rules and not self.stopping():
+            response = respond(self.db, loaded, name, result.findings, {f.id for f in result.new if f.id is not None},
+                               self.rules.get(loaded), self.cancel)
+            if response.actions:
+                self.exporter.observe_findings(name, findings_store.findings(self.db, name))
 
     def stopping(self) -> bool:
         return self.stop_requested.is_set() or self.cancel.is_set()

@@ -1,0 +1,351 @@
+"""The optimisation action: diagnose, build candidates, time them beside the current variant, decide.
+
+One call of `optimize` is one recorded action:
+1. profile the current variant (and its frozen reference when the series has one) -> diagnosis;
+2. pick the recipes that suit the device, the CPU and where the time goes (catalog + diagnosis);
+3. one worker builds every candidate from the current variant, saves it, reloads it from disk and
+   times it interleaved with the current variant (A/B), with accuracy or output fidelity;
+4. each candidate is judged (decision.py); the best accepted one must also not be slower at the
+   model's other batch sizes (one A/B each);
+5. the decision is stored with every candidate's numbers; an accepted candidate becomes the active
+   variant (unless dry run) and the promotion hook is told. Rejected candidates' files are removed.
+The parent never imports torch: building and timing happen in workers.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import subprocess
+import threading
+import urllib.request
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from monitor.config import LoadedConfig, OptimizeConfig, PromotionHook
+from monitor.harness.protocol import (
+    REFERENCE_LABEL,
+    ArtifactRef,
+    BenchmarkJob,
+    CandidateRequest,
+    VariantSpec,
+    WorkerResult,
+)
+from monitor.harness.runner import WorkerOutcome, run_worker
+from monitor.optimize import catalog, diagnosis
+from monitor.optimize.decision import CandidateNumbers, Verdict, best, judge
+from monitor.registry import PlannedBenchmark, plan_active
+from storage import actions as store
+from storage import queries
+from storage import findings as findings_store
+from storage.actions import ActionRecord, Promotion
+from storage.db import Database
+from storage.findings import FindingRecord, SeriesKey
+
+log = logging.getLogger(__name__)
+
+CURRENT_LABEL = "current"
+COMPILE_ALLOWANCE_S = 180.0  # torch.compile's first call, per compiling candidate, on top of the timeout
+
+
+class OptimizeError(Exception):
+    """An optimisation that cannot start (unknown model or recipe, nothing to try)."""
+
+
+@dataclass(frozen=True, slots=True)
+class OptimizeRequest:
+    """What to try for one model: an action kind, or explicit recipes, and why."""
+
+    model: str
+    action: catalog.Action | None = "requantize"  # None with recipes: exactly those
+    recipes: tuple[str, ...] = ()
+    params: dict[str, dict[str, Any]] | None = None  # recipe -> params
+    trigger: str = "cli"
+    finding: FindingRecord | None = None
+    dry_run: bool | None = None  # None: the config's
+
+
+def optimize(
+    db: Database, loaded: LoadedConfig, request: OptimizeRequest, cancel: threading.Event | None = None
+) -> ActionRecord:
+    """Run one optimisation action for a model and record it (see the module docstring)."""
+    try:
+        model = loaded.config.model(request.model)
+    except KeyError:
+        raise OptimizeError(f"unknown model {request.model!r}") from None
+    settings = loaded.config.optimize.for_model(model.optimize)
+    dry_run = settings.dry_run if request.dry_run is None else request.dry_run
+    with db.session() as session:
+        queries.register_model(session, model.name, model.factory, model.device)
+    series = plan_active(db, loaded, [model.name])
+    primary = _primary(series, request.finding)
+    current = primary.job.subjects[0].variant or VariantSpec(name="baseline")
+    kind = request.action or (catalog.recipe(request.recipes[0]).action if request.recipes else "requantize")
+    record = ActionRecord(
+        model=model.name, kind=kind, trigger=request.trigger, status="failed", reason="",
+        from_variant=current.name, finding_id=request.finding.id if request.finding else None,
+    )
+    profiled = diagnose(db, loaded, primary, request.finding, cancel)
+    record.diagnosis = profiled.diagnosis
+    if profiled.error is not None:
+        record.reason = f"could not profile the current variant: {profiled.error}"
+        return store.record_action(db, record)
+    specs = choose_recipes(request, settings, primary.job.device, profiled.cpu_flags, record.diagnosis, current)
+    if not specs:
+        record.status = "rejected"
+        record.reason = f"no suitable recipe for {primary.job.device} (asked: {', '.join(request.recipes) or kind})"
+        return store.record_action(db, record)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+    folder = loaded.base_dir / loaded.config.detection.artifact_dir / model.name / "candidates" / stamp
+    outcome = _run_candidates(loaded, primary, specs, request, settings, folder, cancel)
+    if outcome.status != "ok" or outcome.result is None:
+        record.reason = f"the candidates job failed: {(outcome.error or outcome.status).splitlines()[0]}"
+        shutil.rmtree(folder, ignore_errors=True)
+        return store.record_action(db, record)
+    verdicts = [judge(n, settings) for n in measured(outcome.result, primary.job.batch_size)]
+    chosen = _confirm_elsewhere(loaded, series, primary, verdicts, cancel)
+    record.candidates = [v.to_json() for v in verdicts]
+    promotion = None
+    if chosen is None:
+        record.status = "rejected"
+        record.reason = "no candidate was really better: " + "; ".join(
+            f"{v.numbers.label}: {', '.join(v.reasons)}" for v in verdicts
+        )
+    else:
+        n = chosen.numbers
+        record.status = "dry_run" if dry_run else "accepted"
+        record.reason = (f"{n.recipe}: {n.speedup:.2f}x faster at batch {primary.job.batch_size} "
+                         f"(p50 {n.current_p50_ms:.4g} -> {n.p50_ms:.4g} ms), {_quality(n)}")
+        if not dry_run:
+            with db.session() as session:
+                name = store.unused_variant_name(session, model.name, f"{current.name}+{n.recipe}")
+            assert n.variant is not None
+            promotion = Promotion(name=name, kind=kind, spec={**n.variant, "name": name},
+                                  numbers=chosen.to_json())
+    _remove_unkept(folder, chosen)
+    record = store.record_action(db, record, promotion)
+    log.info("optimize %s (%s): %s: %s", model.name, request.trigger, record.status, record.reason)
+    if promotion is not None and settings.on_promote is not None:
+        notify(settings.on_promote, record, promotion)
+    return record
+
+
+@dataclass(slots=True)
+class Profiled:
+    diagnosis: dict[str, Any] | None
+    cpu_flags: list[str]
+    error: str | None = None
+
+
+def diagnose(
+    db: Database,
+    loaded: LoadedConfig,
+    planned: PlannedBenchmark,
+    finding: FindingRecord | None,
+    cancel: threading.Event | None = None,
+) -> Profiled:
+    """Profile the current variant (beside its frozen reference when the series has one) and keep
+    the diff with the finding, replacing an older one (the model may have changed since)."""
+    current = replace(planned.job.subjects[0], label=CURRENT_LABEL)
+    subjects = [current]
+    key = _key(planned)
+    reference = findings_store.latest_reference(db, planned.model.name, key)
+    if reference is not None and reference.artifact:
+        subjects.append(replace(current, label=REFERENCE_LABEL, eval=None, artifact=ArtifactRef.from_dict(reference.artifact)))
+    outcome = _run(loaded, planned, replace(planned.job, mode="profile", subjects=subjects), planned.timeout_s * 2, cancel)
+    result = outcome.result
+    if outcome.status != "ok" or result is None or result.profiles is None:
+        return Profiled(finding.diagnosis if finding else None, [], (outcome.error or outcome.status).splitlines()[0])
+    found = diagnosis.compare(result.profiles[CURRENT_LABEL], result.profiles.get(REFERENCE_LABEL))
+    found["series"] = key.label()
+    if reference is not None and reference.artifact:
+        found["reference_kind"] = reference.artifact.get("kind")
+        if reference.artifact.get("kind") == "state_dict":
+            found["note"] = "the reference holds weights only: a change in the model's code cannot show"
+    if finding is not None and finding.id is not None:
+        store.set_diagnosis(db, finding.id, found)
+        finding.diagnosis = found
+    return Profiled(found, list(result.env.cpu_flags))
+
+
+def choose_recipes(
+    request: OptimizeRequest,
+    settings: OptimizeConfig,
+    device: str,
+    cpu_flags: list[str],
+    found: dict[str, Any] | None,
+    current: VariantSpec,
+) -> list[catalog.RecipeSpec]:
+    """The recipes to try, best-suited first: asked ones as given, else the catalog's defaults for
+    this action, device and CPU, not already applied to the current variant, ordered by diagnosis."""
+    if request.recipes:
+        return [catalog.recipe(name) for name in request.recipes]
+    kind = catalog.device_kind(device)
+    applied = {step.recipe for step in current.steps}
+    allowed = set(settings.recipes) if settings.recipes is not None else None
+    specs = [
+        s for s in catalog.CATALOG
+        if s.action == request.action and s.by_default and kind in s.devices and s.name not in applied
+        and (allowed is None or s.name in allowed)
+        and (not s.cpu_flags or kind != "cpu" or any(f in cpu_flags for f in s.cpu_flags))
+        and (s.needs is None or importlib.util.find_spec(s.needs) is not None)
+    ]
+    return diagnosis.order_recipes(specs, found)[: settings.max_candidates]
+
+
+def measured(result: WorkerResult, batch_size: int) -> list[CandidateNumbers]:
+    """Each candidate's numbers from a candidates job: A/B ratio, latency, size, accuracy, fidelity."""
+    subjects = {s.label: s for s in result.subjects}
+    current = subjects[CURRENT_LABEL].metrics
+    comparison = result.comparison or {}
+    numbers = []
+    for built in result.built or []:
+        n = CandidateNumbers(
+            label=built.label, recipe=built.recipe, error=built.error, variant=built.variant,
+            fidelity=built.fidelity, build_s=built.build_s, details={**built.details, "batch_size": batch_size},
+            current_p50_ms=current.latency_ms_p50, current_p99_ms=current.latency_ms_p99,
+            current_size_mb=current.model_size_mb, current_accuracy=current.accuracy,
+        )
+        timed = subjects.get(built.label)
+        if built.error is None and timed is not None:
+            ratio = comparison.get(built.label, {})
+            n.ratio_p50, n.ratio_ci95 = ratio.get("ratio_p50"), ratio.get("ratio_ci95")
+            n.p50_ms, n.p99_ms = timed.metrics.latency_ms_p50, timed.metrics.latency_ms_p99
+            n.size_mb, n.accuracy = timed.metrics.model_size_mb, timed.metrics.accuracy
+        elif built.error is None:
+            n.error = "built but not timed"
+        numbers.append(n)
+    return numbers
+
+
+def notify(hook: PromotionHook, record: ActionRecord, promotion: Promotion) -> None:
+    """Tell a serving system about the new active variant; a failure is logged, never raised."""
+    payload = {"model": record.model, "variant": promotion.name, "previous": record.from_variant,
+               "action_id": record.id, "weights_path": promotion.spec.get("weights_path"),
+               "weights_sha256": promotion.spec.get("weights_sha256"), "spec": promotion.spec}
+    body = json.dumps(payload).encode()
+    try:
+        if hook.command is not None:
+            env = {**os.environ, "PERFGUARD_MODEL": record.model, "PERFGUARD_VARIANT": promotion.name,
+                   "PERFGUARD_WEIGHTS": str(promotion.spec.get("weights_path") or ""),
+                   "PERFGUARD_ACTION_ID": str(record.id)}
+            done = subprocess.run(hook.command, input=body, env=env, capture_output=True, timeout=hook.timeout_s,
+                                  check=False)
+            if done.returncode != 0:
+                log.warning("promotion hook %s exited %d: %s", hook.command[0], done.returncode,
+                            done.stderr.decode(errors="replace")[-500:])
+        else:
+            assert hook.url is not None
+            request = urllib.request.Request(hook.url, data=body, headers={"Content-Type": "application/json"})
+            with urllib.request.urlopen(request, timeout=hook.timeout_s) as reply:  # noqa: S310 - configured URL
+                reply.read()
+    except (OSError, subprocess.SubprocessError) as exc:
+        log.warning("promotion hook for %s failed: %s", record.model, exc)
+
+
+def _primary(series: list[PlannedBenchmark], finding: FindingRecord | None) -> PlannedBenchmark:
+    """The series the candidates are built and judged on: the finding's, else the largest batch."""
+    if finding is not None:
+        for planned in series:
+            if planned.job.batch_size == finding.key.batch_size and planned.job.device == finding.key.device:
+                return planned
+    return max(series, key=lambda p: p.job.batch_size)
+
+
+def _key(planned: PlannedBenchmark) -> SeriesKey:
+    variant = planned.job.subjects[0].variant
+    return SeriesKey(variant.name if variant else "baseline", planned.job.device, planned.job.batch_size)
+
+
+def _run_candidates(
+    loaded: LoadedConfig,
+    planned: PlannedBenchmark,
+    specs: list[catalog.RecipeSpec],
+    request: OptimizeRequest,
+    settings: OptimizeConfig,
+    folder: Path,
+    cancel: threading.Event | None,
+) -> WorkerOutcome:
+    subjects = [replace(planned.job.subjects[0], label=CURRENT_LABEL)]
+    wanted = [CandidateRequest(s.name, s.name, dict((request.params or {}).get(s.name, {}))) for s in specs]
+    # Each subject gets about as many samples as a scheduled run of the model alone would.
+    sampling = replace(planned.job.sampling, max_time_s=planned.job.sampling.max_time_s * (1 + len(wanted)) / 2)
+    job = replace(planned.job, mode="candidates", subjects=subjects, candidates=wanted, candidates_dir=str(folder),
+                  train=planned.model.train, fidelity=settings.fidelity, sampling=sampling)
+    timeout = planned.timeout_s * (1 + len(wanted)) + COMPILE_ALLOWANCE_S * sum(s.compiles for s in specs)
+    return _run(loaded, planned, job, timeout, cancel)
+
+
+def _confirm_elsewhere(
+    loaded: LoadedConfig,
+    series: list[PlannedBenchmark],
+    primary: PlannedBenchmark,
+    verdicts: list[Verdict],
+    cancel: threading.Event | None,
+) -> Verdict | None:
+    """The best accepted candidate that is also not slower at the model's other batch sizes.
+
+    A variant serves every batch size; int8 kernels that win at 32 can lose at 1.
+    """
+    others = [p for p in series if p is not primary]
+    remaining = [v for v in verdicts if v.accepted]
+    while (choice := best(remaining)) is not None:
+        checks = []
+        for planned in others:
+            current = replace(planned.job.subjects[0], label=CURRENT_LABEL)
+            assert choice.numbers.variant is not None
+            candidate = replace(current, label=choice.numbers.label, variant=VariantSpec.from_dict(choice.numbers.variant))
+            outcome = _run(loaded, planned, replace(planned.job, mode="ab", subjects=[current, candidate]),
+                           planned.timeout_s * 2, cancel)
+            ratio = None
+            if outcome.status == "ok" and outcome.result is not None:
+                ratio = ((outcome.result.comparison or {}).get(choice.numbers.label) or {}).get("ratio_p50")
+            checks.append({"batch_size": planned.job.batch_size, "ratio_p50": ratio,
+                           "error": None if ratio is not None else (outcome.error or "no clean rounds").splitlines()[0]})
+        choice.numbers.details["other_batch_sizes"] = checks
+        slower = [c for c in checks if c["ratio_p50"] is None or c["ratio_p50"] > 1.0]
+        if not slower:
+            return choice
+        choice.accepted = False
+        choice.reasons.append("slower or unmeasured at batch size " + ", ".join(str(c["batch_size"]) for c in slower))
+        remaining.remove(choice)
+    return None
+
+
+def _quality(n: CandidateNumbers) -> str:
+    if n.accuracy is not None and n.current_accuracy is not None:
+        return f"accuracy {n.current_accuracy:.4f} -> {n.accuracy:.4f}"
+    if n.fidelity and n.fidelity["kind"] == "top1":
+        return f"top-1 agreement {n.fidelity['agreement']:.4f}"
+    if n.fidelity:
+        return f"output relative error {n.fidelity['value']:.4f}"
+    return "quality not measured"
+
+
+def _remove_unkept(folder: Path, kept: Verdict | None) -> None:
+    """Delete the candidates' files except the one kept (promoted, or the dry run's choice)."""
+    if not folder.is_dir():
+        return
+    for child in folder.iterdir():
+        if kept is None or child.name != kept.numbers.label:
+            shutil.rmtree(child, ignore_errors=True)
+    if not any(folder.iterdir()):
+        folder.rmdir()
+
+
+def _run(
+    loaded: LoadedConfig, planned: PlannedBenchmark, job: BenchmarkJob, timeout_s: float, cancel: threading.Event | None
+) -> WorkerOutcome:
+    return run_worker(
+        job,
+        timeout_s=timeout_s,
+        memory_limit_mb=planned.memory_limit_mb,
+        pin_allocator=loaded.config.harness.pin_allocator,
+        cwd=Path(loaded.base_dir),
+        cancel=cancel,
+    )

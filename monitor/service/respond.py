@@ -1,0 +1,101 @@
+"""After a check: evaluate the model's rules and carry out what fired.
+
+Rules only decide (rules/engine.py); this step acts. A requantize or prune decision runs one
+optimisation action (monitor/optimize/search.py), linked to the rule event that asked for it; two
+decisions of the same kind in one evaluation (say the p50 and p99 findings of one change) run one
+action. A decision on a latency finding gets a diagnosis, the profile diff of the current model
+against its frozen reference, stored with the finding (an action takes one itself). Alerts are
+stored as rule events; the reports and emails read them there.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from monitor.config import LoadedConfig
+from monitor.optimize.search import OptimizeRequest, diagnose, optimize
+from monitor.registry import plan_active
+from rules.discovery import ConfiguredRule
+from rules.engine import Evaluation, evaluate_model
+from storage import rule_events
+from storage.actions import ActionRecord
+from storage.db import Database
+from storage.findings import FindingRecord
+
+log = logging.getLogger(__name__)
+
+LATENCY_METRICS = ("latency_ms_p50", "latency_ms_p90", "latency_ms_p99", "latency_ms_mean")
+
+
+@dataclass(slots=True)
+class Response:
+    """What the rules decided for one model and which actions ran."""
+
+    evaluation: Evaluation
+    actions: list[ActionRecord] = field(default_factory=list)
+
+
+def respond(
+    db: Database,
+    loaded: LoadedConfig,
+    model: str,
+    findings: Sequence[FindingRecord],
+    new_ids: set[int],
+    configured: Sequence[ConfiguredRule] | None = None,
+    cancel: threading.Event | None = None,
+    act: bool = True,
+) -> Response:
+    """Evaluate `model`'s rules on its findings; with `act`, run the optimisations that fired."""
+    evaluation = evaluate_model(db, loaded, model, findings, new_ids, configured=configured)
+    response = Response(evaluation)
+    if not act:
+        return response
+    by_id = {f.id: f for f in findings if f.id is not None}
+    done: dict[str, ActionRecord] = {}
+    for fired in evaluation.fired:
+        decision = fired.decision
+        if decision.action == "alert":
+            continue
+        if cancel is not None and cancel.is_set():
+            break
+        if decision.action not in done:
+            request = OptimizeRequest(
+                model=model, action=decision.action, recipes=decision.recipes, trigger=fired.rule,
+                finding=by_id.get(decision.finding_id) if decision.finding_id is not None else None,
+            )
+            try:
+                done[decision.action] = optimize(db, loaded, request, cancel)
+            except Exception:  # noqa: BLE001 - one failed action must not stop the daemon's other work
+                log.exception("the %s action for %s (rule %s) failed", decision.action, model, fired.rule)
+                continue
+            response.actions.append(done[decision.action])
+        action_id = done[decision.action].id
+        if action_id is not None:
+            rule_events.link_action(db, fired.event_id, action_id)
+    _diagnose_latency_findings(db, loaded, evaluation, by_id, cancel)
+    return response
+
+
+def _diagnose_latency_findings(
+    db: Database,
+    loaded: LoadedConfig,
+    evaluation: Evaluation,
+    by_id: dict[int, FindingRecord],
+    cancel: threading.Event | None,
+) -> None:
+    """Profile the model for each latency finding a rule fired on that has no diagnosis yet."""
+    for fired in evaluation.fired:
+        finding = by_id.get(fired.decision.finding_id or -1)
+        if finding is None or finding.diagnosis or finding.metric not in LATENCY_METRICS:
+            continue
+        if cancel is not None and cancel.is_set():
+            return
+        planned = next((p for p in plan_active(db, loaded, [finding.model])
+                        if p.job.batch_size == finding.key.batch_size and p.job.device == finding.key.device), None)
+        if planned is not None:
+            profiled = diagnose(db, loaded, planned, finding, cancel)
+            if profiled.error is not None:
+                log.warning("could not diagnose finding %d of %s: %s", finding.id, finding.model, profiled.error)

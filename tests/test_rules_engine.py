@@ -1,0 +1,237 @@
+"""The rule engine on SQLite and PostgreSQL: misbehaving rules are isolated, decisions fire once per
+event and not again within the cooldown, and every outcome is stored as a rule event."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from monitor.config import LoadedConfig
+from monitor.detection.check import CheckResult, check_model
+from rules.api import Decision, Rule, RuleContext
+from rules.discovery import ConfiguredRule, configured_rules
+from rules.engine import Evaluation, evaluate_model
+from storage import rule_events
+from storage.db import Database
+from storage.models import ActionRow, VariantRow
+from tests.cli_helpers import perfguard
+from tests.rules_helpers import MODEL, install_plugins, plugins_on_path, rules_config, store_steps
+from tests.storage_helpers import T0
+
+NOW = T0 + timedelta(days=2)
+
+
+@pytest.fixture
+def plugins(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    yield from plugins_on_path(install_plugins(tmp_path_factory))
+
+
+def evaluate(db: Database, loaded: LoadedConfig, checked: CheckResult, at: Any = NOW, **kw: Any) -> Evaluation:
+    return evaluate_model(db, loaded, MODEL, checked.findings, [f.id for f in checked.new if f.id], now=at, **kw)
+
+
+def latency_regression(db: Database, loaded: LoadedConfig, *, batch_size: int = 8, start: int = 0,
+                       seed: int = 0) -> CheckResult:
+    store_steps(db, 30, 6, start=start, seed=seed, batch_size=batch_size, latency_ms_p50=(1.0, 1.3))
+    return check_model(db, loaded, MODEL, loaded.config.models[0])
+
+
+def fired(evaluation: Evaluation) -> list[tuple[str, str, str | None]]:
+    return [(f.rule, f.decision.action, f.decision.key) for f in evaluation.fired]
+
+
+# isolation ----------------------------------------------------------------------------------------
+
+
+def test_a_rule_that_raises_and_one_that_hangs_do_not_stop_the_others(
+    db: Database, tmp_path: Path, plugins: Path
+) -> None:
+    loaded = rules_config(tmp_path, [
+        {"use": "always_raises", "priority": 5},
+        {"use": "hangs", "params": {"seconds": 1.5}, "timeout_s": 0.5, "priority": 5},
+        {"use": "latency_drift"},
+    ])
+    checked = latency_regression(db, loaded)
+    began = time.monotonic()
+    first = evaluate(db, loaded, checked)
+    took = time.monotonic() - began
+    assert 0.5 <= took < 1.3, took  # the hang costs its own limit, once, and nothing more
+    key = next(f"finding:{f.id}" for f in checked.findings if f.metric == "latency_ms_p50")
+    assert fired(first) == [("latency_drift", "alert", key), ("latency_drift", "requantize", key)]
+    assert [(f.rule, f.outcome) for f in first.failures] == [("always_raises", "error"), ("hangs", "timeout")]
+    assert "RuntimeError: bug in always_raises" in first.failures[0].reason
+    assert "0.5 s" in first.failures[1].reason
+    stored = {(e.rule, e.outcome) for e in rule_events.events(db, MODEL)}
+    assert stored == {("always_raises", "error"), ("hangs", "timeout"), ("latency_drift", "alert"),
+                      ("latency_drift", "requantize")}
+
+    # Still hung: skipped, not called again (one thread, not one per run), not recorded again.
+    second = evaluate(db, loaded, checked, NOW + timedelta(minutes=10))
+    assert second.skipped == ["hangs"] and [f.outcome for f in second.failures] == ["error"]
+    assert [e.outcome for e in rule_events.events(db, MODEL)].count("timeout") == 1
+
+    # Once its call has returned, the rule is called again (and here times out again).
+    time.sleep(max(0.0, 1.8 - (time.monotonic() - began)))
+    third = evaluate(db, loaded, checked, NOW + timedelta(minutes=20))
+    assert third.skipped == [] and [f.outcome for f in third.failures] == ["error", "timeout"]
+
+
+class _Returns(Rule):
+    """A rule returning whatever it is built with, to feed the engine invalid values."""
+
+    name = "returns"
+    description = "returns a fixed value"
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def evaluate(self, context: RuleContext) -> Sequence[Decision]:
+        return self.value() if callable(self.value) else self.value
+
+
+def configured(label: str, rule: Rule, *, priority: int = 0, index: int = 0, cooldown_s: float = 3600) -> ConfiguredRule:
+    return ConfiguredRule(index=index, use="returns", label=label, rule=rule, origin="tests", models=None,
+                          priority=priority, cooldown="1h", cooldown_s=cooldown_s, timeout_s=2.0)
+
+
+def test_invalid_return_values_are_recorded_as_errors(db: Database, tmp_path: Path) -> None:
+    loaded = rules_config(tmp_path, [])
+    checked = latency_regression(db, loaded)
+    bad: dict[str, Any] = {
+        "none": None,
+        "text": "alert",
+        "numbers": [1, 2],
+        "stranger": [Decision("alert", "about a finding of another model", finding_id=999_999)],
+        "not-json": [Decision("alert", "details with an object", details={"at": object()})],
+        "long-key": [Decision("alert", "a key too long", key="k" * 201)],
+    }
+    rules = [configured(label, _Returns(value), index=i) for i, (label, value) in enumerate(bad.items())]
+    good = configured("good", _Returns([Decision("alert", "all is well")]), index=len(rules))
+    evaluation = evaluate(db, loaded, checked, configured=[*rules, good])
+    assert {f.rule: f.outcome for f in evaluation.failures} == {label: "error" for label in bad}
+    assert "returned NoneType, not a list of Decision" in evaluation.failures[0].reason
+    assert fired(evaluation) == [("good", "alert", None)]
+
+
+def test_rules_run_by_priority_then_config_order(db: Database, tmp_path: Path) -> None:
+    loaded = rules_config(tmp_path, [])
+    checked = latency_regression(db, loaded)
+    rules = [configured(name, _Returns([Decision("alert", name)]), priority=p, index=i)
+             for i, (name, p) in enumerate([("low", -1), ("first-zero", 0), ("high", 10), ("second-zero", 0)])]
+    assert [f.rule for f in evaluate(db, loaded, checked, configured=rules).fired] == [
+        "high", "first-zero", "second-zero", "low"]
+
+
+def test_rules_apply_only_to_their_models(db: Database, tmp_path: Path) -> None:
+    loaded = rules_config(tmp_path, [{"use": "latency_drift", "models": [MODEL]}])
+    checked = latency_regression(db, loaded)
+    assert evaluate_model(db, loaded, "other", [], []).fired == []
+    assert len(evaluate(db, loaded, checked).fired) == 2
+
+
+# cooldown and hysteresis --------------------------------------------------------------------------
+
+
+def test_one_regression_gives_one_alert_and_one_requantize_over_many_evaluations(db: Database, tmp_path: Path) -> None:
+    loaded = rules_config(tmp_path, [{"use": "latency_drift", "cooldown": "1h"}], batch_sizes=[8, 16])
+    checked = latency_regression(db, loaded)
+    runs = configured_rules(loaded.config)
+    for hour in range(0, 30, 3):  # well past the cooldown: the key is what stops it
+        evaluate(db, loaded, checked, NOW + timedelta(hours=hour), configured=runs)
+    events = rule_events.events(db, MODEL)
+    assert sorted(e.outcome for e in events) == ["alert", "requantize"]
+    assert {e.key for e in events} == {f"finding:{f.id}" for f in checked.findings if f.metric == "latency_ms_p50"}
+
+
+def test_a_second_finding_waits_for_the_cooldown(db: Database, tmp_path: Path) -> None:
+    loaded = rules_config(tmp_path, [{"use": "latency_drift", "cooldown": "6h"}], batch_sizes=[8, 16])
+    first = latency_regression(db, loaded, batch_size=8)
+    assert [a for _, a, _ in fired(evaluate(db, loaded, first))] == ["alert", "requantize"]
+    second = latency_regression(db, loaded, batch_size=16, seed=1)
+    new_key = next(f"finding:{f.id}" for f in second.new if f.metric == "latency_ms_p50")
+    within = evaluate(db, loaded, second, NOW + timedelta(hours=5))
+    assert within.fired == [] and within.suppressed == 4  # both findings' alert and requantize
+    after = evaluate(db, loaded, second, NOW + timedelta(hours=6, minutes=1))
+    assert fired(after) == [("latency_drift", "alert", new_key), ("latency_drift", "requantize", new_key)]
+    assert evaluate(db, loaded, second, NOW + timedelta(hours=20)).fired == []
+
+
+def test_each_configured_entry_of_a_rule_has_its_own_memory(db: Database, tmp_path: Path) -> None:
+    loaded = rules_config(tmp_path, [{"use": "latency_drift"}, {"use": "latency_drift", "params": {"actions": ["alert"]}}])
+    checked = latency_regression(db, loaded)
+    assert [(r, a) for r, a, _ in fired(evaluate(db, loaded, checked))] == [
+        ("latency_drift", "alert"), ("latency_drift", "requantize"), ("latency_drift#2", "alert")]
+
+
+def test_keyless_decisions_are_limited_by_the_cooldown_alone(db: Database, tmp_path: Path) -> None:
+    loaded = rules_config(tmp_path, [])
+    checked = latency_regression(db, loaded)
+    rule = [configured("nag", _Returns([Decision("alert", "look"), Decision("prune", "and prune")]), cooldown_s=3600)]
+    assert len(evaluate(db, loaded, checked, configured=rule).fired) == 2
+    assert evaluate(db, loaded, checked, NOW + timedelta(minutes=59), configured=rule).fired == []
+    assert len(evaluate(db, loaded, checked, NOW + timedelta(minutes=61), configured=rule).fired) == 2
+
+
+def test_failures_do_not_start_a_cooldown(db: Database, tmp_path: Path) -> None:
+    loaded = rules_config(tmp_path, [])
+    checked = latency_regression(db, loaded)
+    calls = iter([None, [Decision("alert", "now it works")]])
+    rule = [configured("flaky", _Returns(lambda: next(calls)))]
+    assert [f.outcome for f in evaluate(db, loaded, checked, configured=rule).failures] == ["error"]
+    assert len(evaluate(db, loaded, checked, NOW + timedelta(minutes=1), configured=rule).fired) == 1
+
+
+# stored events ------------------------------------------------------------------------------------
+
+
+def test_fired_decisions_carry_their_event_ids_and_can_be_linked_to_an_action(db: Database, tmp_path: Path) -> None:
+    loaded = rules_config(tmp_path, [{"use": "latency_drift", "params": {"recipes": ["dynamic_int8"]}}])
+    checked = latency_regression(db, loaded)
+    alert, requantize = evaluate(db, loaded, checked).fired
+    events = {e.id: e for e in rule_events.events(db, MODEL)}
+    stored = events[requantize.event_id]
+    assert (stored.outcome, stored.key, stored.finding_id, stored.rule) == (
+        "requantize", requantize.decision.key, requantize.decision.finding_id, "latency_drift")
+    assert stored.details["recipes"] == ["dynamic_int8"] and stored.created_at == NOW
+    with db.session() as session:
+        variant_id = session.scalars(select(VariantRow.id)).first()
+        action = ActionRow(model_id=session.scalars(select(VariantRow.model_id)).first(), kind="requantize",
+                           trigger="latency_drift", finding_id=stored.finding_id, from_variant_id=variant_id,
+                           status="rejected", reason="no candidate was faster", candidates=[])
+        session.add(action)
+        session.flush()
+        action_id = action.id
+    rule_events.link_action(db, requantize.event_id, action_id)
+    linked = {e.id: e for e in rule_events.events(db, MODEL)}
+    assert linked[requantize.event_id].action_id == action_id and linked[alert.event_id].action_id is None
+    with pytest.raises(KeyError):
+        rule_events.link_action(db, 999_999, action_id)
+
+
+def test_events_are_listed_newest_first_per_model(db: Database, tmp_path: Path) -> None:
+    loaded = rules_config(tmp_path, [])
+    checked = latency_regression(db, loaded)
+    rule = [configured("tick", _Returns([Decision("alert", "tick")]), cooldown_s=1)]
+    for minute in range(3):
+        evaluate(db, loaded, checked, NOW + timedelta(minutes=minute), configured=rule)
+    listed = rule_events.events(db, MODEL, limit=2)
+    assert [e.created_at for e in listed] == [NOW + timedelta(minutes=2), NOW + timedelta(minutes=1)]
+    assert rule_events.events(db, "other") == [] and len(rule_events.events(db)) == 3
+    assert listed[0].to_json()["created_at"] == (NOW + timedelta(minutes=2)).isoformat()
+
+
+def test_perfguard_rules_shows_each_models_latest_events(tmp_path: Path) -> None:
+    loaded = rules_config(tmp_path, [{"use": "latency_drift"}])
+    with Database.open(loaded.storage_url()) as database:
+        evaluate(database, loaded, latency_regression(database, loaded))
+    result = perfguard("rules", "--json", config=loaded.path)
+    assert result.returncode == 0, result
+    assert [e["outcome"] for e in result.json()["events"][MODEL]] == ["requantize", "alert"]
+    text = perfguard("rules", config=loaded.path)
+    assert "requantize" in text.stdout and "latency_ms_p50 of m baseline/cpu/b8 rose" in text.stdout
