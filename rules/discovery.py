@@ -12,7 +12,8 @@ import difflib
 import inspect
 import json
 import logging
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from importlib.metadata import EntryPoint, entry_points
 from types import UnionType
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
@@ -74,6 +75,10 @@ class ConfiguredRule:
     cooldown: str
     cooldown_s: float
     timeout_s: float
+    # Calls that outlived the time limit, by model: while one still runs the rule is not called again
+    # for that model, so a hung plugin costs one thread, not one per run. Lives as long as this
+    # built rule (the daemon's, until a reload).
+    hung: dict[str, threading.Thread] = field(default_factory=dict, compare=False, repr=False)
 
     def applies_to(self, model: str) -> bool:
         return self.models is None or model in self.models

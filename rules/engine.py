@@ -36,10 +36,6 @@ RUNS_IN_CONTEXT = 200
 MAX_HISTORY_RUNS = 10_000
 MAX_KEY_LENGTH = 200  # rule_events.key
 
-# Calls that outlived their time limit, by (database, model, rule label, rule name): while one is still
-# running, that rule is not called again for that model, so a hung plugin costs one thread, not one per run.
-_hung: dict[tuple[str, str, str, str], threading.Thread] = {}
-_hung_lock = threading.Lock()
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,7 +132,7 @@ def evaluate_model(
         return evaluation
     calls = []
     for rule in applicable:
-        if _still_running(db, model_name, rule):
+        if _still_running(model_name, rule):
             log.warning("rule %s on model %s: skipped, its previous call is still running", rule.label, model_name)
             evaluation.skipped.append(rule.label)
         else:
@@ -182,18 +178,12 @@ def build_context(
     )
 
 
-def _hung_key(db: Database, model: str, rule: ConfiguredRule) -> tuple[str, str, str, str]:
-    return (db.display_location(), model, rule.label, rule.use)
-
-
-def _still_running(db: Database, model: str, rule: ConfiguredRule) -> bool:
-    key = _hung_key(db, model, rule)
-    with _hung_lock:
-        thread = _hung.get(key)
-        if thread is not None and thread.is_alive():
-            return True
-        _hung.pop(key, None)
-        return False
+def _still_running(model: str, rule: ConfiguredRule) -> bool:
+    thread = rule.hung.get(model)
+    if thread is not None and thread.is_alive():
+        return True
+    rule.hung.pop(model, None)
+    return False
 
 
 def _start(rule: ConfiguredRule, context: RuleContext) -> _Call:
@@ -218,8 +208,7 @@ def _settle(db: Database, call: _Call, context: RuleContext, evaluation: Evaluat
     """Record one call's outcome: a failure, or its decisions through cooldown and hysteresis."""
     rule, model = call.configured, evaluation.model
     if not call.done.is_set() and call.thread is not None:
-        with _hung_lock:
-            _hung[_hung_key(db, model, rule)] = call.thread
+        rule.hung[model] = call.thread
         reason = f"no answer within its time limit of {rule.timeout_s:g} s; not called again until it returns"
         log.warning("rule %s on model %s: %s", rule.label, model, reason)
         _fail(db, evaluation, rule.label, "timeout", reason)
