@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 CONFIG ?= perfguard.toml
 
-.PHONY: run once test install clean bench-detection
+.PHONY: run once test install clean bench-detection bench-optimize
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,12 @@ test: $(VENV)/.installed
 bench-detection: $(VENV)/.installed
 	$(PY) -m pip install -q --no-deps apache-otava==0.8.0
 	$(PY) bench/detection.py
+
+# Optimisation recipes on the MLP, the seed CNN and a BERT-base-sized encoder (bench-only: torchao is
+# installed for its recipes; slow, run it alone on the machine).
+bench-optimize: $(VENV)/.installed
+	$(PY) -m pip install -q --no-deps torchao==0.18.0
+	$(PY) bench/optimize.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -452,13 +452,14 @@ def optimize(config_path: Path, as_json: bool, model: str, recipes: tuple[str, .
     from monitor.optimize.search import optimize as run_optimize
 
     if list_recipes:
-        rows = [{"name": s.name, "action": s.action, "devices": list(s.devices), "suits": s.suits, "exact": s.exact,
+        rows = [{"name": s.name, "action": s.action, "devices": list(s.devices), "suits": list(s.suits) or ["any"],
+                 "exact": s.exact,
                  "default": s.by_default, "description": s.description} for s in catalog.CATALOG]
         if as_json:
             _print_json(rows)
         else:
             click.echo(format_table(["recipe", "action", "devices", "suits", "exact", "default", "description"],
-                                    [[r["name"], r["action"], ",".join(r["devices"]), r["suits"], r["exact"],
+                                    [[r["name"], r["action"], ",".join(r["devices"]), ",".join(r["suits"]), r["exact"],
                                       r["default"], r["description"]] for r in rows]))
         return
     loaded = _load(config_path)
@@ -498,10 +499,16 @@ def rollback(config_path: Path, as_json: bool, model: str) -> None:
 
     loaded = _load(config_path)
     with _open_db(loaded) as db:
+        known = {m.name for m in queries.list_models(db)}
+        if model not in known:
+            configured = {m.name for m in loaded.config.models}
+            if model in configured:
+                raise click.UsageError(f"{model}: nothing to roll back: it has never been benchmarked or optimised")
+            raise click.UsageError(f"unknown model {model!r}; known: {', '.join(sorted(known | configured)) or '(none)'}")
         try:
             record = roll_back(db, model)
-        except (NothingToRollBack, LookupError) as exc:
-            raise click.UsageError(str(exc).strip("'\"")) from None
+        except NothingToRollBack as exc:
+            raise click.UsageError(str(exc)) from None
     if as_json:
         _print_json(record.to_json())
     else:

@@ -11,13 +11,14 @@ from dataclasses import dataclass
 from typing import Literal
 
 Action = Literal["requantize", "prune"]
-Suits = Literal["linear", "conv", "any"]
+Family = Literal["linear", "conv", "attention"]
 
 
 @dataclass(frozen=True, slots=True)
 class RecipeSpec:
     """One way to build a faster candidate from a model.
 
+    `suits` names where it helps (Linear layers, convolutions...), matched against the diagnosis;
     `exact` recipes change only layout or compilation, so the output is the model's (up to float
     reordering) and no accuracy is at stake. `cpu_flags`: any one of them must be present (e.g. native
     bf16); `needs`: a Python package that must be importable in the worker. `by_default`: tried when
@@ -28,7 +29,7 @@ class RecipeSpec:
     name: str
     action: Action
     devices: tuple[str, ...]  # "cpu", "cuda"
-    suits: Suits
+    suits: tuple[Family, ...]  # the operator families it speeds up; () for any model
     exact: bool
     description: str
     cpu_flags: tuple[str, ...] = ()
@@ -38,29 +39,29 @@ class RecipeSpec:
 
 
 CATALOG: tuple[RecipeSpec, ...] = (
-    RecipeSpec("dynamic_int8", "requantize", ("cpu",), "linear", False,
-               "int8 weights, activations quantized on the fly (Linear, LSTM): torch.ao quantize_dynamic"),
-    RecipeSpec("static_int8", "requantize", ("cpu",), "conv", False,
+    RecipeSpec("dynamic_int8", "requantize", ("cpu",), ("linear", "attention"), False,
+               "int8 weights, activations quantized on the fly (Linear): torch.ao quantize_dynamic"),
+    RecipeSpec("static_int8", "requantize", ("cpu",), ("conv", "linear"), False,
                "int8 weights and activations calibrated on eval data or the inputs (FX graph mode, x86)"),
-    RecipeSpec("bf16", "requantize", ("cpu",), "any", False,
+    RecipeSpec("bf16", "requantize", ("cpu",), (), False,
                "bfloat16 weights and activations, on CPUs with native bf16 (AMX, AVX512-BF16)",
                cpu_flags=("amx_bf16", "avx512_bf16")),
-    RecipeSpec("channels_last", "requantize", ("cpu", "cuda"), "conv", True,
+    RecipeSpec("channels_last", "requantize", ("cpu", "cuda"), ("conv",), True,
                "NHWC memory layout for convolutions; same numbers"),
-    RecipeSpec("compile", "requantize", ("cpu", "cuda"), "any", True,
+    RecipeSpec("compile", "requantize", ("cpu", "cuda"), (), True,
                "torch.compile (inductor); same numbers, slow first call", compiles=True),
-    RecipeSpec("torchao_int8_compile", "requantize", ("cpu", "cuda"), "linear", False,
+    RecipeSpec("torchao_int8_compile", "requantize", ("cpu", "cuda"), ("linear", "attention"), False,
                "torchao int8 dynamic activations + int8 weights, with torch.compile (eager it is slower)",
                needs="torchao", compiles=True),
-    RecipeSpec("torchao_int8", "requantize", ("cpu", "cuda"), "linear", False,
+    RecipeSpec("torchao_int8", "requantize", ("cpu", "cuda"), ("linear", "attention"), False,
                "torchao int8 dynamic activations + int8 weights, eager (slower than fp32 here: only when asked)",
                needs="torchao", by_default=False),
-    RecipeSpec("fp16", "requantize", ("cuda",), "any", False, "float16 autocast on the GPU"),
-    RecipeSpec("bf16_autocast", "requantize", ("cuda",), "any", False, "bfloat16 autocast on the GPU"),
-    RecipeSpec("half", "requantize", ("cuda",), "any", False, "float16 weights and inputs (.half())"),
-    RecipeSpec("prune_structured", "prune", ("cpu", "cuda"), "any", False,
+    RecipeSpec("fp16", "requantize", ("cuda",), (), False, "float16 autocast on the GPU"),
+    RecipeSpec("bf16_autocast", "requantize", ("cuda",), (), False, "bfloat16 autocast on the GPU"),
+    RecipeSpec("half", "requantize", ("cuda",), (), False, "float16 weights and inputs (.half())"),
+    RecipeSpec("prune_structured", "prune", ("cpu", "cuda"), (), False,
                "remove the output channels/neurons with the smallest L1 norm and shrink the next layer"),
-    RecipeSpec("prune_l1_unstructured", "prune", ("cpu", "cuda"), "any", False,
+    RecipeSpec("prune_l1_unstructured", "prune", ("cpu", "cuda"), (), False,
                "zero the smallest weights (no speed-up on dense kernels; only when asked)",
                by_default=False),
 )

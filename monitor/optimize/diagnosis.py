@@ -122,10 +122,10 @@ def order_recipes(specs: Sequence[RecipeSpec], diagnosis: dict[str, Any] | None)
     focus = diagnosis.get("grew_most") or next(iter(share), None)
 
     def used(spec: RecipeSpec) -> bool:
-        return spec.suits == "any" or share.get(spec.suits, 0.0) >= 0.05
+        return not spec.suits or any(share.get(f, 0.0) >= 0.05 for f in spec.suits)
 
     def rank(spec: RecipeSpec) -> tuple[int, int, float]:
-        fits = 0 if spec.suits == focus else 1 if spec.suits == "any" else 2
-        return (fits, int(spec.exact), -share.get(spec.suits, 0.0))
+        fits = 0 if focus in spec.suits else 1 if not spec.suits else 2
+        return (fits, int(spec.exact), -sum(share.get(f, 0.0) for f in spec.suits))
 
     return sorted((s for s in specs if used(s)), key=rank)

@@ -55,24 +55,31 @@ def respond(
         return response
     by_id = {f.id: f for f in findings if f.id is not None}
     done: dict[str, ActionRecord] = {}
+    answered: dict[str | None, int] = {}  # decision key -> the action that answered it
     for fired in evaluation.fired:
         decision = fired.decision
-        if decision.action == "alert":
+        if decision.action == "alert" or decision.action in done:
             continue
         if cancel is not None and cancel.is_set():
             break
-        if decision.action not in done:
-            request = OptimizeRequest(
-                model=model, action=decision.action, recipes=decision.recipes, trigger=fired.rule,
-                finding=by_id.get(decision.finding_id) if decision.finding_id is not None else None,
-            )
-            try:
-                done[decision.action] = optimize(db, loaded, request, cancel)
-            except Exception:  # noqa: BLE001 - one failed action must not stop the daemon's other work
-                log.exception("the %s action for %s (rule %s) failed", decision.action, model, fired.rule)
-                continue
-            response.actions.append(done[decision.action])
-        action_id = done[decision.action].id
+        request = OptimizeRequest(
+            model=model, action=decision.action, recipes=decision.recipes, trigger=fired.rule,
+            finding=by_id.get(decision.finding_id) if decision.finding_id is not None else None,
+        )
+        try:
+            record = optimize(db, loaded, request, cancel)
+        except Exception:  # noqa: BLE001 - one failed action must not stop the daemon's other work
+            log.exception("the %s action for %s (rule %s) failed", decision.action, model, fired.rule)
+            continue
+        done[decision.action] = record
+        response.actions.append(record)
+        if record.id is not None and decision.key is not None:
+            answered.setdefault(decision.key, record.id)
+    # Every decision of an answered key (the alert beside the requantize) points at its action, so a
+    # report or an alert email can say what was done about it.
+    for fired in evaluation.fired:
+        kind = fired.decision.action
+        action_id = done[kind].id if kind in done else answered.get(fired.decision.key)
         if action_id is not None:
             rule_events.link_action(db, fired.event_id, action_id)
     _diagnose_latency_findings(db, loaded, evaluation, by_id, cancel)
