@@ -388,3 +388,28 @@ def test_after_each_run_the_daemon_detects_changes_and_freezes_a_reference(tmp_p
     with Database.open(load_config(config).storage_url()) as db:
         reference = store.latest_reference(db, "fast", store.SeriesKey("baseline", "cpu", 4))
     assert reference is not None and reference.artifact["kind"] == "exported"
+
+
+def test_after_its_runs_the_daemon_evaluates_the_rules_and_records_what_fired(tmp_path):
+    from storage import rule_events
+
+    port = free_port()
+    model = QUICK_MODEL.format(name="fast", every="1h") + "slo = { latency_ms_p50 = 0.000001 }\n"
+    rules = '\n[[rules]]\nuse = "slo_breach"\nparams = { last = 1 }\n'
+    config = write_config(tmp_path, model + rules, port=port)
+
+    def events():
+        if not (tmp_path / "runs.db").exists():
+            return []
+        with Database.open(load_config(config).storage_url()) as db:
+            return rule_events.events(db, "fast")
+
+    proc = start(config)
+    try:
+        assert wait_for(lambda: events(), 90, 1.0)
+    finally:
+        code, err = stop(proc)
+    assert code == 0, err
+    [event] = events()
+    assert (event.rule, event.outcome) == ("slo_breach", "alert")
+    assert "latency_ms_p50" in event.reason and event.key.startswith("slo:latency_ms_p50:b4:")
