@@ -483,6 +483,11 @@ def optimize(config_path: Path, as_json: bool, model: str, recipes: tuple[str, .
             click.echo(f"diagnosis: {record.diagnosis.get('summary', '-')}")
         if record.candidates:
             click.echo(candidates_table(record))
+        for c in record.candidates:
+            for other in c.get("details", {}).get("other_batch_sizes", []):
+                ratio = other["ratio_p50"]
+                click.echo(f"{c['label']} at batch {other['batch_size']}: "
+                           + (f"{1 / ratio:.2f}x" if ratio else f"not measured ({other['error']})"))
         click.echo(f"\naction {record.id}: {record.status}: {record.reason}")
     if record.status == "failed":
         sys.exit(EXIT_FAILED)
