@@ -107,6 +107,13 @@ def test_a_drifting_model_is_diagnosed_requantized_promoted_and_rolled_back(tmp_
         again = respond(db, loaded, "drifty", findings_store.findings(db, "drifty"), set())
         assert again.actions == []  # one regression, one action
 
+        weights = Path(spec.weights_path)
+        good = weights.read_bytes()
+        weights.write_bytes(good[:-1] + bytes([good[-1] ^ 1]))  # one flipped bit
+        (refused,) = benchmark_models(loaded, db)
+        assert refused.status == "failed" and "does not match its recorded sha256" in (refused.error or "")
+        weights.write_bytes(good)
+
         back = perfguard("rollback", "drifty", "--json", config=loaded.path)
         assert back.returncode == 0, back
         assert back.json()["to_variant"] == "baseline"

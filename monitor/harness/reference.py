@@ -111,20 +111,30 @@ def load(ref: ArtifactRef, device: str) -> Any:
     hash matters: a state dict is read with `weights_only=True`, but `torch.export.load` may unpickle
     parts of a .pt2 archive without that restriction, so only bytes we wrote may reach it.
     """
-    path = Path(ref.path)
+    with open_verified(Path(ref.path), ref.sha256, "reference artifact") as handle:
+        return _load(ref.kind, handle, ref.factory, device)
+
+
+@contextlib.contextmanager
+def open_verified(path: Path, sha256: str | None, what: str) -> Iterator[IO[bytes]]:
+    """The file open for reading, positioned at its start, once its bytes hash to `sha256`.
+
+    One handle is hashed and then read, so the file cannot be swapped in between; a missing file or
+    another hash is an ArtifactError naming `what` and the path.
+    """
     try:
         handle = path.open("rb")
     except FileNotFoundError:
-        raise ArtifactError(f"reference artifact {path} is missing") from None
+        raise ArtifactError(f"{what} {path} is missing") from None
     with handle:
         found = sha256_of(handle)
-        if found != ref.sha256:
+        if found != sha256:
             raise ArtifactError(
-                f"reference artifact {path} does not match its recorded sha256 (expected {ref.sha256}, "
+                f"{what} {path} does not match its recorded sha256 (expected {sha256}, "
                 f"found {found}): it was altered or corrupted; refusing to load it"
             )
         handle.seek(0)
-        return _load(ref.kind, handle, ref.factory, device)
+        yield handle
 
 
 def _load(kind: ArtifactKind, handle: IO[bytes], factory: str, device: str) -> Any:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from monitor.harness.protocol import VariantSpec
-from monitor.harness.reference import ArtifactError, sha256_of
+from monitor.harness.reference import open_verified, sha256_of
 
 
 def build_variant(model: Any, spec: VariantSpec, args: tuple[Any, ...], kwargs: dict[str, Any], device: str) -> Any:
@@ -26,19 +26,7 @@ def build_variant(model: Any, spec: VariantSpec, args: tuple[Any, ...], kwargs: 
     for step in spec.steps:
         model = recipes.structure(step.recipe, model, args, kwargs, step.params)
     if spec.weights_path is not None:
-        path = Path(spec.weights_path)
-        try:
-            handle = path.open("rb")
-        except FileNotFoundError:
-            raise ArtifactError(f"weights of variant {spec.name!r} are missing: {path}") from None
-        with handle:
-            found = sha256_of(handle)
-            if found != spec.weights_sha256:
-                raise ArtifactError(
-                    f"weights of variant {spec.name!r} at {path} do not match their recorded sha256 "
-                    f"(expected {spec.weights_sha256}, found {found}); refusing to load them"
-                )
-            handle.seek(0)
+        with open_verified(Path(spec.weights_path), spec.weights_sha256, f"weights of variant {spec.name!r}") as handle:
             state = torch.load(handle, map_location=device, weights_only=True)
         model.load_state_dict(state)
     return model.eval()

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from monitor.config import LoadedConfig, OptimizeConfig, PromotionHook
+from monitor.harness.collectors import cpu_flags
 from monitor.harness.protocol import (
     REFERENCE_LABEL,
     ArtifactRef,
@@ -93,9 +94,10 @@ def optimize(
     profiled = diagnose(db, loaded, primary, request.finding, cancel)
     record.diagnosis = profiled.diagnosis
     if profiled.error is not None:
-        record.reason = f"could not profile the current variant: {profiled.error}"
-        return store.record_action(db, record)
-    specs = choose_recipes(request, settings, primary.job.device, profiled.cpu_flags, record.diagnosis, current)
+        # The candidates are still worth measuring; they are just not ordered by where the time goes.
+        log.warning("could not profile %s, trying recipes in catalog order: %s", model.name, profiled.error)
+        record.diagnosis = {**(record.diagnosis or {}), "error": profiled.error}
+    specs = choose_recipes(request, settings, primary.job.device, profiled.cpu_flags, profiled.diagnosis, current)
     if not specs:
         record.status = "rejected"
         record.reason = f"no suitable recipe for {primary.job.device} (asked: {', '.join(request.recipes) or kind})"
@@ -157,10 +159,11 @@ def diagnose(
     reference = findings_store.latest_reference(db, planned.model.name, key)
     if reference is not None and reference.artifact:
         subjects.append(replace(current, label=REFERENCE_LABEL, eval=None, artifact=ArtifactRef.from_dict(reference.artifact)))
-    outcome = _run(loaded, planned, replace(planned.job, mode="profile", subjects=subjects), planned.timeout_s * 2, cancel)
+    outcome = _run(loaded, planned, replace(planned.job, mode="profile", subjects=subjects), len(subjects), cancel)
     result = outcome.result
     if outcome.status != "ok" or result is None or result.profiles is None:
-        return Profiled(finding.diagnosis if finding else None, [], (outcome.error or outcome.status).splitlines()[0])
+        flags = list(outcome.env.cpu_flags) if outcome.env is not None else cpu_flags()
+        return Profiled(finding.diagnosis if finding else None, flags, (outcome.error or outcome.status).splitlines()[0])
     found = diagnosis.compare(result.profiles[CURRENT_LABEL], result.profiles.get(REFERENCE_LABEL))
     found["series"] = key.label()
     if reference is not None and reference.artifact:
@@ -277,8 +280,8 @@ def _run_candidates(
     sampling = replace(planned.job.sampling, max_time_s=planned.job.sampling.max_time_s * (1 + len(wanted)) / 2)
     job = replace(planned.job, mode="candidates", subjects=subjects, candidates=wanted, candidates_dir=str(folder),
                   train=planned.model.train, fidelity=settings.fidelity, sampling=sampling)
-    timeout = planned.timeout_s * (1 + len(wanted)) + COMPILE_ALLOWANCE_S * sum(s.compiles for s in specs)
-    return _run(loaded, planned, job, timeout, cancel)
+    return _run(loaded, planned, job, 1 + len(wanted), cancel,
+                extra_s=COMPILE_ALLOWANCE_S * sum(s.compiles for s in specs))
 
 
 def _confirm_elsewhere(
@@ -300,8 +303,7 @@ def _confirm_elsewhere(
             current = replace(planned.job.subjects[0], label=CURRENT_LABEL)
             assert choice.numbers.variant is not None
             candidate = replace(current, label=choice.numbers.label, variant=VariantSpec.from_dict(choice.numbers.variant))
-            outcome = _run(loaded, planned, replace(planned.job, mode="ab", subjects=[current, candidate]),
-                           planned.timeout_s * 2, cancel)
+            outcome = _run(loaded, planned, replace(planned.job, mode="ab", subjects=[current, candidate]), 2, cancel)
             ratio = None
             if outcome.status == "ok" and outcome.result is not None:
                 ratio = ((outcome.result.comparison or {}).get(choice.numbers.label) or {}).get("ratio_p50")
@@ -339,12 +341,19 @@ def _remove_unkept(folder: Path, kept: Verdict | None) -> None:
 
 
 def _run(
-    loaded: LoadedConfig, planned: PlannedBenchmark, job: BenchmarkJob, timeout_s: float, cancel: threading.Event | None
+    loaded: LoadedConfig,
+    planned: PlannedBenchmark,
+    job: BenchmarkJob,
+    models: int,
+    cancel: threading.Event | None,
+    extra_s: float = 0.0,
 ) -> WorkerOutcome:
+    """Run a job holding `models` models at once: the model's time and memory limits, scaled."""
+    memory = planned.memory_limit_mb * models if planned.memory_limit_mb is not None else None
     return run_worker(
         job,
-        timeout_s=timeout_s,
-        memory_limit_mb=planned.memory_limit_mb,
+        timeout_s=planned.timeout_s * models + extra_s,
+        memory_limit_mb=memory,
         pin_allocator=loaded.config.harness.pin_allocator,
         cwd=Path(loaded.base_dir),
         cancel=cancel,
