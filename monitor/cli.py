@@ -418,16 +418,17 @@ def candidates_table(action: ActionRecord) -> str:
     rows = []
     first = action.candidates[0] if action.candidates else {}
     rows.append([action.from_variant, "(current)", first.get("current_p50_ms"), first.get("current_p99_ms"), 1.0,
-                 first.get("current_size_mb"), first.get("current_accuracy"), "-", "current"])
+                 first.get("current_size_mb"), first.get("current_forward_peak_mb"), first.get("current_accuracy"), "-",
+                 "current"])
     for c in action.candidates:
         fidelity = c.get("fidelity") or {}
         quality = (f"top1 {fidelity['agreement']:.4f}" if fidelity.get("kind") == "top1"
                    else f"rel.err {fidelity['value']:.2e}" if fidelity else "-")
         verdict = "accepted" if c["accepted"] else "rejected: " + "; ".join(c["reasons"])
         rows.append([c["label"], c["recipe"], c.get("p50_ms"), c.get("p99_ms"), c.get("speedup"), c.get("size_mb"),
-                     c.get("accuracy"), quality, verdict[:110]])
-    return format_table(["variant", "recipe", "p50 ms", "p99 ms", "speed-up", "size MiB", "accuracy", "fidelity",
-                         "decision"], rows)
+                     c.get("forward_peak_mb"), c.get("accuracy"), quality, verdict[:110]])
+    return format_table(["variant", "recipe", "p50 ms", "p99 ms", "speed-up", "size MiB", "call MiB", "accuracy",
+                         "fidelity", "decision"], rows)
 
 
 @main.command()

@@ -108,3 +108,25 @@ def test_peak_rss_of_a_worker_does_not_include_the_parent_it_was_forked_from():
     )
     assert float(child.stdout) < 100, "the child reported its parent's size (ru_maxrss survives exec)"
     del ballast
+
+
+def test_forward_peak_sees_each_calls_memory_even_under_the_pinned_allocator() -> None:
+    """Subjects are measured one after another in one worker, under its allocator pins: each
+    measurement must see the call's own 16 MiB again, not the peak of whatever ran before."""
+    import subprocess
+    import sys
+
+    from monitor.harness.runner import ALLOCATOR_PINS, worker_environment
+
+    script = (
+        "import torch; from monitor.harness.collectors import forward_peak_mb as f\n"
+        "heavy = lambda: torch.ones(4 * 2**20).sum()\n"  # 16 MiB of float32, below the 32 MiB mmap threshold
+        "light = lambda: torch.ones(1024).sum()\n"
+        "print(f(heavy, 'cpu'), f(heavy, 'cpu'), f(light, 'cpu'))\n"
+    )
+    env = worker_environment(None, pin_allocator=True)
+    assert all(env[k] == v for k, v in ALLOCATOR_PINS.items())
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
+    first, second, light = (float(v) for v in done.stdout.split())
+    assert 15 <= first < 40 and 15 <= second < 40, done.stdout
+    assert light < 4, done.stdout

@@ -106,3 +106,9 @@ def test_the_diagnosis_orders_recipes_by_where_the_time_goes() -> None:
     names = [s.name for s in diagnosis.order_recipes(cpu, conv_heavy)]
     assert names.index("static_int8") < names.index("dynamic_int8")
     assert names.index("static_int8") < names.index("channels_last")  # exact recipes after lossy ones that fit
+
+
+def test_a_candidate_whose_calls_need_more_memory_is_rejected() -> None:
+    assert judge(numbers(forward_peak_mb=10.5, current_forward_peak_mb=10.0), SETTINGS).accepted
+    verdict = judge(numbers(forward_peak_mb=20.0, current_forward_peak_mb=10.0), SETTINGS)
+    assert verdict.reasons == ["one call takes 20.0 MiB beyond the model, against 10.0 MiB"]

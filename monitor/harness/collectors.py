@@ -7,6 +7,8 @@ probe and host readings can be used (and tested) without it.
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import io
 import os
 import platform
@@ -14,6 +16,7 @@ import resource
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -121,14 +124,56 @@ def peak_rss_mb() -> float:
     exec, so a worker forked from a 300 MB parent would report at least the parent's size, and the
     series would move whenever the parent grew (bench/detection_real.py caught exactly that).
     """
+    peak = _status_kb("VmHWM")
+    if peak is not None:
+        return peak / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux, bytes on macOS
+
+
+def forward_peak_mb(call: Callable[[], Any], device: str) -> float | None:
+    """Memory one call takes at its peak beyond what is resident before it, in MiB: the activations
+    and workspace of a model whose weights are loaded. None where it cannot be measured.
+
+    Per subject within one worker, which the process-wide peak RSS cannot tell apart: on CUDA from
+    the allocator's peak; on CPU from VmHWM after resetting it (/proc/self/clear_refs). Memory that
+    earlier calls freed is first handed back to the kernel (malloc_trim): the worker's pinned
+    allocator never trims by itself, and pages it kept would be reused without counting. Resets the
+    process's VmHWM: call it after `peak_rss_mb` has been read.
+    """
+    if device.startswith("cuda"):
+        import torch
+
+        dev = torch.device(device)
+        torch.cuda.synchronize(dev)
+        base = torch.cuda.memory_allocated(dev)
+        torch.cuda.reset_peak_memory_stats(dev)
+        call()
+        torch.cuda.synchronize(dev)
+        return (torch.cuda.max_memory_allocated(dev) - base) / 2**20
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as clear:
+            clear.write("5")
+    except (OSError, AttributeError):
+        return None
+    base = _status_kb("VmRSS")
+    call()
+    peak = _status_kb("VmHWM")
+    if base is None or peak is None:
+        return None
+    return max(0.0, (peak - base) / 1024)
+
+
+def _status_kb(field: str) -> int | None:
     try:
         with open("/proc/self/status", encoding="ascii") as status:
             for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024  # kB
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
     except OSError:
         pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux, bytes on macOS
+    return None
 
 
 def _cpu_info() -> tuple[str | None, list[str]]:

@@ -261,6 +261,9 @@ def run_job(job: BenchmarkJob, channel: Channel) -> WorkerResult:
         host = watch.finish(contended, pressure)
         channel.progress("collect", len(sampled_all[0].samples_ns))
         results = [_subject_result(p, s, job) for p, s in zip(prepared, sampled_all)]
+        if job.mode == "candidates":  # after peak_rss_mb was read: this resets the process's peak
+            for p, result in zip(prepared, results):
+                result.details["forward_peak_mb"] = collectors.forward_peak_mb(p.call, job.device)
     if nvml is not None:
         nvml.close()
     return WorkerResult(env=env, host=host, subjects=results, comparison=comparison, frozen=frozen, built=built)

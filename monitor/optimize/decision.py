@@ -6,7 +6,8 @@ Pure functions over the numbers a candidates job measured, so the rule is easy t
 - accuracy: with eval data, the drop must stay within `accuracy_tolerance` (absolute, like Intel
   Neural Compressor's tolerable loss); without, the output must follow the current variant's:
   top-1 agreement within `top1_tolerance`, or relative error within `relative_error_tolerance`;
-- memory: the saved model may not be bigger than the current one (1 % slack for container overhead).
+- memory: the saved model may not be bigger than the current one (1 % slack for container overhead),
+  nor may one call take more memory beyond it (10 % + 1 MiB slack: page-granular measurement).
 The best accepted candidate is the one with the lowest latency ratio.
 """
 
@@ -19,6 +20,7 @@ from typing import Any
 from monitor.config import OptimizeConfig
 
 SIZE_SLACK = 1.01
+FORWARD_SLACK, FORWARD_SLACK_MB = 1.10, 1.0
 
 
 @dataclass(slots=True)
@@ -35,6 +37,8 @@ class CandidateNumbers:
     current_p99_ms: float | None = None
     size_mb: float | None = None
     current_size_mb: float | None = None
+    forward_peak_mb: float | None = None  # memory one call takes beyond the loaded model
+    current_forward_peak_mb: float | None = None
     accuracy: float | None = None
     current_accuracy: float | None = None
     fidelity: dict[str, Any] | None = None
@@ -96,6 +100,9 @@ def judge(numbers: CandidateNumbers, settings: OptimizeConfig) -> Verdict:
     if numbers.size_mb is not None and numbers.current_size_mb is not None:
         if numbers.size_mb > numbers.current_size_mb * SIZE_SLACK:
             reasons.append(f"model grows from {numbers.current_size_mb:.2f} to {numbers.size_mb:.2f} MiB")
+    peak, current_peak = numbers.forward_peak_mb, numbers.current_forward_peak_mb
+    if peak is not None and current_peak is not None and peak > current_peak * FORWARD_SLACK + FORWARD_SLACK_MB:
+        reasons.append(f"one call takes {peak:.1f} MiB beyond the model, against {current_peak:.1f} MiB")
     return Verdict(numbers, not reasons, reasons)
 
 

@@ -213,6 +213,7 @@ def measured(result: WorkerResult, batch_size: int) -> list[CandidateNumbers]:
             fidelity=built.fidelity, build_s=built.build_s, details={**built.details, "batch_size": batch_size},
             current_p50_ms=current.latency_ms_p50, current_p99_ms=current.latency_ms_p99,
             current_size_mb=current.model_size_mb, current_accuracy=current.accuracy,
+            current_forward_peak_mb=subjects[CURRENT_LABEL].details.get("forward_peak_mb"),
         )
         timed = subjects.get(built.label)
         if built.error is None and timed is not None:
@@ -220,6 +221,7 @@ def measured(result: WorkerResult, batch_size: int) -> list[CandidateNumbers]:
             n.ratio_p50, n.ratio_ci95 = ratio.get("ratio_p50"), ratio.get("ratio_ci95")
             n.p50_ms, n.p99_ms = timed.metrics.latency_ms_p50, timed.metrics.latency_ms_p99
             n.size_mb, n.accuracy = timed.metrics.model_size_mb, timed.metrics.accuracy
+            n.forward_peak_mb = timed.details.get("forward_peak_mb")
         elif built.error is None:
             n.error = "built but not timed"
         numbers.append(n)
