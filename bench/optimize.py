@@ -77,12 +77,13 @@ def available(recipes: list[str]) -> list[str]:
 
 
 def table(name: str, action: dict[str, Any]) -> str:
-    rows = ["| variant | p50 ms | p99 ms | speed-up (A/B) | size MiB | accuracy / fidelity | decision |",
-            "|---|---|---|---|---|---|---|"]
+    rows = ["| variant | p50 ms | p99 ms | speed-up (A/B) | size MiB | call MiB | accuracy / fidelity | decision |",
+            "|---|---|---|---|---|---|---|---|"]
     first = action["candidates"][0] if action["candidates"] else {}
     quality = f"{first['current_accuracy']:.4f}" if first.get("current_accuracy") is not None else "-"
     rows.append(f"| baseline (fp32) | {fmt(first.get('current_p50_ms'))} | {fmt(first.get('current_p99_ms'))} | "
-                f"1.00x | {fmt(first.get('current_size_mb'))} | {quality} | current |")
+                f"1.00x | {fmt(first.get('current_size_mb'))} | {fmt(first.get('current_forward_peak_mb'))} | {quality} | "
+                "current |")
     for c in action["candidates"]:
         if c.get("accuracy") is not None:
             quality = f"acc {c['accuracy']:.4f}"
@@ -94,7 +95,7 @@ def table(name: str, action: dict[str, Any]) -> str:
         speed = f"{c['speedup']:.2f}x" if c.get("speedup") else "-"
         decision = "**accepted**" if c["accepted"] else "rejected: " + "; ".join(c["reasons"])
         rows.append(f"| {c['recipe']} | {fmt(c.get('p50_ms'))} | {fmt(c.get('p99_ms'))} | {speed} | "
-                    f"{fmt(c.get('size_mb'))} | {quality} | {decision} |")
+                    f"{fmt(c.get('size_mb'))} | {fmt(c.get('forward_peak_mb'))} | {quality} | {decision} |")
     best = max((c["speedup"] for c in action["candidates"] if c["accepted"] and c.get("speedup")), default=None)
     goal = GOALS.get(name)
     verdict = f"best accepted {best:.2f}x, goal >= {goal}x: {'met' if best and best >= goal else 'NOT met'}"

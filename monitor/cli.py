@@ -500,7 +500,8 @@ def optimize(config_path: Path, as_json: bool, model: str, recipes: tuple[str, .
 @click.argument("model")
 def rollback(config_path: Path, as_json: bool, model: str) -> None:
     """Make MODEL's previous variant active again (the one the current variant was derived from)."""
-    from storage.actions import NothingToRollBack
+    from monitor.optimize.search import notify
+    from storage.actions import NothingToRollBack, Promotion, active_spec
     from storage.actions import rollback as roll_back
 
     loaded = _load(config_path)
@@ -515,6 +516,12 @@ def rollback(config_path: Path, as_json: bool, model: str) -> None:
             record = roll_back(db, model)
         except NothingToRollBack as exc:
             raise click.UsageError(str(exc)) from None
+        configured = next((m for m in loaded.config.models if m.name == model), None)
+        hook = loaded.config.optimize.for_model(configured.optimize).on_promote if configured else None
+        if hook is not None and record.to_variant is not None:  # the serving system must switch back too
+            with db.session(readonly=True) as session:
+                spec = active_spec(session, model) or {"name": record.to_variant}
+            notify(hook, record, Promotion(name=record.to_variant, kind="rollback", spec=spec, numbers={}))
     if as_json:
         _print_json(record.to_json())
     else:

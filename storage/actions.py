@@ -84,23 +84,40 @@ def unused_variant_name(session: Session, model: str, wanted: str) -> str:
 
 
 def record_action(db: Database, action: ActionRecord, promotion: Promotion | None = None) -> ActionRecord:
-    """Store a decision; with `promotion`, also add its variant and make it active (one transaction)."""
+    """Store a decision; with `promotion`, also add its variant and make it active (one transaction).
+
+    The promoted variant is named `promotion.name`, or with a suffix if the model used that name
+    before. A promotion whose `from_variant` is no longer the active one is not carried out: the
+    action is stored as failed, with why.
+    """
     with db.session() as session:
         model_id = _model_id(session, action.model)
+        # One promotion or rollback of a model at a time (PostgreSQL row lock; SQLite's writer lock).
+        session.execute(select(ModelRow.id).where(ModelRow.id == model_id).with_for_update())
         from_id = _variant_id(session, model_id, action.from_variant)
         to_id = None
         if promotion is not None:
+            active = session.scalar(select(VariantRow).where(VariantRow.model_id == model_id, VariantRow.is_active))
+            if active is None or active.id != from_id:
+                # A rollback or another action changed the model while this one measured: its numbers
+                # compare with a variant that is no longer served, so it must not replace that one.
+                action.status = "failed"
+                action.reason += (f"; not promoted: the active variant became "
+                                  f"{active.name if active else 'none'} while the action ran")
+                promotion = None
+        if promotion is not None:
+            name = unused_variant_name(session, action.model, promotion.name)
             row = VariantRow(
-                model_id=model_id, name=promotion.name, kind=promotion.kind,
+                model_id=model_id, name=name, kind=promotion.kind,
                 artifact_path=promotion.spec.get("weights_path"),
-                params={"spec": promotion.spec, "numbers": promotion.numbers}, parent_id=from_id,
+                params={"spec": {**promotion.spec, "name": name}, "numbers": promotion.numbers}, parent_id=from_id,
             )
             session.add(row)
             session.flush()
             to_id = row.id
-            set_active_variant(session, action.model, promotion.name)
-            _resolve_findings(session, from_id, f"variant {promotion.name} promoted")
-            action.to_variant = promotion.name
+            set_active_variant(session, action.model, name)
+            _resolve_findings(session, from_id, f"variant {name} promoted")
+            action.to_variant = name
         elif action.to_variant is not None:
             to_id = _variant_id(session, model_id, action.to_variant)
         row = ActionRow(
@@ -118,6 +135,7 @@ def rollback(db: Database, model: str, trigger: str = "cli") -> ActionRecord:
     """Make the active variant's parent active again; the rollback is recorded as an action."""
     with db.session() as session:
         model_id = _model_id(session, model)
+        session.execute(select(ModelRow.id).where(ModelRow.id == model_id).with_for_update())
         current = session.scalar(select(VariantRow).where(VariantRow.model_id == model_id, VariantRow.is_active))
         if current is None or current.parent_id is None:
             raise NothingToRollBack(f"{model}: nothing to roll back: its {BASELINE} variant is active")

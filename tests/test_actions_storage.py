@@ -85,3 +85,14 @@ def test_promotion_resolves_the_open_findings_of_the_variant_it_replaces(db: Dat
     (after,) = findings(db, "m")
     assert after.state == "resolved" and after.resolution == "variant baseline+dynamic_int8 promoted"
     assert after.diagnosis == {"summary": "aten::addmm +300 %"}
+
+
+def test_a_promotion_from_a_variant_no_longer_active_is_not_carried_out(db: Database) -> None:
+    registered(db)
+    store.record_action(db, action(), Promotion("baseline+bf16", "requantize", SPEC, {}))
+    # An action that started from the baseline finishes after bf16 was promoted: it must not win.
+    late = store.record_action(db, action(), Promotion("baseline+dynamic_int8", "requantize", SPEC, {}))
+    assert late.status == "failed" and "the active variant became baseline+bf16" in late.reason
+    assert late.to_variant is None
+    with db.session(readonly=True) as session:
+        assert queries.active_variant(session, "m") == "baseline+bf16"

@@ -21,7 +21,7 @@ def build_variant(model: Any, spec: VariantSpec, args: tuple[Any, ...], kwargs: 
     """The variant `spec` of the freshly built `model` (already on `device`), ready to call."""
     import torch
 
-    from monitor.optimize import recipes
+    from monitor.optimize import catalog, recipes
 
     for step in spec.steps:
         model = recipes.structure(step.recipe, model, args, kwargs, step.params)
@@ -29,7 +29,11 @@ def build_variant(model: Any, spec: VariantSpec, args: tuple[Any, ...], kwargs: 
         with open_verified(Path(spec.weights_path), spec.weights_sha256, f"weights of variant {spec.name!r}") as handle:
             state = torch.load(handle, map_location=device, weights_only=True)
         model.load_state_dict(state)
-    return model.eval()
+    model = model.eval()
+    if any(catalog.recipe(step.recipe).compiles for step in spec.steps):
+        with torch.inference_mode():  # torch.compile compiles on the first call: not inside a timed warm-up
+            model(*args, **kwargs)
+    return model
 
 
 def save_weights(model: Any, path: Path) -> str:

@@ -154,6 +154,7 @@ def _build_candidates(current: Prepared, job: BenchmarkJob) -> tuple[list[Any], 
     inputs = [(current.args, current.kwargs)]
     if subject.inputs_factory is None:
         inputs += [build_inputs(subject, job.batch_size, job.device, seed) for seed in range(1, candidates.FIDELITY_BATCHES)]
+    calibration: list[tuple[Any, ...]] | None
     if subject.eval:
         calibration = []
         for batch, _labels in resolve(subject.eval)():
@@ -161,6 +162,8 @@ def _build_candidates(current: Prepared, job: BenchmarkJob) -> tuple[list[Any], 
             calibration.append(tuple(_to(a, job.device) for a in batch))
             if len(calibration) >= candidates.CALIBRATION_BATCHES:
                 break
+    elif current.kwargs:
+        calibration = None  # keyword inputs: the recipe calibrates on the example (args, kwargs)
     else:
         calibration = [args for args, _ in inputs]
     built = candidates.build_all(job, current.model, inputs, calibration, resolve)

@@ -80,21 +80,25 @@ def judge(numbers: CandidateNumbers, settings: OptimizeConfig) -> Verdict:
         reasons.append("no clean interleaved rounds to compare latency")
     elif ratio > needed:
         reasons.append(f"latency {1 / ratio:.2f}x, below the required {1 + settings.min_speedup:.2f}x")
-    elif ci is not None and ci[1] >= 1.0:
+    elif ci is None:
+        reasons.append("too few clean interleaved rounds for a 95 % interval of the latency ratio")
+    elif ci[1] >= 1.0:
         reasons.append(f"latency gain not significant (ratio 95 % CI {ci[0]:.3f}-{ci[1]:.3f} includes 1)")
     if numbers.accuracy is not None and numbers.current_accuracy is not None:
         drop = numbers.current_accuracy - numbers.accuracy
-        if drop > settings.accuracy_tolerance:
+        if not drop <= settings.accuracy_tolerance:
             reasons.append(f"accuracy {numbers.accuracy:.4f} vs {numbers.current_accuracy:.4f}: "
                            f"drop {drop:.4f} over the tolerance {settings.accuracy_tolerance:g}")
     elif numbers.fidelity is None:
         reasons.append("no accuracy or output fidelity measured")
+    elif numbers.fidelity.get("non_finite"):
+        reasons.append("the output has NaN or infinite values")
     elif numbers.fidelity["kind"] == "top1":
         disagreement = 1.0 - numbers.fidelity["agreement"]
-        if disagreement > settings.top1_tolerance:
+        if not disagreement <= settings.top1_tolerance:
             reasons.append(f"top-1 agreement with the current variant {numbers.fidelity['agreement']:.4f}: "
                            f"{disagreement:.4f} disagree, over the tolerance {settings.top1_tolerance:g}")
-    elif numbers.fidelity["value"] > settings.relative_error_tolerance:
+    elif not numbers.fidelity["value"] <= settings.relative_error_tolerance:
         reasons.append(f"output relative error {numbers.fidelity['value']:.4f} over the tolerance "
                        f"{settings.relative_error_tolerance:g}")
     if numbers.size_mb is not None and numbers.current_size_mb is not None:

@@ -86,11 +86,18 @@ def optimize(
     series = plan_active(db, loaded, [model.name])
     primary = _primary(series, request.finding)
     current = primary.job.subjects[0].variant or VariantSpec(name="baseline")
-    kind = request.action or (catalog.recipe(request.recipes[0]).action if request.recipes else "requantize")
+    unknown = [name for name in request.recipes if name not in catalog.RECIPES]
+    # Named recipes decide the kind (a prune recipe prunes whatever the request says).
+    kind = catalog.RECIPES[request.recipes[0]].action if request.recipes and not unknown else (
+        request.action or "requantize")
     record = ActionRecord(
         model=model.name, kind=kind, trigger=request.trigger, status="failed", reason="",
         from_variant=current.name, finding_id=request.finding.id if request.finding else None,
     )
+    if unknown:
+        record.status = "rejected"
+        record.reason = f"unknown recipe {unknown[0]!r}; known: {', '.join(catalog.RECIPES)}"
+        return store.record_action(db, record)
     profiled = diagnose(db, loaded, primary, request.finding, cancel)
     record.diagnosis = profiled.diagnosis
     if profiled.error is not None:
@@ -124,16 +131,19 @@ def optimize(
         record.reason = (f"{n.recipe}: {n.speedup:.2f}x faster at batch {primary.job.batch_size} "
                          f"(p50 {n.current_p50_ms:.4g} -> {n.p50_ms:.4g} ms), {_quality(n)}")
         if not dry_run:
-            with db.session() as session:
-                name = store.unused_variant_name(session, model.name, f"{current.name}+{n.recipe}")
             assert n.variant is not None
-            promotion = Promotion(name=name, kind=kind, spec={**n.variant, "name": name},
+            promotion = Promotion(name=f"{current.name}+{n.recipe}", kind=kind, spec=n.variant,
                                   numbers=chosen.to_json())
-    _remove_unkept(folder, chosen)
-    record = store.record_action(db, record, promotion)
+    try:
+        record = store.record_action(db, record, promotion)
+    finally:
+        # Only the promoted candidate's weights are kept: no row would name any other file.
+        _remove_unkept(folder, chosen if record.to_variant is not None else None)
     log.info("optimize %s (%s): %s: %s", model.name, request.trigger, record.status, record.reason)
-    if promotion is not None and settings.on_promote is not None:
-        notify(settings.on_promote, record, promotion)
+    if record.to_variant is not None and settings.on_promote is not None:
+        assert promotion is not None
+        notify(settings.on_promote, record, replace(promotion, name=record.to_variant,
+                                                     spec={**promotion.spec, "name": record.to_variant}))
     return record
 
 
@@ -186,8 +196,8 @@ def choose_recipes(
 ) -> list[catalog.RecipeSpec]:
     """The recipes to try, best-suited first: asked ones as given, else the catalog's defaults for
     this action, device and CPU, not already applied to the current variant, ordered by diagnosis."""
-    if request.recipes:
-        return [catalog.recipe(name) for name in request.recipes]
+    if request.recipes:  # as asked, once each: a rule or a person named them on purpose
+        return [catalog.recipe(name) for name in dict.fromkeys(request.recipes)]
     kind = catalog.device_kind(device)
     applied = {step.recipe for step in current.steps}
     allowed = set(settings.recipes) if settings.recipes is not None else None
@@ -249,7 +259,7 @@ def notify(hook: PromotionHook, record: ActionRecord, promotion: Promotion) -> N
             request = urllib.request.Request(hook.url, data=body, headers={"Content-Type": "application/json"})
             with urllib.request.urlopen(request, timeout=hook.timeout_s) as reply:  # noqa: S310 - configured URL
                 reply.read()
-    except (OSError, subprocess.SubprocessError) as exc:
+    except Exception as exc:  # noqa: BLE001 - the promotion is committed; a hook's failure must not undo it
         log.warning("promotion hook for %s failed: %s", record.model, exc)
 
 
@@ -305,14 +315,20 @@ def _confirm_elsewhere(
             current = replace(planned.job.subjects[0], label=CURRENT_LABEL)
             assert choice.numbers.variant is not None
             candidate = replace(current, label=choice.numbers.label, variant=VariantSpec.from_dict(choice.numbers.variant))
-            outcome = _run(loaded, planned, replace(planned.job, mode="ab", subjects=[current, candidate]), 2, cancel)
-            ratio = None
+            compiles = catalog.recipe(choice.numbers.recipe).compiles
+            outcome = _run(loaded, planned, replace(planned.job, mode="ab", subjects=[current, candidate]), 2, cancel,
+                           extra_s=COMPILE_ALLOWANCE_S if compiles else 0.0)
+            compared: dict[str, Any] = {}
             if outcome.status == "ok" and outcome.result is not None:
-                ratio = ((outcome.result.comparison or {}).get(choice.numbers.label) or {}).get("ratio_p50")
-            checks.append({"batch_size": planned.job.batch_size, "ratio_p50": ratio,
+                compared = (outcome.result.comparison or {}).get(choice.numbers.label) or {}
+            ratio, interval = compared.get("ratio_p50"), compared.get("ratio_ci95")
+            checks.append({"batch_size": planned.job.batch_size, "ratio_p50": ratio, "ratio_ci95": interval,
                            "error": None if ratio is not None else (outcome.error or "no clean rounds").splitlines()[0]})
         choice.numbers.details["other_batch_sizes"] = checks
-        slower = [c for c in checks if c["ratio_p50"] is None or c["ratio_p50"] > 1.0]
+        # Slower means measurably slower: the whole interval above 1 (or, with too few rounds for one,
+        # the ratio itself); a tie at another batch size does not cost the gain where it was measured.
+        slower = [c for c in checks if c["ratio_p50"] is None
+                  or (c["ratio_ci95"][0] > 1.0 if c["ratio_ci95"] else c["ratio_p50"] > 1.0)]
         if not slower:
             return choice
         choice.accepted = False
@@ -332,7 +348,7 @@ def _quality(n: CandidateNumbers) -> str:
 
 
 def _remove_unkept(folder: Path, kept: Verdict | None) -> None:
-    """Delete the candidates' files except the one kept (promoted, or the dry run's choice)."""
+    """Delete the candidates' files except the promoted one's."""
     if not folder.is_dir():
         return
     for child in folder.iterdir():

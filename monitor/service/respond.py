@@ -55,10 +55,11 @@ def respond(
         return response
     by_id = {f.id: f for f in findings if f.id is not None}
     done: dict[str, ActionRecord] = {}
+    failed: set[str] = set()
     answered: dict[str | None, int] = {}  # decision key -> the action that answered it
     for fired in evaluation.fired:
         decision = fired.decision
-        if decision.action == "alert" or decision.action in done:
+        if decision.action == "alert" or decision.action in done or decision.action in failed:
             continue
         if cancel is not None and cancel.is_set():
             break
@@ -70,6 +71,7 @@ def respond(
             record = optimize(db, loaded, request, cancel)
         except Exception:  # noqa: BLE001 - one failed action must not stop the daemon's other work
             log.exception("the %s action for %s (rule %s) failed", decision.action, model, fired.rule)
+            failed.add(decision.action)  # not retried for the next decision of this evaluation
             continue
         done[decision.action] = record
         response.actions.append(record)
@@ -102,6 +104,9 @@ def _diagnose_latency_findings(
             return
         planned = next((p for p in plan_active(db, loaded, [finding.model])
                         if p.job.batch_size == finding.key.batch_size and p.job.device == finding.key.device), None)
+        variant = planned.job.subjects[0].variant if planned is not None else None
+        if variant is None or variant.name != finding.key.variant:
+            continue  # an action replaced the variant: profiling the new one would not explain this finding
         if planned is not None:
             profiled = diagnose(db, loaded, planned, finding, cancel)
             if profiled.error is not None:
