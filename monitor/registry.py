@@ -15,6 +15,7 @@ from monitor.config import HarnessConfig, LoadedConfig, ModelConfig
 from monitor.harness.protocol import BenchmarkJob, InputTensor, SamplingSettings, Subject, VariantSpec
 from storage import actions, queries
 from storage.db import Database
+from storage.findings import SeriesKey
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +26,12 @@ class PlannedBenchmark:
     job: BenchmarkJob
     timeout_s: float
     memory_limit_mb: float | None
+
+    @property
+    def key(self) -> SeriesKey:
+        """The series its runs are stored in: the variant it builds, its device and batch size."""
+        variant = self.job.subjects[0].variant
+        return SeriesKey(variant.name if variant else queries.BASELINE, self.job.device, self.job.batch_size)
 
 
 class UnknownModelError(KeyError):

@@ -14,7 +14,7 @@ The best accepted candidate is the one with the lowest latency ratio.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from monitor.config import OptimizeConfig
@@ -61,8 +61,6 @@ class Verdict:
     reasons: list[str]
 
     def to_json(self) -> dict[str, Any]:
-        from dataclasses import asdict
-
         data = asdict(self.numbers)
         data["speedup"] = self.numbers.speedup
         data.update(accepted=self.accepted, reasons=self.reasons)

@@ -41,10 +41,10 @@ def _by_op(rows: Sequence[dict[str, Any]]) -> dict[str, float]:
     return dict(totals)
 
 
-def shares(rows: Sequence[dict[str, Any]]) -> dict[str, float]:
-    """Share of the profiled time per operator family."""
+def shares(by_op: dict[str, float]) -> dict[str, float]:
+    """Share of the profiled time per operator family, from the time per operator."""
     per_family: dict[str, float] = defaultdict(float)
-    for op, us in _by_op(rows).items():
+    for op, us in by_op.items():
         per_family[family(op)] += us
     total = sum(per_family.values()) or 1.0
     return {name: round(us / total, 4) for name, us in sorted(per_family.items(), key=lambda kv: -kv[1])}
@@ -60,7 +60,7 @@ def compare(current: Sequence[dict[str, Any]], reference: Sequence[dict[str, Any
     total_now = sum(now.values())
     diagnosis: dict[str, Any] = {
         "total_us": round(total_now, 1),
-        "families": shares(current),
+        "families": shares(now),
         "top": [{"op": op, "self_us": round(us, 1), "share": round(us / (total_now or 1.0), 4)}
                 for op, us in sorted(now.items(), key=lambda kv: -kv[1])[:MAX_LISTED]],
     }

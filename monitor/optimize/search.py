@@ -46,7 +46,7 @@ from storage import queries
 from storage import findings as findings_store
 from storage.actions import ActionRecord, Promotion
 from storage.db import Database
-from storage.findings import FindingRecord, SeriesKey
+from storage.findings import FindingRecord
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +165,7 @@ def diagnose(
     the diff with the finding, replacing an older one (the model may have changed since)."""
     current = replace(planned.job.subjects[0], label=CURRENT_LABEL)
     subjects = [current]
-    key = _key(planned)
+    key = planned.key
     reference = findings_store.latest_reference(db, planned.model.name, key)
     if reference is not None and reference.artifact:
         subjects.append(replace(current, label=REFERENCE_LABEL, eval=None, artifact=ArtifactRef.from_dict(reference.artifact)))
@@ -270,11 +270,6 @@ def _primary(series: list[PlannedBenchmark], finding: FindingRecord | None) -> P
             if planned.job.batch_size == finding.key.batch_size and planned.job.device == finding.key.device:
                 return planned
     return max(series, key=lambda p: p.job.batch_size)
-
-
-def _key(planned: PlannedBenchmark) -> SeriesKey:
-    variant = planned.job.subjects[0].variant
-    return SeriesKey(variant.name if variant else "baseline", planned.job.device, planned.job.batch_size)
 
 
 def _run_candidates(

@@ -104,8 +104,7 @@ def benchmark_models(
             progress=update,
             cancel=cancel,
         )
-        variant = variants[item.model.name].name if item.model.name in variants else queries.BASELINE
-        for record in to_records(item.job, outcome, variant):
+        for record in to_records(item.job, outcome, item.key.variant):
             store(db, record)
             if record.status != "ok":
                 log.info("run %s of %s (batch %d) %s: %s", record.run_id, record.model,

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from monitor.config import LoadedConfig
 from monitor.optimize.search import OptimizeRequest, diagnose, optimize
-from monitor.registry import plan_active
+from monitor.registry import PlannedBenchmark, plan_active
 from rules.discovery import ConfiguredRule
 from rules.engine import Evaluation, evaluate_model
 from storage import rule_events
@@ -96,17 +96,17 @@ def _diagnose_latency_findings(
     cancel: threading.Event | None,
 ) -> None:
     """Profile the model for each latency finding a rule fired on that has no diagnosis yet."""
+    series: list[PlannedBenchmark] | None = None
     for fired in evaluation.fired:
         finding = by_id.get(fired.decision.finding_id or -1)
         if finding is None or finding.diagnosis or finding.metric not in LATENCY_METRICS:
             continue
         if cancel is not None and cancel.is_set():
             return
-        planned = next((p for p in plan_active(db, loaded, [finding.model])
-                        if p.job.batch_size == finding.key.batch_size and p.job.device == finding.key.device), None)
-        variant = planned.job.subjects[0].variant if planned is not None else None
-        if variant is None or variant.name != finding.key.variant:
-            continue  # an action replaced the variant: profiling the new one would not explain this finding
+        if series is None:  # read once, after any action: the series of the variant active now
+            series = plan_active(db, loaded, [finding.model])
+        # None when an action replaced the finding's variant: profiling the new one would not explain it.
+        planned = next((p for p in series if p.key == finding.key), None)
         if planned is not None:
             profiled = diagnose(db, loaded, planned, finding, cancel)
             if profiled.error is not None:
