@@ -189,7 +189,7 @@ def spawns_child() -> nn.Module:
 
 
 def matmul() -> nn.Module:
-    """Matmul-bound (512-wide, takes a [N, 512] input): its speed follows the thread count."""
+    """Matmul-bound (512-wide, takes a [N, 512] input): its speed follows the BLAS library and its threads."""
     torch.manual_seed(0)
     return nn.Sequential(nn.Linear(512, 1024), nn.ReLU(), nn.Linear(1024, 1024), nn.ReLU(), nn.Linear(1024, 512))
 
