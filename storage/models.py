@@ -321,3 +321,33 @@ class RuleEventRow(Base):
     finding_id: Mapped[int | None] = mapped_column(ForeignKey("findings.id", ondelete="SET NULL"))
     action_id: Mapped[int | None] = mapped_column(ForeignKey("actions.id", ondelete="SET NULL"))
     created_at: Mapped[datetime] = mapped_column(default=utc_now)
+
+
+class NotificationRow(Base):
+    """One email about one subject (a finding, an action, a digest) to one recipient, and how it went.
+
+    The unique (kind, subject, recipient) is what makes an alert go out once: a sender claims its row
+    before sending, so a second pass, a restart or another host finds it taken.
+    """
+
+    __tablename__ = "notifications"
+    __table_args__ = (
+        UniqueConstraint("kind", "subject_key", "recipient"),
+        CheckConstraint("kind IN ('alert', 'digest')", name="kind"),
+        CheckConstraint("status IN ('pending', 'sent', 'failed')", name="status"),
+        Index("ix_notifications_status_created", "status", "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    subject_key: Mapped[str] = mapped_column(String(200))  # finding:12, action:3, rule_event:7, digest:<when>
+    recipient: Mapped[str] = mapped_column(String(320))
+    model_id: Mapped[int | None] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"))
+    status: Mapped[str] = mapped_column(String(16))
+    subject: Mapped[str] = mapped_column(Text)  # the email's subject line
+    attempts: Mapped[int] = mapped_column(default=0)  # SMTP tries over every pass
+    passes: Mapped[int] = mapped_column(default=0)  # sending passes that tried it
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utc_now)
+    updated_at: Mapped[datetime] = mapped_column(default=utc_now)
+    sent_at: Mapped[datetime | None]

@@ -14,7 +14,8 @@ from sqlalchemy import event, inspect
 from storage.db import MIGRATIONS_DIR, Database
 from storage.models import Base
 
-TABLES = {"models", "variants", "runs", "run_metrics", "run_samples", "findings", "actions", "rule_events"}
+TABLES = {"models", "variants", "runs", "run_metrics", "run_samples", "findings", "actions", "rule_events",
+          "notifications"}
 
 
 @pytest.fixture
