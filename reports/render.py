@@ -1,0 +1,301 @@
+"""HTML from report data: the static site (index + a page per model + chart images) and the bodies of
+the digest and alert emails, all from the same autoescaped Jinja2 templates.
+
+The site opens from disk with no server: relative links only, images as PNG files next to the pages.
+Files are replaced atomically, so the daemon's HTTP endpoint never serves half a page, and chart
+files are named by a digest of their data, so a refresh draws only the charts whose data changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import struct
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+
+from reports.charts import render_chart, render_many, sparkline
+from reports.data import FleetReport, ModelView
+from reports.figures import NamedChart, latency_chart, model_charts, primary_latency, spark_values, table
+from reports.mail import InlineImage
+from storage.actions import ActionRecord
+from storage.findings import FindingRecord, SeriesKey
+from storage.rule_events import RuleEvent
+
+IMAGE_DIR = "img"
+PAGE_DIR = "models"
+SPARK_SIZE = (120, 28)
+
+
+@dataclass(frozen=True, slots=True)
+class ChartView:
+    """A chart as a template shows it: image address, size, alt text and its table fallback."""
+
+    title: str
+    src: str
+    alt: str
+    width: int
+    height: int
+    table: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Site:
+    """What `write_site` wrote."""
+
+    index: Path
+    pages: dict[str, Path]
+    charts: int  # charts on the pages
+    drawn: int  # of which drawn now (the others were unchanged)
+
+
+@dataclass(frozen=True, slots=True)
+class RenderedEmail:
+    """An email's subject, both bodies and the images its HTML refers to by cid."""
+
+    subject: str
+    html: str
+    text: str
+    images: list[InlineImage] = field(default_factory=list)
+
+
+def environment() -> Environment:
+    """The templates with autoescaping for HTML (not for the plain-text email parts)."""
+    env = Environment(
+        loader=PackageLoader("reports", "templates"),
+        autoescape=select_autoescape(enabled_extensions=("html",), default_for_string=True),
+        undefined=StrictUndefined,
+        trim_blocks=False,
+        lstrip_blocks=False,
+    )
+    env.filters.update(when=_when, pair=_pair, cause=cause_text)
+    env.globals.update(num=_num, pct=_pct)
+    return env
+
+
+def page_name(model: str) -> str:
+    """A file name for the model's page that is safe on every file system and in a URL, and unique."""
+    slug = re.sub(r"[^a-z0-9]+", "-", model.lower()).strip("-")[:60] or "model"
+    return f"{slug}-{hashlib.sha256(model.encode()).hexdigest()[:8]}.html"
+
+
+def write_site(report: FleetReport, out_dir: Path, *, workers: int = 1) -> Site:
+    """Write index.html, one page per model and their images under `out_dir`; remove images no page uses."""
+    env = environment()
+    images = out_dir / IMAGE_DIR
+    pages_dir = out_dir / PAGE_DIR
+    images.mkdir(parents=True, exist_ok=True)
+    pages_dir.mkdir(parents=True, exist_ok=True)
+    charts = {view.model.name: model_charts(view) for view in report.models}
+    specs = {chart.name: chart.spec for group in charts.values() for chart in group}
+    before = set(os.listdir(images))
+    files = render_many(specs, images, workers=workers)
+    drawn = len(set(files.values()) - before)
+    sparks = {}
+    for view in report.models:
+        for series in view.series:
+            if series.active:
+                sparks[(view.model.name, series.key)] = _spark_file(images, spark_values(series), series.key)
+    used = set(files.values()) | {Path(s.src).name for s in sparks.values()}
+    link = _link("models/")
+    index = out_dir / "index.html"
+    _write(index, env.get_template("index.html").render(report=report, sparks=_with_prefix(sparks, "img/"),
+                                                        link=link))
+    pages = {}
+    page_sparks = _with_prefix(sparks, f"../{IMAGE_DIR}/")
+    for view in report.models:
+        views = [_chart_view(chart, f"../{IMAGE_DIR}/{files[chart.name]}", images / files[chart.name])
+                 for chart in charts[view.model.name]]
+        path = pages_dir / page_name(view.model.name)
+        _write(path, env.get_template("model.html").render(report=report, view=view, charts=views, sparks=page_sparks))
+        pages[view.model.name] = path
+    for name in set(os.listdir(images)) - used:
+        if name.endswith(".png"):
+            (images / name).unlink(missing_ok=True)
+    for name in set(os.listdir(pages_dir)) - {p.name for p in pages.values()}:
+        if name.endswith(".html"):
+            (pages_dir / name).unlink(missing_ok=True)
+    return Site(index, pages, len(specs), drawn)
+
+
+def render_digest(report: FleetReport, recipient: str, report_url: str | None = None) -> RenderedEmail:
+    """The digest of `report` (already narrowed to the recipient's models): the overview table with a
+    sparkline per series, and the latency chart of every model that is not ok."""
+    env = environment()
+    images: dict[str, InlineImage] = {}
+    sparks = {}
+    for view in report.models:
+        for series in view.series:
+            if series.active:
+                data = sparkline(spark_values(series), width=SPARK_SIZE[0], height=SPARK_SIZE[1])
+                sparks[(view.model.name, series.key)] = _inline(images, "spark", data, SPARK_SIZE,
+                                                                f"p50 trend of {series.key.label()}")
+    charts = {}
+    for view in report.models:
+        if view.status in ("failing", "regressed", "slo", "watch") and view.primary and view.primary.latest:
+            chart = primary_latency(view)
+            if chart is not None:
+                charts[view.model.name] = _inline_chart(images, chart)
+    counts = report.counts()
+    subject = digest_subject(counts, len(report.models))
+    context = dict(report=report, views=report.models, recipient=recipient, counts=counts, sparks=sparks,
+                   charts=charts, link=_link(_join(report_url, "models/")) if report_url else _no_link,
+                   report_url=report_url, subject=subject)
+    html = env.get_template("digest.html").render(**context)
+    text = env.get_template("digest.txt").render(**context)
+    return RenderedEmail(subject, html, text, list(images.values()))
+
+
+def render_alert(
+    view: ModelView,
+    report: FleetReport,
+    findings: Sequence[FindingRecord] = (),
+    rule_alerts: Sequence[RuleEvent] = (),
+    actions: Sequence[ActionRecord] = (),
+    report_url: str | None = None,
+) -> RenderedEmail:
+    """One model's alert: its new findings, rule alerts and actions, with the latency chart of the
+    series the first finding is on."""
+    env = environment()
+    images: dict[str, InlineImage] = {}
+    series = next((s for s in view.series if findings and s.key == findings[0].key), view.primary)
+    chart_view = _inline_chart(images, latency_chart(view, series)) if series is not None else None
+    subject = alert_subject(view.model.name, findings, rule_alerts, actions)
+    page = _join(report_url, "models/" + page_name(view.model.name)) if report_url else None
+    context = dict(report=report, view=view, findings=list(findings), rule_alerts=list(rule_alerts),
+                   actions=list(actions), chart_view=chart_view, report_url=page, subject=subject)
+    html = env.get_template("alert.html").render(**context)
+    text = env.get_template("alert.txt").render(**context)
+    return RenderedEmail(subject, html, text, list(images.values()))
+
+
+def digest_subject(counts: dict[str, int], models: int) -> str:
+    bad = [f"{n} {status}" for status, n in counts.items() if n and status not in ("ok", "new")]
+    if not models:
+        return "perfguard digest: no models"
+    if not bad:
+        return f"perfguard digest: all {models} model{'s' if models != 1 else ''} ok"
+    return f"perfguard digest: {', '.join(bad)} of {models} model{'s' if models != 1 else ''}"
+
+
+def alert_subject(
+    model: str, findings: Sequence[FindingRecord], rule_alerts: Sequence[RuleEvent], actions: Sequence[ActionRecord]
+) -> str:
+    parts = [f"{f.metric} {100 * f.rel_change:+.1f} % ({f.key.label()})" for f in findings]
+    parts += [f"{e.rule}" for e in rule_alerts]
+    parts += [f"{a.kind} {a.status}" for a in actions]
+    head = parts[0] if parts else "update"
+    more = f" and {len(parts) - 1} more" if len(parts) > 1 else ""
+    return _one_line(f"perfguard alert: {model}: {head}{more}")
+
+
+def cause_text(finding: FindingRecord) -> str:
+    """What the A/B against the frozen reference said of a finding, in a few words."""
+    c = finding.confirmation or {}
+    if finding.cause is None:
+        if "error" in c:
+            return f"not attributed: {str(c['error']).splitlines()[0][:160]}"
+        return "not attributed yet" if finding.metric == "latency_ms_p50" else "–"
+    parts = [finding.cause]
+    if c.get("model_change") is not None:
+        parts.append(f"model {100 * c['model_change']:+.1f} %")
+    if c.get("environment_change") is not None:
+        parts.append(f"frozen copy {100 * c['environment_change']:+.1f} %")
+    text = ": ".join([parts[0], ", ".join(parts[1:])]) if len(parts) > 1 else parts[0]
+    return f"{text} ({c['why']})" if c.get("why") else text
+
+
+def _chart_view(chart: NamedChart, src: str, path: Path) -> ChartView:
+    width, height = _png_size(path.read_bytes()[:32])
+    header, rows = table(chart.spec)
+    return ChartView(chart.spec.title, src, chart.alt, width, height, {"header": header, "rows": rows})
+
+
+def _inline_chart(images: dict[str, InlineImage], chart: NamedChart) -> ChartView:
+    """A chart for an email: inline image and alt text; no table (mail clients cannot fold one away)."""
+    data = render_chart(chart.spec)
+    view = _inline(images, "chart", data, _png_size(data[:32]), chart.alt)
+    return ChartView(chart.spec.title, view.src, chart.alt, view.width, view.height)
+
+
+def _inline(images: dict[str, InlineImage], kind: str, data: bytes, size: tuple[int, int], alt: str) -> ChartView:
+    cid = f"{kind}-{hashlib.sha256(data).hexdigest()[:16]}@perfguard"
+    images.setdefault(cid, InlineImage(cid, data, filename=f"{kind}.png"))
+    return ChartView(alt, f"cid:{cid}", alt, size[0], size[1])
+
+
+def _spark_file(images: Path, values: list[float | None], key: SeriesKey) -> ChartView:
+    data = sparkline(values, width=SPARK_SIZE[0], height=SPARK_SIZE[1])
+    name = f"spark-{hashlib.sha256(data).hexdigest()[:16]}.png"
+    path = images / name
+    if not path.exists():
+        _write_bytes(path, data)
+    return ChartView("trend", name, f"p50 trend of {key.label()}", SPARK_SIZE[0], SPARK_SIZE[1])
+
+
+def _with_prefix(sparks: dict[Any, ChartView], prefix: str) -> dict[Any, ChartView]:
+    return {k: ChartView(v.title, prefix + v.src, v.alt, v.width, v.height) for k, v in sparks.items()}
+
+
+def _link(prefix: str) -> Any:
+    return lambda view: prefix + page_name(view.model.name)
+
+
+def _no_link(_view: ModelView) -> str:
+    return "#"
+
+
+def _join(base: str | None, path: str) -> str:
+    return (base or "").rstrip("/") + "/" + path
+
+
+def _png_size(head: bytes) -> tuple[int, int]:
+    """Width and height from a PNG's IHDR chunk (bytes 16-24)."""
+    width, height = struct.unpack(">II", head[16:24])
+    return width, height
+
+
+def _write(path: Path, text: str) -> None:
+    _write_bytes(path, text.encode("utf-8"))
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    """Replace `path` atomically: a reader sees the old file or the new one, never half of one."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _when(value: datetime | None) -> str:
+    return "–" if value is None else value.strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _pair(value: object) -> str:
+    if isinstance(value, list | tuple) and len(value) == 2:
+        return f"{value[0]} → {value[1]}"
+    return str(value)
+
+
+def _num(value: float | None, fmt: str = "%.4g") -> str:
+    return "–" if value is None else fmt % value
+
+
+def _pct(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:+.1f} %"
+
+
+def _one_line(text: str) -> str:
+    return re.sub(r"[\r\n\t]+", " ", text).strip()[:250]

@@ -1,0 +1,176 @@
+"""The static HTML report: the fleet overview and model pages from a real database, opened from disk."""
+
+from __future__ import annotations
+
+import html.parser
+import re
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from monitor.service.reporting import write_report
+from reports.data import gather
+from reports.render import page_name, write_site
+from storage.db import Database
+from tests.report_helpers import history_runs, make_fleet, report_config, seed
+
+EVIL = "<script>alert(1)</script>"
+
+
+class Links(html.parser.HTMLParser):
+    """Every href and src of a page, and whether a <script> element appears."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.refs: list[str] = []
+        self.alts: list[str | None] = []
+        self.scripts = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        found = dict(attrs)
+        if tag == "script":
+            self.scripts += 1
+        for name in ("href", "src"):
+            if found.get(name):
+                self.refs.append(found[name] or "")
+        if tag == "img":
+            self.alts.append(found.get("alt"))
+
+
+def parse(path: Path) -> Links:
+    links = Links()
+    links.feed(path.read_text(encoding="utf-8"))
+    return links
+
+
+def local_targets_exist(page: Path) -> list[str]:
+    """The relative links and images of `page` that do not resolve to a file."""
+    missing = []
+    for ref in parse(page).refs:
+        if re.match(r"^[a-z]+:", ref) or ref.startswith("#"):
+            continue
+        if not (page.parent / ref.split("#")[0]).resolve().is_file():
+            missing.append(ref)
+    return missing
+
+
+@pytest.fixture
+def fleet(tmp_path: Path):
+    loaded, db = make_fleet(tmp_path)
+    yield loaded, db
+    db.close()
+
+
+def test_the_site_has_an_overview_and_a_page_per_model_that_open_from_disk(fleet) -> None:
+    loaded, db = fleet
+    site = write_report(db, loaded)
+    assert site.index == loaded.base_dir / "site" / "index.html"
+    assert set(site.pages) == {"seed-cnn", "mlp", "broken"}
+    for page in [site.index, *site.pages.values()]:
+        assert local_targets_exist(page) == [], page
+        links = parse(page)
+        assert links.scripts == 0
+        assert all(alt for alt in links.alts), f"an image without alt text on {page}"
+    index = site.index.read_text()
+    # Worst first: the failing model, then the regressed one, then the healthy one.
+    assert index.index("broken") < index.index("seed-cnn") < index.index(">mlp<")
+    assert "pill-failing" in index and "pill-regressed" in index and "pill-ok" in index
+    assert "+25" in index or "+24" in index or "+26" in index  # seed-cnn's p50 against its baseline
+
+
+def test_a_model_page_shows_charts_findings_actions_env_changes_and_failed_runs(fleet) -> None:
+    loaded, db = fleet
+    site = write_report(db, loaded)
+    page = site.pages["seed-cnn"].read_text()
+    for chart in ("Latency, baseline on cpu, batch 8", "Peak memory", "Throughput", "Accuracy"):
+        assert chart in page
+    assert "latency_ms_p50" in page and "regression" in page  # the open finding
+    assert "torch" in page and "2.12.1+cpu → 2.13.0+cpu" in page  # the environment change
+    assert "dynamic_int8" in page and "refused" in page and "0.9700 → 0.9000" in page  # the action's table
+    assert "RuntimeError: CUDA error: out of memory" in page  # the failed run, with its error
+    assert "the numbers" in page  # every chart has its table fallback
+    images = [ref for ref in parse(site.pages["seed-cnn"]).refs if ref.endswith(".png")]
+    assert len(images) >= 4
+    for ref in images:
+        with Image.open(site.pages["seed-cnn"].parent / ref) as image:
+            assert image.format == "PNG" and image.width >= 100
+
+
+def test_a_refresh_draws_only_changed_charts_and_removes_stale_files(fleet) -> None:
+    loaded, db = fleet
+    first = write_report(db, loaded)
+    assert first.drawn == first.charts > 0
+    again = write_report(db, loaded)
+    assert again.drawn == 0  # nothing changed
+    seed(db, loaded, history_runs("mlp", 1, seed=9, start=datetime.now(UTC)))
+    third = write_report(db, loaded)
+    assert 0 < third.drawn < third.charts  # only the mlp's charts
+    images = {p.name for p in (loaded.base_dir / "site" / "img").iterdir()}
+    referenced = set()
+    for page in [third.index, *third.pages.values()]:
+        referenced |= {Path(ref).name for ref in parse(page).refs if ref.endswith(".png")}
+    assert images == referenced  # the mlp's old charts are gone
+
+
+def test_hostile_names_and_errors_are_escaped_everywhere(tmp_path: Path) -> None:
+    """The config only takes plain model names, but the database can hold others (runs from another
+    host or an older tool), and error texts are whatever an exception said."""
+    loaded = report_config(tmp_path, [{"name": "plain"}])
+    with Database.open(loaded.storage_url()) as db:
+        runs = history_runs(EVIL, 30, step_at=20, failed=(25,))
+        runs[25].error = f"ValueError: {EVIL}"
+        seed(db, loaded, [*runs, *history_runs("plain", 5)])
+        site = write_report(db, loaded)
+    assert set(site.pages) == {EVIL, "plain"}
+    for page in [site.index, *site.pages.values()]:
+        assert EVIL not in page.read_text() and parse(page).scripts == 0
+    for page in (site.index, site.pages[EVIL]):
+        assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page.read_text()
+    assert "ValueError: &lt;script&gt;" in site.pages[EVIL].read_text()
+    assert "Not in the config" in site.pages[EVIL].read_text() and "(not in the config)" in site.index.read_text()
+    assert re.fullmatch(r"script-alert-1-script-[0-9a-f]{8}\.html", site.pages[EVIL].name)
+    assert site.pages[EVIL].name == page_name(EVIL)
+
+
+def test_no_models_and_a_model_without_runs_render(tmp_path: Path) -> None:
+    loaded = report_config(tmp_path, [])
+    with Database.open(loaded.storage_url()) as db:
+        site = write_report(db, loaded)
+    assert "No models are registered yet" in site.index.read_text()
+    loaded = report_config(tmp_path, [{"name": "fresh"}])
+    with Database.open(loaded.storage_url()) as db:
+        site = write_report(db, loaded)
+    assert "no runs yet" in site.index.read_text() and "No runs yet" in site.pages["fresh"].read_text()
+
+
+def test_a_model_with_only_failed_runs_is_failing_with_its_error(tmp_path: Path) -> None:
+    loaded = report_config(tmp_path, [{"name": "broken"}])
+    with Database.open(loaded.storage_url()) as db:
+        seed(db, loaded, history_runs("broken", 3, failed=(0, 1, 2)))
+        report = gather(db, [m for m in _reported(loaded)])
+        site = write_site(report, tmp_path / "out")
+    [view] = report.models
+    assert view.status == "failing" and "out of memory" in view.status_reason
+    assert "out of memory" in site.pages["broken"].read_text()
+
+
+@pytest.mark.slow
+def test_thousands_of_runs_render_with_their_history_bounded(tmp_path: Path) -> None:
+    loaded = report_config(tmp_path, [{"name": "busy"}], extra="")
+    with Database.open(loaded.storage_url()) as db:
+        seed(db, loaded, history_runs("busy", 3000, step_at=2500, failed=(100, 2900)))
+        report = gather(db, _reported(loaded), per_series=1000)
+        site = write_site(report, tmp_path / "out")
+    [view] = report.models
+    assert len(view.series[0].runs) == 1000  # the window, newest runs
+    assert len(view.recent_runs) == 50
+    assert view.status == "failing" or view.status == "regressed"
+    assert site.charts >= 3 and (tmp_path / "out" / "index.html").stat().st_size < 200_000
+
+
+def _reported(loaded):
+    from monitor.service.reporting import reported_models
+
+    return reported_models(loaded)
