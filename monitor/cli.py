@@ -13,6 +13,7 @@ import logging
 import sys
 import time
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -549,6 +550,42 @@ def actions(config_path: Path, as_json: bool, model: str | None, limit: int) -> 
           r.status + (" (rolled back)" if r.rolled_back_at else ""), r.from_variant, r.to_variant or "-",
           r.reason[:100]] for r in records],
     ))
+
+
+@main.command()
+@config_option
+@json_option
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder for the site (default: the config's reports.out_dir, ./perfguard-reports).")
+@click.option("--email", "send_email", is_flag=True, help="Also send the digest to every owner and recipient now.")
+def report(config_path: Path, as_json: bool, out_dir: Path | None, send_email: bool) -> None:
+    """Write the HTML report (index.html, a page per model, charts); with --email, send the digest."""
+    from monitor.service.reporting import EmailNotConfigured, report_dir, send_digests, write_report
+
+    loaded = _load(config_path)
+    if send_email and loaded.config.email is None:
+        raise click.UsageError(f"{loaded.path}: --email needs an [email] section (smtp_host, sender)")
+    target = report_dir(loaded, out_dir)
+    with _open_db(loaded) as db:
+        site = write_report(db, loaded, target)
+        sent = []
+        if send_email:
+            try:
+                sent = send_digests(db, loaded, key=f"manual:{datetime.now(UTC):%Y-%m-%dT%H:%M:%S.%f}")
+            except EmailNotConfigured as exc:  # pragma: no cover - checked above
+                raise click.UsageError(str(exc)) from None
+    failed = [s for s in sent if not s.delivery.ok]
+    if as_json:
+        _print_json({"index": str(site.index), "pages": {k: str(v) for k, v in site.pages.items()},
+                     "charts": site.charts, "charts_drawn": site.drawn, "emails": [s.to_json() for s in sent]})
+    else:
+        click.echo(f"report: {site.index.resolve().as_uri()} ({len(site.pages)} model pages, {site.charts} charts, "
+                   f"{site.drawn} drawn now)")
+        for s in sent:
+            state = "sent" if s.delivery.ok else f"NOT sent ({s.delivery.error}); kept in {s.saved_to}"
+            click.echo(f"digest to {s.recipient}: {state}")
+    if failed:
+        sys.exit(1)
 
 
 @main.group()

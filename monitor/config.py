@@ -72,6 +72,12 @@ def _check_import_path(value: str) -> str:
     return value
 
 
+def _check_address(value: str) -> str:
+    if not re.match(r"^[^@\s<>,;]+@[^@\s<>,;]+\.[^@\s<>,;]+$", value):
+        raise ValueError(f"expected an e-mail address like team@example.com, got {value!r}")
+    return value
+
+
 def _check_crontab(value: str | None) -> str | None:
     if value is not None:
         from apscheduler.triggers.cron import CronTrigger
@@ -305,10 +311,7 @@ class ModelConfig(_Strict):
     @field_validator("owners")
     @classmethod
     def _owners(cls, value: list[str]) -> list[str]:
-        for owner in value:
-            if not re.match(r"^[^@\s]+@[^@\s]+\.[^@\s]+$", owner):
-                raise ValueError(f"expected e-mail addresses, got {owner!r}")
-        return value
+        return [_check_address(owner) for owner in value]
 
     @field_validator("slo")
     @classmethod
@@ -359,17 +362,47 @@ class StorageConfig(_Strict):
 
 
 class EmailConfig(_Strict):
+    """SMTP delivery of the digest and the alerts. The password is read from the environment variable
+    named by `password_env` when mail is sent: it is never in the config, the database or a log."""
+
     smtp_host: str = "localhost"
     smtp_port: int = Field(default=25, gt=0, lt=65536)
     sender: str
-    use_tls: bool = False
-    username: str | None = None  # the password comes from the environment only
-    digest_cron: str | None = None
+    security: Literal["none", "starttls", "ssl"] = "none"  # starttls: port 587; ssl: implicit TLS, port 465
+    username: str | None = None
+    password_env: str = Field(default="PERFGUARD_SMTP_PASSWORD", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    ca_file: str | None = None  # a private CA bundle (relative to the config file); default: the system's
+    timeout_s: float = Field(default=30.0, gt=0)
+    attempts: int = Field(default=3, ge=1, le=10)  # tries per email, waiting backoff_s, then twice that...
+    backoff_s: float = Field(default=2.0, ge=0)
+    recipients: list[str] = []  # get every model (a platform team); owners get their own models
+    digest_cron: str | None = None  # e.g. "0 7 * * *" (UTC); no digest when unset
+    alerts: bool = True  # an email per new finding or action, to the model's owners and `recipients`
+    report_url: str | None = None  # where the report is served, for links in emails (e.g. http://host:9307/)
 
     @field_validator("digest_cron")
     @classmethod
     def _digest_cron(cls, value: str | None) -> str | None:
         return _check_crontab(value)
+
+    @field_validator("sender")
+    @classmethod
+    def _sender(cls, value: str) -> str:
+        return _check_address(value)
+
+    @field_validator("recipients")
+    @classmethod
+    def _recipients(cls, value: list[str]) -> list[str]:
+        return [_check_address(v) for v in value]
+
+
+class ReportsConfig(_Strict):
+    """The static HTML report: where it is written and how much history it charts."""
+
+    out_dir: str = "perfguard-reports"  # relative to the config file
+    runs_per_series: int = Field(default=1000, ge=10, le=100_000)
+    refresh: bool = True  # the daemon rewrites it after each model's runs and serves it on its endpoint
+    workers: int = Field(default=2, ge=1, le=64)  # processes drawing charts when many changed at once
 
 
 class RuleConfig(_Strict):
@@ -415,6 +448,7 @@ class Config(_Strict):
     storage: StorageConfig = StorageConfig()
     daemon: DaemonConfig = DaemonConfig()
     email: EmailConfig | None = None
+    reports: ReportsConfig = ReportsConfig()
     harness: HarnessConfig = HarnessConfig()
     detection: DetectionConfig = DetectionConfig()
     optimize: OptimizeConfig = OptimizeConfig()

@@ -127,7 +127,7 @@ BAD_MODELS: dict[str, BadModel] = {
         {"slo": {"throughput_per_s": -5}}, "models[1].slo", "throughput_per_s: expected a positive bound, got -5"
     ),
     "owner-not-email": BadModel(
-        {"owners": ["ok@example.com", "vision-team"]}, "models[1].owners", "expected e-mail addresses, got 'vision-team'"
+        {"owners": ["ok@example.com", "vision-team"]}, "models[1].owners", "expected an e-mail address like team@example.com, got 'vision-team'"
     ),
     "owner-no-domain": BadModel({"owners": ["me@localhost"]}, "models[1].owners", "got 'me@localhost'"),
     "max-time-zero": BadModel({"max_time_s": 0}, "models[1].max_time_s", GREATER_THAN_0),

@@ -416,3 +416,39 @@ def test_after_its_runs_the_daemon_evaluates_the_rules_and_records_what_fired(tm
     [event] = events()
     assert (event.rule, event.outcome) == ("slo_breach", "alert")
     assert "latency_ms_p50" in event.reason and event.key.startswith("slo:latency_ms_p50:b4:")
+
+
+def test_the_daemon_writes_the_report_after_runs_and_serves_it_read_only(tmp_path):
+    port = free_port()
+    config = write_config(tmp_path, QUICK_MODEL.format(name="fast", every="1h"), port=port)
+    (tmp_path / "secret.html").write_text("not part of the report")
+    proc = start(config)
+    try:
+        assert wait_for(lambda: (tmp_path / "runs.db").exists() and runs(config, "fast"), 40)
+        site = tmp_path / "perfguard-reports"
+        assert wait_for(lambda: any((site / "img").glob("*.png")) and "no runs yet" not in
+                        (site / "index.html").read_text(), 20)
+        index_code, index = http_get(port, "/")
+        [page] = (site / "models").glob("*.html")
+        page_code, page_html = http_get(port, f"/models/{page.name}")
+        [image] = [p for p in (site / "img").glob("*.png") if not p.name.startswith("spark-")][:1]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/img/{image.name}", timeout=5) as reply:
+            image_type, image_bytes = reply.headers["Content-Type"], reply.read()
+        escapes = [http_get(port, path)[0] for path in
+                   ("/../secret.html", "/%2e%2e/secret.html", "/models/..%2f..%2fsecret.html", "/runs.db",
+                    "/perfguard.toml", "/.tmp-x.html")]
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/index.html", data=b"x", method="POST")
+        try:
+            urllib.request.urlopen(request, timeout=5)
+            post_code = 200
+        except urllib.error.HTTPError as exc:
+            post_code = exc.code
+    finally:
+        code, err = stop(proc)
+    assert code == 0, err
+    assert f"report on http://127.0.0.1:{port}/" in err
+    assert index_code == 200 and "<b>fast</b></a>" in index and "pill-ok" in index
+    assert page_code == 200 and "Latency, baseline on cpu, batch 4" in page_html
+    assert image_type == "image/png" and image_bytes.startswith(b"\x89PNG")
+    assert escapes == [404] * len(escapes)
+    assert post_code in (405, 501)  # read-only

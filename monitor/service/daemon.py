@@ -28,6 +28,7 @@ from monitor.detection.check import check_models
 from monitor.harness.protocol import VariantSpec
 from rules.discovery import ConfiguredRule, configured_rules
 from monitor.service.benchmark import BenchmarkProgress, benchmark_models
+from monitor.service.reporting import ReportKeeper, report_dir
 from monitor.service.respond import respond
 from monitor.service.http import RunMetricsExporter, serve
 from monitor.service.lock import DaemonLock, daemon_holder
@@ -94,6 +95,7 @@ class Daemon:
         self.spool = RunSpool(loaded.base_dir / daemon_config.spool_dir)
         self.variants: dict[str, VariantSpec] = {}  # model -> active variant, last seen in the database
         self.rules = BuiltRules()
+        self.reports = ReportKeeper()
         self.last_success: datetime | None = None
         self._http: ThreadingHTTPServer | None = None
 
@@ -148,6 +150,8 @@ class Daemon:
                 self.after_runs(loaded, name, records)
             except Exception:
                 log.exception("change detection for %s failed", name)
+            if not self.stopping():
+                self.reports.after_runs(self.db, loaded, name)
         finally:
             with self._idle:
                 self._active -= 1
@@ -176,6 +180,9 @@ class Daemon:
         self.scheduler.sync(
             self.loaded.config.models, queries.last_run_times(self.db), self.loaded.config.daemon.misfire_grace_s
         )
+        email = self.loaded.config.email
+        self.scheduler.sync_cron_task(ReportKeeper.DIGEST_JOB, email.digest_cron if email else None,
+                                      lambda: self.reports.digest(self.db, self.loaded))
 
     def reload(self) -> None:
         try:
@@ -202,8 +209,12 @@ class Daemon:
         self.seed_metrics()
         self.sync_schedule()
         self.scheduler.start()
-        self._http = serve(self.loaded.config.daemon.listen, self.exporter, self.health)
-        log.info("health and metrics on http://%s/healthz and /metrics", self.loaded.config.daemon.listen)
+        site = report_dir(self.loaded) if self.loaded.config.reports.refresh else None
+        self._http = serve(self.loaded.config.daemon.listen, self.exporter, self.health, site)
+        listen = self.loaded.config.daemon.listen
+        log.info("health and metrics on http://%s/healthz and /metrics", listen)
+        if site is not None and self.reports.refresh(self.db, self.loaded) is not None:
+            log.info("report on http://%s/ (files in %s)", listen, site)
         log.info("perfguard daemon started: %d model(s), database %s", len(self.loaded.config.models),
                  self.db.display_location())
         mtime = _mtime(self.loaded.path)

@@ -1,4 +1,5 @@
-"""The daemon's HTTP side: `/healthz` for liveness probes and `/metrics` for Prometheus.
+"""The daemon's HTTP side: `/healthz` for liveness probes, `/metrics` for Prometheus, and the HTML
+report (read-only: GET and HEAD of the files the report wrote, nothing else).
 
 Figures are gauges set from each stored run (seeded from history at start), so a scrape never
 touches the database; `/healthz` does, briefly, because "database reachable" is what it reports.
@@ -11,8 +12,10 @@ import json
 import logging
 import threading
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -78,27 +81,71 @@ def _set(gauge: Gauge, series: tuple[str, ...], value: float | None) -> None:
         gauge.labels(*series).set(value)
 
 
-def serve(listen: str, exporter: RunMetricsExporter, health: Callable[[], dict[str, Any]]) -> ThreadingHTTPServer:
-    """Start the endpoint on `host:port` in a background thread; the server (call shutdown() to stop)."""
+SITE_TYPES = {".html": "text/html; charset=utf-8", ".png": "image/png"}
+
+
+def site_file(site: Path, url_path: str) -> Path | None:
+    """The report file an URL path names, or None: only .html and .png files inside `site`, no
+    hidden files, no way out of the folder (`..`, symlinks, encoded slashes)."""
+    path = unquote(urlsplit(url_path).path)
+    if path in ("", "/"):
+        path = "/index.html"
+    parts = [p for p in path.split("/") if p]
+    if any(p.startswith(".") or "\\" in p for p in parts) or not parts:
+        return None
+    candidate = site.joinpath(*parts)
+    try:
+        resolved, root = candidate.resolve(strict=True), site.resolve(strict=True)
+    except OSError:
+        return None
+    if root not in resolved.parents or not resolved.is_file() or resolved.suffix not in SITE_TYPES:
+        return None
+    return resolved
+
+
+def serve(
+    listen: str, exporter: RunMetricsExporter, health: Callable[[], dict[str, Any]], site: Path | None = None,
+) -> ThreadingHTTPServer:
+    """Start the endpoint on `host:port` in a background thread; the server (call shutdown() to stop).
+    With `site`, the report written there is served at `/`."""
     host, _, port = listen.rpartition(":")
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 - the http.server API
+            self._answer(send_body=True)
+
+        def do_HEAD(self) -> None:  # noqa: N802 - the http.server API
+            self._answer(send_body=False)
+
+        def _answer(self, send_body: bool) -> None:
             if self.path == "/metrics":
-                self._reply(200, CONTENT_TYPE_LATEST, generate_latest(exporter.registry))
+                self._reply(200, CONTENT_TYPE_LATEST, generate_latest(exporter.registry), send_body)
             elif self.path == "/healthz":
                 report = health()
                 body = json.dumps(report, default=str).encode()
-                self._reply(200 if report["healthy"] else 503, "application/json", body)
+                self._reply(200 if report["healthy"] else 503, "application/json", body, send_body)
+            elif site is not None and (found := site_file(site, self.path)) is not None:
+                try:
+                    body = found.read_bytes()
+                except OSError:  # replaced or removed by a refresh between the lookup and the read
+                    self._reply(404, "text/plain", b"not found\n", send_body)
+                    return
+                self._reply(200, SITE_TYPES[found.suffix], body, send_body, cache="no-cache")
             else:
-                self._reply(404, "text/plain", b"not found: try /healthz or /metrics\n")
+                hint = b"not found: try /, /healthz or /metrics\n" if site else b"not found: try /healthz or /metrics\n"
+                self._reply(404, "text/plain", hint, send_body)
 
-        def _reply(self, code: int, content_type: str, body: bytes) -> None:
+        def _reply(self, code: int, content_type: str, body: bytes, send_body: bool = True,
+                   cache: str | None = None) -> None:
             self.send_response(code)
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))
+            self.send_header("X-Content-Type-Options", "nosniff")
+            if cache:
+                self.send_header("Cache-Control", cache)
             self.end_headers()
-            self.wfile.write(body)
+            if send_body:
+                self.wfile.write(body)
 
         def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - scrapes are not news
             log.debug("http: " + format, *args)

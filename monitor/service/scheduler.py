@@ -70,7 +70,7 @@ class BenchmarkScheduler:
         now = datetime.now(UTC)
         wanted = {JOB_PREFIX + m.name: m for m in models}
         for job_id in list(self._specs):
-            if job_id not in wanted:
+            if job_id.startswith(JOB_PREFIX) and job_id not in wanted:
                 self._scheduler.remove_job(job_id)
                 del self._specs[job_id]
                 log.info("schedule removed: %s", job_id)
@@ -98,8 +98,28 @@ class BenchmarkScheduler:
             log.info("scheduled %s on %s: %s%s", model.name, model.device,
                      model.schedule.model_dump(exclude_none=True), " (due now)" if kwargs else "")
 
+    def sync_cron_task(self, job_id: str, cron: str | None, task: Callable[[], None]) -> None:
+        """Keep one service task (the digest email) on `cron`, or remove it when `cron` is None. It
+        runs on its own thread, so it neither waits for benchmarks nor makes them wait."""
+        spec = (cron or "", "tasks")
+        if self._specs.get(job_id) == spec:
+            return
+        if cron is None:
+            if job_id in self._specs:
+                self._scheduler.remove_job(job_id)
+                del self._specs[job_id]
+            return
+        if "tasks" not in self._executors:
+            self._scheduler.add_executor(ThreadPoolExecutor(max_workers=1), alias="tasks")
+            self._executors.add("tasks")
+        self._scheduler.add_job(task, CronTrigger.from_crontab(cron, timezone=UTC), id=job_id, name=job_id,
+                                executor="tasks", replace_existing=True)
+        self._specs[job_id] = spec
+        log.info("scheduled %s: %s (UTC)", job_id, cron)
+
     def next_runs(self) -> dict[str, datetime | None]:
-        return {job.name: job.next_run_time for job in self._scheduler.get_jobs()}
+        """When each model's benchmark runs next (service tasks are left out)."""
+        return {job.name: job.next_run_time for job in self._scheduler.get_jobs() if job.id.startswith(JOB_PREFIX)}
 
     def start(self) -> None:
         self._scheduler.start()
