@@ -27,9 +27,11 @@ import numpy as np
 
 from monitor.config import load_config
 from monitor.detection.check import check_models
+from monitor.service.reporting import ReportKeeper
 from reports.data import ReportedModel, gather
 from reports.mail import build_message
-from reports.render import render_digest, write_site
+from reports.charts import ChartDrawer
+from reports.render import Site, render_digest, write_site
 from storage.db import Database
 from storage.queries import save_runs
 from storage.records import EnvFingerprint, HostCondition, RunMetrics, RunRecord
@@ -89,7 +91,7 @@ def seed(work: Path, models: int, runs: int) -> Path:
 def timed(label: str, fn):  # noqa: ANN001, ANN202 - a bench helper
     started = time.perf_counter()
     value = fn()
-    print(f"{label:<48} {time.perf_counter() - started:7.2f} s")
+    print(f"{label:<52} {time.perf_counter() - started:7.2f} s")
     return value
 
 
@@ -107,30 +109,54 @@ def main() -> None:
     with Database.open(loaded.storage_url()) as db:
         print(f"{args.models} models x {args.runs} runs, charts with up to 1000 runs per series")
         report = timed("gather (read storage)", lambda: gather(db, models))
-        charts = 0
+
+        def whole(out: Path, workers: int) -> Site:
+            """What `perfguard report` does: drawing processes warmed up while the data is read."""
+            with ChartDrawer(workers) as drawer:
+                if not (out / "img").is_dir():
+                    drawer.warm_up()
+                return write_site(gather(db, models), out, drawer=drawer)
+
+        site = None
         for workers in sorted({1, args.workers}):
             out = args.work / f"site-{workers}"
             shutil.rmtree(out, ignore_errors=True)
-            site = timed(f"cold site, {workers} chart process(es)",
-                         lambda: write_site(report, out, workers=workers))  # noqa: B023
-            charts = site.charts
-            timed(f"cold, gather + site, {workers} process(es)",
-                  lambda: (shutil.rmtree(out), write_site(gather(db, models), out, workers=workers)))  # noqa: B023
-        print(f"{'charts per report':<48} {charts:7d}")
+            timed(f"cold site only (data read), {workers} process(es)", lambda: write_site(report, out, workers=workers))  # noqa: B023
+            shutil.rmtree(out)
+            site = timed(f"cold report: gather + site, {workers} process(es)", lambda: whole(out, workers))  # noqa: B023
+        assert site is not None
+        print(f"{'charts per report':<52} {site.charts:7d}")
         out = args.work / f"site-{args.workers}"
-        timed("warm refresh, nothing changed (gather + site)", lambda: write_site(gather(db, models), out))
+        timed("warm refresh, nothing changed (gather + site)", lambda: whole(out, args.workers))
         last = max(r.started_at for view in report.models for s in view.series for r in s.runs)
         fresh = dataclasses.replace(runs_of(0, 1)[0], started_at=last + timedelta(minutes=10),
                                     finished_at=last + timedelta(minutes=10, seconds=5))
         save_runs(db, [fresh])
-        timed("refresh after one model's new run (gather + site)", lambda: write_site(gather(db, models), out))
+        again = timed("refresh after one model's new run (gather + site)", lambda: whole(out, args.workers))
+        print(f"{'charts drawn by that refresh':<52} {again.drawn:7d}")
+        # What the daemon does after a model's runs: that model read and its page and the index rewritten.
+        keeper = ReportKeeper()
+        shutil.rmtree(loaded.base_dir / loaded.config.reports.out_dir, ignore_errors=True)
+        timed("daemon: first (full) refresh, cold", lambda: keeper.refresh(db, loaded))
+        fresh = dataclasses.replace(fresh, run_id=None, started_at=fresh.started_at + timedelta(minutes=10),
+                                    finished_at=fresh.finished_at + timedelta(minutes=10))
+        save_runs(db, [fresh])
+        timed("daemon: refresh after one model's runs", lambda: keeper.refresh(db, loaded, "model-000"))
         digest_part = report.only([m.name for m in models[: args.digest_models]])
         rendered = timed(f"digest of {args.digest_models} models (render)",
                          lambda: render_digest(digest_part, "team@example.com", "http://bench:9307/"))
         message = build_message(rendered.subject, "perfguard@example.com", ["team@example.com"], rendered.html,
                                 rendered.text, rendered.images)
         size = len(bytes(message))
-        print(f"{'digest email size':<48} {size / 1e6:7.2f} MB ({len(rendered.images)} images)")
+        print(f"{'digest email size':<52} {size / 1e6:7.2f} MB ({len(rendered.images)} images)")
+        # The worst case: every model in trouble, so every one gets its latency chart.
+        worst = dataclasses.replace(digest_part, models=[dataclasses.replace(v, status="regressed")
+                                                         for v in digest_part.models])
+        rendered = render_digest(worst, "team@example.com", "http://bench:9307/")
+        message = build_message(rendered.subject, "perfguard@example.com", ["team@example.com"], rendered.html,
+                                rendered.text, rendered.images)
+        size = len(bytes(message))
+        print(f"{'digest email size, every model with its chart':<52} {size / 1e6:7.2f} MB ({len(rendered.images)} images)")
 
 
 if __name__ == "__main__":

@@ -22,8 +22,9 @@ import multiprocessing
 import os
 import threading
 import uuid
+from collections import deque
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,7 +33,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageColor, ImageDraw
 
-__all__ = ["ChartSpec", "Line", "Marker", "describe", "render_chart", "render_many", "sparkline"]
+__all__ = ["CHART_SIZE", "ChartDrawer", "ChartSpec", "Line", "Marker", "describe", "render_chart", "render_many", "sparkline"]
 
 # Part of every key: bump it when the drawing changes, so cached PNGs of the old style are redrawn.
 _STYLE_VERSION = 1
@@ -40,6 +41,7 @@ _STYLE_VERSION = 1
 # Size of a chart: 760 x 190 px.
 _FIG_SIZE = (7.6, 1.9)
 _DPI = 100
+CHART_SIZE = (round(_FIG_SIZE[0] * _DPI), round(_FIG_SIZE[1] * _DPI))  # pixels of every chart
 # Fixed margins (figure fractions); a layout engine would cost a second draw per chart.
 _MARGINS = {"left": 0.085, "right": 0.985, "bottom": 0.2, "top": 0.84}
 # Plotted points per line at most, about two per horizontal pixel of the axes.
@@ -64,6 +66,7 @@ _SMALL_FONT = 7
 # worker costs ~0.5 s of start-up (interpreter, numpy, matplotlib, fonts) against ~13 ms a chart,
 # so on 2 cores the pool wins from about 40 charts in a fresh process and 75 in the daemon.
 _POOL_THRESHOLD = 64
+_CHUNK = 8  # charts per task handed to a drawing process
 
 
 @dataclass(frozen=True, slots=True)
@@ -681,27 +684,95 @@ def render_many(specs: Mapping[str, ChartSpec], out_dir: Path, *, workers: int =
     Files are written atomically (a temporary name in `out_dir`, then `os.replace`), so the daemon's
     HTTP server never serves half a PNG.
     """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    names: dict[str, str] = {}
-    todo: dict[str, ChartSpec] = {}  # by key: equal charts are drawn once
-    for name, spec in specs.items():
-        key = spec.key()
-        file_name = f"{key}.png"
-        names[name] = file_name
-        if key not in todo and not _cached(out_dir / file_name):
-            todo[key] = spec
-    items = list(todo.items())
-    if workers > 1 and len(items) > _POOL_THRESHOLD:
-        n_chunks = min(len(items), workers * 2)  # a few chunks per worker evens out their load
-        chunks = [items[i::n_chunks] for i in range(n_chunks)]
-        ctx = multiprocessing.get_context("spawn")  # not fork: the caller is a multi-threaded daemon
-        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-            for _ in pool.map(_render_chunk, chunks, [str(out_dir)] * len(chunks)):
-                pass
-    else:
-        _render_chunk(items, str(out_dir))
+    with ChartDrawer(workers) as drawer:
+        names = drawer.start(specs, out_dir)
+        drawer.finish()
     return names
+
+
+class ChartDrawer:
+    """Draws charts into a folder: in this process and, when many are to be drawn, in `workers - 1`
+    spawned processes too (spawn, not fork: the caller may be a multi-threaded daemon).
+
+    `start` hands every chart to the other processes and returns at once, so the caller can write
+    its pages meanwhile; `finish` then takes back the chunks nobody has begun, from the back of the
+    queue (a pending future can be cancelled), draws them here, and waits for the rest. A spawned
+    process needs about a second to start (interpreter, numpy, matplotlib, fonts): `warm_up()`
+    starts them early, e.g. while the report's data is read, when many charts will be drawn.
+    """
+
+    def __init__(self, workers: int = 1) -> None:
+        self.workers = workers
+        self.drawn = 0
+        self._pool: ProcessPoolExecutor | None = None
+        self._jobs: list[tuple[list[tuple[str, ChartSpec]], Future[int] | None]] = []
+        self._queued: set[str] = set()
+        self._out_dir = ""
+
+    def __enter__(self) -> ChartDrawer:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    def warm_up(self) -> None:
+        """Start the drawing processes now (each draws one tiny chart to load what it needs); once."""
+        if self._pool is not None:
+            return
+        pool = self._ensure_pool()
+        if pool is not None:
+            for _ in range(self.workers - 1):
+                pool.submit(_warm)
+
+    def start(self, specs: Mapping[str, ChartSpec], out_dir: Path) -> dict[str, str]:
+        """Queue the charts whose files are missing (after any queued before, into the same folder);
+        {name: file name} for every spec. The other processes begin at once."""
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        names: dict[str, str] = {}
+        todo: dict[str, ChartSpec] = {}  # by key: equal charts are drawn once
+        for name, spec in specs.items():
+            key = spec.key()
+            file_name = f"{key}.png"
+            names[name] = file_name
+            if key not in todo and not _cached(out_dir / file_name):
+                todo[key] = spec
+        items = [(key, spec) for key, spec in todo.items() if key not in self._queued]
+        self._queued.update(key for key, _ in items)
+        self.drawn += len(items)
+        if self._out_dir and self._out_dir != str(out_dir):
+            raise ValueError(f"one ChartDrawer draws into one folder, {self._out_dir}, not {out_dir}")
+        self._out_dir = str(out_dir)
+        chunks = [items[i:i + _CHUNK] for i in range(0, len(items), _CHUNK)]
+        pool = self._ensure_pool() if len(items) > _POOL_THRESHOLD or self._pool is not None else None
+        self._jobs += [(chunk, pool.submit(_render_chunk, chunk, self._out_dir) if pool else None) for chunk in chunks]
+        return names
+
+    def finish(self) -> None:
+        """Draw here every chunk no other process has begun (from the back), then wait for the rest."""
+        jobs, self._jobs = self._jobs, []
+        taken = 0
+        for chunk, future in reversed(jobs):
+            if future is not None and not future.cancel():
+                break  # this one and all before it are another process's
+            _render_chunk(chunk, self._out_dir)
+            taken += 1
+        for _chunk, future in jobs[: len(jobs) - taken]:
+            if future is not None:
+                future.result()
+
+    def _ensure_pool(self) -> ProcessPoolExecutor | None:
+        if self.workers > 1 and self._pool is None:
+            context = multiprocessing.get_context("spawn")
+            self._pool = ProcessPoolExecutor(max_workers=self.workers - 1, mp_context=context)
+        return self._pool
+
+
+def _warm() -> int:
+    render_chart(ChartSpec("", "", [datetime(2026, 1, 1, tzinfo=UTC)] * 2, [Line("", [0.0, 1.0])]))
+    return 0
 
 
 def _cached(path: Path) -> bool:

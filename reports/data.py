@@ -20,7 +20,7 @@ from storage.actions import ActionRecord, actions
 from storage.db import Database
 from storage.findings import FindingRecord, SeriesKey
 from storage.rule_events import RuleEvent, events
-from storage.trends import TrendRun, recent_runs
+from storage.trends import INDEX, TrendRun, recent_runs
 
 Status = Literal["failing", "regressed", "slo", "watch", "ok", "new"]
 # Worst first: a model's status is the worst that holds, and the overview sorts by it.
@@ -28,6 +28,7 @@ STATUS_ORDER: tuple[Status, ...] = ("failing", "regressed", "slo", "watch", "ok"
 BASELINE_RUNS = 10  # the baseline level is the median of a series' first runs since its baseline
 WATCH_CHANGE = 0.05  # p50 this much above its baseline, with no finding yet, is worth a look
 RUN_TABLE_ROWS = 50
+HIGHER_IS_BETTER = frozenset({"throughput_per_s", "accuracy"})  # their SLOs are lower bounds
 # Which finding leads a model's status line: what users feel first.
 LEAD_METRICS = ("latency_ms_p50", "latency_ms_p99", "throughput_per_s", "accuracy", "peak_rss_mb",
                 "cuda_peak_mem_mb", "energy_j_per_inference", "model_size_mb")
@@ -61,11 +62,12 @@ class SeriesView:
     def change(self, metric: str) -> float | None:
         """Relative change of `metric` from the baseline level to the newest successful run."""
         before = self.baseline.get(metric)
-        now = self.latest.figures.get(metric) if self.latest else None
+        now = self.latest.figure(metric) if self.latest else None
         return now / before - 1.0 if now is not None and before else None
 
     def values(self, metric: str) -> list[float | None]:
-        return [run.figures.get(metric) for run in self.runs]
+        i = INDEX[metric]
+        return [run.values[i] for run in self.runs]
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,40 +127,65 @@ def gather(
     names = [m.name for m in models]
     runs = recent_runs(db, names, per_series)
     active = {info.name: info.active_variant for info in queries.list_models(db)}
-    all_findings: dict[str, list[FindingRecord]] = defaultdict(list)
-    for finding in findings_store.findings(db):
-        all_findings[finding.model].append(finding)
-    views = []
-    for model in models:
-        views.append(_model_view(db, model, runs.get(model.name, []), active.get(model.name, queries.BASELINE),
-                                 all_findings.get(model.name, [])))
+    # Everything else of the fleet in a few queries, grouped here (not four queries per model).
+    context = _Context(
+        findings=_by_model(findings_store.findings(db)),
+        actions=_by_model(actions(db, limit=ACTIONS_SHOWN * max(len(names), 1))),
+        alerts=_by_model(events(db, limit=FINDINGS_SHOWN * max(len(names), 1), outcome="alert")),
+        baselines=findings_store.baselines_by_model(db, names),
+        env_changes=findings_store.env_changes_by_model(db, names),
+    )
+    views = [_model_view(model, runs.get(model.name, []), active.get(model.name, queries.BASELINE), context)
+             for model in models]
+    return fleet(views, db.display_location(), now)
+
+
+def fleet(views: Sequence[ModelView], database: str, now: datetime | None = None) -> FleetReport:
+    """A report of these model views, worst status first (also for views kept from earlier reads)."""
     order = {status: i for i, status in enumerate(STATUS_ORDER)}
-    views.sort(key=lambda v: (order[v.status], v.model.name))
-    return FleetReport(now or datetime.now(UTC), db.display_location(), views)
+    ordered = sorted(views, key=lambda v: (order[v.status], v.model.name))
+    return FleetReport(now or datetime.now(UTC), database, ordered)
 
 
-def _model_view(
-    db: Database, model: ReportedModel, runs: list[TrendRun], active_variant: str, findings: list[FindingRecord]
-) -> ModelView:
+@dataclass(frozen=True, slots=True)
+class _Context:
+    """What gather reads for the whole fleet at once, by model."""
+
+    findings: dict[str, list[FindingRecord]]
+    actions: dict[str, list[ActionRecord]]
+    alerts: dict[str, list[RuleEvent]]
+    baselines: dict[str, dict[SeriesKey, datetime]]
+    env_changes: dict[str, list[tuple[int, datetime, dict[str, Any]]]]
+
+
+def _by_model(records: Sequence[Any]) -> dict[str, list[Any]]:
+    grouped: dict[str, list[Any]] = defaultdict(list)
+    for record in records:
+        grouped[record.model].append(record)
+    return grouped
+
+
+def _model_view(model: ReportedModel, runs: list[TrendRun], active_variant: str, context: _Context) -> ModelView:
     by_key: dict[SeriesKey, list[TrendRun]] = defaultdict(list)
     for run in runs:
         by_key[run.key].append(run)
-    since = findings_store.baselines(db, model.name) if runs else {}
+    since = context.baselines.get(model.name, {})
     series = [
         _series_view(key, key_runs, since.get(key), key.variant == active_variant)
         for key, key_runs in by_key.items()
     ]
     series.sort(key=lambda s: (not s.active, s.key.variant, s.key.device, s.key.batch_size))
+    findings = context.findings.get(model.name, [])
     open_findings = sorted((f for f in findings if f.state == "open"), key=_lead_first)
     past = [f for f in findings if f.state != "open"][:FINDINGS_SHOWN]
-    model_actions = actions(db, model.name, limit=ACTIONS_SHOWN) if runs else []
-    alerts = [e for e in events(db, model.name, limit=FINDINGS_SHOWN) if e.outcome == "alert"] if runs else []
     status, reason = _status(model, series, open_findings)
     recent = sorted(runs, key=lambda r: (r.started_at, r.run_id), reverse=True)[:RUN_TABLE_ROWS]
     return ModelView(
         model=model, status=status, status_reason=reason, active_variant=active_variant, series=series,
-        open_findings=open_findings, past_findings=past, actions=model_actions, alerts=alerts,
-        env_changes=findings_store.env_changes(db, model.name) if runs else [], recent_runs=recent,
+        open_findings=open_findings, past_findings=past,
+        actions=context.actions.get(model.name, [])[:ACTIONS_SHOWN],
+        alerts=context.alerts.get(model.name, [])[:FINDINGS_SHOWN],
+        env_changes=context.env_changes.get(model.name, []), recent_runs=recent,
     )
 
 
@@ -172,7 +199,7 @@ def _series_view(key: SeriesKey, runs: list[TrendRun], since: datetime | None, a
     start = [r for r in ok if since is None or r.started_at >= since] or ok
     baseline: dict[str, float | None] = {}
     for metric in ("latency_ms_p50", "latency_ms_p99", "throughput_per_s", "peak_rss_mb"):
-        values = [v for r in start[:BASELINE_RUNS] if (v := r.figures.get(metric)) is not None]
+        values = [v for r in start[:BASELINE_RUNS] if (v := r.figure(metric)) is not None]
         baseline[metric] = statistics.median(values) if values else None
     return SeriesView(key, runs, baseline, ok[-1] if ok else None, runs[-1] if runs else None, active)
 
@@ -194,8 +221,12 @@ def _status(model: ReportedModel, series: list[SeriesView], open_findings: list[
         return "regressed", f"{f.metric} {100 * f.rel_change:+.1f} % on {f.key.label()}{more}"
     for s in active:
         for metric, limit in model.slo.items():
-            value = s.latest.figures.get(metric) if s.latest else None
-            if value is not None and value > limit:
+            value = s.latest.figure(metric) if s.latest and metric in INDEX else None
+            if value is None:
+                continue
+            if metric in HIGHER_IS_BETTER and value < limit:
+                return "slo", f"{metric} {value:.4g} under its SLO {limit:g} on {s.key.label()}"
+            if metric not in HIGHER_IS_BETTER and value > limit:
                 return "slo", f"{metric} {value:.4g} over its SLO {limit:g} on {s.key.label()}"
     for s in active:
         change = s.change("latency_ms_p50")

@@ -56,7 +56,7 @@ def primary_latency(view: ModelView) -> NamedChart | None:
 
 def spark_values(series: SeriesView) -> list[float | None]:
     """The p50 of the series' last successful runs, for the overview's sparkline."""
-    return [r.figures.get("latency_ms_p50") for r in series.runs if r.status == "ok"][-SPARK_RUNS:]
+    return [r.figure("latency_ms_p50") for r in series.runs if r.status == "ok"][-SPARK_RUNS:]
 
 
 def table(spec: ChartSpec, rows: int = TABLE_ROWS) -> tuple[list[str], list[list[object]]]:
@@ -65,25 +65,20 @@ def table(spec: ChartSpec, rows: int = TABLE_ROWS) -> tuple[list[str], list[list
     header = [line.label for line in spec.lines]
     if not spec.lines:
         return header, []
-    times = spec.lines[0].times or spec.times
+    times = spec.times
     count = len(times)
     picks = sorted({round(i * (count - 1) / max(rows - 1, 1)) for i in range(min(rows, count))}) if count else []
+    positions = [{t: i for i, t in enumerate(line.times)} if line.times is not None else None
+                 for line in spec.lines]
     body: list[list[object]] = []
     for i in picks:
         when = times[i]
         values: list[object] = []
-        for line in spec.lines:
-            values.append(_value_at(line, spec.times, when))
+        for line, index in zip(spec.lines, positions, strict=True):
+            at = i if index is None else index.get(when)
+            values.append(None if at is None else line.values[at])
         body.append([when.strftime("%Y-%m-%d %H:%M"), *values])
     return header, body
-
-
-def _value_at(line: Line, times: Sequence[datetime], when: datetime) -> float | None:
-    own = line.times or times
-    try:
-        return line.values[list(own).index(when)]
-    except ValueError:
-        return None
 
 
 def latency_chart(view: ModelView, series: SeriesView) -> NamedChart:

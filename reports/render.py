@@ -13,7 +13,7 @@ import os
 import re
 import struct
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -21,7 +21,7 @@ from typing import Any
 
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
-from reports.charts import render_chart, render_many, sparkline
+from reports.charts import CHART_SIZE, ChartDrawer, render_chart, sparkline
 from reports.data import FleetReport, ModelView
 from reports.figures import NamedChart, latency_chart, model_charts, primary_latency, spark_values, table
 from reports.mail import InlineImage
@@ -54,6 +54,7 @@ class Site:
     pages: dict[str, Path]
     charts: int  # charts on the pages
     drawn: int  # of which drawn now (the others were unchanged)
+    report: FleetReport  # what was written
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,43 +87,64 @@ def page_name(model: str) -> str:
     return f"{slug}-{hashlib.sha256(model.encode()).hexdigest()[:8]}.html"
 
 
-def write_site(report: FleetReport, out_dir: Path, *, workers: int = 1) -> Site:
-    """Write index.html, one page per model and their images under `out_dir`; remove images no page uses."""
+def write_site(
+    report: FleetReport,
+    out_dir: Path,
+    *,
+    workers: int = 1,
+    drawer: ChartDrawer | None = None,
+    only: Collection[str] | None = None,
+) -> Site:
+    """Write index.html, one page per model and their images under `out_dir`; remove images and pages
+    no longer used. Pages are written while other processes draw the charts (see `ChartDrawer`).
+
+    With `only`, just the index and those models' pages are written (the daemon after one model's
+    runs) and nothing is removed: the other pages still use their images."""
     env = environment()
     images = out_dir / IMAGE_DIR
     pages_dir = out_dir / PAGE_DIR
     images.mkdir(parents=True, exist_ok=True)
     pages_dir.mkdir(parents=True, exist_ok=True)
-    charts = {view.model.name: model_charts(view) for view in report.models}
-    specs = {chart.name: chart.spec for group in charts.values() for chart in group}
-    before = set(os.listdir(images))
-    files = render_many(specs, images, workers=workers)
-    drawn = len(set(files.values()) - before)
-    sparks = {}
-    for view in report.models:
-        for series in view.series:
-            if series.active:
-                sparks[(view.model.name, series.key)] = _spark_file(images, spark_values(series), series.key)
-    used = set(files.values()) | {Path(s.src).name for s in sparks.values()}
-    link = _link("models/")
-    index = out_dir / "index.html"
-    _write(index, env.get_template("index.html").render(report=report, sparks=_with_prefix(sparks, "img/"),
-                                                        link=link))
-    pages = {}
-    page_sparks = _with_prefix(sparks, f"../{IMAGE_DIR}/")
-    for view in report.models:
-        views = [_chart_view(chart, f"../{IMAGE_DIR}/{files[chart.name]}", images / files[chart.name])
-                 for chart in charts[view.model.name]]
-        path = pages_dir / page_name(view.model.name)
-        _write(path, env.get_template("model.html").render(report=report, view=view, charts=views, sparks=page_sparks))
-        pages[view.model.name] = path
+    paged = [view for view in report.models if only is None or view.model.name in only]
+    with (drawer if drawer is not None else ChartDrawer(workers)) as drawing:
+        already = drawing.drawn
+        if only is None and not any(images.iterdir()):
+            drawing.warm_up()  # an empty folder: every chart is to be drawn
+        charts: dict[str, list[NamedChart]] = {}
+        files: dict[str, str] = {}
+        for view in paged:  # queued model by model: other processes start drawing with the first
+            charts[view.model.name] = model_charts(view)
+            files.update(drawing.start({chart.name: chart.spec for chart in charts[view.model.name]}, images))
+        sparks = {}
+        for view in report.models:
+            for series in view.series:
+                if series.active:
+                    sparks[(view.model.name, series.key)] = _spark_file(images, spark_values(series), series.key)
+        # Pages are rendered while other processes draw, and written once every chart they show is
+        # on disk: a reader never gets a page whose images are still missing.
+        index = out_dir / "index.html"
+        texts = {index: env.get_template("index.html").render(report=report, sparks=_with_prefix(sparks, "img/"),
+                                                               link=_link("models/"))}
+        pages = {}
+        for view in paged:
+            views = [_chart_view(chart, f"../{IMAGE_DIR}/{files[chart.name]}") for chart in charts[view.model.name]]
+            path = pages_dir / page_name(view.model.name)
+            texts[path] = env.get_template("model.html").render(report=report, view=view, charts=views)
+            pages[view.model.name] = path
+        drawing.finish()
+        drawn = drawing.drawn - already
+    for path, text in texts.items():
+        _write(path, text)
+    if only is not None:
+        return Site(index, pages, len(files), drawn, report)
+    used = set(files.values()) | {s.src for s in sparks.values()}
     for name in set(os.listdir(images)) - used:
         if name.endswith(".png"):
             (images / name).unlink(missing_ok=True)
     for name in set(os.listdir(pages_dir)) - {p.name for p in pages.values()}:
         if name.endswith(".html"):
             (pages_dir / name).unlink(missing_ok=True)
-    return Site(index, pages, len(specs), drawn)
+    return Site(index, pages, len(files), drawn, report)
 
 
 def render_digest(report: FleetReport, recipient: str, report_url: str | None = None) -> RenderedEmail:
@@ -212,10 +234,9 @@ def cause_text(finding: FindingRecord) -> str:
     return f"{text} ({c['why']})" if c.get("why") else text
 
 
-def _chart_view(chart: NamedChart, src: str, path: Path) -> ChartView:
-    width, height = _png_size(path.read_bytes()[:32])
+def _chart_view(chart: NamedChart, src: str) -> ChartView:
     header, rows = table(chart.spec)
-    return ChartView(chart.spec.title, src, chart.alt, width, height, {"header": header, "rows": rows})
+    return ChartView(chart.spec.title, src, chart.alt, *CHART_SIZE, {"header": header, "rows": rows})
 
 
 def _inline_chart(images: dict[str, InlineImage], chart: NamedChart) -> ChartView:

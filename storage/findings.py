@@ -177,15 +177,23 @@ def baselines(db: Database, model: str) -> dict[SeriesKey, datetime]:
     By start time, not run id: a run stored late (flushed from the spool after an outage, or sent by
     another host) has a higher id than runs that started after it.
     """
+    return baselines_by_model(db, [model]).get(model, {})
+
+
+def baselines_by_model(db: Database, models: Sequence[str]) -> dict[str, dict[SeriesKey, datetime]]:
+    """`baselines` of several models in one query (a report reads the whole fleet)."""
     stmt = (
-        select(VariantRow.name, BaselineRow.device, BaselineRow.batch_size, BaselineRow.since)
+        select(ModelRow.name, VariantRow.name, BaselineRow.device, BaselineRow.batch_size, BaselineRow.since)
         .join(VariantRow, VariantRow.id == BaselineRow.variant_id)
         .join(ModelRow, ModelRow.id == BaselineRow.model_id)
-        .where(ModelRow.name == model)
+        .where(ModelRow.name.in_(list(models)))
         .order_by(BaselineRow.accepted_at, BaselineRow.id)
     )
+    result: dict[str, dict[SeriesKey, datetime]] = {}
     with db.session(readonly=True) as session:
-        return {SeriesKey(v, d, b): since for v, d, b, since in session.execute(stmt)}
+        for model, v, d, b, since in session.execute(stmt):
+            result.setdefault(model, {})[SeriesKey(v, d, b)] = since
+    return result
 
 
 def accept_baselines(
@@ -228,14 +236,22 @@ def record_env_changes(db: Database, model: str, changes: Iterable[tuple[int, da
 
 def env_changes(db: Database, model: str) -> list[tuple[int, datetime, dict[str, Any]]]:
     """Stored environment changes of `model`, oldest first."""
+    return env_changes_by_model(db, [model]).get(model, [])
+
+
+def env_changes_by_model(db: Database, models: Sequence[str]) -> dict[str, list[tuple[int, datetime, dict[str, Any]]]]:
+    """`env_changes` of several models in one query."""
     stmt = (
-        select(EnvChangeRow.run_id, EnvChangeRow.at, EnvChangeRow.diff)
+        select(ModelRow.name, EnvChangeRow.run_id, EnvChangeRow.at, EnvChangeRow.diff)
         .join(ModelRow, ModelRow.id == EnvChangeRow.model_id)
-        .where(ModelRow.name == model)
+        .where(ModelRow.name.in_(list(models)))
         .order_by(EnvChangeRow.at, EnvChangeRow.run_id)
     )
+    result: dict[str, list[tuple[int, datetime, dict[str, Any]]]] = {}
     with db.session(readonly=True) as session:
-        return [(run_id, at, diff) for run_id, at, diff in session.execute(stmt)]
+        for model, run_id, at, diff in session.execute(stmt):
+            result.setdefault(model, []).append((run_id, at, diff))
+    return result
 
 
 def sync_findings(

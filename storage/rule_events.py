@@ -107,8 +107,8 @@ def link_action(db: Database, event_id: int, action_id: int) -> None:
             raise KeyError(f"no rule event {event_id}")
 
 
-def events(db: Database, model: str | None = None, limit: int = 100) -> list[RuleEvent]:
-    """The newest `limit` rule events (of one model, or all), newest first."""
+def events(db: Database, model: str | None = None, limit: int = 100, outcome: str | None = None) -> list[RuleEvent]:
+    """The newest `limit` rule events (of one model, or all; of one outcome, or all), newest first."""
     stmt = (
         select(RuleEventRow, ModelRow.name)
         .join(ModelRow, ModelRow.id == RuleEventRow.model_id)
@@ -117,6 +117,8 @@ def events(db: Database, model: str | None = None, limit: int = 100) -> list[Rul
     )
     if model is not None:
         stmt = stmt.where(ModelRow.name == model)
+    if outcome is not None:
+        stmt = stmt.where(RuleEventRow.outcome == outcome)
     with db.session(readonly=True) as session:
         return [_event(row, name) for row, name in session.execute(stmt)]
 

@@ -6,11 +6,12 @@ report over a hundred models with a thousand runs each reads the same way as one
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import String, Text, cast, func, select, type_coerce
 
 from storage.db import Database
 from storage.findings import SeriesKey
@@ -24,11 +25,11 @@ CHARTED = (
     "throughput_per_s",
     "peak_rss_mb",
     "cuda_peak_mem_mb",
-    "model_size_mb",
     "accuracy",
-    "gpu_util_pct",
     "energy_j_per_inference",
 )
+
+INDEX = {name: i for i, name in enumerate(CHARTED)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,8 +42,20 @@ class TrendRun:
     key: SeriesKey
     status: str
     error: str | None
-    flags: tuple[str, ...]
-    figures: dict[str, float | None]
+    flags_json: str | None  # decoded only for the few runs a table shows (see `flags`)
+    values: tuple[float | None, ...]  # one per name in CHARTED
+
+    @property
+    def flags(self) -> tuple[str, ...]:
+        return tuple(json.loads(self.flags_json)) if self.flags_json else ()
+
+    @property
+    def figures(self) -> dict[str, float | None]:
+        """The figures by name (built on demand: a fleet's history holds 100k runs)."""
+        return dict(zip(CHARTED, self.values, strict=True))
+
+    def figure(self, name: str) -> float | None:
+        return self.values[INDEX[name]]
 
 
 def recent_runs(db: Database, models: Sequence[str], per_series: int) -> dict[str, list[TrendRun]]:
@@ -64,10 +77,16 @@ def recent_runs(db: Database, models: Sequence[str], per_series: int) -> dict[st
         if not ids:
             return result
         newest = select(RunRow.id, rank).where(RunRow.model_id.in_(list(ids))).subquery()
+        # A fleet's history is 100k rows: the JSON flags are read as text and decoded when shown, and
+        # on SQLite the times are parsed by datetime.fromisoformat (C) rather than the dialect's regex:
+        # together they are most of this query's Python time.
+        raw_times = session.get_bind().dialect.name == "sqlite"
+        started = type_coerce(RunRow.started_at, String) if raw_times else RunRow.started_at
         stmt = (
             select(
-                RunRow.id, RunRow.model_id, RunRow.started_at, VariantRow.name, RunRow.device, RunRow.batch_size,
-                RunRow.status, RunRow.error, RunRow.flags, *(getattr(RunMetricsRow, name) for name in CHARTED),
+                RunRow.id, RunRow.model_id, started, VariantRow.name, RunRow.device, RunRow.batch_size,
+                RunRow.status, RunRow.error, cast(RunRow.flags, Text),
+                *(getattr(RunMetricsRow, name) for name in CHARTED),
             )
             .join(newest, newest.c.id == RunRow.id)
             .join(VariantRow, VariantRow.id == RunRow.variant_id)
@@ -76,9 +95,14 @@ def recent_runs(db: Database, models: Sequence[str], per_series: int) -> dict[st
             .order_by(RunRow.started_at, RunRow.id)
         )
         keys: dict[tuple[str, str, int], SeriesKey] = {}
-        for run_id, model_id, started_at, variant, device, batch, status, error, flags, *figures in session.execute(stmt):
-            key = keys.setdefault((variant, device, batch), SeriesKey(variant, device, batch))
+        # Through the connection (Core), not the ORM session: no ORM row processing for 100k rows.
+        for run_id, model_id, started_at, variant, device, batch, status, error, flags, *figures in (
+            session.connection().execute(stmt).all()
+        ):
+            key = keys.get((variant, device, batch))
+            if key is None:
+                key = keys[(variant, device, batch)] = SeriesKey(variant, device, batch)
             name = ids[model_id]
-            result[name].append(TrendRun(run_id, name, started_at, key, status, error, tuple(flags),
-                                         dict(zip(CHARTED, figures, strict=True))))
+            when = datetime.fromisoformat(started_at).replace(tzinfo=UTC) if raw_times else started_at
+            result[name].append(TrendRun(run_id, name, when, key, status, error, flags, tuple(figures)))
     return result

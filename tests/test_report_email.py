@@ -20,6 +20,7 @@ from storage import notifications
 from storage.db import Database
 from tests.cli_helpers import perfguard
 from tests.report_helpers import history_runs, make_fleet, report_config, seed
+from tests.test_mail import PASSWORD, USER, Authenticator, server_tls, start_server, tls_files  # noqa: F401 - fixtures
 
 EVIL = "<script>alert(1)</script>"
 
@@ -185,3 +186,28 @@ def test_report_email_without_an_email_section_is_a_usage_error(tmp_path: Path) 
     loaded = report_config(tmp_path, [{"name": "m"}])
     result = perfguard("report", "--email", config=loaded.path)
     assert result.returncode == 2 and "[email]" in result.stderr, result
+
+
+def test_starttls_login_with_the_password_from_the_environment_which_is_never_stored(
+    tmp_path: Path, start_server, server_tls, tls_files, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The config names the variable; the password reaches the server and nowhere else (not the
+    notifications table, not the .eml kept on disk, not the config)."""
+    server = start_server(tls_context=server_tls, require_starttls=True, authenticator=Authenticator(),
+                          auth_required=True)
+    extra = email_section(server.port, security='"starttls"', username=f'"{USER}"', password_env='"PG_SMTP_PW"',
+                          ca_file=f'"{tls_files.cert}"')
+    loaded, db = make_fleet(tmp_path, extra=extra)
+    with db:
+        monkeypatch.setenv("PG_SMTP_PW", "not-" + PASSWORD)
+        refused = send_alerts(db, loaded, "seed-cnn")
+        assert refused and all(not s.delivery.ok and s.delivery.attempts == 1 for s in refused)  # not retried
+        assert all("auth" in (s.delivery.error or "").lower() for s in refused)
+        monkeypatch.setenv("PG_SMTP_PW", PASSWORD)
+        sent = send_alerts(db, loaded, "seed-cnn")  # the failed alerts, on a later pass
+        assert sent and all(s.delivery.ok for s in sent)
+        stored = repr(notifications.notifications(db))
+    assert len(server.handler.envelopes) == 2
+    kept = b"".join(p.read_bytes() for p in (loaded.base_dir / "site" / "outbox").glob("*.eml"))
+    for text in (stored, kept.decode(errors="replace"), loaded.path.read_text()):
+        assert PASSWORD not in text

@@ -174,3 +174,59 @@ def _reported(loaded):
     from monitor.service.reporting import reported_models
 
     return reported_models(loaded)
+
+
+def test_the_report_reads_the_same_on_every_backend(db_url: str, tmp_path: Path) -> None:
+    """SQLite and PostgreSQL (in a far time zone): the same runs, times in UTC, flags, per-series limit,
+    and notifications claimed once."""
+    from datetime import timedelta
+
+    from storage.notifications import Claim, claim, finish, notifications
+    from storage.queries import save_runs
+    from storage.trends import recent_runs
+    from tests.report_helpers import START
+
+    runs = history_runs("m", 12, failed=(3,)) + history_runs("m", 5, batch_size=32, start=START + timedelta(seconds=1))
+    runs[4].flags = ["contended"]
+    with Database.open(db_url) as db:
+        save_runs(db, runs)
+        [got] = recent_runs(db, ["m"], per_series=10).values()
+        assert len(got) == 15  # 10 of batch 8, all 5 of batch 32
+        assert got == sorted(got, key=lambda r: r.started_at)
+        first8 = next(r for r in got if r.key.batch_size == 8)
+        assert first8.started_at == runs[2].started_at and first8.started_at.utcoffset() == timedelta(0)
+        assert next(r for r in got if r.run_id == runs[4].run_id).flags == ("contended",)
+        assert next(r for r in got if r.run_id == runs[3].run_id).error.endswith("out of memory")
+        now = START + timedelta(days=1)
+        wanted = [Claim("finding:1", "a@example.com", "s", "m"), Claim("finding:1", "b@example.com", "s", "m")]
+        first = claim(db, "alert", wanted, now)
+        assert [n.recipient for n in sorted(first, key=lambda n: n.recipient)] == ["a@example.com", "b@example.com"]
+        assert claim(db, "alert", wanted, now) == []  # taken: pending, and not stale
+        finish(db, [n.id for n in first if n.recipient == "a@example.com"], ok=True, attempts=1, error=None, now=now)
+        finish(db, [n.id for n in first if n.recipient == "b@example.com"], ok=False, attempts=3, error="down", now=now)
+        [again] = claim(db, "alert", wanted, now + timedelta(minutes=1))  # only the failed one, once more
+        assert again.recipient == "b@example.com" and again.passes == 2 and again.attempts == 3
+        stale = claim(db, "alert", wanted, now + timedelta(hours=1))  # its sender died: taken over
+        assert [n.recipient for n in stale] == ["b@example.com"] and stale[0].passes == 3
+        assert {n.status for n in notifications(db)} == {"sent", "pending"}
+
+
+def test_the_daemons_refresh_after_one_model_rewrites_only_its_page_and_the_index(fleet) -> None:
+    from monitor.service.reporting import ReportKeeper
+
+    loaded, db = fleet
+    keeper = ReportKeeper()
+    full = keeper.refresh(db, loaded)
+    assert full is not None and set(full.pages) == {"seed-cnn", "mlp", "broken"}
+    before = {name: path.stat().st_mtime_ns for name, path in full.pages.items()}
+    index_before = full.index.read_text()
+    [new] = history_runs("mlp", 1, seed=3, start=datetime.now(UTC), level=3.0)
+    seed(db, loaded, [new])
+    part = keeper.refresh(db, loaded, "mlp")
+    assert part is not None and set(part.pages) == {"mlp"} and 0 < part.drawn <= 4
+    assert {n: p.stat().st_mtime_ns for n, p in full.pages.items() if n != "mlp"} == {
+        n: t for n, t in before.items() if n != "mlp"}
+    assert f">{new.run_id}<" in full.pages["mlp"].read_text()
+    index = full.index.read_text()
+    assert index != index_before and "+2" in index  # mlp's p50 tripled: its row changed
+    assert local_targets_exist(full.index) == [] and local_targets_exist(full.pages["seed-cnn"]) == []

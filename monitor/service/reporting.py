@@ -15,6 +15,7 @@ import logging
 import os
 import re
 import threading
+import time
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -25,9 +26,10 @@ from apscheduler.triggers.cron import CronTrigger
 
 from monitor.config import EmailConfig, LoadedConfig
 from monitor.detection.metrics import WATCHED
-from reports.data import FleetReport, ReportedModel, gather
+from reports.data import FleetReport, ModelView, ReportedModel, fleet, gather
 from reports.mail import Delivery, SmtpSettings, build_message, send
-from reports.render import RenderedEmail, Site, render_alert, render_digest, write_site
+from reports.charts import ChartDrawer
+from reports.render import IMAGE_DIR, RenderedEmail, Site, render_alert, render_digest, write_site
 from storage import findings as findings_store
 from storage import notifications, queries
 from storage.actions import actions
@@ -103,8 +105,14 @@ def gather_report(db: Database, loaded: LoadedConfig, names: Sequence[str] | Non
 
 
 def write_report(db: Database, loaded: LoadedConfig, out: Path | None = None) -> Site:
-    """Gather and write the static site; the pages written."""
-    return write_site(gather_report(db, loaded), report_dir(loaded, out), workers=loaded.config.reports.workers)
+    """Gather and write the static site; the pages written. A first report (no charts on disk yet)
+    starts its chart-drawing processes before reading the database, so their start-up overlaps it."""
+    target = report_dir(loaded, out)
+    with ChartDrawer(loaded.config.reports.workers) as drawer:
+        images = target / IMAGE_DIR
+        if not images.is_dir() or not any(images.iterdir()):
+            drawer.warm_up()  # while the data is read
+        return write_site(gather_report(db, loaded), target, drawer=drawer)
 
 
 def smtp_settings(email: EmailConfig, base_dir: Path, environ: Mapping[str, str] = os.environ) -> SmtpSettings:
@@ -246,27 +254,50 @@ def _safe(text: str) -> str:
 
 
 class ReportKeeper:
-    """The daemon's report and mail: the site rewritten after each model's runs (one rewrite at a
+    """The daemon's report and mail: the site refreshed after each model's runs (one refresh at a
     time), alerts after each check, the digest on its cron. Failures are logged, never raised: a
-    report must not stop the benchmarks."""
+    report must not stop the benchmarks.
+
+    A refresh after one model's runs reads only that model and rewrites only the index and its page,
+    keeping the other models' views from the last full read: on a benchmark host the report must not
+    take the CPU the benchmarks measure. A full read and rewrite (which also removes stale files)
+    happens at start, every `FULL_EVERY_S`, and whenever the configured models change.
+    """
 
     DIGEST_JOB = "task:digest"
+    FULL_EVERY_S = 900.0
 
     def __init__(self) -> None:
         self._writing = threading.Lock()
+        self._views: dict[str, ModelView] = {}
+        self._full_at: float | None = None
+        self._models: tuple[str, ...] = ()
 
-    def refresh(self, db: Database, loaded: LoadedConfig) -> Site | None:
+    def refresh(self, db: Database, loaded: LoadedConfig, model: str | None = None) -> Site | None:
         if not loaded.config.reports.refresh:
             return None
         try:
             with self._writing:
-                return write_report(db, loaded)
+                return self._refresh(db, loaded, model)
         except Exception:
             log.exception("report refresh failed; the previous report stays")
             return None
 
+    def _refresh(self, db: Database, loaded: LoadedConfig, model: str | None) -> Site:
+        names = tuple(m.name for m in loaded.config.models)
+        stale = self._full_at is None or time.monotonic() - self._full_at > self.FULL_EVERY_S
+        if model is None or stale or names != self._models or model not in self._views:
+            site = write_report(db, loaded)
+            self._views = {view.model.name: view for view in site.report.models}
+            self._full_at, self._models = time.monotonic(), names
+            return site
+        [view] = gather_report(db, loaded, [model]).models
+        self._views[model] = view
+        report = fleet(list(self._views.values()), db.display_location())
+        return write_site(report, report_dir(loaded), workers=1, only=[model])
+
     def after_runs(self, db: Database, loaded: LoadedConfig, model: str) -> None:
-        self.refresh(db, loaded)
+        self.refresh(db, loaded, model)
         if loaded.config.email is not None and loaded.config.email.alerts:
             try:
                 send_alerts(db, loaded, model)
