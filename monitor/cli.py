@@ -285,6 +285,27 @@ def daemon(config_path: Path) -> None:
 
 @main.command()
 @config_option
+@click.option("--queue", required=True, help="The hardware class to serve (a model's runs_on, e.g. cpu, gpu-h100).")
+@click.option("--name", default=None, help="The worker's node name (default: perfguard-QUEUE-PID@HOST).")
+def worker(config_path: Path, queue: str, name: str | None) -> None:
+    """Benchmark jobs of one hardware class from the fleet's broker, one at a time ([executor] kind = "celery")."""
+    from monitor.service.fleet import run_fleet_worker
+
+    loaded = _load(config_path)
+    if loaded.config.executor.kind != "celery":
+        raise click.UsageError(f'{loaded.path}: a worker needs [executor] kind = "celery" and its broker')
+    logging.getLogger().setLevel(min(logging.getLogger().level, logging.INFO))
+    for noisy in ("alembic", "kombu", "celery.worker.consumer"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    served = [m.name for m in loaded.config.models if m.hardware_class == queue]
+    if not served:
+        logging.getLogger(__name__).warning("no model in %s runs on %r: it will get no jobs from this config",
+                                            loaded.path, queue)
+    sys.exit(run_fleet_worker(loaded, queue, name=name))
+
+
+@main.command()
+@config_option
 @json_option
 def status(config_path: Path, as_json: bool) -> None:
     """Is a daemon running on this database; each model's last run and next scheduled run."""

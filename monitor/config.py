@@ -285,6 +285,8 @@ class ModelConfig(_Strict):
     detection: DetectionOverrides = DetectionOverrides()
     train: ImportPath | None = None  # fine-tune hook: fn(model) -> model, called on pruned candidates
     optimize: OptimizeOverrides = OptimizeOverrides()
+    # The hardware class (a Celery queue) whose workers benchmark it; default: "cpu" or "cuda".
+    runs_on: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$", max_length=100)
 
     @field_validator("factory", "inputs_factory", "eval", "train")
     @classmethod
@@ -341,6 +343,11 @@ class ModelConfig(_Strict):
             return list(self.batch_sizes)
         assert self.inputs is not None
         return [self.inputs[0].shape[0]]
+
+    @property
+    def hardware_class(self) -> str:
+        """The queue of workers that may benchmark it: `runs_on`, else the kind of its device."""
+        return self.runs_on or self.device.split(":")[0]
 
     @property
     def effective_timeout_s(self) -> float:
@@ -435,6 +442,23 @@ class HarnessConfig(_Strict):
     pin_allocator: bool = True
 
 
+class ExecutorConfig(_Strict):
+    """Where benchmarks run: in the daemon's own workers (`local`), or on a fleet of Celery workers,
+    one queue per hardware class (`celery`), with results in the shared database."""
+
+    kind: Literal["local", "celery"] = "local"
+    broker: str | None = Field(default=None, pattern=r"^(redis|rediss|amqp|amqps|pyamqp)://")
+    enqueue_attempts: int = Field(default=3, ge=1, le=20)  # tries per job before it waits for the broker
+    enqueue_backoff_s: float = Field(default=0.5, ge=0)  # wait before the 2nd try; doubles each time
+    visibility_timeout_s: float = Field(default=3600.0, gt=0)  # Redis: an unacknowledged job is redelivered after this
+
+    @model_validator(mode="after")
+    def _broker(self) -> ExecutorConfig:
+        if self.kind == "celery" and self.broker is None:
+            raise ValueError("kind = \"celery\" needs a broker URL, e.g. broker = \"redis://127.0.0.1:6379/0\"")
+        return self
+
+
 class DaemonConfig(_Strict):
     """The long-running service: where it listens, how it stops, how far back it catches up."""
 
@@ -447,6 +471,7 @@ class DaemonConfig(_Strict):
 class Config(_Strict):
     storage: StorageConfig = StorageConfig()
     daemon: DaemonConfig = DaemonConfig()
+    executor: ExecutorConfig = ExecutorConfig()
     email: EmailConfig | None = None
     reports: ReportsConfig = ReportsConfig()
     harness: HarnessConfig = HarnessConfig()

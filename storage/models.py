@@ -143,6 +143,7 @@ class RunRow(Base):
     host: Mapped[dict[str, Any]]
     flags: Mapped[list[str]]
     details: Mapped[dict[str, Any]]
+    idempotency_key: Mapped[str | None] = mapped_column(String(300), unique=True)
 
     metrics: Mapped[RunMetricsRow] = relationship(cascade="all, delete-orphan", passive_deletes=True)
     samples: Mapped[RunSamplesRow | None] = relationship(

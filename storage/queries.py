@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Row, ScalarSelect, func, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -149,11 +150,28 @@ def save_runs(db: Database, records: Sequence[RunRecord]) -> list[int]:
     for record in records:
         if record.run_id is not None:
             raise ValueError(f"run of {record.model!r} is already stored as run {record.run_id}")
+    try:
+        return _save_runs(db, records)
+    except IntegrityError:
+        if not any(r.idempotency_key for r in records):
+            raise
+        # Another worker stored the same scheduled run between our check and our insert: read again.
+        return _save_runs(db, records)
+
+
+def _save_runs(db: Database, records: Sequence[RunRecord]) -> list[int]:
+    keys = [r.idempotency_key for r in records if r.idempotency_key is not None]
     with db.session() as session:
+        stored: dict[str | None, int] = {
+            key: run_id for key, run_id in
+            session.execute(select(RunRow.idempotency_key, RunRow.id).where(RunRow.idempotency_key.in_(keys)))
+        } if keys else {}
         model_ids: dict[str, int] = {}
         variant_ids: dict[tuple[str, str], int] = {}
         rows = []
         for record in records:
+            if record.idempotency_key in stored:
+                continue  # already stored by an earlier delivery of the same job
             if record.model not in model_ids:
                 model_ids[record.model], _ = _ensure_model(
                     session, record.model, factory=None, device=record.device
@@ -169,11 +187,21 @@ def save_runs(db: Database, records: Sequence[RunRecord]) -> list[int]:
             rows.append(_run_row(record, model_id, variant_ids[record.model, record.variant]))
         session.add_all(rows)
         session.flush()
-        run_ids = [row.id for row in rows]
+        new_ids = iter(row.id for row in rows)
+        run_ids = [stored[r.idempotency_key] if r.idempotency_key in stored else next(new_ids) for r in records]
     # Only now: a record carries an id only once its run is committed.
     for record, run_id in zip(records, run_ids, strict=True):
         record.run_id = run_id
     return run_ids
+
+
+def stored_run_ids(db: Database, keys: Sequence[str]) -> dict[str, int]:
+    """Idempotency key -> run id, for the keys already stored."""
+    if not keys:
+        return {}
+    with db.session(readonly=True) as session:
+        stmt = select(RunRow.idempotency_key, RunRow.id).where(RunRow.idempotency_key.in_(list(keys)))
+        return {key: run_id for key, run_id in session.execute(stmt) if key is not None}
 
 
 def history(
@@ -365,6 +393,7 @@ def _run_row(record: RunRecord, model_id: int, variant_id: int) -> RunRow:
         host=record.host.to_dict(),
         flags=list(record.flags),
         details=dict(record.details),
+        idempotency_key=record.idempotency_key,
         metrics=RunMetricsRow(**record.metrics.to_dict()),
         samples=RunSamplesRow(encoding=samples.encoding, count=samples.count, data=samples.data)
         if samples is not None

@@ -112,6 +112,9 @@ class RunRecord:
     details: dict[str, Any] = field(default_factory=dict)  # how sampling went: warm-up, stop reason
     samples_ms: list[float] = field(default_factory=list)
     run_id: int | None = None
+    # One per scheduled run and series when a distributed worker stores it: a redelivered job finds
+    # its run already stored instead of storing it twice.
+    idempotency_key: str | None = None
 
     @property
     def error_summary(self) -> str:
@@ -123,6 +126,7 @@ class RunRecord:
         """Everything, raw samples included, as JSON-ready values (for a spool awaiting the database)."""
         data = self.to_json()
         data["samples_ms"] = list(self.samples_ms)
+        data["idempotency_key"] = self.idempotency_key
         return data
 
     @classmethod
@@ -143,6 +147,7 @@ class RunRecord:
             details=dict(data["details"]),
             samples_ms=list(data["samples_ms"]),
             run_id=data["run_id"],
+            idempotency_key=data.get("idempotency_key"),
         )
 
     def to_json(self) -> dict[str, Any]:

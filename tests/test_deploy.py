@@ -17,12 +17,18 @@ from monitor.service.http import RunMetricsExporter
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 
 
-def test_the_compose_file_runs_postgres_the_daemon_and_a_mail_catcher():
+def test_the_compose_file_runs_postgres_a_broker_the_daemon_a_worker_and_a_mail_catcher():
     compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
     services = compose["services"]
-    assert set(services) == {"postgres", "perfguard", "mail"}
+    assert set(services) == {"postgres", "redis", "perfguard", "worker-cpu", "mail"}
     daemon = services["perfguard"]
     assert daemon["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert daemon["depends_on"]["redis"]["condition"] == "service_healthy"
+    worker = services["worker-cpu"]
+    assert worker["command"][:3] == ["worker", "--queue", "cpu"] and worker["healthcheck"]["disable"]
+    loaded = load_config(DEPLOY / "perfguard.compose.toml")
+    assert loaded.config.executor.kind == "celery" and "redis:6379" in (loaded.config.executor.broker or "")
+    assert {m.hardware_class for m in loaded.config.models} == {"cpu"}  # what worker-cpu serves
     assert (DEPLOY.parent / daemon["build"]["context"].replace("..", ".")).exists()
     assert (DEPLOY / Path(daemon["build"]["dockerfile"]).name).exists()
     assert all(port.startswith("127.0.0.1:") for s in services.values() for port in s.get("ports", []))

@@ -11,6 +11,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 from sqlalchemy.exc import DBAPIError, OperationalError
 
@@ -67,6 +68,8 @@ def benchmark_models(
     cancel: threading.Event | None = None,
     store: Callable[[Database, RunRecord], None] = store_with_retries,
     known_variants: dict[str, VariantSpec] | None = None,
+    idempotency_key: str | None = None,
+    details: dict[str, Any] | None = None,
 ) -> list[RunRecord]:
     """Run the named models (all when empty) and store each run; the stored records, in order.
 
@@ -75,6 +78,9 @@ def benchmark_models(
     `store` saves one run, setting its `run_id` (the daemon's may spool it instead, leaving it None).
     `known_variants` (model -> active variant) is kept up to date from the database and, when the
     database is unreachable, used instead of it, so that the benchmark still runs and is spooled.
+    With `idempotency_key` (a fleet job's), each series' run is stored under that key and the series,
+    and a series already stored under it (the job was redelivered) is not benchmarked again;
+    `details` are added to each run's details (e.g. which worker ran it).
     """
     progress = progress or BenchmarkProgress()
     variants = known_variants if known_variants is not None else {}
@@ -90,9 +96,17 @@ def benchmark_models(
                     str(exc).splitlines()[0])
     planned = plan(loaded, names, variants)
     stored: list[RunRecord] = []
+    done: dict[str, int] = {}
+    if idempotency_key is not None:
+        done = queries.stored_run_ids(db, [f"{idempotency_key}/{p.key.label()}" for p in planned])
     for index, item in enumerate(planned):
         if cancel is not None and cancel.is_set():
             break
+        series_key = f"{idempotency_key}/{item.key.label()}" if idempotency_key is not None else None
+        if series_key in done:
+            log.info("%s: already stored as run %d (a redelivered job), not benchmarked again", series_key,
+                     done[series_key])
+            continue
         progress.begin(index, len(planned), item)
         update: Callable[[str, int], None] = progress.update
         outcome = run_worker(
@@ -105,6 +119,9 @@ def benchmark_models(
             cancel=cancel,
         )
         for record in to_records(item.job, outcome, item.key.variant):
+            record.idempotency_key = series_key
+            if details:
+                record.details.update(details)
             store(db, record)
             if record.status != "ok":
                 log.info("run %s of %s (batch %d) %s: %s", record.run_id, record.model,

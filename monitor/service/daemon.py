@@ -23,14 +23,13 @@ from typing import Any
 from sqlalchemy import text
 
 from monitor.config import ConfigError, LoadedConfig, load_config
-from monitor.detection.attribution import confirm_pending, ensure_references
-from monitor.detection.check import check_models
 from monitor.harness.protocol import VariantSpec
-from rules.discovery import ConfiguredRule, configured_rules
 from monitor.service.benchmark import BenchmarkProgress, benchmark_models
-from monitor.service.reporting import ReportKeeper, report_dir
-from monitor.service.respond import respond
+from monitor.service.executors import make_executor
 from monitor.service.http import RunMetricsExporter, serve
+from monitor.service.jobs import after_runs
+from monitor.service.reporting import ReportKeeper, report_dir
+from rules.discovery import ConfiguredRule, configured_rules
 from monitor.service.lock import DaemonLock, daemon_holder
 from monitor.service.scheduler import BenchmarkScheduler, next_due
 from monitor.service.spool import UNAVAILABLE, RunSpool
@@ -90,7 +89,9 @@ class Daemon:
         self._active = 0
         self._idle = threading.Condition()
         daemon_config = loaded.config.daemon
-        self.scheduler = BenchmarkScheduler(self.run_model, daemon_config.misfire_grace_s)
+        self.executor = make_executor(loaded.config.executor, self.run_model)
+        self.scheduler = BenchmarkScheduler(self.dispatch, daemon_config.misfire_grace_s)
+        self._seen_runs: dict[str, datetime] = {}  # model -> newest run start seen (fleet runs arrive by storage)
         self.exporter = RunMetricsExporter()
         self.spool = RunSpool(loaded.base_dir / daemon_config.spool_dir)
         self.variants: dict[str, VariantSpec] = {}  # model -> active variant, last seen in the database
@@ -107,9 +108,11 @@ class Daemon:
             reachable, problem = True, None
         except Exception as exc:  # noqa: BLE001 - any driver error means "unreachable", reported
             reachable, problem = False, f"{type(exc).__name__}: {exc}"
+        executor = self.executor.health()
         return {
-            "healthy": self.scheduler.running and reachable,
+            "healthy": self.scheduler.running and reachable and executor["healthy"],
             "scheduler_running": self.scheduler.running,
+            "executor": executor,
             "database_reachable": reachable,
             "database_error": problem,
             "last_successful_run": self.last_success.isoformat() if self.last_success else None,
@@ -129,6 +132,13 @@ class Daemon:
         self.exporter.observe(record, count=count)
         if stored and record.status == "ok" and (self.last_success is None or record.finished_at > self.last_success):
             self.last_success = record.finished_at
+
+    def dispatch(self, name: str) -> None:
+        """A scheduled run fell due: hand it to the executor (run here, or enqueue for the fleet)."""
+        model = next((m for m in self.loaded.config.models if m.name == name), None)
+        if model is None or self.stop_requested.is_set():
+            return
+        self.executor.submit(model, datetime.now(UTC))
 
     def run_model(self, name: str) -> None:
         """One scheduled job: benchmark one model (all its batch sizes), store the runs, check them."""
@@ -158,20 +168,34 @@ class Daemon:
                 self._idle.notify_all()
 
     def after_runs(self, loaded: LoadedConfig, name: str, records: list[RunRecord]) -> None:
-        """After a model's runs: detect changes, freeze its reference once, attribute new regressions,
-        then evaluate the rules and run the actions they decide (monitor/service/respond.py)."""
-        if not any(r.status == "ok" and r.run_id is not None for r in records) or self.stopping():
+        """After a model's runs: detection, reference, attribution, rules (monitor/service/jobs.py),
+        and the open findings to /metrics."""
+        if self.stopping():
             return
-        result = check_models(self.db, loaded, [name])
-        self.exporter.observe_findings(name, result.findings)
-        if loaded.config.detection.confirm and not self.stopping():
-            ensure_references(self.db, loaded, [name], self.cancel)
-            confirm_pending(self.db, loaded, result.findings, self.cancel)
-        if loaded.config.rules and not self.stopping():
-            response = respond(self.db, loaded, name, result.findings, {f.id for f in result.new if f.id is not None},
-                               self.rules.get(loaded), self.cancel)
-            if response.actions:
-                self.exporter.observe_findings(name, findings_store.findings(self.db, name))
+        done = after_runs(self.db, loaded, name, records, self.rules.get(loaded), self.cancel)
+        if done.check is not None:
+            self.exporter.observe_findings(name, done.check.findings)
+        if done.response is not None and done.response.actions:
+            self.exporter.observe_findings(name, findings_store.findings(self.db, name))
+
+    def watch_fleet_runs(self) -> None:
+        """With fleet workers, runs arrive through the database: feed the new ones to /metrics, then
+        refresh the report and send alerts for their models (the workers did the rest)."""
+        if self.loaded.config.executor.kind != "celery":
+            return
+        latest = queries.last_run_times(self.db)
+        for name, started in latest.items():
+            seen = self._seen_runs.get(name)
+            if seen is not None and started <= seen:
+                continue
+            self._seen_runs[name] = started
+            if seen is None:
+                continue  # first look at start-up: history, already seeded
+            for record in reversed(queries.history(self.db, name, limit=50)):
+                if record.started_at > seen:
+                    self.note_run(record)
+            self.exporter.observe_findings(name, findings_store.findings(self.db, name))
+            self.reports.after_runs(self.db, self.loaded, name)
 
     def stopping(self) -> bool:
         return self.stop_requested.is_set() or self.cancel.is_set()
@@ -193,6 +217,9 @@ class Daemon:
         if loaded.storage_url() != self.loaded.storage_url():
             log.error("config reload refused: storage.url cannot change while the daemon runs")
             return
+        if loaded.config.executor != self.loaded.config.executor:
+            log.error("config reload refused: [executor] cannot change while the daemon runs")
+            return
         previous, self.loaded = self.loaded, loaded
         try:
             self.sync_schedule()
@@ -207,6 +234,7 @@ class Daemon:
         """Run until a stop is requested, then stop gracefully."""
         self.flush_spool()  # runs a previous daemon could not store
         self.seed_metrics()
+        self.watch_fleet_runs()  # where fleet runs stand now
         self.sync_schedule()
         self.scheduler.start()
         site = report_dir(self.loaded) if self.loaded.config.reports.refresh else None
@@ -220,6 +248,11 @@ class Daemon:
         mtime = _mtime(self.loaded.path)
         while not self.stop_requested.wait(CONFIG_POLL_S):
             self.flush_spool()
+            self.executor.poll()
+            try:
+                self.watch_fleet_runs()
+            except UNAVAILABLE as exc:
+                log.warning("cannot read new fleet runs, the database is unavailable: %s", str(exc).splitlines()[0])
             current = _mtime(self.loaded.path)
             if self.reload_requested.is_set() or current != mtime:
                 self.reload_requested.clear()
@@ -245,6 +278,7 @@ class Daemon:
         # Also aborts a job that slipped in between the pause and the wait, instead of waiting for it.
         self.cancel.set()
         self.scheduler.shutdown()
+        self.executor.shutdown()
         self.flush_spool()  # what cannot be stored now stays spooled for the next start
         if self._http is not None:
             self._http.shutdown()

@@ -1,0 +1,88 @@
+"""One model's scheduled run and what follows it, wherever it runs: in the daemon (local executor)
+or in a fleet worker (Celery executor). Both benchmark, store, then check the new history, freeze the
+reference, attribute new regressions and let the rules act, on the hardware that ran the model."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from monitor.config import LoadedConfig
+from monitor.detection.attribution import confirm_pending, ensure_references
+from monitor.detection.check import CheckResult, check_models
+from monitor.service.benchmark import benchmark_models
+from monitor.service.respond import Response, respond
+from rules.discovery import ConfiguredRule, configured_rules
+from storage.db import Database
+from storage.records import RunRecord
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class AfterRuns:
+    """What followed a model's runs: the check, and the rules' response (None when not evaluated)."""
+
+    check: CheckResult | None = None
+    response: Response | None = None
+
+
+def after_runs(
+    db: Database,
+    loaded: LoadedConfig,
+    name: str,
+    records: list[RunRecord],
+    rules: list[ConfiguredRule],
+    cancel: threading.Event,
+) -> AfterRuns:
+    """After a model's runs: detect changes, freeze its reference once, attribute new regressions,
+    then evaluate the rules and run the actions they decide (monitor/service/respond.py)."""
+    done = AfterRuns()
+    if not any(r.status == "ok" and r.run_id is not None for r in records) or cancel.is_set():
+        return done
+    done.check = check_models(db, loaded, [name])
+    if loaded.config.detection.confirm and not cancel.is_set():
+        ensure_references(db, loaded, [name], cancel)
+        confirm_pending(db, loaded, done.check.findings, cancel)
+    if loaded.config.rules and not cancel.is_set():
+        new = {f.id for f in done.check.new if f.id is not None}
+        done.response = respond(db, loaded, name, done.check.findings, new, rules, cancel)
+    return done
+
+
+class FleetJobs:
+    """The fleet worker's side of a job: its config, one database per worker process, built rules."""
+
+    def __init__(self, loaded: LoadedConfig, queue: str, open_db: Callable[[str], Database] = Database.open):
+        self.loaded = loaded
+        self.queue = queue
+        self._open_db = open_db
+        self._db: tuple[int, Database] | None = None  # (pid, database): a forked pool process opens its own
+        self._rules: list[ConfiguredRule] | None = None
+
+    def db(self) -> Database:
+        if self._db is None or self._db[0] != os.getpid():
+            self._db = (os.getpid(), self._open_db(self.loaded.storage_url()))
+        return self._db[1]
+
+    def run(self, model: str, key: str) -> dict[str, Any]:
+        """Benchmark `model` for the scheduled run `key`, store each series once, then follow up."""
+        loaded = self.loaded
+        if model not in {m.name for m in loaded.config.models}:
+            raise LookupError(f"model {model!r} is not in this worker's config {loaded.path}")
+        db = self.db()
+        where = {"queue": self.queue, "worker": socket.gethostname()}
+        records = benchmark_models(loaded, db, [model], idempotency_key=key, details={"executor": where})
+        if self._rules is None:
+            self._rules = configured_rules(loaded.config)
+        try:
+            after_runs(db, loaded, model, records, self._rules, threading.Event())
+        except Exception:
+            log.exception("the follow-up of %s's runs failed (the runs are stored)", model)
+        log.info("job %s done on %s: runs %s", key, self.queue, [r.run_id for r in records])
+        return {"key": key, "runs": [r.run_id for r in records], "queue": self.queue}

@@ -1,0 +1,73 @@
+"""The fleet's pieces without a worker: config, idempotent storage on every backend, a dead broker."""
+
+from __future__ import annotations
+
+import socket
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from monitor.config import ConfigError, ExecutorConfig, load_config
+from monitor.service.executors import CeleryExecutor, LocalExecutor, make_executor
+from monitor.service.fleet import job_key, time_limit_s
+from storage.db import Database
+from storage.queries import history, save_runs, stored_run_ids
+from tests.cli_helpers import tiny_model, write_config
+from tests.report_helpers import history_runs
+
+
+def test_executor_config_needs_a_broker_for_celery_and_names_the_field(tmp_path: Path) -> None:
+    path = write_config(tmp_path / "c.toml", [tiny_model("m")], extra='[executor]\nkind = "celery"\n')
+    with pytest.raises(ConfigError, match=r"executor.*needs a broker URL"):
+        load_config(path)
+    path = write_config(tmp_path / "c.toml", [tiny_model("m")], extra='[executor]\nkind = "celery"\nbroker = "http://x"\n')
+    with pytest.raises(ConfigError, match=r"executor\.broker"):
+        load_config(path)
+
+
+def test_a_models_hardware_class_is_its_runs_on_or_its_device_kind(tmp_path: Path) -> None:
+    loaded = load_config(write_config(tmp_path / "c.toml", [
+        tiny_model("a"), tiny_model("b", device="cuda:1"), tiny_model("c", runs_on="gpu-h100"),
+        tiny_model("d", batch_sizes=[1, 8], timeout_s=100),
+    ]))
+    assert [m.hardware_class for m in loaded.config.models] == ["cpu", "cuda", "gpu-h100", "cpu"]
+    assert time_limit_s(loaded.config.models[3]) == 2 * 100 + 120  # every series, then the follow-up
+    assert isinstance(make_executor(loaded.config.executor, lambda name: None), LocalExecutor)
+
+
+def test_a_run_stored_twice_under_one_key_is_stored_once(db_url: str) -> None:
+    first, again = history_runs("m", 1), history_runs("m", 1)
+    key = job_key("m", datetime(2026, 11, 29, 10, 0, 0, 123, tzinfo=UTC)) + "/baseline/cpu/b8"
+    assert key == "m@2026-11-29T10:00:00+00:00/baseline/cpu/b8"
+    first[0].idempotency_key = again[0].idempotency_key = key
+    other = history_runs("m", 1, start=datetime(2026, 11, 2, tzinfo=UTC))
+    with Database.open(db_url) as db:
+        [run_id] = save_runs(db, first)
+        assert save_runs(db, [*again, *other]) == [run_id, run_id + 1]  # the known one is not stored again
+        assert again[0].run_id == run_id
+        assert len(history(db, "m", limit=10)) == 2
+        assert stored_run_ids(db, [key, "nope"]) == {key: run_id}
+
+
+def test_a_dead_broker_makes_runs_wait_coalesced_and_health_say_so() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # nothing listens there
+    config = ExecutorConfig(kind="celery", broker=f"redis://127.0.0.1:{port}/0", enqueue_attempts=1,
+                            enqueue_backoff_s=0)
+    from monitor.config import ModelConfig
+
+    model = ModelConfig(name="m", factory="workloads:tiny", inputs=[{"shape": [4, 16]}])
+    executor = CeleryExecutor(config)
+    try:
+        due = datetime.now(UTC)
+        executor.submit(model, due)
+        executor.submit(model, due + timedelta(minutes=10))  # coalesced into the waiting one
+        health = executor.health()
+        assert not health["healthy"] and not health["broker_reachable"]
+        assert health["waiting_runs"] == ["m"] and health["enqueued"] == 0 and health["last_error"]
+        executor.poll()  # still away
+        assert executor.health()["waiting_runs"] == ["m"]
+    finally:
+        executor.shutdown()
