@@ -195,6 +195,9 @@ def test_a_dead_broker_keeps_the_daemon_up_and_its_run_waits_until_the_broker_re
         proxy.start()  # the broker is back
         assert wait_for(lambda: http_get(port, "/healthz")[0] == 200, 30)
         assert wait_for(lambda: len(stored(pg_schema_url)) == 1, 90, step=1), group.logs()[-3000:]
+        # The daemon learns of the worker's run from the database: /metrics and the report.
+        assert wait_for(lambda: 'perfguard_runs_total{model="m",status="ok"} 1.0' in http_get(port, "/metrics")[1], 20)
+        assert wait_for(lambda: '<span class="pill pill-ok">ok</span>' in http_get(port, "/")[1], 20)
     finally:
         code, err = stop(proc)
         proxy.stop()

@@ -41,6 +41,7 @@ from storage.records import RunRecord
 log = logging.getLogger(__name__)
 
 CONFIG_POLL_S = 2.0
+NEVER = datetime.min.replace(tzinfo=UTC)
 
 
 class LogProgress(BenchmarkProgress):
@@ -91,7 +92,7 @@ class Daemon:
         daemon_config = loaded.config.daemon
         self.executor = make_executor(loaded.config.executor, self.run_model)
         self.scheduler = BenchmarkScheduler(self.dispatch, daemon_config.misfire_grace_s)
-        self._seen_runs: dict[str, datetime] = {}  # model -> newest run start seen (fleet runs arrive by storage)
+        self._seen_runs: dict[str, datetime] | None = None  # model -> newest run start seen (fleet runs arrive by storage)
         self.exporter = RunMetricsExporter()
         self.spool = RunSpool(loaded.base_dir / daemon_config.spool_dir)
         self.variants: dict[str, VariantSpec] = {}  # model -> active variant, last seen in the database
@@ -184,13 +185,14 @@ class Daemon:
         if self.loaded.config.executor.kind != "celery":
             return
         latest = queries.last_run_times(self.db)
+        if self._seen_runs is None:  # the first look, at start-up: that history is already seeded
+            self._seen_runs = dict(latest)
+            return
         for name, started in latest.items():
-            seen = self._seen_runs.get(name)
-            if seen is not None and started <= seen:
+            seen = self._seen_runs.get(name, NEVER)
+            if started <= seen:
                 continue
             self._seen_runs[name] = started
-            if seen is None:
-                continue  # first look at start-up: history, already seeded
             for record in reversed(queries.history(self.db, name, limit=50)):
                 if record.started_at > seen:
                     self.note_run(record)
