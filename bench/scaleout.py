@@ -151,6 +151,13 @@ def main() -> None:
         stop_workers(workers)
         executor.shutdown()
         db.close()
+        if args.broker.startswith("redis"):  # leave the shared Redis as it was: this run's queue goes
+            import redis
+
+            client = redis.Redis.from_url(args.broker)
+            for key in client.scan_iter(f"*{queue}*"):
+                client.delete(key)
+            client.close()
 
 
 if __name__ == "__main__":

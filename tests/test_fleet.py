@@ -65,8 +65,10 @@ class Workers:
     def __init__(self, config: Path):
         self.config = config
         self.procs: list[subprocess.Popen[str]] = []
+        self.queues: set[str] = set()
 
     def start(self, queue: str) -> subprocess.Popen[str]:
+        self.queues.add(queue)
         env = dict(os.environ, PYTHONPATH=str(TESTS_DIR))
         log = open(self.config.parent / f"worker-{queue}-{len(self.procs)}.log", "w")  # noqa: SIM115
         proc = subprocess.Popen([PERFGUARD, "worker", "--queue", queue, "--config", str(self.config)],
@@ -89,6 +91,27 @@ class Workers:
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
 
+    def delete_queues(self) -> None:
+        """Leave the shared broker as it was: these tests' queues (named per test) go."""
+        from kombu import Connection
+
+        broker = load_config(self.config).config.executor.broker or ""
+        with Connection(broker) as connection:
+            channel = connection.default_channel
+            for queue in self.queues:
+                try:
+                    channel.queue_delete(queue)
+                except Exception:  # noqa: BLE001 - already gone
+                    pass
+        if broker.startswith("redis"):
+            import redis
+
+            client = redis.Redis.from_url(broker)
+            for queue in self.queues:  # kombu's bindings and unacked bookkeeping of these queues
+                for key in client.scan_iter(f"*{queue}*"):
+                    client.delete(key)
+            client.close()
+
     def logs(self) -> str:
         return "\n".join(p.read_text() for p in sorted(self.config.parent.glob("worker-*.log")))
 
@@ -99,6 +122,7 @@ def workers(tmp_path: Path) -> Iterator[list[Workers]]:
     yield made
     for group in made:
         group.stop_all()
+        group.delete_queues()
 
 
 def stored(url: str) -> list[tuple[str, str | None, dict]]:

@@ -26,16 +26,17 @@ from apscheduler.triggers.cron import CronTrigger
 
 from monitor.config import EmailConfig, LoadedConfig
 from monitor.detection.metrics import WATCHED
+from reports.charts import ChartDrawer
 from reports.data import FleetReport, ModelView, ReportedModel, fleet, gather
 from reports.mail import Delivery, SmtpSettings, build_message, send
-from reports.charts import ChartDrawer
 from reports.render import IMAGE_DIR, RenderedEmail, Site, render_alert, render_digest, write_site
 from storage import findings as findings_store
 from storage import notifications, queries
-from storage.actions import actions
+from storage.actions import ActionRecord, actions
 from storage.db import Database
+from storage.findings import FindingRecord
 from storage.notifications import Claim
-from storage.rule_events import events
+from storage.rule_events import RuleEvent, events
 
 log = logging.getLogger(__name__)
 
@@ -64,9 +65,9 @@ class Sent:
 class AlertItems:
     """What one model has to announce: new findings, rule alerts without a finding, actions."""
 
-    findings: list = field(default_factory=list)
-    rule_alerts: list = field(default_factory=list)
-    actions: list = field(default_factory=list)
+    findings: list[FindingRecord] = field(default_factory=list)
+    rule_alerts: list[RuleEvent] = field(default_factory=list)
+    actions: list[ActionRecord] = field(default_factory=list)
 
     def keyed(self) -> dict[str, object]:
         items: dict[str, object] = {}
