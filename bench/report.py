@@ -28,9 +28,9 @@ import numpy as np
 from monitor.config import load_config
 from monitor.detection.check import check_models
 from monitor.service.reporting import ReportKeeper
+from reports.charts import ChartDrawer
 from reports.data import ReportedModel, gather
 from reports.mail import build_message
-from reports.charts import ChartDrawer
 from reports.render import Site, render_digest, write_site
 from storage.db import Database
 from storage.queries import save_runs

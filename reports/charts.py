@@ -22,7 +22,6 @@ import multiprocessing
 import os
 import threading
 import uuid
-from collections import deque
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass

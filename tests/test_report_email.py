@@ -189,7 +189,7 @@ def test_report_email_without_an_email_section_is_a_usage_error(tmp_path: Path) 
 
 
 def test_starttls_login_with_the_password_from_the_environment_which_is_never_stored(
-    tmp_path: Path, start_server, server_tls, tls_files, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, start_server, server_tls, tls_files, monkeypatch: pytest.MonkeyPatch,  # noqa: F811 - fixtures
 ) -> None:
     """The config names the variable; the password reaches the server and nowhere else (not the
     notifications table, not the .eml kept on disk, not the config)."""

@@ -28,11 +28,11 @@ from monitor.service.benchmark import BenchmarkProgress, benchmark_models
 from monitor.service.executors import make_executor
 from monitor.service.http import RunMetricsExporter, serve
 from monitor.service.jobs import after_runs
-from monitor.service.reporting import ReportKeeper, report_dir
-from rules.discovery import ConfiguredRule, configured_rules
 from monitor.service.lock import DaemonLock, daemon_holder
+from monitor.service.reporting import ReportKeeper, report_dir
 from monitor.service.scheduler import BenchmarkScheduler, next_due
 from monitor.service.spool import UNAVAILABLE, RunSpool
+from rules.discovery import ConfiguredRule, configured_rules
 from storage import findings as findings_store
 from storage import queries
 from storage.db import Database

@@ -12,8 +12,8 @@ import json
 import logging
 import threading
 from collections.abc import Callable, Iterable
-from pathlib import Path
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
