@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import psutil
 import pytest
 from sqlalchemy import select
 
@@ -90,6 +91,17 @@ class Workers:
                 proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
+        # Benchmark processes live in their own groups and end when they see their worker gone; wait
+        # for them, so that the next test's timings do not share the CPU with a leftover.
+        folder = str(self.config.parent)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            left = [p for p in psutil.process_iter(["cwd"]) if (p.info["cwd"] or "").startswith(folder)]
+            if not left:
+                return
+            time.sleep(0.2)
+        for process in left:
+            process.kill()
 
     def delete_queues(self) -> None:
         """Leave the shared broker as it was: these tests' queues (named per test) go."""
