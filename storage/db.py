@@ -72,11 +72,24 @@ class Database:
         # Several processes may open a new database at once: each waits for the lock, then finds
         # the schema at head (on SQLite the write lock comes with BEGIN, see `session`).
         with self.engine.connect() as conn:
-            with conn.begin():
-                if conn.dialect.name == "postgresql":
-                    conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_PG_MIGRATION_LOCK_KEY})")
-                config.attributes["connection"] = conn
-                command.upgrade(config, "head")
+            sqlite = conn.dialect.name == "sqlite"
+            if sqlite:
+                # SQLite alters a table by copying it and dropping the old one; with foreign keys
+                # enforced, that drop would cascade into every table referencing it (a rebuilt `runs`
+                # would empty run_metrics, run_samples, baselines...). The pragma is a no-op inside
+                # a transaction, so it is set on the raw connection before BEGIN.
+                conn.connection.dbapi_connection.execute("PRAGMA foreign_keys=OFF")  # type: ignore[union-attr]
+            try:
+                with conn.begin():
+                    if conn.dialect.name == "postgresql":
+                        conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_PG_MIGRATION_LOCK_KEY})")
+                    config.attributes["connection"] = conn
+                    command.upgrade(config, "head")
+                    if sqlite and conn.exec_driver_sql("PRAGMA foreign_key_check").first() is not None:
+                        raise RuntimeError("a migration left rows whose references are broken; nothing was changed")
+            finally:
+                if sqlite:
+                    conn.connection.dbapi_connection.execute("PRAGMA foreign_keys=ON")  # type: ignore[union-attr]
 
     def display_location(self) -> str:
         """Where the data lives, safe to print: the file path for SQLite, the URL without password."""

@@ -128,6 +128,8 @@ class RunRow(Base):
         # id breaks ties between equal start times the same way on every backend.
         Index("ix_runs_model_batch_started", "model_id", "batch_size", "started_at", "id"),
         Index("ix_runs_model_started", "model_id", "started_at", "id"),
+        # A fleet job's run, stored once however often the job is delivered (see storage/queries.py).
+        Index("uq_runs_idempotency_key", "idempotency_key", unique=True),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -143,7 +145,7 @@ class RunRow(Base):
     host: Mapped[dict[str, Any]]
     flags: Mapped[list[str]]
     details: Mapped[dict[str, Any]]
-    idempotency_key: Mapped[str | None] = mapped_column(String(300), unique=True)
+    idempotency_key: Mapped[str | None] = mapped_column(String(300))
 
     metrics: Mapped[RunMetricsRow] = relationship(cascade="all, delete-orphan", passive_deletes=True)
     samples: Mapped[RunSamplesRow | None] = relationship(

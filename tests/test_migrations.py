@@ -72,3 +72,35 @@ def test_migrated_schema_matches_the_orm_exactly(empty_db: Database) -> None:
 
     with empty_db.engine.connect() as conn:
         assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
+
+
+def test_upgrading_a_database_with_runs_keeps_every_run_and_its_figures(tmp_path) -> None:
+    """On SQLite a migration may rebuild a table (copy, drop, rename): with foreign keys enforced the
+    drop would cascade into every table referencing it. Runs stored before an upgrade keep their figures."""
+    from alembic import command
+    from sqlalchemy import text
+
+    from storage.queries import history
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    with Database.open(url, upgrade=False) as db:
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS_DIR))
+        with db.engine.connect() as conn, conn.begin():
+            config.attributes["connection"] = conn
+            command.upgrade(config, "0004")  # a database from before the runs' idempotency key
+            conn.execute(text("INSERT INTO models (id, name, device, created_at, updated_at) "
+                              "VALUES (1, 'm', 'cpu', '2026-11-01 00:00:00', '2026-11-01 00:00:00')"))
+            conn.execute(text("INSERT INTO variants (id, model_id, name, kind, params, created_at, is_active) "
+                              "VALUES (1, 1, 'baseline', 'baseline', '{}', '2026-11-01 00:00:00', 1)"))
+            for i in range(3):
+                conn.execute(text(
+                    "INSERT INTO runs (id, model_id, variant_id, batch_size, device, status, started_at, finished_at,"
+                    " env, host, flags, details) VALUES (:i, 1, 1, 8, 'cpu', 'ok', :t, :t, '{}', '{}', '[]', '{}')"
+                ), {"i": i + 1, "t": f"2026-11-01 00:0{i}:00"})
+                conn.execute(text("INSERT INTO run_metrics (run_id, latency_ms_p50) VALUES (:i, 1.5)"), {"i": i + 1})
+    with Database.open(url) as db:  # a new version opens it: migrated to head
+        assert current_revisions(db) == (head_revision(),)
+        assert [r.metrics.latency_ms_p50 for r in history(db, "m", limit=10)] == [1.5, 1.5, 1.5]
+        with db.engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1  # enforced again after it

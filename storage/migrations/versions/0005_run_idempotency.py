@@ -17,12 +17,13 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    with op.batch_alter_table("runs") as batch:
-        batch.add_column(sa.Column("idempotency_key", sa.String(300), nullable=True))
-        batch.create_unique_constraint("uq_runs_idempotency_key", ["idempotency_key"])
+    # In place on both backends (ADD COLUMN and a unique index): `runs` is the largest table, and a
+    # SQLite batch rebuild would copy all of it.
+    op.add_column("runs", sa.Column("idempotency_key", sa.String(300), nullable=True))
+    op.create_index("uq_runs_idempotency_key", "runs", ["idempotency_key"], unique=True)
 
 
 def downgrade() -> None:
+    op.drop_index("uq_runs_idempotency_key", table_name="runs")
     with op.batch_alter_table("runs") as batch:
-        batch.drop_constraint("uq_runs_idempotency_key", type_="unique")
         batch.drop_column("idempotency_key")
