@@ -32,7 +32,10 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageColor, ImageDraw
 
-__all__ = ["CHART_SIZE", "ChartDrawer", "ChartSpec", "Line", "Marker", "describe", "render_chart", "render_many", "sparkline"]
+__all__ = [
+    "CHART_SIZE", "ChartDrawer", "ChartSpec", "Line", "Marker", "describe", "render_chart", "render_many",
+    "sparkline", "write_atomic",
+]
 
 # Part of every key: bump it when the drawing changes, so cached PNGs of the old style are redrawn.
 _STYLE_VERSION = 1
@@ -784,11 +787,12 @@ def _cached(path: Path) -> bool:
 
 def _render_chunk(items: list[tuple[str, ChartSpec]], out_dir: str) -> int:
     for key, spec in items:
-        _write_atomic(Path(out_dir) / f"{key}.png", render_chart(spec))
+        write_atomic(Path(out_dir) / f"{key}.png", render_chart(spec))
     return len(items)
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
+def write_atomic(path: Path, data: bytes) -> None:
+    """Replace `path` with `data` atomically: a reader sees the old file or the new one, never half."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.{uuid.uuid4().hex[:8]}.tmp")
     # os.open with 0o666 honours the umask (mkstemp would force 0600 on a file the web server reads).
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)

@@ -129,9 +129,9 @@ def gather(
     active = {info.name: info.active_variant for info in queries.list_models(db)}
     # Everything else of the fleet in a few queries, grouped here (not four queries per model).
     context = _Context(
-        findings=_by_model(findings_store.findings(db)),
-        actions=_by_model(actions(db, limit=ACTIONS_SHOWN * max(len(names), 1))),
-        alerts=_by_model(events(db, limit=FINDINGS_SHOWN * max(len(names), 1), outcome="alert")),
+        findings=_by_model(findings_store.findings(db, models=names)),
+        actions=_by_model(actions(db, models=names, per_model=ACTIONS_SHOWN)),
+        alerts=_by_model(events(db, outcome="alert", models=names, per_model=FINDINGS_SHOWN)),
         baselines=findings_store.baselines_by_model(db, names),
         env_changes=findings_store.env_changes_by_model(db, names),
     )
@@ -176,20 +176,21 @@ def _model_view(model: ReportedModel, runs: list[TrendRun], active_variant: str,
     ]
     series.sort(key=lambda s: (not s.active, s.key.variant, s.key.device, s.key.batch_size))
     findings = context.findings.get(model.name, [])
-    open_findings = sorted((f for f in findings if f.state == "open"), key=_lead_first)
+    open_findings = sorted((f for f in findings if f.state == "open"), key=lead_first)
     past = [f for f in findings if f.state != "open"][:FINDINGS_SHOWN]
     status, reason = _status(model, series, open_findings)
     recent = sorted(runs, key=lambda r: (r.started_at, r.run_id), reverse=True)[:RUN_TABLE_ROWS]
     return ModelView(
         model=model, status=status, status_reason=reason, active_variant=active_variant, series=series,
         open_findings=open_findings, past_findings=past,
-        actions=context.actions.get(model.name, [])[:ACTIONS_SHOWN],
-        alerts=context.alerts.get(model.name, [])[:FINDINGS_SHOWN],
+        actions=context.actions.get(model.name, []),
+        alerts=context.alerts.get(model.name, []),
         env_changes=context.env_changes.get(model.name, []), recent_runs=recent,
     )
 
 
-def _lead_first(finding: FindingRecord) -> tuple[int, int, int]:
+def lead_first(finding: FindingRecord) -> tuple[int, int, int]:
+    """Sort key of findings: regressions first, then by what users feel first (LEAD_METRICS)."""
     rank = LEAD_METRICS.index(finding.metric) if finding.metric in LEAD_METRICS else len(LEAD_METRICS)
     return (finding.verdict != "regression", rank, finding.key.batch_size)
 

@@ -159,12 +159,13 @@ def _env_markers(view: ModelView, times: Sequence[datetime]) -> list[Marker]:
     markers = []
     for _run_id, at, diff in view.env_changes:
         if first <= at <= last:
-            label = ", ".join(f"{k} {_pair(v)}" for k, v in list(diff.items())[:2])
+            label = ", ".join(f"{k} {pair(v)}" for k, v in list(diff.items())[:2])
             markers.append(Marker(at, label))
     return markers
 
 
-def _pair(value: object) -> str:
+def pair(value: object) -> str:
+    """An environment change's [before, after] as "before → after" (anything else as it is)."""
     if isinstance(value, list | tuple) and len(value) == 2:
         return f"{value[0]} → {value[1]}"
     return str(value)

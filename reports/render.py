@@ -11,8 +11,6 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import struct
-import tempfile
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -21,9 +19,9 @@ from typing import Any
 
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
-from reports.charts import CHART_SIZE, ChartDrawer, render_chart, sparkline
+from reports.charts import CHART_SIZE, ChartDrawer, render_chart, sparkline, write_atomic
 from reports.data import FleetReport, ModelView
-from reports.figures import NamedChart, latency_chart, model_charts, primary_latency, spark_values, table
+from reports.figures import NamedChart, latency_chart, model_charts, pair, primary_latency, spark_values, table
 from reports.mail import InlineImage
 from storage.actions import ActionRecord
 from storage.findings import FindingRecord, SeriesKey
@@ -76,7 +74,7 @@ def environment() -> Environment:
         trim_blocks=False,
         lstrip_blocks=False,
     )
-    env.filters.update(when=_when, pair=_pair, cause=cause_text)
+    env.filters.update(when=_when, pair=pair, cause=cause_text)
     env.globals.update(num=_num, pct=_pct)
     return env
 
@@ -241,8 +239,7 @@ def _chart_view(chart: NamedChart, src: str) -> ChartView:
 
 def _inline_chart(images: dict[str, InlineImage], chart: NamedChart) -> ChartView:
     """A chart for an email: inline image and alt text; no table (mail clients cannot fold one away)."""
-    data = render_chart(chart.spec)
-    view = _inline(images, "chart", data, _png_size(data[:32]), chart.alt)
+    view = _inline(images, "chart", render_chart(chart.spec), CHART_SIZE, chart.alt)
     return ChartView(chart.spec.title, view.src, chart.alt, view.width, view.height)
 
 
@@ -257,7 +254,7 @@ def _spark_file(images: Path, values: list[float | None], key: SeriesKey) -> Cha
     name = f"spark-{hashlib.sha256(data).hexdigest()[:16]}.png"
     path = images / name
     if not path.exists():
-        _write_bytes(path, data)
+        write_atomic(path, data)
     return ChartView("trend", name, f"p50 trend of {key.label()}", SPARK_SIZE[0], SPARK_SIZE[1])
 
 
@@ -277,37 +274,12 @@ def _join(base: str | None, path: str) -> str:
     return (base or "").rstrip("/") + "/" + path
 
 
-def _png_size(head: bytes) -> tuple[int, int]:
-    """Width and height from a PNG's IHDR chunk (bytes 16-24)."""
-    width, height = struct.unpack(">II", head[16:24])
-    return width, height
-
-
 def _write(path: Path, text: str) -> None:
-    _write_bytes(path, text.encode("utf-8"))
-
-
-def _write_bytes(path: Path, data: bytes) -> None:
-    """Replace `path` atomically: a reader sees the old file or the new one, never half of one."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, text.encode("utf-8"))
 
 
 def _when(value: datetime | None) -> str:
     return "–" if value is None else value.strftime("%Y-%m-%d %H:%M UTC")
-
-
-def _pair(value: object) -> str:
-    if isinstance(value, list | tuple) and len(value) == 2:
-        return f"{value[0]} → {value[1]}"
-    return str(value)
 
 
 def _num(value: float | None, fmt: str = "%.4g") -> str:

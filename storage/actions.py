@@ -10,6 +10,7 @@ variant that stops being active are resolved: its series is no longer benchmarke
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -19,7 +20,7 @@ from sqlalchemy.orm import Session, aliased
 
 from storage.db import Database
 from storage.models import ActionRow, FindingRow, ModelRow, VariantRow, utc_now
-from storage.queries import BASELINE, _model_id, _variant_id, set_active_variant
+from storage.queries import BASELINE, _model_id, _variant_id, newest_per_model, set_active_variant
 
 
 class NothingToRollBack(LookupError):
@@ -163,8 +164,12 @@ def rollback(db: Database, model: str, trigger: str = "cli") -> ActionRecord:
         )
 
 
-def actions(db: Database, model: str | None = None, limit: int = 100) -> list[ActionRecord]:
-    """Stored actions, newest first."""
+def actions(
+    db: Database, model: str | None = None, limit: int = 100, *, models: Sequence[str] | None = None,
+    per_model: int | None = None,
+) -> list[ActionRecord]:
+    """Stored actions, newest first: the newest `limit` (of one model, or all), or with `models` the
+    newest `per_model` of each of them."""
     source, target = aliased(VariantRow), aliased(VariantRow)
     stmt = (
         select(ActionRow, ModelRow.name, source.name, target.name)
@@ -172,8 +177,11 @@ def actions(db: Database, model: str | None = None, limit: int = 100) -> list[Ac
         .join(source, source.id == ActionRow.from_variant_id)
         .outerjoin(target, target.id == ActionRow.to_variant_id)
         .order_by(ActionRow.created_at.desc(), ActionRow.id.desc())
-        .limit(limit)
     )
+    if models is not None:
+        stmt = stmt.where(ActionRow.id.in_(newest_per_model(ActionRow, models, per_model or limit)))
+    else:
+        stmt = stmt.limit(limit)
     if model is not None:
         stmt = stmt.where(ModelRow.name == model)
     with db.session(readonly=True) as session:

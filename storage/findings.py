@@ -356,9 +356,9 @@ def _match(
 
 
 def findings(
-    db: Database, model: str | None = None, state: str | None = None
+    db: Database, model: str | None = None, state: str | None = None, *, models: Sequence[str] | None = None
 ) -> list[FindingRecord]:
-    """Stored findings, newest change first."""
+    """Stored findings (of one model, of `models`, or all), newest change first."""
     stmt = (
         select(FindingRow, ModelRow.name, VariantRow.name)
         .join(ModelRow, ModelRow.id == FindingRow.model_id)
@@ -367,6 +367,8 @@ def findings(
     )
     if model is not None:
         stmt = stmt.where(ModelRow.name == model)
+    if models is not None:
+        stmt = stmt.where(ModelRow.name.in_(list(models)))
     if state is not None:
         stmt = stmt.where(FindingRow.state == state)
     with db.session(readonly=True) as session:

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, ScalarSelect, func, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import ColumnElement, Row, ScalarSelect, Select, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from storage.db import Database
@@ -162,10 +162,7 @@ def save_runs(db: Database, records: Sequence[RunRecord]) -> list[int]:
 def _save_runs(db: Database, records: Sequence[RunRecord]) -> list[int]:
     keys = [r.idempotency_key for r in records if r.idempotency_key is not None]
     with db.session() as session:
-        stored: dict[str | None, int] = {
-            key: run_id for key, run_id in
-            session.execute(select(RunRow.idempotency_key, RunRow.id).where(RunRow.idempotency_key.in_(keys)))
-        } if keys else {}
+        stored: dict[str | None, int] = dict(_stored_run_ids(session, keys))
         model_ids: dict[str, int] = {}
         variant_ids: dict[tuple[str, str], int] = {}
         rows = []
@@ -200,8 +197,14 @@ def stored_run_ids(db: Database, keys: Sequence[str]) -> dict[str, int]:
     if not keys:
         return {}
     with db.session(readonly=True) as session:
-        stmt = select(RunRow.idempotency_key, RunRow.id).where(RunRow.idempotency_key.in_(list(keys)))
-        return {key: run_id for key, run_id in session.execute(stmt) if key is not None}
+        return _stored_run_ids(session, keys)
+
+
+def _stored_run_ids(session: Session, keys: Sequence[str]) -> dict[str, int]:
+    if not keys:
+        return {}
+    stmt = select(RunRow.idempotency_key, RunRow.id).where(RunRow.idempotency_key.in_(list(keys)))
+    return {key: run_id for key, run_id in session.execute(stmt) if key is not None}
 
 
 def history(
@@ -355,6 +358,24 @@ def _insert(session: Session, entity: type[Any]) -> postgresql.Insert | sqlite.I
     if dialect == "sqlite":
         return sqlite.insert(entity)
     raise NotImplementedError(f"perfguard storage supports SQLite and PostgreSQL, not {dialect}")
+
+
+def newest_per_model(
+    entity: type[Any], models: Sequence[str], per_model: int, *where: ColumnElement[bool]
+) -> Select[tuple[int]]:
+    """Ids of the newest `per_model` rows of `entity` (actions, rule events: anything with `model_id`,
+    `created_at` and `id`) for each of `models`, matching `where`: ROW_NUMBER over each model, so one
+    busy model cannot crowd the others out of a shared limit."""
+    rank = (
+        func.row_number()
+        .over(partition_by=entity.model_id, order_by=(entity.created_at.desc(), entity.id.desc()))
+        .label("rank")
+    )
+    ranked = (
+        select(entity.id, rank).join(ModelRow, ModelRow.id == entity.model_id)
+        .where(ModelRow.name.in_(list(models)), *where).subquery()
+    )
+    return select(ranked.c.id).where(ranked.c.rank <= per_model)
 
 
 def _model_id(session: Session, model: str) -> int:

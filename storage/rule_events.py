@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from storage.db import Database
 from storage.models import ModelRow, RuleEventRow
-from storage.queries import _model_id
+from storage.queries import _model_id, newest_per_model
 
 EventOutcome = Literal["alert", "requantize", "prune", "error", "timeout"]
 FIRED_OUTCOMES = ("alert", "requantize", "prune")  # a decision that went through, as opposed to a failure
@@ -107,18 +107,26 @@ def link_action(db: Database, event_id: int, action_id: int) -> None:
             raise KeyError(f"no rule event {event_id}")
 
 
-def events(db: Database, model: str | None = None, limit: int = 100, outcome: str | None = None) -> list[RuleEvent]:
-    """The newest `limit` rule events (of one model, or all; of one outcome, or all), newest first."""
+def events(
+    db: Database, model: str | None = None, limit: int = 100, outcome: str | None = None, *,
+    models: Sequence[str] | None = None, per_model: int | None = None,
+) -> list[RuleEvent]:
+    """The newest `limit` rule events (of one model, or all; of one outcome, or all), newest first; with
+    `models`, the newest `per_model` of each of them."""
+    of_outcome = [RuleEventRow.outcome == outcome] if outcome is not None else []
     stmt = (
         select(RuleEventRow, ModelRow.name)
         .join(ModelRow, ModelRow.id == RuleEventRow.model_id)
+        .where(*of_outcome)
         .order_by(RuleEventRow.created_at.desc(), RuleEventRow.id.desc())
-        .limit(limit)
     )
+    if models is not None:
+        newest = newest_per_model(RuleEventRow, models, per_model or limit, *of_outcome)
+        stmt = stmt.where(RuleEventRow.id.in_(newest))
+    else:
+        stmt = stmt.limit(limit)
     if model is not None:
         stmt = stmt.where(ModelRow.name == model)
-    if outcome is not None:
-        stmt = stmt.where(RuleEventRow.outcome == outcome)
     with db.session(readonly=True) as session:
         return [_event(row, name) for row, name in session.execute(stmt)]
 

@@ -17,15 +17,18 @@ from storage.db import Database
 from storage.findings import SeriesKey
 from storage.models import ModelRow, RunMetricsRow, RunRow, VariantRow
 
-# The figures a report charts or tabulates, in RunMetrics units.
+# The figures a report charts, tabulates or checks against an SLO, in RunMetrics units.
 CHARTED = (
     "latency_ms_p50",
     "latency_ms_p90",
     "latency_ms_p99",
+    "latency_ms_mean",
     "throughput_per_s",
     "peak_rss_mb",
     "cuda_peak_mem_mb",
+    "model_size_mb",
     "accuracy",
+    "gpu_power_w",
     "energy_j_per_inference",
 )
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -19,6 +20,13 @@ PERFGUARD = shutil.which("perfguard", path=os.path.dirname(sys.executable))
 FAST_HARNESS = {"min_samples": 20}
 FAST_MAX_TIME_S = 0.3
 TINY_INPUTS = [{"shape": [8, 16]}]
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on (at the moment of asking)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 def toml_value(value: Any) -> str:

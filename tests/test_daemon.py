@@ -21,15 +21,9 @@ from monitor.config import load_config
 from storage import queries
 from storage.db import Database
 
-from cli_helpers import PERFGUARD
+from cli_helpers import PERFGUARD, free_port
 
 TESTS = Path(__file__).resolve().parent
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def write_config(folder: Path, models: str, stop_timeout_s: float = 5, port: int | None = None,

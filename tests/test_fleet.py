@@ -22,8 +22,8 @@ from monitor.config import load_config
 from monitor.service.executors import CeleryExecutor
 from storage.db import Database
 from storage.models import ModelRow, RunRow
-from tests.cli_helpers import PERFGUARD, TESTS_DIR
-from tests.test_daemon import TcpProxy, free_port, http_get, start, stop, wait_for
+from tests.cli_helpers import PERFGUARD, TESTS_DIR, free_port
+from tests.test_daemon import TcpProxy, http_get, start, stop, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 

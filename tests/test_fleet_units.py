@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -13,7 +12,7 @@ from monitor.service.executors import CeleryExecutor, LocalExecutor, make_execut
 from monitor.service.fleet import job_key, time_limit_s
 from storage.db import Database
 from storage.queries import history, save_runs, stored_run_ids
-from tests.cli_helpers import tiny_model, write_config
+from tests.cli_helpers import free_port, tiny_model, write_config
 from tests.report_helpers import history_runs
 
 
@@ -51,9 +50,7 @@ def test_a_run_stored_twice_under_one_key_is_stored_once(db_url: str) -> None:
 
 
 def test_a_dead_broker_makes_runs_wait_coalesced_and_health_say_so() -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]  # nothing listens there
+    port = free_port()  # nothing listens there
     config = ExecutorConfig(kind="celery", broker=f"redis://127.0.0.1:{port}/0", enqueue_attempts=1,
                             enqueue_backoff_s=0)
     from monitor.config import ModelConfig

@@ -12,7 +12,6 @@ import email.utils
 import logging
 import os
 import re
-import socket
 import ssl
 import subprocess
 from collections.abc import Callable, Iterator
@@ -24,10 +23,11 @@ from typing import Any
 
 import pytest
 from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import AuthResult, Envelope, LoginPassword, Session
 from aiosmtpd.smtp import SMTP as SMTPServer
+from aiosmtpd.smtp import AuthResult, Envelope, LoginPassword, Session
 
 from reports.mail import Delivery, InlineImage, SmtpSettings, build_message, inline_css, send
+from tests.cli_helpers import free_port
 
 SENDER = "Perfguard <perfguard@example.com>"
 TO = ["alice@example.com", "bob@example.org"]
@@ -96,12 +96,6 @@ class Authenticator:
             self.logins.append(auth_data.login.decode())
             return AuthResult(success=True)
         return AuthResult(success=False, handled=False)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import email
 import email.policy
 import re
-import socket
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
@@ -18,7 +17,7 @@ from aiosmtpd.controller import Controller
 from monitor.service.reporting import digest_slot, send_alerts, send_digests
 from storage import notifications
 from storage.db import Database
-from tests.cli_helpers import perfguard
+from tests.cli_helpers import free_port, perfguard
 from tests.report_helpers import history_runs, make_fleet, report_config, seed
 from tests.test_mail import PASSWORD, USER, Authenticator, server_tls, start_server, tls_files  # noqa: F401 - fixtures
 
@@ -38,12 +37,6 @@ class Inbox:
 
     def to(self, recipient: str) -> list[EmailMessage]:
         return [m for rcpt, m in self.received if recipient in rcpt]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture

@@ -230,3 +230,29 @@ def test_the_daemons_refresh_after_one_model_rewrites_only_its_page_and_the_inde
     index = full.index.read_text()
     assert index != index_before and "+2" in index  # mlp's p50 tripled: its row changed
     assert local_targets_exist(full.index) == [] and local_targets_exist(full.pages["seed-cnn"]) == []
+
+
+def test_a_busy_model_does_not_crowd_the_others_out_of_the_report(db_url: str, tmp_path: Path) -> None:
+    """Actions and rule alerts are read per model (ROW_NUMBER over each), not under one shared limit."""
+    from storage.actions import actions
+    from storage.queries import save_runs
+    from tests.report_helpers import rejected_action
+
+    with Database.open(db_url) as db:
+        save_runs(db, history_runs("quiet", 1) + history_runs("busy", 1))
+        rejected_action(db, "quiet")
+        for _ in range(25):
+            rejected_action(db, "busy")
+        grouped: dict[str, int] = {}
+        for action in actions(db, models=["quiet", "busy"], per_model=20):
+            grouped[action.model] = grouped.get(action.model, 0) + 1
+        assert grouped == {"quiet": 1, "busy": 20}
+        assert [a.model for a in actions(db, models=["quiet"], per_model=20)] == ["quiet"]
+
+
+def test_an_slo_on_any_stored_metric_sets_the_status(tmp_path: Path) -> None:
+    loaded = report_config(tmp_path, [{"name": "big", "slo": {"model_size_mb": 0.5}}])
+    with Database.open(loaded.storage_url()) as db:
+        seed(db, loaded, history_runs("big", 5))  # 0.6 MiB each
+        [view] = gather(db, _reported(loaded)).models
+    assert view.status == "slo" and "model_size_mb 0.6 over its SLO 0.5" in view.status_reason

@@ -25,9 +25,8 @@ from pathlib import Path
 from apscheduler.triggers.cron import CronTrigger
 
 from monitor.config import EmailConfig, LoadedConfig
-from monitor.detection.metrics import WATCHED
 from reports.charts import ChartDrawer
-from reports.data import FleetReport, ModelView, ReportedModel, fleet, gather
+from reports.data import FleetReport, ModelView, ReportedModel, fleet, gather, lead_first
 from reports.mail import Delivery, SmtpSettings, build_message, send
 from reports.render import IMAGE_DIR, RenderedEmail, Site, render_alert, render_digest, write_site
 from storage import findings as findings_store
@@ -208,11 +207,10 @@ def new_items(db: Database, model: str, now: datetime) -> AlertItems:
     finding (an SLO breach), and optimisation actions. Storage decides which were already sent."""
     since = now - ALERT_LOOKBACK
     items = AlertItems()
-    order = list(WATCHED)  # latency first: it leads the subject line
-    items.findings = sorted(
+    items.findings = sorted(  # latency first: it leads the subject line
         (f for f in findings_store.findings(db, model, state="open")
          if f.verdict == "regression" and f.first_seen is not None and f.first_seen >= since),
-        key=lambda f: (order.index(f.metric) if f.metric in order else len(order), f.key.batch_size, f.id or 0),
+        key=lead_first,
     )
     items.rule_alerts = [
         e for e in events(db, model, limit=50)
