@@ -391,10 +391,11 @@ def check(config_path: Path, as_json: bool, names: tuple[str, ...], show_all: bo
         if unknown:
             raise click.UsageError(f"unknown model {unknown[0]!r}; known: {', '.join(sorted(known)) or '(none)'}")
         result = check_models(db, loaded, list(names) or None)
-        if confirm if confirm is not None else loaded.config.detection.confirm:
-            configured = [m.name for m in loaded.config.models if not names or m.name in names]
-            if configured:  # a stored model no longer configured has no factory to freeze
-                attribution.ensure_references(db, loaded, configured)
+        confirming = confirm if confirm is not None else loaded.config.detection.confirm
+        configured = [m.name for m in loaded.config.models if not names or m.name in names]
+        if configured and (confirming or attribution.references_wanted(loaded)):
+            attribution.ensure_references(db, loaded, configured)  # a stored model no longer configured has no factory
+        if confirming:
             attribution.confirm_pending(db, loaded, result.findings)
         responses = []
         if with_rules and loaded.config.rules:

@@ -440,6 +440,10 @@ class HarnessConfig(_Strict):
     min_samples: int = Field(default=100, ge=5)
     contention_cpu_pct: float = Field(default=15.0, gt=0)
     pin_allocator: bool = True
+    # Time each scheduled run against the series' frozen reference, interleaved, so that host drift
+    # cancels in what detection reads (see "Detecting regressions" in the README).
+    relative: bool = True
+    probe: bool = True  # time the host-speed probe beside every scheduled run (host events)
 
 
 class ExecutorConfig(_Strict):

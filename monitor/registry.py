@@ -7,25 +7,38 @@ folder first, so `examples.models:seed_cnn` works from a checkout without instal
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from sqlalchemy.orm import Session
 
 from monitor.config import HarnessConfig, LoadedConfig, ModelConfig
-from monitor.harness.protocol import BenchmarkJob, InputTensor, SamplingSettings, Subject, VariantSpec
-from storage import actions, queries
+from monitor.harness.protocol import (
+    REFERENCE_LABEL,
+    ArtifactRef,
+    BenchmarkJob,
+    InputTensor,
+    SamplingSettings,
+    Subject,
+    VariantSpec,
+)
+from storage import actions, findings, queries
 from storage.db import Database
-from storage.findings import SeriesKey
+from storage.findings import ReferenceInfo, SeriesKey
 
 
 @dataclass(frozen=True, slots=True)
 class PlannedBenchmark:
-    """One series to measure now: a model at one batch size, with its limits."""
+    """One series to measure now: a model at one batch size, with its limits.
+
+    `absolute_why` says why a job times no reference beside the model (no reference frozen yet, the
+    reference was lost, relative measurement is off); None when it does.
+    """
 
     model: ModelConfig
     job: BenchmarkJob
     timeout_s: float
     memory_limit_mb: float | None
+    absolute_why: str | None = None
 
     @property
     def key(self) -> SeriesKey:
@@ -75,12 +88,17 @@ def subject_for(
 
 
 def plan(
-    loaded: LoadedConfig, names: list[str] | None = None, variants: dict[str, VariantSpec] | None = None
+    loaded: LoadedConfig,
+    names: list[str] | None = None,
+    variants: dict[str, VariantSpec] | None = None,
+    references: dict[tuple[str, SeriesKey], ReferenceInfo | None] | None = None,
 ) -> list[PlannedBenchmark]:
     """The benchmarks to run for the named models (all when `names` is empty), in config order.
 
     `variants` (model -> active variant) makes each job build that variant; a model missing from it
-    is benchmarked as its factory builds it (the baseline).
+    is benchmarked as its factory builds it (the baseline). `references` ((model, series) -> its
+    newest reference) makes each series with a usable one time it beside the model (a relative
+    run); without the argument no job does.
     """
     config = loaded.config
     registered = [m.name for m in config.models]
@@ -100,9 +118,35 @@ def plan(
                 threads=model.threads,
                 sampling=sampling_settings(model, config.harness),
                 sys_path=sys_path,
+                probe=config.harness.probe,
             )
-            planned.append(PlannedBenchmark(model, job, model.effective_timeout_s, model.memory_limit_mb))
+            item = PlannedBenchmark(model, job, model.effective_timeout_s, model.memory_limit_mb)
+            if references is not None:
+                item = with_reference(item, references.get((model.name, item.key)), config.harness.relative)
+            planned.append(item)
     return planned
+
+
+def with_reference(planned: PlannedBenchmark, reference: ReferenceInfo | None, relative: bool) -> PlannedBenchmark:
+    """The planned run timing `reference` beside its model when the reference is usable; else the
+    run as planned, saying why it measures absolutely."""
+    if not relative:
+        return replace(planned, absolute_why="relative measurement is off ([harness] relative = false)")
+    if reference is None or not reference.artifact:
+        return replace(planned, absolute_why="no frozen reference of this series yet")
+    if reference.lost_at is not None:
+        return replace(planned, absolute_why=f"reference {reference.id} lost: {reference.lost_reason}")
+    live = planned.job.subjects[0]
+    artifact = ArtifactRef.from_dict(reference.artifact)
+    copy = replace(live, label=REFERENCE_LABEL, eval=None, variant=None, artifact=artifact)
+    return replace(planned, job=replace(planned.job, reference=copy, reference_id=reference.id))
+
+
+def series_references(
+    db: Database, planned: list[PlannedBenchmark]
+) -> dict[tuple[str, SeriesKey], ReferenceInfo | None]:
+    """The newest reference of each planned series, as `plan` takes them."""
+    return {(p.model.name, p.key): findings.latest_reference(db, p.model.name, p.key) for p in planned}
 
 
 def plan_active(db: Database, loaded: LoadedConfig, names: list[str] | None = None) -> list[PlannedBenchmark]:

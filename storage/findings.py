@@ -27,7 +27,9 @@ from storage.models import (
     VariantRow,
     utc_now,
 )
-from storage.queries import _insert, _model_id, _variant_id
+from storage.queries import METRIC_COLUMNS, _insert, _model_id, _variant_id
+
+METRIC_NAMES = tuple(column.key for column in METRIC_COLUMNS)
 
 # How far (in runs) a change may move between checks and still be the same finding: more history
 # sharpens where a change began (a noisy one moved 7 runs in bench/detection_real.py).
@@ -37,7 +39,8 @@ NOT_DETECTED = "no longer detected"
 
 @dataclass(frozen=True, slots=True)
 class SeriesState:
-    """Where one checked series (one metric) stands now, for deciding whether a finding still holds."""
+    """Where one checked series (one metric, one reading) stands now, for deciding whether a finding
+    still holds."""
 
     current: float | None  # median of its newest runs
     min_effect: float
@@ -72,7 +75,8 @@ class SeriesRun:
     status: str
     flags: tuple[str, ...]
     env: dict[str, Any]
-    metrics: dict[str, float | None]
+    metrics: dict[str, float | None]  # every RunMetrics figure by name
+    reference_id: int | None = None  # the frozen reference it was timed against, if any
 
 
 @dataclass(slots=True)
@@ -93,6 +97,7 @@ class FindingRecord:
     samples: dict[str, Any] | None = None
     env_diff: dict[str, Any] | None = None
     cause: str | None = None
+    # The A/B against the reference (absolute readings); the levels of both figures (other readings).
     confirmation: dict[str, Any] | None = None
     diagnosis: dict[str, Any] | None = None  # profile diff of the model against its reference
     state: str = "open"
@@ -101,6 +106,7 @@ class FindingRecord:
     last_seen: datetime | None = None
     resolved_at: datetime | None = None
     id: int | None = None
+    reading: str = "absolute"  # the series it was found in (monitor/detection/readings.py)
 
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -120,16 +126,16 @@ class ReferenceInfo:
     created_at: datetime
     artifact: dict[str, Any]
     measured: dict[str, Any] = field(default_factory=dict)
+    lost_at: datetime | None = None  # it stopped loading or reproducing its output
+    lost_reason: str | None = None
 
 
 def series_runs(db: Database, model: str, limit: int) -> list[SeriesRun]:
-    """The newest `limit` runs of `model` per series, oldest first, with the watched metrics.
+    """The newest `limit` runs of `model` per series, oldest first, with their figures.
 
     The per-series limit is applied in the database (ROW_NUMBER over each series), so a check reads
     the same amount after a year of runs as after a week.
     """
-    from monitor.detection.metrics import WATCHED
-
     rank = (
         func.row_number()
         .over(
@@ -143,7 +149,6 @@ def series_runs(db: Database, model: str, limit: int) -> list[SeriesRun]:
         if model_id is None:
             return []
         newest = select(RunRow.id, rank).where(RunRow.model_id == model_id).subquery()
-        metric_columns = [getattr(RunMetricsRow, name) for name in WATCHED]
         stmt = (
             select(
                 RunRow.id,
@@ -154,7 +159,8 @@ def series_runs(db: Database, model: str, limit: int) -> list[SeriesRun]:
                 RunRow.status,
                 RunRow.flags,
                 RunRow.env,
-                *metric_columns,
+                RunRow.reference_id,
+                *METRIC_COLUMNS,
             )
             .join(newest, newest.c.id == RunRow.id)
             .join(VariantRow, VariantRow.id == RunRow.variant_id)
@@ -165,9 +171,10 @@ def series_runs(db: Database, model: str, limit: int) -> list[SeriesRun]:
         return [
             SeriesRun(
                 run_id, started_at, SeriesKey(variant, device, batch), status, tuple(flags), env,
-                dict(zip(WATCHED, figures, strict=True)),
+                dict(zip(METRIC_NAMES, figures, strict=True)), reference_id,
             )
-            for run_id, started_at, variant, device, batch, status, flags, env, *figures in session.execute(stmt)
+            for run_id, started_at, variant, device, batch, status, flags, env, reference_id, *figures
+            in session.execute(stmt)
         ]
 
 
@@ -258,7 +265,7 @@ def sync_findings(
     db: Database,
     model: str,
     detected: Sequence[FindingRecord],
-    checked: dict[tuple[SeriesKey, str], SeriesState],
+    checked: dict[tuple[SeriesKey, str, str], SeriesState],
     run_order: dict[int, int],
 ) -> list[FindingRecord]:
     """Merge one check's findings into the stored ones and return the model's findings as stored.
@@ -268,7 +275,8 @@ def sync_findings(
     reopening it if an earlier check had let it go; otherwise it is new. An open finding that this
     check does not report is resolved only once its series' current level is back within half the
     minimum effect of the level before the change: a change hovering at the threshold does not flap
-    between open and resolved, nor come back as a new finding. Cause and confirmation are kept.
+    between open and resolved, nor come back as a new finding. The cause an A/B gave (absolute
+    readings) is kept; a cause the reading itself implies is written with the finding.
     """
     now = utc_now()
     with db.session() as session:
@@ -282,7 +290,7 @@ def sync_findings(
                 variant_ids[name] = _variant_id(session, model_id, name)
             return variant_ids[name]
 
-        names = {variant_id(key.variant): key.variant for key, _ in checked}
+        names = {variant_id(key.variant): key.variant for key, _, _ in checked}
         candidates = list(
             session.scalars(
                 select(FindingRow).where(
@@ -302,6 +310,7 @@ def sync_findings(
                     device=key.device,
                     batch_size=key.batch_size,
                     metric=finding.metric,
+                    reading=finding.reading,
                     change=finding.change,
                     verdict=finding.verdict,
                     first_seen=now,
@@ -314,13 +323,16 @@ def sync_findings(
             row.rel_change, row.p_value = finding.rel_change, finding.p_value
             row.samples = finding.samples if finding.samples is not None else row.samples
             row.env_diff = finding.env_diff
+            if finding.cause is not None:
+                row.cause, row.confirmation = finding.cause, finding.confirmation
             row.last_seen = now
             session.flush()
             matched.add(row.id)
         for row in candidates:
             if row.id in matched or row.state != "open":
                 continue
-            state = checked.get((SeriesKey(names.get(row.variant_id, ""), row.device, row.batch_size), row.metric))
+            key = SeriesKey(names.get(row.variant_id, ""), row.device, row.batch_size)
+            state = checked.get((key, row.metric, row.reading))
             if state is not None and not state.holds(row.before.get("median"), row.change):
                 row.state, row.resolution, row.resolved_at = "resolved", NOT_DETECTED, now
         session.flush()
@@ -342,6 +354,7 @@ def _match(
             or row.device != finding.key.device
             or row.batch_size != finding.key.batch_size
             or row.metric != finding.metric
+            or row.reading != finding.reading
             or row.change != finding.change
         ):
             continue
@@ -421,7 +434,17 @@ def latest_reference(db: Database, model: str, key: SeriesKey) -> ReferenceInfo 
         row = session.scalar(stmt)
         if row is None:
             return None
-        return ReferenceInfo(row.id, row.created_at, row.artifact, row.measured)
+        return ReferenceInfo(row.id, row.created_at, row.artifact, row.measured, row.lost_at, row.lost_reason)
+
+
+def mark_reference_lost(db: Database, reference_id: int, reason: str) -> bool:
+    """Record that a reference can no longer be timed, and why; False when it was lost already."""
+    with db.session() as session:
+        row = session.get(ReferenceRow, reference_id)
+        if row is None or row.lost_at is not None:
+            return False
+        row.lost_at, row.lost_reason = utc_now(), reason[:2000]
+        return True
 
 
 def _record(row: FindingRow, model: str, variant: str) -> FindingRecord:
@@ -448,4 +471,5 @@ def _record(row: FindingRow, model: str, variant: str) -> FindingRecord:
         last_seen=row.last_seen,
         resolved_at=row.resolved_at,
         id=row.id,
+        reading=row.reading,
     )

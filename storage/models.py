@@ -14,8 +14,8 @@ from sqlalchemy import (
     JSON,
     CheckConstraint,
     DateTime,
-    Double,
     Dialect,
+    Double,
     ForeignKey,
     Index,
     LargeBinary,
@@ -130,6 +130,8 @@ class RunRow(Base):
         Index("ix_runs_model_started", "model_id", "started_at", "id"),
         # A fleet job's run, stored once however often the job is delivered (see storage/queries.py).
         Index("uq_runs_idempotency_key", "idempotency_key", unique=True),
+        # A host's newest runs, for its host-speed probe series (detection of host events).
+        Index("ix_runs_host_name_started", "host_name", "started_at", "id"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -146,6 +148,11 @@ class RunRow(Base):
     flags: Mapped[list[str]]
     details: Mapped[dict[str, Any]]
     idempotency_key: Mapped[str | None] = mapped_column(String(300))
+    # The frozen reference this run was timed against (a relative run), None when measured absolutely.
+    # No foreign key: adding one to this large table would rebuild it on SQLite, and a run must never
+    # be refused or changed because of its reference (reference_artifacts rows are never deleted).
+    reference_id: Mapped[int | None]
+    host_name: Mapped[str | None] = mapped_column(String(255))  # env["host"], as a column to query by
 
     metrics: Mapped[RunMetricsRow] = relationship(cascade="all, delete-orphan", passive_deletes=True)
     samples: Mapped[RunSamplesRow | None] = relationship(
@@ -177,6 +184,15 @@ class RunMetricsRow(Base):
     gpu_util_pct: Mapped[float | None]
     gpu_power_w: Mapped[float | None]
     energy_j_per_inference: Mapped[float | None]
+    rel_to_reference: Mapped[float | None]
+    rel_to_reference_low: Mapped[float | None]
+    rel_to_reference_high: Mapped[float | None]
+    rel_p99_to_reference: Mapped[float | None]
+    reference_p50_ms: Mapped[float | None]
+    reference_p99_ms: Mapped[float | None]
+    probe_blas_ms: Mapped[float | None]
+    probe_python_ms: Mapped[float | None]
+    probe_cuda_ms: Mapped[float | None]
 
 
 class RunSamplesRow(Base):
@@ -206,6 +222,11 @@ class ReferenceRow(Base):
     created_at: Mapped[datetime] = mapped_column(default=utc_now)
     artifact: Mapped[dict[str, Any]]  # kind, path, sha256, factory, torch version, fallbacks
     measured: Mapped[dict[str, Any]]  # the live-vs-reference A/B taken when it was frozen
+    # Set when the copy stopped loading or reproducing its output (a library upgrade, say): the series
+    # then reads probe-normalised latencies until a new baseline is accepted; it is never re-frozen
+    # from the live model behind the user's back, which could absorb the very regression it must show.
+    lost_at: Mapped[datetime | None]
+    lost_reason: Mapped[str | None] = mapped_column(Text)
 
 
 class BaselineRow(Base):
@@ -247,6 +268,7 @@ class FindingRow(Base):
         CheckConstraint("verdict IN ('regression', 'improvement')", name="verdict"),
         Index("ix_findings_model_state", "model_id", "state"),
         Index("ix_findings_series", "variant_id", "device", "batch_size", "metric"),
+        CheckConstraint("reading IN ('absolute', 'relative', 'reference', 'normalised')", name="reading"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -255,6 +277,9 @@ class FindingRow(Base):
     device: Mapped[str] = mapped_column(String(64))
     batch_size: Mapped[int]
     metric: Mapped[str] = mapped_column(String(64))
+    # Which series showed it (monitor/detection/readings.py): the absolute latency, the model against
+    # its frozen reference, the reference against the host probe, or the model against the probe.
+    reading: Mapped[str] = mapped_column(String(16), default="absolute", server_default="absolute")
     change: Mapped[str] = mapped_column(String(8))  # up | down
     verdict: Mapped[str] = mapped_column(String(16))  # regression | improvement
     state: Mapped[str] = mapped_column(String(16), default="open")
@@ -270,6 +295,37 @@ class FindingRow(Base):
     confirmation: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # the A/B against the reference
     env_diff: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     diagnosis: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # profile diff: where the time went
+    first_seen: Mapped[datetime] = mapped_column(default=utc_now)
+    last_seen: Mapped[datetime] = mapped_column(default=utc_now)
+    resolved_at: Mapped[datetime | None]
+
+
+class HostEventRow(Base):
+    """The host itself got slower or faster: its speed probe moved, whatever the models did.
+
+    A host event explains latency findings away rather than raising one: it is shown in the report
+    and on /metrics, never as a model's regression.
+    """
+
+    __tablename__ = "host_events"
+    __table_args__ = (
+        CheckConstraint("state IN ('open', 'resolved')", name="state"),
+        Index("ix_host_events_host_state", "host_name", "state"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    host_name: Mapped[str] = mapped_column(String(255))
+    # What moved: a probe figure (probe_blas_ms, ...), or a model's frozen reference with no
+    # environment change to explain it ("<model> <series> reference").
+    signal: Mapped[str] = mapped_column(String(300))
+    change: Mapped[str] = mapped_column(String(8))  # up (slower) | down (faster)
+    state: Mapped[str] = mapped_column(String(16), default="open")
+    change_run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    change_at: Mapped[datetime]
+    before: Mapped[dict[str, Any]]  # median, low, high, runs
+    after: Mapped[dict[str, Any]]
+    rel_change: Mapped[float]
+    p_value: Mapped[float]
     first_seen: Mapped[datetime] = mapped_column(default=utc_now)
     last_seen: Mapped[datetime] = mapped_column(default=utc_now)
     resolved_at: Mapped[datetime | None]

@@ -40,8 +40,10 @@ _RUN_COLUMNS = (
     RunRow.host,
     RunRow.flags,
     RunRow.details,
+    RunRow.reference_id,
 )
-_METRIC_COLUMNS = tuple(getattr(RunMetricsRow, f.name) for f in dataclasses.fields(RunMetrics))
+# Every RunMetrics figure, in field order (history builds RunMetrics from them positionally).
+METRIC_COLUMNS = tuple(getattr(RunMetricsRow, f.name) for f in dataclasses.fields(RunMetrics))
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,7 +218,7 @@ def history(
 ) -> list[RunRecord]:
     """The model's last `limit` runs, newest first (raw samples only when asked: they are large)."""
     stmt = (
-        select(*_RUN_COLUMNS, VariantRow.name, *_METRIC_COLUMNS)
+        select(*_RUN_COLUMNS, VariantRow.name, *METRIC_COLUMNS)
         .join(VariantRow, VariantRow.id == RunRow.variant_id)
         .outerjoin(RunMetricsRow, RunMetricsRow.run_id == RunRow.id)
         .where(RunRow.model_id == _model_id_subquery(model))
@@ -415,6 +417,8 @@ def _run_row(record: RunRecord, model_id: int, variant_id: int) -> RunRow:
         flags=list(record.flags),
         details=dict(record.details),
         idempotency_key=record.idempotency_key,
+        reference_id=record.reference_id,
+        host_name=record.env.host,
         metrics=RunMetricsRow(**record.metrics.to_dict()),
         samples=RunSamplesRow(encoding=samples.encoding, count=samples.count, data=samples.data)
         if samples is not None
@@ -434,13 +438,14 @@ def _run_record(row: Row[Any], model: str, samples_ms: list[float]) -> RunRecord
         finished_at=row.finished_at,
         error=row.error,
         # Positional, in field order; all None when a run has no metrics row.
-        metrics=RunMetrics(*row[-len(_METRIC_COLUMNS) :]),
+        metrics=RunMetrics(*row[-len(METRIC_COLUMNS) :]),
         env=EnvFingerprint.from_dict(row.env),
         host=HostCondition.from_dict(row.host),
         flags=list(row.flags),
         details=dict(row.details),
         samples_ms=samples_ms,
         run_id=row.id,
+        reference_id=row.reference_id,
     )
 
 

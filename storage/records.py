@@ -61,6 +61,19 @@ class RunMetrics(_JsonFields):
     gpu_util_pct: float | None = None
     gpu_power_w: float | None = None
     energy_j_per_inference: float | None = None
+    # A relative run: the model timed interleaved with its frozen reference, in the same rounds, so
+    # that host drift cancels. `rel_to_reference` is the median of per-round ratios model/reference,
+    # with its 95 % interval; the p99 ratio is pooled over the run (per-round blocks are too short).
+    rel_to_reference: float | None = None
+    rel_to_reference_low: float | None = None
+    rel_to_reference_high: float | None = None
+    rel_p99_to_reference: float | None = None
+    reference_p50_ms: float | None = None
+    reference_p99_ms: float | None = None
+    # The host-speed probe (monitor/harness/host_probe.py): median ms per call of each fixed workload.
+    probe_blas_ms: float | None = None
+    probe_python_ms: float | None = None
+    probe_cuda_ms: float | None = None
 
 
 @dataclass(slots=True)
@@ -80,6 +93,8 @@ class EnvFingerprint(_JsonFields):
     host: str | None = None
     platform: str | None = None
     allocator: dict[str, str] = field(default_factory=dict)
+    math_env: dict[str, str] = field(default_factory=dict)  # OMP_*, MKL_*, KMP_*... as the worker saw them
+    cpu_capability: str | None = None  # the kernels torch picked for this CPU: AVX2, AVX512, ...
 
 
 @dataclass(slots=True)
@@ -115,6 +130,8 @@ class RunRecord:
     # One per scheduled run and series when a distributed worker stores it: a redelivered job finds
     # its run already stored instead of storing it twice.
     idempotency_key: str | None = None
+    # The frozen reference the run was timed against (metrics.rel_to_reference), if it was.
+    reference_id: int | None = None
 
     @property
     def error_summary(self) -> str:
@@ -148,6 +165,7 @@ class RunRecord:
             samples_ms=list(data["samples_ms"]),
             run_id=data["run_id"],
             idempotency_key=data.get("idempotency_key"),
+            reference_id=data.get("reference_id"),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -167,4 +185,5 @@ class RunRecord:
             "env": self.env.to_dict(),
             "host": self.host.to_dict(),
             "details": dict(self.details),
+            "reference_id": self.reference_id,
         }

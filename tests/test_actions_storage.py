@@ -78,7 +78,7 @@ def test_promotion_resolves_the_open_findings_of_the_variant_it_replaces(db: Dat
     found = FindingRecord(model="m", key=key, metric="latency_ms_p50", change="up", verdict="regression",
                           change_run_id=record.run_id, change_at=T0, before={"median": 1.0}, after={"median": 2.0},
                           rel_change=1.0, p_value=1e-6)
-    (stored,) = sync_findings(db, "m", [found], {(key, "latency_ms_p50"): SeriesState(2.0, 0.05)}, {record.run_id: 0})
+    (stored,) = sync_findings(db, "m", [found], {(key, "latency_ms_p50", "absolute"): SeriesState(2.0, 0.05)}, {record.run_id: 0})
     assert stored.id is not None
     store.set_diagnosis(db, stored.id, {"summary": "aten::addmm +300 %"})
     store.record_action(db, action(), Promotion("baseline+dynamic_int8", "requantize", SPEC, {}))

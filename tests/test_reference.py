@@ -21,6 +21,7 @@ from monitor.harness.protocol import (
     Subject,
     WorkerResult,
 )
+from monitor.harness.reference import CHECK_FILE
 from monitor.harness.runner import WorkerOutcome, run_worker, to_records
 from storage.records import EnvFingerprint, HostCondition
 
@@ -68,8 +69,9 @@ def ok_result(outcome: WorkerOutcome) -> WorkerResult:
 
 
 def only_the_artifact(folder: Path, name: str) -> None:
-    """A refused kind leaves nothing behind: no temporary file, no file under its own name."""
-    assert sorted(p.name for p in folder.iterdir()) == [name]
+    """A refused kind leaves nothing behind: no temporary file, no file under its own name; beside the
+    accepted copy lies only its check file (the example inputs and its outputs)."""
+    assert sorted(p.name for p in folder.iterdir()) == sorted([name, CHECK_FILE])
 
 
 @pytest.mark.parametrize(("factory", "width"), [("workloads:tiny", 16), ("examples.models:mlp", 1024)])

@@ -53,6 +53,11 @@ class Attribution:
     confirmation: dict[str, Any]
 
 
+def references_wanted(loaded: LoadedConfig) -> bool:
+    """Whether series get frozen references: for relative runs, or for A/B attribution."""
+    return loaded.config.harness.relative or loaded.config.detection.confirm
+
+
 def ensure_references(
     db: Database, loaded: LoadedConfig, names: list[str] | None = None, cancel: threading.Event | None = None
 ) -> list[SeriesKey]:
@@ -110,11 +115,17 @@ def freeze_reference(
         store.save_reference(db, planned.model.name, key, {}, {"error": failure[-2000:]})
         return None
     assert result is not None and result.frozen is not None
+    live = result.subjects[0].metrics
+    copy = result.subjects[1].metrics if len(result.subjects) > 1 else None
     measured = {
         "ratio": ratio.get("ratio_p50"),
         "ratio_ci95": ratio.get("ratio_ci95"),
-        "live_p50_ms": result.subjects[0].metrics.latency_ms_p50,
-        "reference_p50_ms": result.subjects[1].metrics.latency_ms_p50 if len(result.subjects) > 1 else None,
+        "live_p50_ms": live.latency_ms_p50,
+        "reference_p50_ms": copy.latency_ms_p50 if copy else None,
+        # What the relative readings are scaled by (monitor/detection/readings.py).
+        "reference_p99_ms": copy.latency_ms_p99 if copy else None,
+        "probe_blas_ms": live.probe_blas_ms,
+        "probe_python_ms": live.probe_python_ms,
         "env": result.env.to_dict(),
     }
     ref_id = store.save_reference(db, planned.model.name, key, result.frozen.to_dict(), measured)
@@ -127,8 +138,8 @@ def attribute(
 ) -> Attribution | None:
     """A/B the current model against its reference for a latency finding; None without a reference."""
     reference = store.latest_reference(db, finding.model, finding.key)
-    if reference is not None and not reference.artifact:
-        reference = None  # the last freeze failed
+    if reference is not None and (not reference.artifact or reference.lost_at is not None):
+        reference = None  # the last freeze failed, or the copy no longer loads
     try:
         planned = next((p for p in plan_active(db, loaded, [finding.model]) if p.job.batch_size == finding.key.batch_size), None)
     except UnknownModelError:  # stored, but no longer configured: nothing to time it with
@@ -243,8 +254,8 @@ def confirm_pending(
     for finding in findings:
         if finding.id is None or finding.cause is not None or finding.state != "open":
             continue
-        if finding.verdict != "regression" or finding.metric != ATTRIBUTED_METRIC:
-            continue
+        if finding.verdict != "regression" or finding.metric != ATTRIBUTED_METRIC or finding.reading != "absolute":
+            continue  # a relative reading's finding carries its cause already
         attempts = int((finding.confirmation or {}).get("attempts", 0))
         if attempts >= MAX_ATTEMPTS:
             continue

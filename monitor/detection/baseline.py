@@ -15,8 +15,9 @@ import numpy as np
 
 from monitor.config import LoadedConfig
 from monitor.detection.changepoints import detect_changes
-from monitor.detection.check import detection_options, read_series
-from monitor.detection.metrics import WATCHED
+from monitor.detection.check import detection_options
+from monitor.detection.readings import series_readings
+from monitor.detection.series import read_series
 from storage import findings as store
 from storage.db import Database
 from storage.findings import SeriesKey
@@ -37,22 +38,23 @@ class NoRunsError(LookupError):
 
 
 def current_segments(db: Database, loaded: LoadedConfig, model: str) -> list[AcceptedSegment]:
-    """The current segment of each series of `model`: from its newest change of any watched metric."""
+    """The current segment of each series of `model`: from its newest change in any of its readings."""
     config = next((m for m in loaded.config.models if m.name == model), None)
     segments = []
     for view in read_series(db, loaded, model):
         runs = view.usable
         if not runs:
             continue
-        start = 0
-        for metric in WATCHED:
-            values = view.values(metric)
+        first = runs[0]
+        reference = store.latest_reference(db, model, view.key)
+        for reading in series_readings(view, reference):
+            values = reading.values
             if np.isfinite(values).any():
-                points = detect_changes(values, options=detection_options(loaded, config, metric))
-                if points:
-                    start = max(start, points[-1].index)
-        first = runs[start]
-        segments.append(AcceptedSegment(view.key, first.run_id, first.started_at, len(runs) - start))
+                points = detect_changes(values, options=detection_options(loaded, config, reading.metric, reading.name))
+                if points and reading.runs[points[-1].index].started_at > first.started_at:
+                    first = reading.runs[points[-1].index]
+        segments.append(AcceptedSegment(view.key, first.run_id, first.started_at,
+                                        sum(r.started_at >= first.started_at for r in runs)))
     if not segments:
         raise NoRunsError(f"model {model!r} has no successful runs to accept as its baseline")
     return segments

@@ -281,3 +281,14 @@ def _reindex(change: ChangePoint, index: int) -> ChangePoint:
     from dataclasses import replace
 
     return replace(change, index=index)
+
+
+def in_effect(
+    change: ChangePoint, points: Sequence[ChangePoint], values: np.ndarray, options: DetectionOptions
+) -> bool:
+    """Whether a change still holds: the newest level differs from the level before the change by
+    at least the minimum effect, in the change's direction (a regression later undone does not)."""
+    newest = values[points[-1].index :]
+    current = float(np.median(newest[np.isfinite(newest)]))
+    rel = current / change.before - 1.0 if change.before else 0.0
+    return abs(rel) >= options.min_effect and (rel > 0) == (change.direction == "up")

@@ -1,16 +1,18 @@
 """Detection over stored history: every series of a model, every watched metric, findings kept.
 
 Flow per model: read its runs (newest `history` per series) -> note environment changes between
-consecutive runs -> per series and metric, drop failed runs (a failure is not a zero) and, by default,
-runs measured on a busy host -> `detect_changes` -> each change point still in effect becomes a finding
-(before/after medians with intervals, the run where it began, any environment change at that run) ->
-the newest latency change is confirmed with raw samples -> findings are merged into the stored ones.
+consecutive runs -> per series, drop failed runs (a failure is not a zero) and, by default, runs
+measured on a busy host -> the readings of each metric (readings.py: against the frozen reference
+where the runs were timed against one, else as measured) -> `detect_changes` -> each change point
+still in effect becomes a finding (before/after medians with intervals, the run where it began, any
+environment change at that run, the cause its reading implies) or, when it is the host's, a host
+event -> the newest change of an absolute latency is confirmed with raw samples -> findings are
+merged into the stored ones. Then each host's speed probe is checked for host events (host.py).
 """
 
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,20 +20,27 @@ from typing import Any
 import numpy as np
 
 from monitor.config import LoadedConfig, ModelConfig
-from monitor.detection.changepoints import ChangePoint, DetectionOptions, detect_changes
+from monitor.detection.changepoints import ChangePoint, DetectionOptions, detect_changes, in_effect
 from monitor.detection.confirm import confirm_with_samples, confirms
+from monitor.detection.host import check_hosts
 from monitor.detection.metrics import WATCHED, verdict
-from monitor.harness.sampling import median_ci
+from monitor.detection.readings import HOST, Reading, series_readings
+from monitor.detection.series import figures, level, read_series
 from storage import findings as store
+from storage import host_events as host_store
 from storage.db import Database
 from storage.findings import FindingRecord, SeriesKey, SeriesRun, SeriesState
+from storage.host_events import HostEventRecord
 from storage.queries import list_models, load_samples
-from storage.records import FLAG_CONTENDED
 
 log = logging.getLogger(__name__)
 
 # Fields of the environment fingerprint whose change can explain a change of the numbers.
-ENV_FIELDS = ("torch", "python", "cpu", "cpu_count", "gpu", "gpu_driver", "cuda", "threads", "interop_threads", "host")
+ENV_FIELDS = ("torch", "python", "cpu", "cpu_count", "gpu", "gpu_driver", "cuda", "threads", "interop_threads", "host",
+              "math_env", "cpu_capability")
+# Fields runs stored by earlier versions lack: their first appearance is no change.
+LATER_ENV_FIELDS = ("math_env", "cpu_capability")
+BEFORE_RUNS = 50  # at most this many runs before a change make its "before" level
 
 
 @dataclass(slots=True)
@@ -41,6 +50,8 @@ class CheckResult:
     findings: list[FindingRecord] = field(default_factory=list)
     new: list[FindingRecord] = field(default_factory=list)
     env_changes: int = 0
+    hosts: set[str] = field(default_factory=set)  # where the checked runs were measured
+    host_events: list[HostEventRecord] = field(default_factory=list)  # those hosts' open events
 
 
 def check_models(db: Database, loaded: LoadedConfig, names: Sequence[str] | None = None) -> CheckResult:
@@ -56,45 +67,24 @@ def check_models(db: Database, loaded: LoadedConfig, names: Sequence[str] | None
         result.findings.extend(one.findings)
         result.new.extend(one.new)
         result.env_changes += one.env_changes
+        result.hosts |= one.hosts
+    result.host_events = check_hosts(db, loaded, sorted(result.hosts))
     return result
 
 
-@dataclass(frozen=True, slots=True)
-class SeriesView:
-    """One series of a model as detection reads it."""
-
-    key: SeriesKey
-    runs: list[SeriesRun]  # every stored run read (all statuses), oldest first
-    current: list[SeriesRun]  # those since the accepted baseline, if any
-    usable: list[SeriesRun]  # of those, the runs detection reads (see `usable_run`)
-
-    def values(self, metric: str) -> np.ndarray:
-        """The usable runs' figures of one metric, NaN where a run has none."""
-        return np.array([_value(r.metrics.get(metric)) for r in self.usable], dtype=float)
-
-
-def read_series(db: Database, loaded: LoadedConfig, model: str) -> list[SeriesView]:
-    """The newest `[detection] history` runs of each series of `model`, split as detection needs."""
-    settings = loaded.config.detection
-    since = store.baselines(db, model)
-    by_key: dict[SeriesKey, list[SeriesRun]] = defaultdict(list)
-    for run in store.series_runs(db, model, settings.history):
-        by_key[run.key].append(run)
-    views = []
-    for key, runs in by_key.items():
-        current = [r for r in runs if r.started_at >= since[key]] if key in since else runs
-        views.append(SeriesView(key, runs, current, [r for r in current if usable_run(r, settings.contended)]))
-    return views
-
-
 def check_model(db: Database, loaded: LoadedConfig, model: str, config: ModelConfig | None) -> CheckResult:
-    """Detection over one model's stored history; findings are stored and returned."""
+    """Detection over one model's stored history; findings are stored and returned.
+
+    Each series is read as `readings.series_readings` says: a change in a relative reading carries
+    its cause from the reading itself; one that is the host's becomes a host event instead.
+    """
     views = read_series(db, loaded, model)
     if not views:
         return CheckResult()
     detected: list[FindingRecord] = []
-    checked: dict[tuple[SeriesKey, str], SeriesState] = {}
+    checked: dict[tuple[SeriesKey, str, str], SeriesState] = {}
     order: dict[int, int] = {}
+    host_changes: list[HostChange] = []
     env_count = 0
     for view in views:
         key, usable = view.key, view.usable
@@ -103,41 +93,99 @@ def check_model(db: Database, loaded: LoadedConfig, model: str, config: ModelCon
         env_count += len(changes)
         env_at = {run_id: diff for run_id, _, diff in changes}
         order.update({r.run_id: i for i, r in enumerate(usable)})
-        for metric in WATCHED:
-            values = view.values(metric)
+        reference = store.latest_reference(db, model, key)
+        for reading in series_readings(view, reference):
+            values, metric = reading.values, reading.metric
             if not np.isfinite(values).any():
                 continue
-            options = detection_options(loaded, config, metric)
+            options = detection_options(loaded, config, metric, reading.name)
             points = detect_changes(values, options=options)
             newest = values[points[-1].index :] if points else values
-            checked[key, metric] = SeriesState(float(np.median(newest[np.isfinite(newest)])), options.min_effect)
+            state = SeriesState(float(np.median(newest[np.isfinite(newest)])), options.min_effect)
+            checked[key, metric, reading.name] = state
             for i, change in enumerate(points):
-                if not in_effect(change, points, values, options):
+                if not in_effect(change, points, values, options) or not reading.counts(change.index):
                     continue
                 quantile = WATCHED[metric].sample_quantile
-                if quantile is not None and change is points[-1]:
+                if reading.name == "absolute" and quantile is not None and change is points[-1]:
                     change = _confirm(db, usable, values, change, points[:-1], quantile)
                 start = points[i - 1].index if i else 0
                 stop = points[i + 1].index if i + 1 < len(points) else len(values)
-                env_diff = _env_diff(view.current, usable, change.index, env_at)
-                detected.append(_finding(model, key, metric, usable, values, (start, stop), change, env_diff))
+                env_diff = _env_diff(view.current, reading.runs, change.index, env_at)
+                cause = reading.cause(env_diff, reference)
+                segment = (max(start, change.index - BEFORE_RUNS), change.index, stop)
+                if cause == HOST:
+                    event = _host_event(f"{model} {key.label()} reference", reading, change, segment)
+                    host_changes.append(HostChange(event, state))
+                    continue
+                finding = _finding(model, key, metric, reading, (start, stop), change, env_diff)
+                finding.cause = cause
+                finding.confirmation = _levels(reading, segment, reference) if reading.name != "absolute" else None
+                detected.append(finding)
     known = {f.id for f in store.findings(db, model)}
     stored = store.sync_findings(db, model, detected, checked, order)
+    for change in host_changes:
+        host_store.sync_host_events(db, change.event.host, {change.event.signal: change.state}, [change.event])
     new = [f for f in stored if f.id not in known]
     for finding in new:
         log.info(
-            "finding: %s %s %s %+.1f%% (%s) from run %d",
-            model, finding.key.label(), finding.metric, 100 * finding.rel_change, finding.verdict, finding.change_run_id,
+            "finding: %s %s %s %+.1f%% (%s, %s reading, cause %s) from run %d",
+            model, finding.key.label(), finding.metric, 100 * finding.rel_change, finding.verdict, finding.reading,
+            finding.cause or "-", finding.change_run_id,
         )
-    return CheckResult(findings=stored, new=new, env_changes=env_count)
+    hosts = {str(r.env["host"]) for view in views for r in view.runs[-1:] if r.env.get("host")}
+    return CheckResult(findings=stored, new=new, env_changes=env_count, hosts=hosts)
+
+
+@dataclass(frozen=True, slots=True)
+class HostChange:
+    """A change of a model's frozen reference that no environment change explains: the host's."""
+
+    event: HostEventRecord
+    state: SeriesState  # where the reading stands now, to resolve the event once it is over
+
+
+def _host_event(signal: str, reading: Reading, change: ChangePoint, segment: tuple[int, int, int]) -> HostEventRecord:
+    run = reading.runs[change.index]
+    first, at, stop = segment
+    return HostEventRecord(
+        host=str(run.env.get("host") or "unknown"), signal=signal, change=change.direction,
+        change_run_id=run.run_id, change_at=run.started_at, before=level(reading.values[first:at]),
+        after=level(reading.values[at:stop]), rel_change=change.rel_change, p_value=change.p_value,
+    )
+
+
+def _levels(reading: Reading, segment: tuple[int, int, int], reference: store.ReferenceInfo | None) -> dict[str, Any]:
+    """Both levels of a non-absolute finding: what the reading compared, and the absolute p50 it
+    corrects, before and after the change (medians over the same runs)."""
+    first, at, stop = segment
+    figures_of = {"relative": ("rel_to_reference", "ratio"), "reference": ("reference_p50_ms", "reference_ms"),
+                  "normalised": ("probe_blas_ms", "probe_blas_ms")}
+    field_name, label = figures_of[reading.name]
+    levels: dict[str, Any] = {"reading": reading.name, "reference_id": reference.id if reference else None}
+    for name, metric in ((label, field_name), ("absolute_p50_ms", "latency_ms_p50")):
+        values = figures(reading.runs, metric)
+        levels[f"{name}_before"] = _median(values[first:at])
+        levels[f"{name}_after"] = _median(values[at:stop])
+    if reading.name == "reference":
+        probe = figures(reading.runs, "probe_blas_ms")
+        levels["probe_blas_ms_before"] = _median(probe[first:at])
+        levels["probe_blas_ms_after"] = _median(probe[at:stop])
+    return levels
+
+
+def _median(values: np.ndarray) -> float | None:
+    values = values[np.isfinite(values)]
+    return float(np.median(values)) if values.size else None
 
 
 def _env_diff(
     series: Sequence[SeriesRun], usable: Sequence[SeriesRun], index: int, env_at: dict[int, dict[str, Any]]
 ) -> dict[str, Any] | None:
-    """The environment changes of a series between the last usable run before a change and its first.
+    """The environment changes of a series between the last run read before a change and its first.
 
-    Failed or contended runs in between count too: the environment may have changed at one of them.
+    Runs not read in between (failed, contended, another reading's) count too: the environment may
+    have changed at one of them.
     """
     first = usable[index].run_id
     previous = usable[index - 1].run_id if index > 0 else None
@@ -155,26 +203,21 @@ def _env_diff(
     return {name: pair for name, pair in merged.items() if pair[0] != pair[1]} or None
 
 
-def detection_options(loaded: LoadedConfig, config: ModelConfig | None, metric: str) -> DetectionOptions:
-    """The options for one metric: its default effect, the config's, then the model's override."""
+def detection_options(
+    loaded: LoadedConfig, config: ModelConfig | None, metric: str, reading: str = "absolute"
+) -> DetectionOptions:
+    """The options for one metric: its default effect (smaller for the relative reading, which drift
+    cannot move), the config's, then the model's override."""
     settings = loaded.config.detection
-    effect = settings.min_effect.get(metric, WATCHED[metric].min_effect)
+    default = WATCHED[metric].min_effect
+    if reading == "relative" and WATCHED[metric].relative_min_effect is not None:
+        default = WATCHED[metric].relative_min_effect
+    effect = settings.min_effect.get(metric, default)
     alpha = settings.alpha
     if config is not None:
         effect = config.detection.min_effect.get(metric, effect)
         alpha = config.detection.alpha if config.detection.alpha is not None else alpha
     return DetectionOptions(min_effect=effect, alpha=alpha)
-
-
-def in_effect(
-    change: ChangePoint, points: Sequence[ChangePoint], values: np.ndarray, options: DetectionOptions
-) -> bool:
-    """Whether a change still holds: the newest level differs from the level before the change by
-    at least the minimum effect, in the change's direction (a regression later undone does not)."""
-    newest = values[points[-1].index :]
-    current = float(np.median(newest[np.isfinite(newest)]))
-    rel = current / change.before - 1.0 if change.before else 0.0
-    return abs(rel) >= options.min_effect and (rel > 0) == (change.direction == "up")
 
 
 def environment_changes(series: Sequence[SeriesRun]) -> list[tuple[int, Any, dict[str, Any]]]:
@@ -187,22 +230,27 @@ def environment_changes(series: Sequence[SeriesRun]) -> list[tuple[int, Any, dic
             continue  # a worker that died before reporting its environment
         env = {name: run.env.get(name) for name in ENV_FIELDS}
         if previous is not None:
-            diff = {name: [previous[name], env[name]] for name in ENV_FIELDS if previous[name] != env[name]}
+            diff = _diff(previous, env)
             if diff:
                 changes.append((run.run_id, run.started_at, diff))
         previous = env
     return changes
 
 
-def usable_run(run: SeriesRun, contended: str) -> bool:
-    """A run detection reads: successful and, unless configured otherwise, not on a busy host."""
-    if run.status != "ok":
-        return False
-    return contended == "include" or FLAG_CONTENDED not in run.flags
-
-
-def _value(value: float | None) -> float:
-    return float("nan") if value is None else float(value)
+def _diff(previous: dict[str, Any], env: dict[str, Any]) -> dict[str, Any]:
+    """field -> [before, after] for each changed field; a dict field (math_env) per key, named
+    "math_env.MKL_CBWR", so that the diff says which variable changed."""
+    diff: dict[str, Any] = {}
+    for name in ENV_FIELDS:
+        old, new = previous[name], env[name]
+        if old == new or (name in LATER_ENV_FIELDS and old is None):
+            continue
+        if isinstance(old, dict) and isinstance(new, dict):
+            changed = (k for k in sorted({*old, *new}) if old.get(k) != new.get(k))
+            diff.update({f"{name}.{k}": [old.get(k), new.get(k)] for k in changed})
+        else:
+            diff[name] = [old, new]
+    return diff
 
 
 def _confirm(
@@ -224,18 +272,18 @@ def _finding(
     model: str,
     key: SeriesKey,
     metric: str,
-    runs: Sequence[SeriesRun],
-    values: np.ndarray,
+    reading: Reading,
     segment: tuple[int, int],
     change: ChangePoint,
     env_diff: dict[str, Any] | None,
 ) -> FindingRecord:
     """A change point as a finding: the level before it (since the previous change, at most the last
-    50 runs) against the level after it (up to the next change, or now)."""
+    BEFORE_RUNS runs) against the level after it (up to the next change, or now)."""
     start = change.index
-    run = runs[start]
-    before = _segment_summary(values, max(segment[0], start - 50), start)
-    after = _segment_summary(values, start, segment[1])
+    values = reading.values
+    run = reading.runs[start]
+    before = level(values[max(segment[0], start - BEFORE_RUNS) : start])
+    after = level(values[start : segment[1]])
     samples = None
     if change.samples_interval is not None:
         samples = {
@@ -257,11 +305,5 @@ def _finding(
         p_value=change.p_value,
         samples=samples,
         env_diff=env_diff,
+        reading=reading.name,
     )
-
-
-def _segment_summary(values: np.ndarray, start: int, stop: int) -> dict[str, Any]:
-    part = values[start:stop]
-    part = np.sort(part[np.isfinite(part)])
-    low, high = median_ci(part.tolist())
-    return {"median": float(np.median(part)), "low": float(low), "high": float(high), "runs": int(part.size)}

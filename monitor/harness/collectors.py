@@ -25,6 +25,9 @@ import psutil
 from storage.records import EnvFingerprint, HostCondition
 
 ALLOCATOR_ENV = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_ARENA_MAX")
+# Environment variables that steer the math libraries' code paths and thread pools: a change of one
+# (MKL_CBWR, KMP_BLOCKTIME, ATEN_CPU_CAPABILITY...) is an environment change like a new torch.
+MATH_ENV_PREFIXES = ("OMP_", "MKL_", "KMP_", "GOMP_", "OPENBLAS_", "ONEDNN_", "DNNL_", "ATEN_")
 _PSI_CPU = "/proc/pressure/cpu"
 _INTERESTING_CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8", "amx_tile")
 
@@ -224,6 +227,8 @@ def environment(threads: int, interop_threads: int, device: str, nvml: Nvml | No
         host=socket.gethostname(),
         platform=f"{platform.system()} {platform.release()} {platform.machine()}",
         allocator={k: os.environ[k] for k in ALLOCATOR_ENV if k in os.environ},
+        math_env={k: v for k, v in sorted(os.environ.items()) if k.startswith(MATH_ENV_PREFIXES)},
+        cpu_capability=torch.backends.cpu.get_cpu_capability(),
     )
 
 

@@ -52,6 +52,11 @@ class ArtifactRef:
     factory: str  # the original model's factory; the state_dict kind rebuilds the module with it
     torch_version: str
     fallbacks: list[str] = field(default_factory=list)  # why each earlier kind was refused
+    # Example inputs and the copy's outputs on them, saved at freeze time: every later load must still
+    # reproduce them (a torch upgrade may load an old copy yet compute something else). None for
+    # copies frozen before the check existed.
+    check_path: str | None = None
+    check_sha256: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -114,6 +119,17 @@ class Subject:
     artifact: ArtifactRef | None = None  # when set, the model is loaded from it, not built by factory
     variant: VariantSpec | None = None  # when set (and no artifact), the factory's model becomes it
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Subject:
+        data = dict(data)
+        inputs, artifact, variant = data.pop("inputs"), data.pop("artifact", None), data.pop("variant", None)
+        return cls(
+            **data,
+            inputs=None if inputs is None else [InputTensor(**i) for i in inputs],
+            artifact=None if artifact is None else ArtifactRef.from_dict(artifact),
+            variant=None if variant is None else VariantSpec.from_dict(variant),
+        )
+
 
 @dataclass(slots=True)
 class SamplingSettings:
@@ -149,8 +165,15 @@ class BenchmarkJob:
     candidates_dir: str | None = None
     train: str | None = None
     fidelity: Literal["auto", "top1", "relative_error"] = "auto"
+    # A scheduled run measures relatively: its frozen reference (the database's id and the copy to load)
+    # is timed interleaved with the first subject, and the host-speed probe beside both (host_probe.py).
+    reference: Subject | None = None
+    reference_id: int | None = None
+    probe: bool = False
 
     def __post_init__(self) -> None:
+        if self.reference is not None and (self.mode != "single" or self.reference.artifact is None):
+            raise ValueError("a reference is timed beside a single subject and is loaded from its artifact")
         if self.mode == "candidates" and (self.candidates_dir is None or len(self.subjects) != 1):
             raise ValueError("a candidates job takes one subject (the current variant) and candidates_dir")
         if self.mode != "freeze":
@@ -168,22 +191,12 @@ class BenchmarkJob:
     @classmethod
     def from_json(cls, text: str) -> BenchmarkJob:
         data = json.loads(text)
-        subjects = []
-        for s in data.pop("subjects"):
-            inputs = s.pop("inputs")
-            artifact = s.pop("artifact", None)
-            variant = s.pop("variant", None)
-            subjects.append(
-                Subject(
-                    **s,
-                    inputs=None if inputs is None else [InputTensor(**i) for i in inputs],
-                    artifact=None if artifact is None else ArtifactRef.from_dict(artifact),
-                    variant=None if variant is None else VariantSpec.from_dict(variant),
-                )
-            )
+        subjects = [Subject.from_dict(s) for s in data.pop("subjects")]
+        reference = data.pop("reference", None)
         sampling = SamplingSettings(**data.pop("sampling"))
         candidates = [CandidateRequest(**c) for c in data.pop("candidates", [])]
-        return cls(**data, subjects=subjects, sampling=sampling, candidates=candidates)
+        return cls(**data, subjects=subjects, sampling=sampling, candidates=candidates,
+                   reference=None if reference is None else Subject.from_dict(reference))
 
 
 @dataclass(slots=True)
@@ -226,6 +239,9 @@ class WorkerResult:
     frozen: ArtifactRef | None = None  # freeze mode: the copy it wrote
     built: list[BuiltCandidate] | None = None  # candidates mode: each candidate, built or not
     profiles: dict[str, list[dict[str, Any]]] | None = None  # profile mode: operator rows per subject
+    # Why the job's reference could not be timed (it would not load, or no longer reproduces its
+    # output): the run then measured absolutely, and the reference is marked lost.
+    reference_error: str | None = None
 
     def to_event(self) -> dict[str, Any]:
         return {"event": "result", **dataclasses.asdict(self)}
@@ -249,4 +265,5 @@ class WorkerResult:
             frozen=None if data.get("frozen") is None else ArtifactRef.from_dict(data["frozen"]),
             built=None if data.get("built") is None else [BuiltCandidate(**b) for b in data["built"]],
             profiles=data.get("profiles"),
+            reference_error=data.get("reference_error"),
         )

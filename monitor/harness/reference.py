@@ -31,6 +31,7 @@ FILE_NAMES: dict[ArtifactKind, str] = {
     "torchscript": "reference.ts",
     "state_dict": "reference.state.pt",
 }
+CHECK_FILE = "reference.check.pt"  # the example inputs and the copy's outputs on them
 # Relative tolerance of the load-back check by output dtype (absolute: the same, times the output's
 # scale): exported graphs may decompose ops and TorchScript may fuse them, which reorders float math.
 TOLERANCE = {"float64": 1e-7, "float32": 1e-4, "complex64": 1e-4, "float16": 1e-2, "bfloat16": 2e-2}
@@ -90,16 +91,18 @@ def freeze(
                 raise ArtifactError(mismatch)
         except Exception as exc:  # noqa: BLE001 - any failure just means: try the next kind
             temp.unlink(missing_ok=True)
-            fallbacks.append(f"{name}: {_reason(exc)}")
+            fallbacks.append(f"{name}: {short_reason(exc)}")
             continue
         except BaseException:
             temp.unlink(missing_ok=True)
             raise
         os.replace(temp, final)
+        check = _write_check(folder, example_args, example_kwargs, copy)
         _fsync_dir(folder)
         return ArtifactRef(
             kind=kind, path=str(final), sha256=sha256, factory=factory,
             torch_version=torch.__version__, fallbacks=fallbacks,
+            check_path=None if check is None else str(check[0]), check_sha256=None if check is None else check[1],
         )
     raise ArtifactError(f"no reference copy of {factory} reproduces its output: " + "; ".join(fallbacks))
 
@@ -113,6 +116,53 @@ def load(ref: ArtifactRef, device: str) -> Any:
     """
     with open_verified(Path(ref.path), ref.sha256, "reference artifact") as handle:
         return _load(ref.kind, handle, ref.factory, device)
+
+
+def verify(ref: ArtifactRef, copy: Any, device: str) -> None:
+    """Refuse a loaded copy that no longer computes what it computed when frozen.
+
+    A library upgrade may load an old copy and run it differently (a changed decomposition, a kernel
+    with another rounding): timing such a copy against the live model would compare two different
+    things. The saved example inputs are fed to it and its outputs compared with the saved ones,
+    with the tolerance of the freeze's own check. A copy frozen before check files has nothing to
+    compare with and passes.
+    """
+    import torch
+
+    if ref.check_path is None:
+        return
+    with open_verified(Path(ref.check_path), ref.check_sha256, "reference check file") as handle:
+        saved = torch.load(handle, map_location=device, weights_only=True)
+    with torch.inference_mode():
+        mismatch = _mismatch(copy(*saved["args"], **saved["kwargs"]), saved["outputs"])
+    if mismatch:
+        raise ArtifactError(f"the copy no longer reproduces its frozen output ({mismatch})")
+
+
+def _write_check(folder: Path, args: tuple[Any, ...], kwargs: dict[str, Any], copy: Any) -> tuple[Path, str] | None:
+    """Save the example inputs and the accepted copy's outputs beside it; None when they cannot be
+    saved as plain tensors and containers (then later loads are not checked against them)."""
+    import torch
+
+    with torch.inference_mode():
+        outputs = copy(*args, **kwargs)
+    final = folder / CHECK_FILE
+    fd, temp_name = tempfile.mkstemp(dir=folder, prefix=f".{final.name}.", suffix=".tmp")
+    temp = Path(temp_name)
+    try:
+        with os.fdopen(fd, "w+b") as handle:
+            torch.save({"args": tuple(args), "kwargs": dict(kwargs), "outputs": outputs}, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+            handle.seek(0)
+            torch.load(handle, weights_only=True)  # what verify() will need to read back
+            handle.seek(0)
+            sha256 = sha256_of(handle)
+    except Exception:  # noqa: BLE001 - inputs that are not plain tensors: no check, the copy still serves
+        temp.unlink(missing_ok=True)
+        return None
+    os.replace(temp, final)
+    return final, sha256
 
 
 @contextlib.contextmanager
@@ -242,7 +292,7 @@ def sha256_of(handle: IO[bytes]) -> str:
     return digest.hexdigest()
 
 
-def _reason(exc: BaseException) -> str:
+def short_reason(exc: BaseException) -> str:
     """One short line: the exception type and the first line of its message."""
     lines = str(exc).strip().splitlines()
     text = f"{type(exc).__name__}: {lines[0].strip()}" if lines else type(exc).__name__

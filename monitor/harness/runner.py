@@ -27,7 +27,7 @@ from typing import IO, Any
 
 import psutil
 
-from monitor.harness.protocol import BenchmarkJob, WorkerResult
+from monitor.harness.protocol import BenchmarkJob, SubjectResult, WorkerResult
 from storage.records import EnvFingerprint, RunRecord, RunStatus
 
 log = logging.getLogger(__name__)
@@ -299,6 +299,8 @@ def to_records(job: BenchmarkJob, outcome: WorkerOutcome, variant: str) -> list[
             details["comparison"] = outcome.result.comparison
         if outcome.result.frozen is not None:
             details["frozen"] = outcome.result.frozen.to_dict()
+        if job.reference is not None:
+            details["measurement"] = _measurement(job, outcome.result, subject)
         records.append(
             RunRecord(
                 model=job.model,
@@ -314,6 +316,16 @@ def to_records(job: BenchmarkJob, outcome: WorkerOutcome, variant: str) -> list[
                 flags=subject.flags,
                 details=details,
                 samples_ms=subject.samples_ms,
+                reference_id=job.reference_id if subject.metrics.rel_to_reference is not None else None,
             )
         )
     return records
+
+
+def _measurement(job: BenchmarkJob, result: WorkerResult, subject: SubjectResult) -> dict[str, Any]:
+    """How a run with a reference was measured: against it, or absolutely and why."""
+    if subject.metrics.rel_to_reference is not None:
+        return {"basis": "relative", "reference_id": job.reference_id}
+    why = result.reference_error or "no clean interleaved rounds of the model and its reference"
+    return {"basis": "absolute", "reference_id": job.reference_id, "why": f"reference not timed: {why}",
+            "reference_lost": result.reference_error is not None}

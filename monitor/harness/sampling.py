@@ -214,14 +214,43 @@ def adaptive_sample(
     return interleaved_sample([("only", run)], settings, probe, progress, window).subjects[0]
 
 
+@dataclass(frozen=True, slots=True)
+class StopRule:
+    """What must be known to ±target before interleaved sampling may stop.
+
+    `absolute`: subjects whose own median must be that precise (default: all of them). `ratios`:
+    subjects whose per-round ratio to the first must be that precise too (a relative reading, where
+    the ratio is what detection reads). Subjects in neither (a host-speed probe) ride along.
+    """
+
+    absolute: tuple[int, ...] | None = None
+    ratios: tuple[int, ...] = ()
+
+    def watched(self, count: int) -> tuple[int, ...]:
+        absolute = tuple(range(count)) if self.absolute is None else self.absolute
+        return tuple(sorted({*absolute, *self.ratios, 0}))
+
+
 @dataclass(slots=True)
 class Interleaved:
-    """A/B result: each subject's samples and the comparison of each with the first."""
+    """A/B result: each subject's samples and the comparison of each with the first.
+
+    `round_medians` holds each subject's block median of every kept round (aligned across subjects),
+    from which `ratio` estimates any pair's ratio with drift cancelled.
+    """
 
     subjects: list[Sampled]
     rounds: int
     contended_rounds: int
     comparison: dict[str, Any]
+    round_medians: list[list[float]] = field(default_factory=list)
+
+    def ratio(self, numerator: int, denominator: int) -> dict[str, Any]:
+        """Subject `numerator`'s median over `denominator`'s, per kept round, with its 95 % CI."""
+        return _paired_ratio(
+            self.subjects[numerator].samples_ns, self.subjects[denominator].samples_ns,
+            self.round_medians[numerator], self.round_medians[denominator],
+        )
 
 
 def interleaved_sample(
@@ -230,22 +259,31 @@ def interleaved_sample(
     probe: ContentionProbe,
     progress: Callable[[str, int], None] = lambda phase, n: None,
     window: MeasuredWindow | None = None,
+    *,
+    shares: Sequence[float] | None = None,
+    stop: StopRule = StopRule(),
 ) -> Interleaved:
     """Time one or more subjects in alternating blocks (ABBA...) within one budget.
 
-    Each round runs one block of every subject (~50 ms in all), in reversed order every other
-    round, so a linear drift of the host costs each subject the same. A round during which other
-    processes used the CPU is discarded whole, keeping the pairing fair. Sampling stops once every
-    subject's median is known to ±target (drift-aware, see `block_ci_rel`) with `min_samples` kept,
-    or at the budget. The comparison gives, for each subject after the first, the ratio of its median
-    to the first's and a 95 % CI from the per-round ratios.
+    Each round runs one block of every subject (~50 ms in all, split by `shares`, equal by default),
+    in reversed order every other round, so a linear drift of the host costs each subject the same.
+    A round during which other processes used the CPU is discarded whole, keeping the pairing fair.
+    Sampling stops once what `stop` names is known to ±target (drift-aware, see `block_ci_rel`) with
+    `min_samples` kept, or at the budget. The comparison gives, for each subject after the first, the
+    ratio of its median to the first's and a 95 % CI from the per-round ratios.
     """
+    weights = [1.0] * len(runs) if shares is None else [float(s) for s in shares]
+    if len(weights) != len(runs) or min(weights) <= 0:
+        raise ValueError("one positive share per subject")
+    weights = [w / sum(weights) for w in weights]
+    watched = stop.watched(len(runs))
+    absolute = watched if stop.absolute is None else stop.absolute
     deadline = time.perf_counter() + settings.max_time_s
     progress("warmup", 0)
-    warm_budget = settings.max_time_s * settings.warmup_fraction / len(runs)
-    warmups = [warm_up(run, warm_budget) for _, run in runs]
-    block_ns = BLOCK_TARGET_NS / len(runs)
-    sizes = [min(100_000, max(1, round(block_ns / max(w.estimate_ns, 1)))) for w in warmups]
+    warm_total = settings.max_time_s * settings.warmup_fraction
+    warmups = [warm_up(run, warm_total * w) for (_, run), w in zip(runs, weights)]
+    sizes = [min(100_000, max(1, round(BLOCK_TARGET_NS * w / max(warm.estimate_ns, 1))))
+             for warm, w in zip(warmups, weights)]
     if window is not None:
         window.start()
     sampling_start = time.perf_counter()
@@ -276,11 +314,12 @@ def interleaved_sample(
             for i, block in timings.items():
                 kept[i] += block
                 medians[i].append(statistics.median(block))
-        least = min(len(k) for k in kept)
+        least = min(len(kept[i]) for i in watched)
         progress("sampling", least)
         if least >= next_check:
             next_check = max(least + 1, int(least * 1.1))
-            if all(block_ci_rel(k, m) <= settings.target_ci_rel for k, m in zip(kept, medians)):
+            precise = all(block_ci_rel(kept[i], medians[i]) <= settings.target_ci_rel for i in absolute)
+            if precise and all(_ratio_ci_rel(medians[i], medians[0]) <= settings.target_ci_rel for i in stop.ratios):
                 reason = "ci"
                 break
         if time.perf_counter() >= deadline:
@@ -298,6 +337,10 @@ def interleaved_sample(
         else:
             # Fewer than MIN_BLOCKS blocks: the drift is unknown, so is the precision (inf: unstable).
             ci = block_ci_rel(samples, medians[i])
+        if i == 0 and stop.ratios:  # a relative reading is only as precise as its ratios
+            ci_for_flag = max([ci] + [_ratio_ci_rel(medians[j], medians[0]) for j in stop.ratios])
+        else:
+            ci_for_flag = ci
         subjects.append(
             Sampled(
                 samples_ns=samples,
@@ -310,13 +353,20 @@ def interleaved_sample(
                 sampling_s=sampling_s,
                 window=_share(measured, executed, kept, i),
                 contention_pct=others_weighted / kept_wall if kept_wall else 0.0,
-                flags=_flags(warmups[i], reason, ci, settings.target_ci_rel, short_of_clean),
+                flags=_flags(warmups[i], reason, ci_for_flag, settings.target_ci_rel, short_of_clean),
             )
         )
     comparison = {
         runs[i][0]: _paired_ratio(kept[i], kept[0], medians[i], medians[0]) for i in range(1, len(runs))
+        if i in watched
     }
-    return Interleaved(subjects, rounds, contended, comparison)
+    return Interleaved(subjects, rounds, contended, comparison, medians)
+
+
+def _ratio_ci_rel(medians: list[float], ref_medians: list[float]) -> float:
+    """Half-width of the 95 % CI of the median per-round ratio, relative to it (inf before MIN_BLOCKS)."""
+    per_round = [m / r for m, r in zip(medians, ref_medians) if r > 0]
+    return ci_rel(per_round) if len(per_round) >= MIN_BLOCKS else math.inf
 
 
 def _share(measured: dict[str, Any] | None, executed: list[int], kept: list[list[int]], i: int) -> dict[str, Any] | None:

@@ -15,6 +15,7 @@ import json
 import math
 import os
 import signal
+import statistics
 import sys
 import threading
 import time
@@ -22,7 +23,7 @@ import traceback
 from collections.abc import Callable
 from typing import IO, Any
 
-from monitor.harness import candidates, collectors, profiling, reference, sampling, variants
+from monitor.harness import candidates, collectors, host_probe, profiling, reference, sampling, variants
 from monitor.harness.protocol import (
     REFERENCE_LABEL,
     ArtifactRef,
@@ -117,11 +118,17 @@ def accuracy(model: Any, eval_path: str, device: str) -> float:
 
 
 class Prepared:
-    """A subject's model (built, or loaded from its artifact), inputs and the call the sampler times."""
+    """A subject's model (built, or loaded from its artifact), inputs and the call the sampler times.
 
-    def __init__(self, subject: Subject, job: BenchmarkJob, model: Any = None):
+    `inputs` (args, kwargs) feeds it the same inputs as another subject timed beside it.
+    """
+
+    def __init__(
+        self, subject: Subject, job: BenchmarkJob, model: Any = None,
+        inputs: tuple[tuple[Any, ...], dict[str, Any]] | None = None,
+    ):
         self.subject = subject
-        self.args, self.kwargs = build_inputs(subject, job.batch_size, job.device)
+        self.args, self.kwargs = inputs if inputs is not None else build_inputs(subject, job.batch_size, job.device)
         if model is not None:
             self.model = model
         elif subject.artifact is not None:
@@ -173,6 +180,31 @@ def _build_candidates(current: Prepared, job: BenchmarkJob) -> tuple[list[Any], 
         if model is not None and report.variant is not None
     ]
     return [report for report, _ in built], timed
+
+
+def _load_reference(live: Prepared, job: BenchmarkJob) -> tuple[Prepared | None, str | None]:
+    """The job's frozen reference, loaded and checked against its frozen output, fed the live model's
+    inputs; or why it cannot be timed (the run then measures absolutely and says so)."""
+    assert job.reference is not None and job.reference.artifact is not None
+    try:
+        copy = Prepared(job.reference, job, inputs=(live.args, live.kwargs))
+        reference.verify(job.reference.artifact, copy.model, job.device)
+    except Exception as exc:  # noqa: BLE001 - any failure to load or reproduce means: reference lost
+        traceback.print_exc()
+        return None, reference.short_reason(exc)
+    return copy, None
+
+
+def _relative_metrics(metrics: RunMetrics, inter: sampling.Interleaved, ref: SubjectResult) -> None:
+    """Fill the live subject's relative reading: its ratio to the reference, per round, and the p99s'."""
+    ratio = inter.ratio(0, 1)
+    metrics.rel_to_reference = ratio["ratio_p50"]
+    if ratio["ratio_ci95"] is not None:
+        metrics.rel_to_reference_low, metrics.rel_to_reference_high = ratio["ratio_ci95"]
+    metrics.reference_p50_ms = ref.metrics.latency_ms_p50
+    metrics.reference_p99_ms = ref.metrics.latency_ms_p99
+    if metrics.latency_ms_p99 and ref.metrics.latency_ms_p99:
+        metrics.rel_p99_to_reference = metrics.latency_ms_p99 / ref.metrics.latency_ms_p99
 
 
 def _subject_result(prepared: Prepared, sampled: sampling.Sampled, job: BenchmarkJob) -> SubjectResult:
@@ -244,32 +276,65 @@ def run_job(job: BenchmarkJob, channel: Channel) -> WorkerResult:
         if nvml is not None:
             nvml.close()
         return WorkerResult(env=env, host=watch.finish(0, None), subjects=[], profiles=profiles)
+    reference_error = None
+    if job.reference is not None:
+        channel.progress("reference", 0)
+        copy, reference_error = _load_reference(prepared[0], job)
+        if copy is not None:
+            prepared.append(copy)
     with torch.inference_mode():
         if sync is not None:
             torch.cuda.reset_peak_memory_stats()
-        probe = collectors.CpuContentionProbe()
+        contention = collectors.CpuContentionProbe()
         watch = collectors.HostWatch()
         watch.start()
-        comparison = None
-        if len(prepared) > 1:
-            runs = [(p.subject.label, sampling.block_runner(p.call, sync)) for p in prepared]
-            inter = sampling.interleaved_sample(runs, job.sampling, probe, channel.progress, nvml)
-            sampled_all, comparison, contended = inter.subjects, inter.comparison, inter.contended_rounds
-        else:
-            one = sampling.adaptive_sample(
-                sampling.block_runner(prepared[0].call, sync), job.sampling, probe, channel.progress, nvml
-            )
-            sampled_all, contended = [one], one.contended_blocks
-        pressure = sampled_all[0].contention_pct if probe.has_psi else None
-        host = watch.finish(contended, pressure)
+        runs = [(p.subject.label, sampling.block_runner(p.call, sync)) for p in prepared]
+        probes = _probe_runs(job, sync) if job.probe else []
+        shares: list[float] | None = None
+        stop = sampling.StopRule()
+        if job.reference is not None or probes:
+            # A scheduled run: the model (and its reference) steer the stop, the probe rides along.
+            share = (1.0 - host_probe.SHARE * len(probes)) / len(runs)
+            shares = [share] * len(runs) + [host_probe.SHARE] * len(probes)
+            stop = sampling.StopRule(absolute=(0,), ratios=(1,) if len(runs) > 1 else ())
+        inter = sampling.interleaved_sample(runs + probes, job.sampling, contention, channel.progress, nvml,
+                                            shares=shares, stop=stop)
+        sampled_all = inter.subjects[: len(runs)]
+        comparison = inter.comparison if len(runs) > 1 and job.reference is None else None
+        pressure = sampled_all[0].contention_pct if contention.has_psi else None
+        host = watch.finish(inter.contended_rounds, pressure)
         channel.progress("collect", len(sampled_all[0].samples_ns))
         results = [_subject_result(p, s, job) for p, s in zip(prepared, sampled_all)]
+        if job.reference is not None and len(results) > 1:
+            _relative_metrics(results[0].metrics, inter, results.pop())
+        for (label, _), sampled in zip(probes, inter.subjects[len(runs) :]):
+            value = statistics.median(sampled.samples_ns) / 1e6 if sampled.samples_ns else None
+            setattr(results[0].metrics, PROBE_FIELDS[label], value)
         if job.mode == "candidates":  # after peak_rss_mb was read: this resets the process's peak
             for p, result in zip(prepared, results):
                 result.details["forward_peak_mb"] = collectors.forward_peak_mb(p.call, job.device)
     if nvml is not None:
         nvml.close()
-    return WorkerResult(env=env, host=host, subjects=results, comparison=comparison, frozen=frozen, built=built)
+    return WorkerResult(env=env, host=host, subjects=results, comparison=comparison, frozen=frozen, built=built,
+                        reference_error=reference_error)
+
+
+PROBE_FIELDS = {host_probe.LABELS["blas"]: "probe_blas_ms", host_probe.LABELS["python"]: "probe_python_ms",
+                "probe.cuda": "probe_cuda_ms"}
+CUDA_PROBE_SIZE = 1024
+
+
+def _probe_runs(job: BenchmarkJob, sync: Callable[[], None] | None) -> list[tuple[str, Callable[[int], list[int]]]]:
+    """The host-speed probe's block runners; on CUDA also a fixed matrix product on the GPU (its
+    clocks and temperature drift too), synchronised like the model's calls."""
+    import torch
+
+    runs = host_probe.HostSpeedProbe().runners()
+    if sync is not None:
+        generator = torch.Generator().manual_seed(0)
+        a, b = (torch.randn(CUDA_PROBE_SIZE, CUDA_PROBE_SIZE, generator=generator).to(job.device) for _ in range(2))
+        runs.append(("probe.cuda", sampling.block_runner(lambda: torch.mm(a, b), sync)))
+    return runs
 
 
 def _exit_with_runner() -> None:

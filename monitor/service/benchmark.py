@@ -16,10 +16,10 @@ from typing import Any
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from monitor.config import LoadedConfig
-from monitor.harness.runner import run_worker, to_records
 from monitor.harness.protocol import VariantSpec
-from monitor.registry import PlannedBenchmark, active_variant, plan
-from storage import queries
+from monitor.harness.runner import run_worker, to_records
+from monitor.registry import PlannedBenchmark, active_variant, plan, series_references
+from storage import findings, queries
 from storage.db import Database
 from storage.records import RunRecord
 
@@ -60,6 +60,20 @@ def store_with_retries(db: Database, record: RunRecord) -> None:
             time.sleep(0.5 * 2**attempt)
 
 
+def _note_lost_reference(db: Database, planned: PlannedBenchmark, record: RunRecord) -> None:
+    """Mark the series' reference lost when the worker could not time it (logged once)."""
+    measurement = record.details.get("measurement", {})
+    if not measurement.get("reference_lost") or planned.job.reference_id is None:
+        return
+    try:
+        if findings.mark_reference_lost(db, planned.job.reference_id, measurement["why"]):
+            log.warning("%s %s: %s; the series reads probe-normalised latencies until a baseline is "
+                        "accepted (perfguard baseline accept %s)", record.model, planned.key.label(),
+                        measurement["why"], record.model)
+    except DBAPIError as exc:  # the next run finds it again
+        log.warning("could not mark the reference of %s lost: %s", record.model, str(exc).splitlines()[0])
+
+
 def benchmark_models(
     loaded: LoadedConfig,
     db: Database,
@@ -84,17 +98,19 @@ def benchmark_models(
     """
     progress = progress or BenchmarkProgress()
     variants = known_variants if known_variants is not None else {}
+    references = None
     try:
         with db.session() as session:
             for model in {p.model.name: p.model for p in plan(loaded, names)}.values():
                 queries.register_model(session, model.name, model.factory, model.device)
                 variants[model.name] = active_variant(session, model.name)
+        references = series_references(db, plan(loaded, names, variants))
     except DBAPIError as exc:
         if known_variants is None:
             raise
         log.warning("database unavailable before benchmarking, using the last known variants: %s",
                     str(exc).splitlines()[0])
-    planned = plan(loaded, names, variants)
+    planned = plan(loaded, names, variants, references)
     stored: list[RunRecord] = []
     done: dict[str, int] = {}
     if idempotency_key is not None:
@@ -122,7 +138,11 @@ def benchmark_models(
             record.idempotency_key = series_key
             if details:
                 record.details.update(details)
+            if record.status == "ok" and "measurement" not in record.details:
+                record.details["measurement"] = {"basis": "absolute",
+                                                 "why": item.absolute_why or "the database was unavailable"}
             store(db, record)
+            _note_lost_reference(db, item, record)
             if record.status != "ok":
                 log.info("run %s of %s (batch %d) %s: %s", record.run_id, record.model,
                             record.batch_size, record.status, record.error_summary)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from monitor.config import LoadedConfig
-from monitor.detection.attribution import confirm_pending, ensure_references
+from monitor.detection.attribution import confirm_pending, ensure_references, references_wanted
 from monitor.detection.check import CheckResult, check_models
 from monitor.service.benchmark import benchmark_models
 from monitor.service.respond import Response, respond
@@ -46,8 +46,9 @@ def after_runs(
     if not any(r.status == "ok" and r.run_id is not None for r in records) or cancel.is_set():
         return done
     done.check = check_models(db, loaded, [name])
-    if loaded.config.detection.confirm and not cancel.is_set():
+    if references_wanted(loaded) and not cancel.is_set():
         ensure_references(db, loaded, [name], cancel)
+    if loaded.config.detection.confirm and not cancel.is_set():
         confirm_pending(db, loaded, done.check.findings, cancel)
     if loaded.config.rules and not cancel.is_set():
         new = {f.id for f in done.check.new if f.id is not None}

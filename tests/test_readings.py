@@ -1,0 +1,172 @@
+"""Detection reads the right series, on SQLite and PostgreSQL: a model change in the drift-cancelled
+relative reading, an environment change in the reference over the probe, a host slowdown as a host
+event and never a model finding, and the probe-normalised fallback when the reference is lost."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from monitor.config import LoadedConfig, load_config
+from monitor.detection.check import check_model, check_models
+from storage import findings as store
+from storage import host_events
+from storage.db import Database
+from storage.findings import SeriesKey
+from storage.queries import history, register_model, save_runs
+from storage.records import EnvFingerprint, HostCondition, RunMetrics, RunRecord
+from tests.cli_helpers import tiny_model, write_config
+from tests.storage_helpers import T0
+
+MODEL = "m"
+KEY = SeriesKey("baseline", "cpu", 8)
+HOST = "bench-1"
+
+
+@pytest.fixture
+def loaded(tmp_path: Path) -> LoadedConfig:
+    return load_config(write_config(tmp_path / "perfguard.toml", [tiny_model(MODEL)], extra="[detection]\nconfirm = false\n"))
+
+
+def relative_run(
+    i: int, *, model: float, host: float, env: float = 1.0, probe: float = 1.0, reference_id: int | None,
+    threads: int = 2, rng: np.random.Generator,
+) -> RunRecord:
+    """A run whose live p50 is the product of the model's cost, the environment's and the host's
+    (each a factor around 1), as a relative run measures it: the reference costs env x host, the
+    probe costs the host's probe factor, and the ratio model/reference carries ±1 % noise."""
+    started = T0 + timedelta(minutes=10 * i)
+    reference = 2.0 * env * host * (1 + 0.01 * rng.standard_normal())
+    rel = model * (1 + 0.01 * rng.standard_normal())
+    p50 = rel * reference
+    metrics = RunMetrics(
+        latency_ms_p50=p50, latency_ms_p99=p50 * 1.2, throughput_per_s=8000 / p50,
+        reference_p50_ms=reference if reference_id else None, reference_p99_ms=reference * 1.2 if reference_id else None,
+        rel_to_reference=rel if reference_id else None, rel_p99_to_reference=rel if reference_id else None,
+        probe_blas_ms=0.035 * probe * (1 + 0.005 * rng.standard_normal()), probe_python_ms=0.05 * probe,
+    )
+    return RunRecord(
+        model=MODEL, variant="baseline", device="cpu", batch_size=8, status="ok", started_at=started,
+        finished_at=started + timedelta(seconds=3), metrics=metrics,
+        env=EnvFingerprint(torch="2.13.0+cpu", threads=threads, host=HOST, math_env={}), host=HostCondition(),
+        reference_id=reference_id,
+    )
+
+
+def frozen(db: Database, reference_p50: float = 2.0) -> int:
+    """A stored reference of the series, as a freeze records it."""
+    with db.session() as session:
+        register_model(session, MODEL, "workloads:tiny", "cpu")
+    return store.save_reference(db, MODEL, KEY, {"kind": "exported", "path": "/nowhere", "sha256": "0"},
+                                {"ratio": 1.0, "reference_p50_ms": reference_p50, "reference_p99_ms": reference_p50 * 1.2,
+                                 "probe_blas_ms": 0.035})
+
+
+def drifting_host(count: int, seed: int) -> np.ndarray:
+    """A shared host's speed factor: stretches 30-45 % slower now and then, as measured here."""
+    rng = np.random.default_rng(seed)
+    factor = np.ones(count)
+    for start in rng.choice(count - 4, size=count // 8, replace=False):
+        factor[start : start + rng.integers(2, 5)] = 1 + rng.uniform(0.3, 0.45)
+    return factor
+
+
+def store_runs(db: Database, reference_id: int | None, model: list[float], host: list[float] | np.ndarray,
+               env: list[float] | None = None, probe: list[float] | None = None, threads: list[int] | None = None,
+               seed: int = 0) -> None:
+    rng = np.random.default_rng(seed)
+    n = len(model)
+    save_runs(db, [
+        relative_run(i, model=model[i], host=float(host[i]), env=(env or [1.0] * n)[i], probe=(probe or [1.0] * n)[i],
+                     threads=(threads or [2] * n)[i], reference_id=reference_id, rng=rng)
+        for i in range(n)
+    ])
+
+
+def test_relative_readings_are_stored_and_read_back(db: Database) -> None:
+    save_runs(db, [relative_run(0, model=1.0, host=1.0, reference_id=frozen(db), rng=np.random.default_rng(0))])
+    (record,) = history(db, MODEL)
+    m = record.metrics
+    assert record.reference_id == store.latest_reference(db, MODEL, KEY).id
+    assert m.rel_to_reference == pytest.approx(1.0, abs=0.05) and m.reference_p50_ms == pytest.approx(2.0, rel=0.05)
+    assert m.probe_blas_ms == pytest.approx(0.035, rel=0.05) and m.probe_python_ms == pytest.approx(0.05)
+    (run,) = store.series_runs(db, MODEL, 10)
+    assert run.reference_id == record.reference_id and run.metrics["rel_to_reference"] == m.rel_to_reference
+
+
+def test_a_model_regression_is_found_at_its_true_size_on_a_drifting_host(db: Database, loaded: LoadedConfig) -> None:
+    """+8 % on the model while the host drifts by up to 45 %: the absolute p50 would report the
+    drift; the relative reading finds the model's +8 %, cause model, with both levels."""
+    count = 40
+    store_runs(db, frozen(db), [1.0] * 20 + [1.08] * 20, drifting_host(count, seed=3))
+    result = check_model(db, loaded, MODEL, loaded.config.models[0])
+    latency = [f for f in result.findings if f.metric == "latency_ms_p50" and f.verdict == "regression"]
+    assert len(latency) == 1, [(f.metric, f.reading, f.rel_change) for f in result.findings]
+    (finding,) = latency
+    assert (finding.reading, finding.cause, finding.state) == ("relative", "model", "open")
+    assert finding.rel_change == pytest.approx(0.08, abs=0.015)
+    assert finding.change_run_id == history(db, MODEL, limit=count)[count - 21].run_id  # the 21st run
+    levels = finding.confirmation
+    assert levels["reading"] == "relative" and levels["ratio_after"] / levels["ratio_before"] == pytest.approx(1.08, abs=0.02)
+    assert levels["absolute_p50_ms_before"] is not None and levels["absolute_p50_ms_after"] is not None
+    # Reading relatively leaves nothing for the absolute p50 to report.
+    assert not [f for f in result.findings if f.reading == "absolute" and f.metric.startswith("latency")]
+
+
+def test_the_same_history_read_absolutely_raises_false_alarms(db: Database, loaded: LoadedConfig) -> None:
+    """The control: the same drifting host without a reference to cancel it; a test of the reading
+    that could not fail would prove nothing."""
+    store_runs(db, None, [1.0] * 40, np.r_[np.ones(20), np.full(20, 1.4)])
+    result = check_model(db, loaded, MODEL, loaded.config.models[0])
+    assert [f for f in result.findings if f.metric == "latency_ms_p50" and f.reading == "absolute"]
+
+
+def test_a_host_slowdown_is_a_host_event_and_no_finding(db: Database, loaded: LoadedConfig) -> None:
+    """The host gets 40 % slower for good (the probe too): no model finding, and a host event for
+    the probe, shown per host."""
+    host = [1.0] * 20 + [1.4] * 20
+    store_runs(db, frozen(db), [1.0] * 40, host, probe=host)
+    result = check_models(db, loaded, [MODEL])
+    assert not [f for f in result.findings if f.metric.startswith("latency") or f.metric == "throughput_per_s"]
+    signals = {e.signal: e for e in result.host_events}
+    assert signals["probe_blas_ms"].change == "up" and signals["probe_blas_ms"].rel_change == pytest.approx(0.4, abs=0.05)
+    assert signals["probe_blas_ms"].host == HOST
+    assert host_events.open_event_counts(db) == {HOST: len(result.host_events)}
+
+
+def test_the_reference_slowing_without_an_environment_change_is_the_host(db: Database, loaded: LoadedConfig) -> None:
+    """The model and its frozen copy both 30 % slower, the probe unmoved and no environment change:
+    the host (its memory, its neighbours) slowed this model down, not the model itself."""
+    store_runs(db, frozen(db), [1.0] * 40, [1.0] * 20 + [1.3] * 20)
+    result = check_models(db, loaded, [MODEL])
+    assert not [f for f in result.findings if f.verdict == "regression"]
+    (event,) = result.host_events
+    assert event.signal == f"{MODEL} {KEY.label()} reference" and event.rel_change == pytest.approx(0.3, abs=0.04)
+
+
+def test_an_environment_change_is_found_on_the_reference_with_the_env_diff(db: Database, loaded: LoadedConfig) -> None:
+    """Fewer threads make the model and its copy 60 % slower alike; the probe (one thread) does not
+    move: the reference over the probe shows it, with the thread count in the diff."""
+    store_runs(db, frozen(db), [1.0] * 40, [1.0] * 40, env=[1.0] * 20 + [1.6] * 20, threads=[2] * 20 + [1] * 20)
+    result = check_model(db, loaded, MODEL, loaded.config.models[0])
+    (finding,) = [f for f in result.findings if f.verdict == "regression"]
+    assert (finding.metric, finding.reading, finding.cause) == ("latency_ms_p50", "reference", "environment")
+    assert finding.env_diff == {"threads": [2, 1]}
+    assert finding.rel_change == pytest.approx(0.6, abs=0.05)
+
+
+def test_a_lost_reference_falls_back_to_probe_normalised_readings(db: Database, loaded: LoadedConfig) -> None:
+    reference_id = frozen(db)
+    assert store.mark_reference_lost(db, reference_id, "the copy no longer loads")
+    assert not store.mark_reference_lost(db, reference_id, "again")  # recorded once
+    lost = store.latest_reference(db, MODEL, KEY)
+    assert lost.lost_at is not None and lost.lost_reason == "the copy no longer loads"
+    # Runs now measure absolutely; the model gets 20 % slower while the probe says the host did not.
+    store_runs(db, None, [1.0] * 20 + [1.2] * 20, [1.0] * 40)
+    result = check_model(db, loaded, MODEL, loaded.config.models[0])
+    (finding,) = [f for f in result.findings if f.metric == "latency_ms_p50"]
+    assert finding.reading == "normalised" and finding.cause is None
+    assert finding.rel_change == pytest.approx(0.2, abs=0.03)
