@@ -21,6 +21,19 @@ from storage.db import Database
 PG_URL_ENV = "PERFGUARD_TEST_PG_URL"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def own_device_locks(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The suite's benchmarks take device locks of their own: a daemon running on the same host
+    neither waits for the tests nor makes them wait (workers and CLI subprocesses inherit this)."""
+    before = os.environ.get("PERFGUARD_LOCK_DIR")
+    os.environ["PERFGUARD_LOCK_DIR"] = str(tmp_path_factory.mktemp("device-locks"))
+    yield
+    if before is None:
+        os.environ.pop("PERFGUARD_LOCK_DIR", None)
+    else:
+        os.environ["PERFGUARD_LOCK_DIR"] = before
+
+
 @pytest.fixture(scope="session")
 def pg_url() -> str:
     url = os.environ.get(PG_URL_ENV)

@@ -27,6 +27,7 @@ from typing import IO, Any
 
 import psutil
 
+from monitor.harness.device_lock import LockWaitCancelled, device_lock
 from monitor.harness.protocol import BenchmarkJob, SubjectResult, WorkerResult
 from storage.records import EnvFingerprint, RunRecord, RunStatus
 
@@ -65,6 +66,7 @@ class WorkerOutcome:
     # Why the runner killed the worker: "timeout", "memory" or "cancelled". A result that arrived
     # first still counts after a timeout, but not past the memory limit or a cancel.
     killed_for: str | None = None
+    lock_wait_s: float = 0.0  # how long the job waited for its device's lock before it started
 
 
 def worker_environment(threads: int | None, pin_allocator: bool) -> dict[str, str]:
@@ -115,9 +117,31 @@ def run_worker(
 ) -> WorkerOutcome:
     """Run one job in a fresh worker process and wait for it, at most `timeout_s`.
 
-    Setting `cancel` (a stopping daemon does) kills the worker at the next poll; the run ends
-    `failed` with the reason, so it is stored as aborted rather than lost or half-written.
+    The worker starts once this process holds its device's lock (device_lock.py): a benchmark started
+    beside another one on the same device waits for it instead of measuring it. Setting `cancel` (a
+    stopping daemon does) ends the wait or kills the worker at the next poll; the run ends `failed`
+    with the reason, so it is stored as aborted rather than lost or half-written.
     """
+    try:
+        with device_lock(job.device, f"{job.model} ({job.mode}, batch {job.batch_size})", cancel) as waited:
+            outcome = _run_locked(job, timeout_s, memory_limit_mb, pin_allocator, cwd, progress, cancel)
+    except LockWaitCancelled as exc:
+        now = datetime.now(UTC)
+        return WorkerOutcome(status="failed", started_at=now, finished_at=now, error=f"aborted: {exc}",
+                             phase="waiting for the device", killed_for="cancelled")
+    outcome.lock_wait_s = round(waited, 3)
+    return outcome
+
+
+def _run_locked(
+    job: BenchmarkJob,
+    timeout_s: float,
+    memory_limit_mb: float | None,
+    pin_allocator: bool,
+    cwd: Path | None,
+    progress: ProgressCallback | None,
+    cancel: threading.Event | None,
+) -> WorkerOutcome:
     started_at = datetime.now(UTC)
     outcome = WorkerOutcome(status="failed", started_at=started_at, finished_at=started_at)
     with tempfile.TemporaryFile() as stderr:
@@ -295,6 +319,8 @@ def to_records(job: BenchmarkJob, outcome: WorkerOutcome, variant: str) -> list[
     subjects = outcome.result.subjects[:1] if job.mode == "freeze" else outcome.result.subjects
     for subject in subjects:
         details = dict(subject.details)
+        if outcome.lock_wait_s:
+            details["lock_wait_s"] = outcome.lock_wait_s
         if outcome.result.comparison is not None:
             details["comparison"] = outcome.result.comparison
         if outcome.result.frozen is not None:
