@@ -168,6 +168,12 @@ def seed_cnn() -> SimpleCNN:
     return model.eval()
 
 
+def seed_cnn_prepare() -> None:
+    """Prepare step: train and cache the seed CNN's weights if they are not cached yet, so that no
+    benchmark worker trains (the config's `prepare`; the factory still trains if the cache is gone)."""
+    seed_cnn()
+
+
 def seed_cnn_eval() -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Eval data for seed_cnn: held-out digits as (float32 [B,3,32,32], int64 [B]) batches of 64."""
     split = digits.load_split()

@@ -108,6 +108,7 @@ RUN_COLUMNS: list[tuple[str, Callable[[RunRecord], Any]]] = [
     ("p50 ms", lambda r: r.metrics.latency_ms_p50),
     ("p99 ms", lambda r: r.metrics.latency_ms_p99),
     ("±ci %", lambda r: None if r.metrics.ci95_rel is None else r.metrics.ci95_rel * 100),
+    ("vs ref", lambda r: r.metrics.rel_to_reference),
     ("samples", lambda r: r.metrics.samples),
     ("items/s", lambda r: r.metrics.throughput_per_s),
     ("rss MB", lambda r: r.metrics.peak_rss_mb),
@@ -149,8 +150,14 @@ class StderrProgress(BenchmarkProgress):
 
     def end(self, record: RunRecord) -> None:
         took = time.monotonic() - self._start
+        prepared = record.details.get("prepare")
+        if prepared and prepared.get("status") == "ok":
+            click.echo(f"{self._prefix}: prepare step {prepared['step']} took {prepared['seconds']:.1f} s "
+                       f"(peak {prepared['peak_rss_mb']:.0f} MiB), not timed", err=True)
         if record.status == "ok":
             summary = f"p50 {_cell(record.metrics.latency_ms_p50)} ms from {record.metrics.samples} samples"
+            if record.metrics.rel_to_reference is not None:
+                summary += f", {record.metrics.rel_to_reference:.3f}x its frozen reference"
         else:
             summary = f"{record.status}: {record.error_summary}"
         click.echo(f"{self._prefix}: {summary} ({took:.1f} s)", err=True)

@@ -284,11 +284,14 @@ class ModelConfig(_Strict):
     threads: int | None = Field(default=None, gt=0)
     detection: DetectionOverrides = DetectionOverrides()
     train: ImportPath | None = None  # fine-tune hook: fn(model) -> model, called on pruned candidates
+    # Called once before the model's first benchmark in a process (daemon, `perfguard run`), in a
+    # worker of its own and untimed: downloads, training, caches. Its time and memory are reported.
+    prepare: ImportPath | None = None
     optimize: OptimizeOverrides = OptimizeOverrides()
     # The hardware class (a Celery queue) whose workers benchmark it; default: "cpu" or "cuda".
     runs_on: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$", max_length=100)
 
-    @field_validator("factory", "inputs_factory", "eval", "train")
+    @field_validator("factory", "inputs_factory", "eval", "train", "prepare")
     @classmethod
     def _import_paths(cls, value: str | None) -> str | None:
         return value if value is None else _check_import_path(value)

@@ -217,3 +217,22 @@ def mlp_eval() -> list[tuple[torch.Tensor, torch.Tensor]]:
     with torch.no_grad():
         labels = model(x).argmax(dim=-1)
     return [(x[i : i + 64], labels[i : i + 64]) for i in range(0, 256, 64)]
+
+
+def prepare_slowly() -> None:
+    """A prepare step that takes a while and a lot of memory (a training, a download), and counts
+    its calls in the file named by $PREPARE_COUNT."""
+    import os
+    import time
+    from pathlib import Path
+
+    ballast = bytearray(300 * 2**20)  # resident: every page written
+    for i in range(0, len(ballast), 4096):
+        ballast[i] = 1
+    time.sleep(1.5)
+    counter = Path(os.environ["PREPARE_COUNT"])
+    counter.write_text(str(int(counter.read_text() or "0") + 1) if counter.exists() else "1")
+
+
+def prepare_fails() -> None:
+    raise RuntimeError("the dataset server is down")

@@ -158,7 +158,7 @@ class BenchmarkJob:
     threads: int | None = None
     sampling: SamplingSettings = field(default_factory=SamplingSettings)
     sys_path: list[str] = field(default_factory=list)
-    mode: Literal["single", "ab", "freeze", "candidates", "profile"] = "single"
+    mode: Literal["single", "ab", "freeze", "candidates", "profile", "prepare"] = "single"
     freeze_dir: str | None = None
     # "candidates" mode: what to build, where to save it, the fine-tune hook, how to judge fidelity.
     candidates: list[CandidateRequest] = field(default_factory=list)
@@ -169,9 +169,14 @@ class BenchmarkJob:
     # is timed interleaved with the first subject, and the host-speed probe beside both (host_probe.py).
     reference: Subject | None = None
     reference_id: int | None = None
-    probe: bool = False
+    probe: bool = False  # in "single" and "freeze" modes; others time no probe
+    # "prepare" mode: the model's prepare step (a callable's import path), run untimed in a worker of
+    # its own before the model's benchmarks, so that what it does never lands in a measured window.
+    prepare: str | None = None
 
     def __post_init__(self) -> None:
+        if (self.mode == "prepare") != (self.prepare is not None):
+            raise ValueError("a prepare job, and only a prepare job, names the prepare step")
         if self.reference is not None and (self.mode != "single" or self.reference.artifact is None):
             raise ValueError("a reference is timed beside a single subject and is loaded from its artifact")
         if self.mode == "candidates" and (self.candidates_dir is None or len(self.subjects) != 1):
@@ -229,6 +234,17 @@ class BuiltCandidate:
 
 
 @dataclass(slots=True)
+class PrepareReport:
+    """What a model's prepare step cost, reported apart from its benchmarks."""
+
+    seconds: float
+    peak_rss_mb: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(slots=True)
 class WorkerResult:
     """The worker's final answer: per-subject results plus what they share."""
 
@@ -242,6 +258,7 @@ class WorkerResult:
     # Why the job's reference could not be timed (it would not load, or no longer reproduces its
     # output): the run then measured absolutely, and the reference is marked lost.
     reference_error: str | None = None
+    prepared: PrepareReport | None = None  # prepare mode
 
     def to_event(self) -> dict[str, Any]:
         return {"event": "result", **dataclasses.asdict(self)}
@@ -266,4 +283,5 @@ class WorkerResult:
             built=None if data.get("built") is None else [BuiltCandidate(**b) for b in data["built"]],
             profiles=data.get("profiles"),
             reference_error=data.get("reference_error"),
+            prepared=None if data.get("prepared") is None else PrepareReport(**data["prepared"]),
         )

@@ -14,7 +14,9 @@ import importlib
 import json
 import math
 import os
+import platform
 import signal
+import socket
 import statistics
 import sys
 import threading
@@ -29,11 +31,12 @@ from monitor.harness.protocol import (
     ArtifactRef,
     BenchmarkJob,
     InputTensor,
+    PrepareReport,
     Subject,
     SubjectResult,
     WorkerResult,
 )
-from storage.records import RunMetrics
+from storage.records import EnvFingerprint, HostCondition, RunMetrics
 
 
 class Channel:
@@ -236,12 +239,28 @@ def _subject_result(prepared: Prepared, sampled: sampling.Sampled, job: Benchmar
     )
 
 
-def run_job(job: BenchmarkJob, channel: Channel) -> WorkerResult:
-    import torch
+def prepare(job: BenchmarkJob, channel: Channel) -> WorkerResult:
+    """Run the model's prepare step (a download, a training, a cache to fill), timed as a whole and
+    nothing else: its cost is reported, and the benchmarks after it find the work done."""
+    assert job.prepare is not None
+    env = EnvFingerprint(python=platform.python_version(), host=socket.gethostname())
+    channel.send({"event": "started", "env": env.to_dict(), "pid": os.getpid()})
+    channel.progress("prepare", 0)
+    started = time.perf_counter()
+    resolve(job.prepare)()
+    seconds = time.perf_counter() - started
+    report = PrepareReport(seconds=round(seconds, 3), peak_rss_mb=round(collectors.peak_rss_mb(), 2))
+    return WorkerResult(env=env, host=HostCondition(), subjects=[], prepared=report)
 
+
+def run_job(job: BenchmarkJob, channel: Channel) -> WorkerResult:
     for entry in reversed(job.sys_path):
         if entry not in sys.path:
             sys.path.insert(0, entry)
+    if job.mode == "prepare":
+        return prepare(job, channel)
+    import torch
+
     if job.threads:
         torch.set_num_threads(job.threads)
     torch.set_num_interop_threads(1)

@@ -11,13 +11,14 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from monitor.config import LoadedConfig
 from monitor.harness.protocol import VariantSpec
-from monitor.harness.runner import run_worker, to_records
+from monitor.harness.runner import WorkerOutcome, run_worker, to_records
 from monitor.registry import PlannedBenchmark, active_variant, plan, series_references
 from storage import findings, queries
 from storage.db import Database
@@ -60,6 +61,27 @@ def store_with_retries(db: Database, record: RunRecord) -> None:
             time.sleep(0.5 * 2**attempt)
 
 
+def prepare_model(
+    loaded: LoadedConfig, planned: PlannedBenchmark, cancel: threading.Event | None = None
+) -> tuple[dict[str, Any] | None, WorkerOutcome | None]:
+    """Run a model's prepare step in a worker of its own: (its report, None) when it succeeded, else
+    (its report, the failed outcome its series are stored with)."""
+    step = planned.model.prepare
+    assert step is not None
+    job = replace(planned.job, subjects=[], mode="prepare", prepare=step, reference=None, reference_id=None)
+    outcome = run_worker(job, timeout_s=planned.timeout_s, memory_limit_mb=planned.memory_limit_mb,
+                         pin_allocator=loaded.config.harness.pin_allocator, cwd=loaded.base_dir, cancel=cancel)
+    report = outcome.result.prepared if outcome.result is not None else None
+    if outcome.status == "ok" and report is not None:
+        log.info("prepared %s with %s in %.1f s (peak %.0f MiB), not timed", planned.model.name, step,
+                 report.seconds, report.peak_rss_mb)
+        return {"step": step, "status": "ok", **report.to_dict(), "lock_wait_s": outcome.lock_wait_s}, None
+    outcome.error = f"prepare step {step} failed: {outcome.error or outcome.status}"
+    outcome.result = None
+    log.warning("%s: %s", planned.model.name, outcome.error.splitlines()[0])
+    return {"step": step, "status": outcome.status, "peak_rss_mb": outcome.peak_rss_mb}, outcome
+
+
 def _note_lost_reference(db: Database, planned: PlannedBenchmark, record: RunRecord) -> None:
     """Mark the series' reference lost when the worker could not time it (logged once)."""
     measurement = record.details.get("measurement", {})
@@ -84,6 +106,7 @@ def benchmark_models(
     known_variants: dict[str, VariantSpec] | None = None,
     idempotency_key: str | None = None,
     details: dict[str, Any] | None = None,
+    prepared: set[str] | None = None,
 ) -> list[RunRecord]:
     """Run the named models (all when empty) and store each run; the stored records, in order.
 
@@ -94,7 +117,9 @@ def benchmark_models(
     database is unreachable, used instead of it, so that the benchmark still runs and is spooled.
     With `idempotency_key` (a fleet job's), each series' run is stored under that key and the series,
     and a series already stored under it (the job was redelivered) is not benchmarked again;
-    `details` are added to each run's details (e.g. which worker ran it).
+    `details` are added to each run's details (e.g. which worker ran it). A model with a `prepare`
+    step has it run first, once per `prepared` set (the caller's: the daemon keeps one for its life;
+    without one, once per call), untimed; its cost goes into the details of the model's next run.
     """
     progress = progress or BenchmarkProgress()
     variants = known_variants if known_variants is not None else {}
@@ -112,6 +137,8 @@ def benchmark_models(
                     str(exc).splitlines()[0])
     planned = plan(loaded, names, variants, references)
     stored: list[RunRecord] = []
+    prepared = set() if prepared is None else prepared
+    preparing: dict[str, tuple[dict[str, Any] | None, WorkerOutcome | None]] = {}
     done: dict[str, int] = {}
     if idempotency_key is not None:
         done = queries.stored_run_ids(db, [f"{idempotency_key}/{p.key.label()}" for p in planned])
@@ -125,16 +152,29 @@ def benchmark_models(
             continue
         progress.begin(index, len(planned), item)
         update: Callable[[str, int], None] = progress.update
-        outcome = run_worker(
-            item.job,
-            timeout_s=item.timeout_s,
-            memory_limit_mb=item.memory_limit_mb,
-            pin_allocator=loaded.config.harness.pin_allocator,
-            cwd=loaded.base_dir,
-            progress=update,
-            cancel=cancel,
-        )
+        step = item.model.prepare
+        if step is not None and f"{item.model.name}:{step}" not in prepared and item.model.name not in preparing:
+            preparing[item.model.name] = prepare_model(loaded, item, cancel)
+            if preparing[item.model.name][1] is None:
+                prepared.add(f"{item.model.name}:{step}")
+        report, failure = preparing.get(item.model.name, (None, None))
+        if failure is not None:
+            outcome = failure  # every series of the model fails with the step's error
+        else:
+            outcome = run_worker(
+                item.job,
+                timeout_s=item.timeout_s,
+                memory_limit_mb=item.memory_limit_mb,
+                pin_allocator=loaded.config.harness.pin_allocator,
+                cwd=loaded.base_dir,
+                progress=update,
+                cancel=cancel,
+            )
+        if report is not None:
+            preparing[item.model.name] = (None, failure)  # the report goes with this series' run only
         for record in to_records(item.job, outcome, item.key.variant):
+            if report is not None:
+                record.details["prepare"] = report
             record.idempotency_key = series_key
             if details:
                 record.details.update(details)

@@ -96,6 +96,7 @@ class Daemon:
         self.exporter = RunMetricsExporter()
         self.spool = RunSpool(loaded.base_dir / daemon_config.spool_dir)
         self.variants: dict[str, VariantSpec] = {}  # model -> active variant, last seen in the database
+        self.prepared: set[str] = set()  # models whose prepare step ran in this daemon's life
         self.rules = BuiltRules()
         self.reports = ReportKeeper()
         self.last_success: datetime | None = None
@@ -153,7 +154,8 @@ class Daemon:
                 return
             try:
                 records = benchmark_models(loaded, self.db, [name], LogProgress(self), cancel=self.cancel,
-                                           store=self.spool.store, known_variants=self.variants)
+                                           store=self.spool.store, known_variants=self.variants,
+                                           prepared=self.prepared)
             except Exception:
                 log.exception("benchmark of %s failed to run or store", name)
                 return

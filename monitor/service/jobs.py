@@ -65,6 +65,7 @@ class FleetJobs:
         self._open_db = open_db
         self._db: tuple[int, Database] | None = None  # (pid, database): a forked pool process opens its own
         self._rules: list[ConfiguredRule] | None = None
+        self._prepared: set[str] = set()  # models whose prepare step ran in this worker process
 
     def db(self) -> Database:
         if self._db is None or self._db[0] != os.getpid():
@@ -78,7 +79,8 @@ class FleetJobs:
             raise LookupError(f"model {model!r} is not in this worker's config {loaded.path}")
         db = self.db()
         where = {"queue": self.queue, "worker": socket.gethostname()}
-        records = benchmark_models(loaded, db, [model], idempotency_key=key, details={"executor": where})
+        records = benchmark_models(loaded, db, [model], idempotency_key=key, details={"executor": where},
+                                   prepared=self._prepared)
         if self._rules is None:
             self._rules = configured_rules(loaded.config)
         try:
