@@ -53,7 +53,7 @@ def test_a_slower_model_is_blamed_on_the_model(tmp_path: Path) -> None:
     with Database.open(before.storage_url()) as db:
         p50 = baseline_p50(db, before)
         reference = store.latest_reference(db, "m", SeriesKey("baseline", "cpu", 8))
-        assert reference is not None and reference.artifact["kind"] == "exported"
+        assert reference is not None and reference.artifact["kind"] == "torchscript"
         assert reference.measured["ratio"] is not None
         # The model's code changed: the factory now builds one that spins 300 us per call.
         after = config(tmp_path, "after.toml", factory="workloads:busy_300us")

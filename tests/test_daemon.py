@@ -384,7 +384,7 @@ def test_after_each_run_the_daemon_detects_changes_and_freezes_a_reference(tmp_p
     assert finding.cause is None  # only regressions are attributed
     with Database.open(load_config(config).storage_url()) as db:
         reference = store.latest_reference(db, "fast", store.SeriesKey("baseline", "cpu", 4))
-    assert reference is not None and reference.artifact["kind"] == "exported"
+    assert reference is not None and reference.artifact["kind"] == "torchscript"
 
 
 def test_after_its_runs_the_daemon_evaluates_the_rules_and_records_what_fired(tmp_path):

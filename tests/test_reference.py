@@ -75,16 +75,16 @@ def only_the_artifact(folder: Path, name: str) -> None:
 
 
 @pytest.mark.parametrize(("factory", "width"), [("workloads:tiny", 16), ("examples.models:mlp", 1024)])
-def test_a_plain_model_is_frozen_as_an_exported_program_and_timed_beside_itself(frozen, factory, width):
+def test_a_plain_model_is_frozen_as_a_torchscript_trace_and_timed_beside_itself(frozen, factory, width):
     freeze_job, outcome = frozen(factory, width)
     result = ok_result(outcome)
     ref = result.frozen
-    assert ref is not None and ref.kind == "exported" and ref.fallbacks == []
+    assert ref is not None and ref.kind == "torchscript" and ref.fallbacks == []
     assert ref.factory == factory and ref.torch_version == result.env.torch
     path = Path(ref.path)
-    assert path.is_absolute() and path.name == "reference.pt2"
+    assert path.is_absolute() and path.name == "reference.ts"
     assert ref.sha256 == sha256(path)
-    only_the_artifact(path.parent, "reference.pt2")
+    only_the_artifact(path.parent, "reference.ts")
     assert [s.label for s in result.subjects] == ["baseline", REFERENCE_LABEL]
     assert all(s.metrics.samples >= 20 for s in result.subjects)
     assert result.subjects[0].metrics.params == result.subjects[1].metrics.params  # the same weights
@@ -117,7 +117,7 @@ def test_data_dependent_control_flow_is_frozen_as_torchscript_that_keeps_both_br
     result = ok_result(outcome)
     ref = result.frozen
     assert ref.kind == "torchscript" and Path(ref.path).name == "reference.ts"
-    exported, traced = ref.fallbacks
+    traced, exported = ref.fallbacks
     assert exported.startswith("exported: GuardOnDataDependentSymNode") and "data-dependent" in exported
     assert traced.startswith("torchscript/trace: TraceRefused") and "Python boolean" in traced
     only_the_artifact(Path(ref.path).parent, "reference.ts")
@@ -142,8 +142,8 @@ def test_a_model_only_python_can_run_is_frozen_as_its_state_dict_and_factory(fro
     ref = result.frozen
     assert ref.kind == "state_dict" and ref.factory == "workloads:numpy_forward"
     assert Path(ref.path).name == "reference.state.pt" and ref.sha256 == sha256(ref.path)
-    assert [r.split(":")[0] for r in ref.fallbacks] == ["exported", "torchscript/trace", "torchscript/script"]
-    assert ".numpy()" in ref.fallbacks[0] and "NumPy array" in ref.fallbacks[1]
+    assert [r.split(":")[0] for r in ref.fallbacks] == ["torchscript/trace", "exported", "torchscript/script"]
+    assert "NumPy array" in ref.fallbacks[0] and ".numpy()" in ref.fallbacks[1]
     only_the_artifact(Path(ref.path).parent, "reference.state.pt")
     # Rebuilt from the same code and weights, the copy costs what the live model does.
     assert 0.5 < result.comparison[REFERENCE_LABEL]["ratio_p50"] < 2.0
@@ -176,7 +176,7 @@ def test_a_malformed_freeze_job_is_refused_before_any_worker_starts(subjects, fr
 def test_an_altered_or_missing_artifact_is_refused_naming_the_file(frozen, tmp_path, damage):
     _, freezing = frozen("workloads:tiny")
     ref = ok_result(freezing).frozen
-    copy = tmp_path / "reference.pt2"
+    copy = tmp_path / Path(ref.path).name
     shutil.copyfile(ref.path, copy)
     if damage == "altered":
         data = bytearray(copy.read_bytes())
