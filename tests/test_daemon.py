@@ -28,13 +28,15 @@ TESTS = Path(__file__).resolve().parent
 
 def write_config(folder: Path, models: str, stop_timeout_s: float = 5, port: int | None = None,
                  confirm: bool = False) -> Path:
-    """A daemon config; `confirm` off by default: freezing a reference after the first run takes the
-    device for a few seconds, which would shift the schedules these tests time."""
+    """A daemon config; `confirm` off by default: no references (neither the A/B nor relative runs):
+    freezing a reference after the first run takes the device for a few seconds, which would shift
+    the schedules these tests time."""
     (folder / "workloads.py").unlink(missing_ok=True)
     (folder / "workloads.py").symlink_to(TESTS / "workloads.py")
     path = folder / "perfguard.toml"
     path.write_text(
         '[storage]\nurl = "sqlite:///runs.db"\n[harness]\nmin_samples = 20\n'
+        f'relative = {"true" if confirm else "false"}\n'
         f'[daemon]\nstop_timeout_s = {stop_timeout_s}\nlisten = "127.0.0.1:{port or free_port()}"\n'
         f'[detection]\nconfirm = {"true" if confirm else "false"}\n'
         + textwrap.dedent(models)
