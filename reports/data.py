@@ -15,10 +15,12 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from storage import findings as findings_store
+from storage import host_events as host_store
 from storage import queries
 from storage.actions import ActionRecord, actions
 from storage.db import Database
 from storage.findings import FindingRecord, SeriesKey
+from storage.host_events import HostEventRecord
 from storage.rule_events import RuleEvent, events
 from storage.trends import INDEX, TrendRun, recent_runs
 
@@ -34,6 +36,7 @@ LEAD_METRICS = ("latency_ms_p50", "latency_ms_p99", "throughput_per_s", "accurac
                 "cuda_peak_mem_mb", "energy_j_per_inference", "model_size_mb")
 FINDINGS_SHOWN = 30
 ACTIONS_SHOWN = 20
+HOST_EVENTS_SHOWN = 10  # host events that are over, newest first
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,11 +105,12 @@ class ModelView:
 
 @dataclass(frozen=True, slots=True)
 class FleetReport:
-    """The whole report: when, from which database, every model."""
+    """The whole report: when, from which database, every model, and the hosts' events."""
 
     generated_at: datetime
     database: str
     models: list[ModelView]
+    host_events: list[HostEventRecord] = field(default_factory=list)  # open first, then recent ones
 
     def counts(self) -> dict[str, int]:
         counts = {status: 0 for status in STATUS_ORDER}
@@ -117,7 +121,8 @@ class FleetReport:
     def only(self, names: Sequence[str]) -> FleetReport:
         """The same report narrowed to some models (an owner's digest)."""
         wanted = set(names)
-        return FleetReport(self.generated_at, self.database, [m for m in self.models if m.model.name in wanted])
+        return FleetReport(self.generated_at, self.database, [m for m in self.models if m.model.name in wanted],
+                           self.host_events)
 
 
 def gather(
@@ -137,14 +142,23 @@ def gather(
     )
     views = [_model_view(model, runs.get(model.name, []), active.get(model.name, queries.BASELINE), context)
              for model in models]
-    return fleet(views, db.display_location(), now)
+    return fleet(views, db.display_location(), recent_host_events(db), now)
 
 
-def fleet(views: Sequence[ModelView], database: str, now: datetime | None = None) -> FleetReport:
+def fleet(
+    views: Sequence[ModelView], database: str, host_events: Sequence[HostEventRecord] = (),
+    now: datetime | None = None,
+) -> FleetReport:
     """A report of these model views, worst status first (also for views kept from earlier reads)."""
     order = {status: i for i, status in enumerate(STATUS_ORDER)}
     ordered = sorted(views, key=lambda v: (order[v.status], v.model.name))
-    return FleetReport(now or datetime.now(UTC), database, ordered)
+    return FleetReport(now or datetime.now(UTC), database, ordered, list(host_events))
+
+
+def recent_host_events(db: Database) -> list[HostEventRecord]:
+    """Every open host event, then the newest ones that are over."""
+    stored = host_store.host_events(db)
+    return [e for e in stored if e.state == "open"] + [e for e in stored if e.state != "open"][:HOST_EVENTS_SHOWN]
 
 
 @dataclass(frozen=True, slots=True)

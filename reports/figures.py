@@ -18,7 +18,8 @@ SLO_SHOWN_WITHIN = 2.0  # a latency SLO line is drawn when within this factor of
 SHORT = {
     "latency_ms_p50": "p50", "latency_ms_p99": "p99", "throughput_per_s": "throughput", "peak_rss_mb": "RSS",
     "cuda_peak_mem_mb": "CUDA mem", "model_size_mb": "size", "accuracy": "accuracy",
-    "energy_j_per_inference": "energy",
+    "energy_j_per_inference": "energy", "rel_to_reference": "vs reference", "probe_blas_ms": "BLAS probe",
+    "probe_python_ms": "Python probe",
 }
 LATENCY = ("latency_ms_p50", "latency_ms_p99")
 
@@ -28,7 +29,7 @@ class NamedChart:
     """A chart of a model page: a stable name (for its file), its spec and the alt text."""
 
     name: str
-    kind: str  # latency | memory | throughput | accuracy | energy
+    kind: str  # latency | relative | memory | throughput | accuracy | energy | host
     spec: ChartSpec
     alt: str
 
@@ -37,10 +38,12 @@ def model_charts(view: ModelView) -> list[NamedChart]:
     """Every chart of the model's page, latency first (one per series, active variant first)."""
     charts = [latency_chart(view, s) for s in view.series]
     others = (
+        ("relative", "Against the frozen reference (host drift cancelled)", "x reference", ("rel_to_reference",)),
         ("memory", "Peak memory", "MiB", ("peak_rss_mb", "cuda_peak_mem_mb")),
         ("throughput", "Throughput", "items/s", ("throughput_per_s",)),
         ("accuracy", "Accuracy", "accuracy", ("accuracy",)),
         ("energy", "Energy per inference", "J", ("energy_j_per_inference",)),
+        ("host", "Host-speed probe (the same fixed work in every run)", "ms", ("probe_blas_ms", "probe_python_ms")),
     )
     for kind, title, unit, metrics in others:
         chart = _per_series(view, kind, title, unit, metrics)
@@ -126,7 +129,7 @@ def _per_series(
             label = series.key.label() if len(metrics) == 1 else f"{SHORT[metric]} {series.key.label()}"
             lines.append(Line(label, values, emphasis=series.active, times=times))
             all_times.extend(times)
-            findings = [f for f in _series_findings(view, series) if f.metric == metric]
+            findings = [f for f in _series_findings(view, series) if _marks(f, metric)]
             markers.extend(_change_points(findings, times))
     if not lines:
         return None
@@ -134,6 +137,14 @@ def _per_series(
     spec = ChartSpec(title=title, unit=unit, times=span, lines=lines, change_points=markers,
                      env_changes=_env_markers(view, span))
     return NamedChart(f"{view.model.name}|{kind}", kind, spec, describe(spec))
+
+
+def _marks(finding: FindingRecord, metric: str) -> bool:
+    """Whether a finding is drawn on the chart of `metric`: the relative chart shows the p50
+    findings of the relative reading, which is what it plots."""
+    if metric == "rel_to_reference":
+        return finding.metric == "latency_ms_p50" and finding.reading == "relative"
+    return finding.metric == metric
 
 
 def _series_findings(view: ModelView, series: SeriesView) -> list[FindingRecord]:

@@ -217,8 +217,18 @@ def alert_subject(
 
 
 def cause_text(finding: FindingRecord) -> str:
-    """What the A/B against the frozen reference said of a finding, in a few words."""
+    """Why a finding happened, in a few words: what its reading compared, or what the A/B said."""
     c = finding.confirmation or {}
+    if finding.reading == "relative" and finding.cause:
+        return (f"{finding.cause}: against its frozen reference {_num(c.get('ratio_before'), '%.3f')} → "
+                f"{_num(c.get('ratio_after'), '%.3f')}x (as measured, p50 {_num(c.get('absolute_p50_ms_before'))} → "
+                f"{_num(c.get('absolute_p50_ms_after'))} ms)")
+    if finding.reading == "reference" and finding.cause:
+        probe = f"{_num(c.get('probe_blas_ms_before'))} → {_num(c.get('probe_blas_ms_after'))} ms"
+        return (f"{finding.cause}: the frozen reference {_num(c.get('reference_ms_before'))} → "
+                f"{_num(c.get('reference_ms_after'))} ms while the host probe went {probe}")
+    if finding.reading == "normalised":
+        return "not attributed: the reference was lost; read against the host probe until a baseline is accepted"
     if finding.cause is None:
         if "error" in c:
             return f"not attributed: {str(c['error']).splitlines()[0][:160]}"

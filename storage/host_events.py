@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import case, func, select
 
 from storage.db import Database
 from storage.findings import SeriesState
@@ -120,11 +120,11 @@ def host_events(db: Database, host: str | None = None, state: str | None = None)
 
 
 def open_event_counts(db: Database) -> dict[str, int]:
-    """Open host events per host (for /metrics)."""
-    stmt = select(HostEventRow.host_name, func.count()).where(HostEventRow.state == "open").group_by(
-        HostEventRow.host_name)
+    """Open host events of every host that has had one (0 once they are over), for /metrics."""
+    is_open = case((HostEventRow.state == "open", 1), else_=0)
+    stmt = select(HostEventRow.host_name, func.sum(is_open)).group_by(HostEventRow.host_name)
     with db.session(readonly=True) as session:
-        return {host: count for host, count in session.execute(stmt)}
+        return {host: int(count) for host, count in session.execute(stmt)}
 
 
 def _record(row: HostEventRow) -> HostEventRecord:

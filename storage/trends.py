@@ -30,6 +30,9 @@ CHARTED = (
     "accuracy",
     "gpu_power_w",
     "energy_j_per_inference",
+    "rel_to_reference",
+    "probe_blas_ms",
+    "probe_python_ms",
 )
 
 INDEX = {name: i for i, name in enumerate(CHARTED)}

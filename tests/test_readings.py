@@ -28,7 +28,8 @@ HOST = "bench-1"
 
 @pytest.fixture
 def loaded(tmp_path: Path) -> LoadedConfig:
-    return load_config(write_config(tmp_path / "perfguard.toml", [tiny_model(MODEL)], extra="[detection]\nconfirm = false\n"))
+    extra = "[detection]\nconfirm = false\n"
+    return load_config(write_config(tmp_path / "perfguard.toml", [tiny_model(MODEL)], extra=extra))
 
 
 def relative_run(
@@ -44,7 +45,8 @@ def relative_run(
     p50 = rel * reference
     metrics = RunMetrics(
         latency_ms_p50=p50, latency_ms_p99=p50 * 1.2, throughput_per_s=8000 / p50,
-        reference_p50_ms=reference if reference_id else None, reference_p99_ms=reference * 1.2 if reference_id else None,
+        reference_p50_ms=reference if reference_id else None,
+        reference_p99_ms=reference * 1.2 if reference_id else None,
         rel_to_reference=rel if reference_id else None, rel_p99_to_reference=rel if reference_id else None,
         probe_blas_ms=0.035 * probe * (1 + 0.005 * rng.standard_normal()), probe_python_ms=0.05 * probe,
     )
@@ -61,8 +63,8 @@ def frozen(db: Database, reference_p50: float = 2.0) -> int:
     with db.session() as session:
         register_model(session, MODEL, "workloads:tiny", "cpu")
     return store.save_reference(db, MODEL, KEY, {"kind": "exported", "path": "/nowhere", "sha256": "0"},
-                                {"ratio": 1.0, "reference_p50_ms": reference_p50, "reference_p99_ms": reference_p50 * 1.2,
-                                 "probe_blas_ms": 0.035})
+                                {"ratio": 1.0, "reference_p50_ms": reference_p50,
+                                 "reference_p99_ms": reference_p50 * 1.2, "probe_blas_ms": 0.035})
 
 
 def drifting_host(count: int, seed: int) -> np.ndarray:
@@ -110,7 +112,8 @@ def test_a_model_regression_is_found_at_its_true_size_on_a_drifting_host(db: Dat
     assert finding.rel_change == pytest.approx(0.08, abs=0.015)
     assert finding.change_run_id == history(db, MODEL, limit=count)[count - 21].run_id  # the 21st run
     levels = finding.confirmation
-    assert levels["reading"] == "relative" and levels["ratio_after"] / levels["ratio_before"] == pytest.approx(1.08, abs=0.02)
+    assert levels["reading"] == "relative"
+    assert levels["ratio_after"] / levels["ratio_before"] == pytest.approx(1.08, abs=0.02)
     assert levels["absolute_p50_ms_before"] is not None and levels["absolute_p50_ms_after"] is not None
     # Reading relatively leaves nothing for the absolute p50 to report.
     assert not [f for f in result.findings if f.reading == "absolute" and f.metric.startswith("latency")]
@@ -132,7 +135,8 @@ def test_a_host_slowdown_is_a_host_event_and_no_finding(db: Database, loaded: Lo
     result = check_models(db, loaded, [MODEL])
     assert not [f for f in result.findings if f.metric.startswith("latency") or f.metric == "throughput_per_s"]
     signals = {e.signal: e for e in result.host_events}
-    assert signals["probe_blas_ms"].change == "up" and signals["probe_blas_ms"].rel_change == pytest.approx(0.4, abs=0.05)
+    assert signals["probe_blas_ms"].change == "up"
+    assert signals["probe_blas_ms"].rel_change == pytest.approx(0.4, abs=0.05)
     assert signals["probe_blas_ms"].host == HOST
     assert host_events.open_event_counts(db) == {HOST: len(result.host_events)}
 
@@ -170,3 +174,39 @@ def test_a_lost_reference_falls_back_to_probe_normalised_readings(db: Database, 
     (finding,) = [f for f in result.findings if f.metric == "latency_ms_p50"]
     assert finding.reading == "normalised" and finding.cause is None
     assert finding.rel_change == pytest.approx(0.2, abs=0.03)
+
+
+def test_the_report_shows_the_relative_reading_its_cause_and_the_host_events(tmp_path: Path) -> None:
+    from monitor.service.reporting import write_report
+
+    loaded = load_config(write_config(tmp_path / "perfguard.toml", [tiny_model(MODEL)],
+                                      storage_url=f"sqlite:///{tmp_path / 'perfguard.db'}",
+                                      extra='[detection]\nconfirm = false\n[reports]\nout_dir = "site"\nworkers = 1\n'))
+    with Database.open(loaded.storage_url()) as db:
+        # The model 10 % slower from run 21, the host 40 % slower from run 31 (the probe with it).
+        host = [1.0] * 30 + [1.4] * 12
+        store_runs(db, frozen(db), [1.0] * 20 + [1.1] * 22, host, probe=host)
+        check_models(db, loaded, [MODEL])
+        site = write_report(db, loaded)
+    index, page = site.index.read_text(), site.pages[MODEL].read_text()
+    assert "Host events" in index and HOST in index and "probe_blas_ms" in index
+    assert "Against the frozen reference (host drift cancelled)" in page and "Host-speed probe" in page
+    assert "model: against its frozen reference 0.99" in page or "model: against its frozen reference 1.00" in page
+    assert "→ 1.10" in page and "(as measured, p50 " in page  # both levels
+    assert "Host events" in page
+
+
+def test_metrics_export_the_relative_ratio_the_probe_and_the_host_events() -> None:
+    from prometheus_client import generate_latest
+
+    from monitor.service.http import RunMetricsExporter
+
+    exporter = RunMetricsExporter()
+    exporter.observe(relative_run(0, model=1.05, host=1.0, reference_id=3, rng=np.random.default_rng(0)))
+    exporter.observe_host_events({HOST: 2, "bench-2": 0})
+    text = generate_latest(exporter.registry).decode()
+    series = f'batch_size="8",device="cpu",model="{MODEL}",variant="baseline"'
+    assert f"perfguard_relative_latency_ratio{{{series}}} 1.0" in text
+    assert f'perfguard_host_probe_seconds{{host="{HOST}",probe="blas"}} 3.' in text  # ~0.035 ms, in seconds
+    assert f'perfguard_open_host_events{{host="{HOST}"}} 2.0' in text
+    assert 'perfguard_open_host_events{host="bench-2"} 0.0' in text

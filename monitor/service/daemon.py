@@ -34,8 +34,9 @@ from monitor.service.scheduler import BenchmarkScheduler, next_due
 from monitor.service.spool import UNAVAILABLE, RunSpool
 from rules.discovery import ConfiguredRule, configured_rules
 from storage import findings as findings_store
-from storage import queries
+from storage import host_events, queries
 from storage.db import Database
+from storage.host_events import HostEventRecord
 from storage.records import RunRecord
 
 log = logging.getLogger(__name__)
@@ -128,6 +129,7 @@ class Daemon:
             for record in reversed(queries.history(self.db, model.name, limit=4 * len(model.series_batch_sizes))):
                 self.note_run(record, count=False)
             self.exporter.observe_findings(model.name, findings_store.findings(self.db, model.name))
+        self.exporter.observe_host_events(host_events.open_event_counts(self.db))
 
     def note_run(self, record: RunRecord, count: bool = True, stored: bool = True) -> None:
         """Feed a run to /metrics and, once it is in the database, to /healthz's last success."""
@@ -178,6 +180,8 @@ class Daemon:
         done = after_runs(self.db, loaded, name, records, self.rules.get(loaded), self.cancel)
         if done.check is not None:
             self.exporter.observe_findings(name, done.check.findings)
+            self.exporter.observe_host_events(
+                {**dict.fromkeys(done.check.hosts, 0), **_open_per_host(done.check.host_events)})
         if done.response is not None and done.response.actions:
             self.exporter.observe_findings(name, findings_store.findings(self.db, name))
 
@@ -199,6 +203,7 @@ class Daemon:
                 if record.started_at > seen:
                     self.note_run(record)
             self.exporter.observe_findings(name, findings_store.findings(self.db, name))
+            self.exporter.observe_host_events(host_events.open_event_counts(self.db))
             self.reports.after_runs(self.db, self.loaded, name)
 
     def stopping(self) -> bool:
@@ -287,6 +292,13 @@ class Daemon:
         if self._http is not None:
             self._http.shutdown()
         log.info("perfguard daemon stopped")
+
+
+def _open_per_host(events: list[HostEventRecord]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for event in events:
+        counts[event.host] = counts.get(event.host, 0) + (event.state == "open")
+    return counts
 
 
 def _mtime(path: Path) -> float | None:

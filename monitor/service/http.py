@@ -48,6 +48,18 @@ class RunMetricsExporter:
                               ["model"], registry=self.registry)
         self.findings = Gauge("perfguard_open_findings", "Open findings of change detection",
                               ["model", "metric", "verdict"], registry=self.registry)
+        self.relative = Gauge("perfguard_relative_latency_ratio",
+                              "p50 of the model over its frozen reference timed in the same rounds, latest run",
+                              SERIES, registry=self.registry)
+        self.probe = Gauge("perfguard_host_probe_seconds", "Host-speed probe: seconds per call of its fixed work",
+                           ["host", "probe"], registry=self.registry)
+        self.host_events = Gauge("perfguard_open_host_events", "Open host events: the host itself got slower or faster",
+                                 ["host"], registry=self.registry)
+
+    def observe_host_events(self, open_per_host: dict[str, int]) -> None:
+        """Set the open host-event count of each host (zero for a host whose events are over)."""
+        for host, count in open_per_host.items():
+            self.host_events.labels(host).set(count)
 
     def observe_findings(self, model: str, findings: Iterable[FindingRecord]) -> None:
         """Set the open-finding counts of one model from its stored findings (zero where none now)."""
@@ -72,6 +84,10 @@ class RunMetricsExporter:
             if value is not None:
                 self.latency.labels(*series, quantile).set(value / 1000)
         _set(self.throughput, series, m.throughput_per_s)
+        _set(self.relative, series, m.rel_to_reference)
+        host = record.env.host or "unknown"
+        for probe, value in (("blas", m.probe_blas_ms), ("python", m.probe_python_ms), ("cuda", m.probe_cuda_ms)):
+            _set(self.probe, (host, probe), None if value is None else value / 1000)
         _set(self.peak_rss, series, None if m.peak_rss_mb is None else m.peak_rss_mb * 2**20)
         _set(self.energy, series, m.energy_j_per_inference)
 

@@ -26,7 +26,7 @@ from apscheduler.triggers.cron import CronTrigger
 
 from monitor.config import EmailConfig, LoadedConfig
 from reports.charts import ChartDrawer
-from reports.data import FleetReport, ModelView, ReportedModel, fleet, gather, lead_first
+from reports.data import FleetReport, ModelView, ReportedModel, fleet, gather, lead_first, recent_host_events
 from reports.mail import Delivery, SmtpSettings, build_message, send
 from reports.render import IMAGE_DIR, RenderedEmail, Site, render_alert, render_digest, write_site
 from storage import findings as findings_store
@@ -292,7 +292,7 @@ class ReportKeeper:
             return site
         [view] = gather_report(db, loaded, [model]).models
         self._views[model] = view
-        report = fleet(list(self._views.values()), db.display_location())
+        report = fleet(list(self._views.values()), db.display_location(), recent_host_events(db))
         return write_site(report, report_dir(loaded), workers=1, only=[model])
 
     def after_runs(self, db: Database, loaded: LoadedConfig, model: str) -> None:
