@@ -348,10 +348,11 @@ def findings_table(findings: Sequence[FindingRecord]) -> str:
             f.id, f.model, f.key.label(), f.metric, f.verdict, f"{100 * f.rel_change:+.1f}%",
             f"{_cell(before['median'])} [{_cell(before['low'])}-{_cell(before['high'])}]",
             f"{_cell(after['median'])} [{_cell(after['low'])}-{_cell(after['high'])}]",
-            f.change_run_id, f.p_value, _samples_note(f.samples), f.cause or "-", _env_note(f.env_diff), f.state,
+            f.change_run_id, f.p_value, _samples_note(f.samples), f.reading, f.cause or "-", _env_note(f.env_diff),
+            f.state,
         ])
     headers = ["id", "model", "series", "metric", "verdict", "change", "before [95% CI]", "after [95% CI]",
-               "since run", "p", "samples", "cause", "environment", "state"]
+               "since run", "p", "samples", "reading", "cause", "environment", "state"]
     return format_table(headers, rows)
 
 
@@ -422,6 +423,7 @@ def check(config_path: Path, as_json: bool, names: tuple[str, ...], show_all: bo
     acted = [a for r in responses for a in r.actions]
     if as_json:
         _print_json({"findings": [f.to_json() for f in shown], "new": [f.id for f in result.new],
+                     "host_events": [e.to_json() for e in result.host_events],
                      "decisions": [d.to_json() for d in fired],
                      "rule_failures": [x.to_json() for r in responses for x in r.evaluation.failures],
                      "actions": [a.to_json() for a in acted]})
@@ -433,6 +435,9 @@ def check(config_path: Path, as_json: bool, names: tuple[str, ...], show_all: bo
     else:
         click.echo("no open findings", err=True)
     if not as_json:
+        for e in result.host_events:
+            click.echo(f"host event on {e.host}: {e.signal} {100 * e.rel_change:+.1f}% since run {e.change_run_id} "
+                       f"(the host, not a model: no finding)")
         for d in fired:
             click.echo(f"rule {d.rule}: {d.decision.action} {d.model}: {d.decision.reason}")
         for failure in (x for r in responses for x in r.evaluation.failures):
