@@ -6,10 +6,10 @@ environment changed; if only the model did, the model regressed. That only works
 frozen as far as it can be, so `freeze` tries, in order:
 - a TorchScript trace (`reference.ts`): the graph and weights, independent of model code, refused
   on any TracerWarning (data-dependent control flow or numpy calls would be silently baked in);
+- `torch.jit.script` (`reference.ts`), which keeps control flow (a transformer's fast-path checks);
 - `torch.export` (`reference.pt2`): the ATen graph and weights;
-- `torch.jit.script` (`reference.ts`), which keeps control flow;
 - the state dict (`reference.state.pt`) plus the factory: weights only, the code is rebuilt at load.
-The trace comes first because every scheduled run loads the copy and times it beside the model:
+TorchScript comes first because every scheduled run loads the copy and times it beside the model:
 loading an exported program imports torch's compiler stack (1.0 s per run here, against 8 ms for a
 trace), and it adds 30-80 us per call (4.5 us for a trace of the same tiny model), which would
 dilute a small model's changes in the ratio.
@@ -72,8 +72,8 @@ def freeze(
         expected = model(*example_args, **example_kwargs)
     candidates: list[tuple[ArtifactKind, str, Callable[[IO[bytes]], None]]] = [
         ("torchscript", "torchscript/trace", lambda f: _save_traced(model, example_args, example_kwargs, f)),
-        ("exported", "exported", lambda f: _save_exported(model, example_args, example_kwargs, f)),
         ("torchscript", "torchscript/script", lambda f: _save_scripted(model, f)),
+        ("exported", "exported", lambda f: _save_exported(model, example_args, example_kwargs, f)),
         ("state_dict", "state_dict", lambda f: torch.save(model.state_dict(), f)),
     ]
     fallbacks: list[str] = []

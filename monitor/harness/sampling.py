@@ -220,7 +220,8 @@ class StopRule:
 
     `absolute`: subjects whose own median must be that precise (default: all of them). `ratios`:
     subjects whose per-round ratio to the first must be that precise too (a relative reading, where
-    the ratio is what detection reads). Subjects in neither (a host-speed probe) ride along.
+    the ratio is what detection reads). Subjects in neither (a frozen reference whose ratio steers, a
+    host-speed probe) ride along; their medians get the interval they reached.
     """
 
     absolute: tuple[int, ...] | None = None
@@ -337,8 +338,9 @@ def interleaved_sample(
         else:
             # Fewer than MIN_BLOCKS blocks: the drift is unknown, so is the precision (inf: unstable).
             ci = block_ci_rel(samples, medians[i])
-        if i == 0 and stop.ratios:  # a relative reading is only as precise as its ratios
-            ci_for_flag = max([ci] + [_ratio_ci_rel(medians[j], medians[0]) for j in stop.ratios])
+        if i == 0 and stop.ratios:  # a relative reading is as precise as its ratios (and median, if asked)
+            steering = [ci] if 0 in absolute else []
+            ci_for_flag = max(steering + [_ratio_ci_rel(medians[j], medians[0]) for j in stop.ratios])
         else:
             ci_for_flag = ci
         subjects.append(

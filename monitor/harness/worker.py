@@ -312,10 +312,11 @@ def run_job(job: BenchmarkJob, channel: Channel) -> WorkerResult:
         shares: list[float] | None = None
         stop = sampling.StopRule()
         if job.reference is not None or probes:
-            # A scheduled run: the model (and its reference) steer the stop, the probe rides along.
+            # A scheduled run: what detection reads steers the stop (the ratio to the reference when
+            # there is one, else the model's median); the probe rides along.
             share = (1.0 - host_probe.SHARE * len(probes)) / len(runs)
             shares = [share] * len(runs) + [host_probe.SHARE] * len(probes)
-            stop = sampling.StopRule(absolute=(0,), ratios=(1,) if len(runs) > 1 else ())
+            stop = sampling.StopRule(absolute=(), ratios=(1,)) if len(runs) > 1 else sampling.StopRule(absolute=(0,))
         inter = sampling.interleaved_sample(runs + probes, job.sampling, contention, channel.progress, nvml,
                                             shares=shares, stop=stop)
         sampled_all = inter.subjects[: len(runs)]
