@@ -21,6 +21,7 @@ from storage.models import HostEventRow, RunMetricsRow, RunRow, utc_now
 # How far (in time) a change may move between checks and still be the same event.
 SAME_EVENT_S = 6 * 3600.0
 PROBE_FIGURES = ("probe_blas_ms", "probe_python_ms", "probe_cuda_ms")
+BUSY = "others_cpu_pct"  # other processes' CPU use while a run sampled (HostCondition), % of one core
 
 
 @dataclass(slots=True)
@@ -54,7 +55,7 @@ class HostEventRecord:
 
 @dataclass(frozen=True, slots=True)
 class ProbeRun:
-    """One run's host-speed probe figures, as host detection reads them."""
+    """One run's host-speed probe figures and how busy the host was, as host detection reads them."""
 
     run_id: int
     started_at: datetime
@@ -65,7 +66,7 @@ def probe_runs(db: Database, host: str, limit: int) -> list[ProbeRun]:
     """The newest `limit` successful runs on `host` that timed the probe (every model), oldest first."""
     columns = [getattr(RunMetricsRow, name) for name in PROBE_FIGURES]
     stmt = (
-        select(RunRow.id, RunRow.started_at, *columns)
+        select(RunRow.id, RunRow.started_at, RunRow.host, *columns)
         .join(RunMetricsRow, RunMetricsRow.run_id == RunRow.id)
         .where(RunRow.host_name == host, RunRow.status == "ok", RunMetricsRow.probe_blas_ms.is_not(None))
         .order_by(RunRow.started_at.desc(), RunRow.id.desc())
@@ -73,7 +74,10 @@ def probe_runs(db: Database, host: str, limit: int) -> list[ProbeRun]:
     )
     with db.session(readonly=True) as session:
         rows = session.execute(stmt).all()
-    return [ProbeRun(row[0], row[1], dict(zip(PROBE_FIGURES, row[2:], strict=True))) for row in reversed(rows)]
+    return [
+        ProbeRun(row[0], row[1], {**dict(zip(PROBE_FIGURES, row[3:], strict=True)), BUSY: (row[2] or {}).get(BUSY)})
+        for row in reversed(rows)
+    ]
 
 
 def sync_host_events(

@@ -210,3 +210,36 @@ def test_metrics_export_the_relative_ratio_the_probe_and_the_host_events() -> No
     assert f'perfguard_host_probe_seconds{{host="{HOST}",probe="blas"}} 3.' in text  # ~0.035 ms, in seconds
     assert f'perfguard_open_host_events{{host="{HOST}"}} 2.0' in text
     assert 'perfguard_open_host_events{host="bench-2"} 0.0' in text
+
+
+def test_a_busy_neighbour_is_a_host_event_even_where_the_probe_runs_untouched(db: Database, loaded: LoadedConfig) -> None:
+    """A CPU hog on one core of two: the model's runs are contended (left out of its readings), the
+    one-thread probe runs on the free core at its usual speed; others' CPU use says what happened."""
+    reference_id = frozen(db)
+    rng = np.random.default_rng(0)
+    runs = [relative_run(i, model=1.0, host=1.0, reference_id=reference_id, rng=rng) for i in range(40)]
+    for i, run in enumerate(runs):
+        busy = i >= 30
+        run.host = HostCondition(others_cpu_pct=100.0 + rng.uniform(-3, 3) if busy else rng.uniform(0, 4))
+        if busy:
+            run.flags = ["contended"]
+    save_runs(db, runs)
+    result = check_models(db, loaded, [MODEL])
+    assert not [f for f in result.findings if f.verdict == "regression"]
+    (event,) = result.host_events
+    assert event.signal == "others_cpu_pct" and event.change == "up" and event.after["median"] > 90
+
+
+def test_an_environment_change_is_tested_where_it_happened_even_in_a_bimodal_series(
+    db: Database, loaded: LoadedConfig
+) -> None:
+    """The model's process flips between a fast and a 40 % slower state from run to run (as the MLP
+    does here); a thread change makes its copy 60 % slower from run 25 on. A scan over every split
+    drowns in the flips; one test at the run where the environment changed finds it."""
+    rng = np.random.default_rng(7)
+    host = np.where(rng.random(30) < 0.5, 1.0, 1.4)
+    store_runs(db, frozen(db), [1.0] * 30, host, env=[1.0] * 25 + [1.6 * 1.4] * 5, threads=[2] * 25 + [1] * 5)
+    result = check_model(db, loaded, MODEL, loaded.config.models[0])
+    (finding,) = [f for f in result.findings if f.verdict == "regression"]
+    assert (finding.reading, finding.cause, finding.env_diff) == ("reference", "environment", {"threads": [2, 1]})
+    assert finding.change_run_id == history(db, MODEL, limit=30)[4].run_id  # the 26th run, where it changed

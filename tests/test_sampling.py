@@ -13,6 +13,7 @@ from monitor.harness.collectors import CpuContentionProbe
 from monitor.harness.protocol import SamplingSettings
 from monitor.harness.sampling import (
     NoProbe,
+    StopRule,
     adaptive_sample,
     block_runner,
     ci_rel,
@@ -254,3 +255,39 @@ def test_a_model_slower_than_its_budget_stays_in_budget_with_json_safe_details()
     assert FLAG_UNSTABLE in result.flags  # far fewer than 10 blocks: precision unknown
     assert result.details()["ci95_rel"] is None
     json.dumps(result.details(), allow_nan=False)  # PostgreSQL's JSON type rejects NaN/Infinity
+
+
+def test_shares_size_each_subjects_block_and_the_stop_rule_steers_by_the_ratio():
+    """A relative run: the model and its reference split the round, a probe rides along in a small
+    share, and sampling stops once the model/reference ratio is known, whatever the probe does."""
+    import random
+
+    rng = random.Random(3)
+
+    def erratic() -> None:  # a rider far too noisy to ever reach the target itself
+        spin(rng.choice([0.00005, 0.0005]))()
+
+    settings = SamplingSettings(max_time_s=5, target_ci_rel=0.02, min_samples=30)
+    result = interleaved_sample(
+        [("model", block_runner(spin(0.0002))), ("reference", block_runner(spin(0.0001))),
+         ("probe", block_runner(erratic))],
+        settings, NoProbe(), shares=[0.45, 0.45, 0.1], stop=StopRule(absolute=(), ratios=(1,)),
+    )
+    model, reference, probe = result.subjects
+    assert model.stop_reason == "ci" and FLAG_UNSTABLE not in model.flags
+    assert result.rounds >= 10
+    # Equal time for the two: the cheaper reference gets about twice the calls.
+    assert len(reference.samples_ns) / len(model.samples_ns) == pytest.approx(2.0, rel=0.25)
+    ratio = result.ratio(0, 1)
+    assert ratio["ratio_p50"] == pytest.approx(2.0, rel=0.1)
+    lo, hi = ratio["ratio_ci95"]
+    assert (hi - lo) / 2 / ratio["ratio_p50"] <= 0.02 * 1.5  # the stopping target (order statistics)
+    assert list(result.comparison) == ["reference"]  # the rider is not compared
+
+
+def test_shares_must_be_one_positive_share_per_subject():
+    runs = [("a", block_runner(spin(0.0001))), ("b", block_runner(spin(0.0001)))]
+    with pytest.raises(ValueError, match="one positive share per subject"):
+        interleaved_sample(runs, SamplingSettings(max_time_s=0.2), NoProbe(), shares=[1.0])
+    with pytest.raises(ValueError, match="one positive share per subject"):
+        interleaved_sample(runs, SamplingSettings(max_time_s=0.2), NoProbe(), shares=[1.0, 0.0])

@@ -292,3 +292,28 @@ def in_effect(
     current = float(np.median(newest[np.isfinite(newest)]))
     rel = current / change.before - 1.0 if change.before else 0.0
     return abs(rel) >= options.min_effect and (rel > 0) == (change.direction == "up")
+
+
+def step_at(values: np.ndarray, index: int, stop: int, options: DetectionOptions) -> ChangePoint | None:
+    """A shift at a point known in advance (where the environment changed), or None.
+
+    A scan over every split pays for having looked everywhere; at a known point one two-sample test
+    is enough, so a step is found in a series too noisy for the scan (a bimodal one, say). The level
+    after is `values[index:stop]` (at least `min_segment` points), before it up to 50 points (at least
+    `min_baseline`); a shift needs the minimum effect between their medians and a one-sided Mann-Whitney
+    U p-value under `alpha`.
+    """
+    x = np.asarray(values, dtype=float)
+    before, after = x[max(0, index - 50) : index], x[index:stop]
+    before, after = before[np.isfinite(before)], after[np.isfinite(after)]
+    if before.size < options.min_baseline or after.size < options.min_segment:
+        return None
+    old, new = float(np.median(before)), float(np.median(after))
+    rel = new / old - 1.0 if old else 0.0
+    if abs(rel) < options.min_effect:
+        return None
+    direction: Literal["up", "down"] = "up" if rel > 0 else "down"
+    p = float(stats.mannwhitneyu(after, before, alternative="greater" if rel > 0 else "less").pvalue)
+    if p >= options.alpha:
+        return None
+    return ChangePoint(index, direction, old, new, rel, p, float("nan"))

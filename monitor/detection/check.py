@@ -12,15 +12,17 @@ merged into the stored ones. Then each host's speed probe is checked for host ev
 
 from __future__ import annotations
 
+import bisect
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import numpy as np
 
 from monitor.config import LoadedConfig, ModelConfig
-from monitor.detection.changepoints import ChangePoint, DetectionOptions, detect_changes, in_effect
+from monitor.detection.changepoints import ChangePoint, DetectionOptions, detect_changes, in_effect, step_at
 from monitor.detection.confirm import confirm_with_samples, confirms
 from monitor.detection.host import check_hosts
 from monitor.detection.metrics import WATCHED, verdict
@@ -84,7 +86,7 @@ def check_model(db: Database, loaded: LoadedConfig, model: str, config: ModelCon
     detected: list[FindingRecord] = []
     checked: dict[tuple[SeriesKey, str, str], SeriesState] = {}
     order: dict[int, int] = {}
-    host_changes: list[HostChange] = []
+    host_signals: dict[str, HostSignal] = {}
     env_count = 0
     for view in views:
         key, usable = view.key, view.usable
@@ -100,9 +102,14 @@ def check_model(db: Database, loaded: LoadedConfig, model: str, config: ModelCon
                 continue
             options = detection_options(loaded, config, metric, reading.name)
             points = detect_changes(values, options=options)
+            if reading.name == "reference":  # environment changes are known points: test each one
+                points = _with_env_steps(points, values, reading.runs, [at for _, at, _ in changes], options)
             newest = values[points[-1].index :] if points else values
             state = SeriesState(float(np.median(newest[np.isfinite(newest)])), options.min_effect)
             checked[key, metric, reading.name] = state
+            signal = f"{model} {key.label()} reference"
+            if reading.name == "reference":
+                host_signals[signal] = HostSignal(str(reading.runs[-1].env.get("host") or "unknown"), state)
             for i, change in enumerate(points):
                 if not in_effect(change, points, values, options) or not reading.counts(change.index):
                     continue
@@ -114,9 +121,9 @@ def check_model(db: Database, loaded: LoadedConfig, model: str, config: ModelCon
                 env_diff = _env_diff(view.current, reading.runs, change.index, env_at)
                 cause = reading.cause(env_diff, reference)
                 segment = (max(start, change.index - BEFORE_RUNS), change.index, stop)
-                if cause == HOST:
-                    event = _host_event(f"{model} {key.label()} reference", reading, change, segment)
-                    host_changes.append(HostChange(event, state))
+                if cause == HOST:  # the host's: a host event when it slowed down (speeding up ends one)
+                    if change.direction == "up":
+                        host_signals[signal].events.append(_host_event(signal, reading, change, segment))
                     continue
                 finding = _finding(model, key, metric, reading, (start, stop), change, env_diff)
                 finding.cause = cause
@@ -124,8 +131,8 @@ def check_model(db: Database, loaded: LoadedConfig, model: str, config: ModelCon
                 detected.append(finding)
     known = {f.id for f in store.findings(db, model)}
     stored = store.sync_findings(db, model, detected, checked, order)
-    for change in host_changes:
-        host_store.sync_host_events(db, change.event.host, {change.event.signal: change.state}, [change.event])
+    for signal, seen in host_signals.items():  # also when nothing was seen: an event that is over resolves
+        host_store.sync_host_events(db, seen.host, {signal: seen.state}, seen.events)
     new = [f for f in stored if f.id not in known]
     for finding in new:
         log.info(
@@ -137,12 +144,34 @@ def check_model(db: Database, loaded: LoadedConfig, model: str, config: ModelCon
     return CheckResult(findings=stored, new=new, env_changes=env_count, hosts=hosts)
 
 
-@dataclass(frozen=True, slots=True)
-class HostChange:
-    """A change of a model's frozen reference that no environment change explains: the host's."""
+def _with_env_steps(
+    points: list[ChangePoint], values: np.ndarray, runs: Sequence[SeriesRun], env_changed: Sequence[datetime],
+    options: DetectionOptions,
+) -> list[ChangePoint]:
+    """`points` and the steps found by a test at each environment change where the scan put none
+    (see `step_at`), each up to the next environment change, in order. A change recorded at a run
+    this reading skips (a failed or contended one) is tested at the next run it reads."""
+    starts = [r.started_at for r in runs]
+    changes = sorted({bisect.bisect_left(starts, at) for at in env_changed} - {0, len(runs)})
+    found = list(points)
+    for n, index in enumerate(changes):
+        if any(p.index == index for p in points):
+            continue
+        stop = changes[n + 1] if n + 1 < len(changes) else len(values)
+        step = step_at(values, index, stop, options)
+        if step is not None:
+            found.append(step)
+    return sorted(found, key=lambda p: p.index)
 
-    event: HostEventRecord
-    state: SeriesState  # where the reading stands now, to resolve the event once it is over
+
+@dataclass(slots=True)
+class HostSignal:
+    """A model's frozen reference as a host signal: its changes that no environment change explains
+    are the host's (host events), and where it stands now resolves them once they are over."""
+
+    host: str
+    state: SeriesState
+    events: list[HostEventRecord] = field(default_factory=list)
 
 
 def _host_event(signal: str, reading: Reading, change: ChangePoint, segment: tuple[int, int, int]) -> HostEventRecord:

@@ -1,10 +1,12 @@
 """Host events: the host-speed probe of every run on a host, read as series of its own.
 
 The probe (monitor/harness/host_probe.py) does the same fixed work in every run, whatever the model,
-so the probe figures of all runs on one host, in time order, say how fast the host itself was. A
-lasting change there is a host event: shown in the report and on /metrics, never a model's finding
-(the models' relative readings cancel it). Contended runs count here: a busy neighbour is exactly
-what the probe is for.
+so the probe figures of all runs on one host, in time order, say how fast the host itself was. So does
+how much CPU other processes used while each run sampled: a busy neighbour takes a core from a model
+that wants two, while the one-thread probe may run on the other core untouched. A lasting rise of
+either is a host event (a host getting faster again ends one): shown in the report and on /metrics, never a model's finding (the models'
+relative readings cancel it, and their contended runs are left out). Contended runs count here: they
+are what a busy host looks like.
 """
 
 from __future__ import annotations
@@ -17,10 +19,14 @@ from monitor.detection.series import level
 from storage import host_events as store
 from storage.db import Database
 from storage.findings import SeriesState
-from storage.host_events import PROBE_FIGURES, HostEventRecord, ProbeRun
+from storage.host_events import BUSY, PROBE_FIGURES, HostEventRecord, ProbeRun
 
 # A host is worth a look when its probe moved this much; smaller moves are the host's usual drift.
 HOST_MIN_EFFECT = 0.10
+# Others' CPU use is read with the contention threshold added (a quiet host's 1 % and 3 % are then
+# about the same thing, and the series never sits at 0) and counts once it moved by half: from under
+# the threshold to a busy neighbour, or back (a move down can never be more than -100 %).
+BUSY_MIN_EFFECT = 0.5
 
 
 def check_hosts(db: Database, loaded: LoadedConfig, hosts: list[str]) -> list[HostEventRecord]:
@@ -34,20 +40,23 @@ def check_hosts(db: Database, loaded: LoadedConfig, hosts: list[str]) -> list[Ho
 def check_host(db: Database, loaded: LoadedConfig, host: str) -> list[HostEventRecord]:
     """Detect changes of each probe figure over the host's newest runs and store them as events."""
     runs = store.probe_runs(db, host, loaded.config.detection.history)
-    options = DetectionOptions(min_effect=HOST_MIN_EFFECT, alpha=loaded.config.detection.alpha)
+    alpha = loaded.config.detection.alpha
     detected: list[HostEventRecord] = []
     checked: dict[str, SeriesState] = {}
-    for figure in PROBE_FIGURES:
+    for figure in (*PROBE_FIGURES, BUSY):
         values = np.array([np.nan if r.figures[figure] is None else r.figures[figure] for r in runs], dtype=float)
         if not np.isfinite(values).any():
             continue
+        if figure == BUSY:
+            values = values + loaded.config.harness.contention_cpu_pct
+        options = DetectionOptions(min_effect=BUSY_MIN_EFFECT if figure == BUSY else HOST_MIN_EFFECT, alpha=alpha)
         points = detect_changes(values, options=options)
         newest = values[points[-1].index :] if points else values
         current = float(np.median(newest[np.isfinite(newest)]))
         checked[figure] = SeriesState(current, options.min_effect)
         for i, change in enumerate(points):
-            if not in_effect(change, points, values, options):
-                continue  # over: the host is back
+            if change.direction == "down" or not in_effect(change, points, values, options):
+                continue  # a host getting faster or quieter ends an event (or is no news); or it is over
             start = points[i - 1].index if i else 0
             stop = points[i + 1].index if i + 1 < len(points) else len(values)
             detected.append(_event(host, figure, runs, values, change.index, (start, stop), change.direction,
