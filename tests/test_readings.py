@@ -212,7 +212,9 @@ def test_metrics_export_the_relative_ratio_the_probe_and_the_host_events() -> No
     assert 'perfguard_open_host_events{host="bench-2"} 0.0' in text
 
 
-def test_a_busy_neighbour_is_a_host_event_even_where_the_probe_runs_untouched(db: Database, loaded: LoadedConfig) -> None:
+def test_a_busy_neighbour_is_a_host_event_even_where_the_probe_runs_untouched(
+    db: Database, loaded: LoadedConfig
+) -> None:
     """A CPU hog on one core of two: the model's runs are contended (left out of its readings), the
     one-thread probe runs on the free core at its usual speed; others' CPU use says what happened."""
     reference_id = frozen(db)

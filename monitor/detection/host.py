@@ -4,9 +4,9 @@ The probe (monitor/harness/host_probe.py) does the same fixed work in every run,
 so the probe figures of all runs on one host, in time order, say how fast the host itself was. So does
 how much CPU other processes used while each run sampled: a busy neighbour takes a core from a model
 that wants two, while the one-thread probe may run on the other core untouched. A lasting rise of
-either is a host event (a host getting faster again ends one): shown in the report and on /metrics, never a model's finding (the models'
-relative readings cancel it, and their contended runs are left out). Contended runs count here: they
-are what a busy host looks like.
+either is a host event (a host getting faster again ends one): shown in the report and on /metrics,
+never a model's finding (the models' relative readings cancel it, and their contended runs are left
+out). Contended runs count here: they are what a busy host looks like.
 """
 
 from __future__ import annotations
