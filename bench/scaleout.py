@@ -44,7 +44,7 @@ def write_config(folder: Path, broker: str, queue: str) -> Path:
     (folder / "workloads.py").symlink_to(ROOT / "tests" / "workloads.py")
     path = folder / "perfguard.toml"
     path.write_text(
-        '[storage]\nurl = "sqlite:///runs.db"\n[harness]\nmin_samples = 20\n[detection]\nconfirm = false\n'
+        '[storage]\nurl = "sqlite:///runs.db"\n[harness]\nmin_samples = 20\nrelative = false\n[detection]\nconfirm = false\n'
         f'[executor]\nkind = "celery"\nbroker = "{broker}"\n'
         f'[[models]]\nname = "noop"\nfactory = "workloads:tiny"\ninputs = [{{ shape = [4, 16] }}]\n'
         f'max_time_s = 0.1\nruns_on = "{queue}"\n'

@@ -19,7 +19,7 @@ from monitor.config import LoadedConfig, load_config
 from storage.db import Database
 from storage.queries import save_runs
 from storage.records import EnvFingerprint, RunMetrics, RunRecord
-from tests.cli_helpers import TESTS_DIR, tiny_model, toml_value, write_config
+from tests.cli_helpers import FAST_HARNESS, TESTS_DIR, tiny_model, toml_value, write_config
 from tests.storage_helpers import T0
 
 MODEL = "m"
@@ -35,8 +35,10 @@ def rules_toml(rules: list[dict[str, Any]]) -> str:
 
 
 def rules_config(tmp_path: Path, rules: list[dict[str, Any]], **model_fields: Any) -> LoadedConfig:
-    """A config of one model `m` (fields as given) and these rules; detection without the A/B."""
+    """A config of one model `m` (fields as given) and these rules; detection without references
+    (neither the A/B nor relative runs)."""
     path = write_config(tmp_path / "perfguard.toml", [tiny_model(MODEL, **model_fields)],
+                        harness={**FAST_HARNESS, "relative": False},
                         extra="\n[detection]\nconfirm = false\n" + rules_toml(rules))
     return load_config(path)
 

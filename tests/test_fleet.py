@@ -39,7 +39,7 @@ def fleet_config(folder: Path, storage_url: str, broker: str, models: str, **exe
     extra = "".join(f"{k} = {json.dumps(v)}\n" for k, v in executor.items())
     path = folder / "perfguard.toml"
     path.write_text(
-        f'[storage]\nurl = "{storage_url}"\n[harness]\nmin_samples = 20\n[detection]\nconfirm = false\n'
+        f'[storage]\nurl = "{storage_url}"\n[harness]\nmin_samples = 20\nrelative = false\n[detection]\nconfirm = false\n'
         f'[daemon]\nlisten = "127.0.0.1:{free_port()}"\nstop_timeout_s = 5\n'
         f'[executor]\nkind = "celery"\nbroker = "{broker}"\nenqueue_attempts = 2\nenqueue_backoff_s = 0.2\n{extra}'
         + textwrap.dedent(models)

@@ -7,8 +7,11 @@ Plain dataclasses so both sides, which share no process, agree on one shape.
 
 A job in "freeze" mode also writes a frozen reference copy of its model to disk (see reference.py) and
 answers with an `ArtifactRef` to it, which later jobs name in `Subject.artifact` to time that copy.
-A "candidates" job builds optimised candidates of its first subject (monitor/optimize/recipes.py),
-saves each, and times them interleaved with it; a "profile" job profiles each subject's operators.
+A "single" job with a `reference` (a scheduled run of a series that has one) times that copy beside
+its model and reports the ratio in the model's metrics (`rel_to_reference`); with `probe`, the
+host-speed probe rides along (host_probe.py). A "candidates" job builds optimised candidates of its
+first subject (monitor/optimize/recipes.py), saves each, and times them interleaved with it; a
+"profile" job profiles each subject's operators; a "prepare" job runs a model's prepare step, untimed.
 """
 
 from __future__ import annotations

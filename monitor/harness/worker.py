@@ -308,7 +308,7 @@ def run_job(job: BenchmarkJob, channel: Channel) -> WorkerResult:
         watch = collectors.HostWatch()
         watch.start()
         runs = [(p.subject.label, sampling.block_runner(p.call, sync)) for p in prepared]
-        probes = _probe_runs(job, sync) if job.probe else []
+        probes = _probe_runs(job, sync) if job.probe and job.mode in ("single", "freeze") else []
         shares: list[float] | None = None
         stop = sampling.StopRule()
         if job.reference is not None or probes:
