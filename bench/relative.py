@@ -53,10 +53,10 @@ from tests.cli_helpers import PERFGUARD, toml_value  # noqa: E402
 
 FAMILIES = {
     # name: (inputs, original factory, changed factory, what changed)
-    "cnn": ([32, 3, 32, 32], "cnn", "cnn_extra_layer", "an extra 3x3 conv layer"),
-    "mlp": ([32, 1024], "mlp", "mlp_wider", "hidden layer 1024 -> 1088"),
-    "encoder": ([8, 64, 256], "encoder", "encoder_wider", "feed-forward 1024 -> 1280"),
-    "gru": ([16, 32, 64], "gru", "gru_wider", "hidden state 128 -> 136"),
+    "cnn": ([32, 3, 32, 32], "cnn", "cnn_wider", "second conv 32 -> 34 channels"),
+    "mlp": ([32, 1024], "mlp", "mlp_extra_layer", "an extra 1024 -> 256 layer"),
+    "encoder": ([8, 64, 256], "encoder", "encoder_wider", "feed-forward 1024 -> 1408"),
+    "gru": ([16, 32, 64], "gru", "gru_wider", "hidden state 128 -> 132"),
 }
 LATENCY = ("latency_ms_p50", "latency_ms_p99", "throughput_per_s")
 ABSOLUTE_EFFECT = {"latency_ms_p50": 0.05, "latency_ms_p99": 0.10}
@@ -122,8 +122,13 @@ class Log:
         return item
 
 
-def interleaved_size(family: str, max_time: float) -> float:
-    """How much slower the changed model is, timed interleaved with the original in one worker."""
+def interleaved_size(family: str, max_time: float, workers: int = 3) -> float:
+    """How much slower the changed model is, timed interleaved with the original in one worker: the
+    median over `workers` fresh workers (a process may land its weights in a faster or slower state)."""
+    return float(np.median([_interleaved_once(family, max_time) for _ in range(workers)]))
+
+
+def _interleaved_once(family: str, max_time: float) -> float:
     inputs, original, new, _ = FAMILIES[family]
     subjects = [Subject("old", factory(original), [InputTensor(inputs)]),
                 Subject("new", factory(new), [InputTensor(inputs)])]
@@ -331,6 +336,22 @@ def _seconds(iso: str) -> float:
     return datetime.fromisoformat(iso).timestamp()
 
 
+def twin_spread(log: list[dict[str, Any]]) -> dict[str, dict[str, tuple[float, float]]]:
+    """For each twin, over the steps rounds' clean runs: CV and max/min of the absolute p50 and of the
+    ratio to its reference (what the host's drift does to each reading)."""
+    spread = {}
+    for family in FAMILIES:
+        runs = [r["runs"][f"{family}-twin"] for r in log if r["phase"] == "steps" and f"{family}-twin" in r["runs"]]
+        clean = [r["metrics"] for r in runs if r["status"] == "ok" and "contended" not in r["flags"]]
+        pairs = {}
+        for name, metric in (("absolute", "latency_ms_p50"), ("relative", "rel_to_reference")):
+            values = np.array([m[metric] for m in clean if m.get(metric)])
+            pairs[name] = (float(values.std() / values.mean()), float(values.max() / values.min())) if values.size else (
+                float("nan"), float("nan"))
+        spread[f"{family}-twin"] = pairs
+    return spread
+
+
 def pct(value: float | None) -> str:
     return "–" if value is None else f"{100 * value:+.1f} %"
 
@@ -358,6 +379,10 @@ def report(results: dict[str, Any]) -> None:
         print(f"threads 2 -> 1, {steps['env']['rounds']} rounds: findings "
               f"{[(f['model'], f['metric'], f['reading'], f['cause'], round(f['rel_change'], 3)) for f in steps['env']['findings']]}")
         print(f"median round: {steps['round_seconds']:.1f} s")
+        print("\nspread of the unchanged twins over the steps rounds (coefficient of variation, max/min):")
+        for model, spread in twin_spread(steps["log"]).items():
+            print(f"  {model}: absolute p50 CV {100 * spread['absolute'][0]:.1f} % (x{spread['absolute'][1]:.2f}), "
+                  f"model/reference CV {100 * spread['relative'][0]:.1f} % (x{spread['relative'][1]:.2f})")
     quiet = results.get("quiet")
     if quiet:
         print(f"\nno change, {quiet['rounds']} rounds x {len(FAMILIES)} models: relative false latency findings "
@@ -388,7 +413,11 @@ def main() -> int:
     parser.add_argument("--cost-rounds", type=int, default=8)
     parser.add_argument("--max-time", type=float, default=2.5)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--from-json", type=Path, default=None, help="print the tables of an earlier run's JSON")
     args = parser.parse_args()
+    if args.from_json is not None:
+        report(json.loads(args.from_json.read_text()))
+        return 0
     out = args.out or Path(tempfile.mkdtemp(prefix="perfguard-relative-"))
     out.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {}

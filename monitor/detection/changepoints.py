@@ -254,8 +254,12 @@ def _judge(
         return None
     if stop == y.size and stop - cut < _BURST_CHECK_POINTS:
         # Noise grows with the level it is measured at; a spread under half the smallest change
-        # worth reporting is a level whatever the noise was (a metric flat until now, like a size).
-        allowed = max(2.0 * CLIP * noise * max(1.0, after / before), options.min_effect * abs(before) / 2)
+        # worth reporting is a level whatever the noise was (a metric flat until now, like a size);
+        # so is one under half the step itself: a quiet series (a ratio to a frozen reference) that
+        # jumps to a level a little noisier than before has still moved, while a burst decays by
+        # more than half its height within a few runs.
+        allowed = max(2.0 * CLIP * noise * max(1.0, after / before), options.min_effect * abs(before) / 2,
+                      abs(after - before) / 2)
         if float(np.ptp(y[cut:stop])) > allowed:
             return _UNSETTLED
     if min(cut - start, stop - cut) >= _RANK_CHECK_POINTS:
