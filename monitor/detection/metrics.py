@@ -22,9 +22,9 @@ class WatchedMetric:
 WATCHED: dict[str, WatchedMetric] = {
     m.name: m
     for m in (
-        WatchedMetric("latency_ms_p50", "up", 0.05, sample_quantile=0.5, relative_min_effect=0.03),
+        WatchedMetric("latency_ms_p50", "up", 0.05, sample_quantile=0.5, relative_min_effect=0.04),
         WatchedMetric("latency_ms_p99", "up", 0.10, sample_quantile=0.99, relative_min_effect=0.05),
-        WatchedMetric("throughput_per_s", "down", 0.05, relative_min_effect=0.03),
+        WatchedMetric("throughput_per_s", "down", 0.05, relative_min_effect=0.04),
         WatchedMetric("peak_rss_mb", "up", 0.05),
         WatchedMetric("cuda_peak_mem_mb", "up", 0.05),
         WatchedMetric("model_size_mb", "up", 0.01),

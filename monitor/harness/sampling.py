@@ -228,8 +228,16 @@ class StopRule:
     ratios: tuple[int, ...] = ()
 
     def watched(self, count: int) -> tuple[int, ...]:
+        """The subjects compared or required precise: all but the riders."""
         absolute = tuple(range(count)) if self.absolute is None else self.absolute
         return tuple(sorted({*absolute, *self.ratios, 0}))
+
+    def counted(self, count: int) -> tuple[int, ...]:
+        """The subjects that must keep `min_samples` timings: those whose own median is stored as
+        precise, and the first (its timings make the run's percentiles); a reference whose ratio
+        steers needs rounds, not a count of its own."""
+        absolute = tuple(range(count)) if self.absolute is None else self.absolute
+        return tuple(sorted({*absolute, 0}))
 
 
 @dataclass(slots=True)
@@ -278,6 +286,7 @@ def interleaved_sample(
         raise ValueError("one positive share per subject")
     weights = [w / sum(weights) for w in weights]
     watched = stop.watched(len(runs))
+    counted = stop.counted(len(runs))
     absolute = watched if stop.absolute is None else stop.absolute
     deadline = time.perf_counter() + settings.max_time_s
     progress("warmup", 0)
@@ -315,7 +324,7 @@ def interleaved_sample(
             for i, block in timings.items():
                 kept[i] += block
                 medians[i].append(statistics.median(block))
-        least = min(len(kept[i]) for i in watched)
+        least = min(len(kept[i]) for i in counted)
         progress("sampling", least)
         if least >= next_check:
             next_check = max(least + 1, int(least * 1.1))

@@ -313,9 +313,12 @@ def run_job(job: BenchmarkJob, channel: Channel) -> WorkerResult:
         stop = sampling.StopRule()
         if job.reference is not None or probes:
             # A scheduled run: what detection reads steers the stop (the ratio to the reference when
-            # there is one, else the model's median); the probe rides along.
-            share = (1.0 - host_probe.SHARE * len(probes)) / len(runs)
-            shares = [share] * len(runs) + [host_probe.SHARE] * len(probes)
+            # there is one, else the model's median); the probe rides along. The model gets 3/5 of
+            # the rest: its timings are stored as its percentiles too, and must reach min_samples,
+            # which binds for slow models; the ratio's interval is only 2 % wider than at 1/2.
+            rest = 1.0 - host_probe.SHARE * len(probes)
+            split = [MODEL_SHARE, 1.0 - MODEL_SHARE] if len(runs) == 2 else [1.0] * len(runs)
+            shares = [rest * s for s in split] + [host_probe.SHARE] * len(probes)
             stop = sampling.StopRule(absolute=(), ratios=(1,)) if len(runs) > 1 else sampling.StopRule(absolute=(0,))
         inter = sampling.interleaved_sample(runs + probes, job.sampling, contention, channel.progress, nvml,
                                             shares=shares, stop=stop)
@@ -339,6 +342,7 @@ def run_job(job: BenchmarkJob, channel: Channel) -> WorkerResult:
                         reference_error=reference_error)
 
 
+MODEL_SHARE = 0.6  # of a relative round (less the probe's), the model's; the rest is its reference's
 PROBE_FIELDS = {host_probe.LABELS["blas"]: "probe_blas_ms", host_probe.LABELS["python"]: "probe_python_ms",
                 "probe.cuda": "probe_cuda_ms"}
 CUDA_PROBE_SIZE = 1024
