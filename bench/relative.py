@@ -311,7 +311,8 @@ def phase_cost(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
                 wall = _seconds(run["finished_at"]) - _seconds(run["started_at"])
                 samples[run["model"]][mode].append({
                     "wall_s": wall, "timed_s": d["warmup_s"] + d["sampling_s"], "ci95_rel": m.get("ci95_rel"),
-                    "rel_ci95": rel_ci, "stop_ci": d["stop_reason"] == "ci", "relative": m.get("rel_to_reference") is not None,
+                    "rel_ci95": rel_ci, "stop_ci": d["stop_reason"] == "ci",
+                    "relative": m.get("rel_to_reference") is not None,
                 })
     summary = {}
     for family, modes in samples.items():
@@ -346,8 +347,8 @@ def twin_spread(log: list[dict[str, Any]]) -> dict[str, dict[str, tuple[float, f
         pairs = {}
         for name, metric in (("absolute", "latency_ms_p50"), ("relative", "rel_to_reference")):
             values = np.array([m[metric] for m in clean if m.get(metric)])
-            pairs[name] = (float(values.std() / values.mean()), float(values.max() / values.min())) if values.size else (
-                float("nan"), float("nan"))
+            pairs[name] = (float(values.std() / values.mean()), float(values.max() / values.min())) \
+                if values.size else (float("nan"), float("nan"))
         spread[f"{family}-twin"] = pairs
     return spread
 
@@ -376,8 +377,9 @@ def report(results: dict[str, Any]) -> None:
         print(f"CPU hog, {hog['rounds']} rounds: {hog['contended_runs']}/{hog['runs']} runs contended; latency "
               f"findings opened: {len(hog['findings_opened'])}; host events after it: "
               f"{[(e['signal'], round(e['rel_change'], 3)) for e in hog['host_events']]}")
-        print(f"threads 2 -> 1, {steps['env']['rounds']} rounds: findings "
-              f"{[(f['model'], f['metric'], f['reading'], f['cause'], round(f['rel_change'], 3)) for f in steps['env']['findings']]}")
+        env = [(f["model"], f["metric"], f["reading"], f["cause"], round(f["rel_change"], 3))
+               for f in steps["env"]["findings"]]
+        print(f"threads 2 -> 1, {steps['env']['rounds']} rounds: findings {env}")
         print(f"median round: {steps['round_seconds']:.1f} s")
         print("\nspread of the unchanged twins over the steps rounds (coefficient of variation, max/min):")
         for model, spread in twin_spread(steps["log"]).items():
@@ -385,9 +387,9 @@ def report(results: dict[str, Any]) -> None:
                   f"model/reference CV {100 * spread['relative'][0]:.1f} % (x{spread['relative'][1]:.2f})")
     quiet = results.get("quiet")
     if quiet:
+        false = [(f["model"], f["metric"], f["reading"], round(f["rel_change"], 3)) for f in quiet["false_findings"]]
         print(f"\nno change, {quiet['rounds']} rounds x {len(FAMILIES)} models: relative false latency findings "
-              f"{len(quiet['false_findings'])} "
-              f"{[(f['model'], f['metric'], f['reading'], round(f['rel_change'], 3)) for f in quiet['false_findings']]}; "
+              f"{len(false)} {false}; "
               f"absolute (before): {sum(len(v) for v in quiet['absolute_false'].values())} {quiet['absolute_false']}")
     cost = results.get("cost")
     if cost:

@@ -1,8 +1,9 @@
 """Compute-bound models for bench/relative.py, each with a changed version that is a real regression.
 
 Four families (a CNN, an MLP, a small transformer encoder, a GRU), seeded weights, no download. The
-changed versions do what model teams do by accident: a wider layer, an extra layer. bench/relative.py measures how much slower each one is by timing the pair interleaved in
-one process, the size a finding should report.
+changed versions do what model teams do by accident: a wider layer, an extra layer. bench/relative.py
+measures how much slower each one is by timing the pair interleaved in one process, the size a finding
+should report.
 """
 
 from __future__ import annotations

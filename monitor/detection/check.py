@@ -94,7 +94,8 @@ def check_model(db: Database, loaded: LoadedConfig, model: str, config: ModelCon
         store.record_env_changes(db, model, changes)
         env_count += len(changes)
         env_at = {run_id: diff for run_id, _, diff in changes}
-        order.update({r.run_id: i for i, r in enumerate(usable)})
+        # Every successful run has a place: relative readings also read runs on a busy host.
+        order.update({r.run_id: i for i, r in enumerate(r for r in view.current if r.status == "ok")})
         reference = store.latest_reference(db, model, key)
         for reading in series_readings(view, reference):
             values, metric = reading.values, reading.metric

@@ -83,7 +83,11 @@ def latency_readings(view: SeriesView, reference: ReferenceInfo | None) -> list[
     when its reference was lost; else the absolute latency as measured."""
     batch = view.key.batch_size
     if reference is not None and reference.artifact and reference.lost_at is None:
-        runs = [r for r in view.usable if r.reference_id == reference.id and r.metrics.get("rel_to_reference")]
+        # Runs flagged contended too: their ratio comes from their clean rounds only, and interference
+        # slows both subjects of a round alike. Leaving them out (as the absolute reading must) only
+        # thins the series: on a busy host, 6 of 14 runs before a change, too few to place it.
+        runs = [r for r in view.current if r.status == "ok" and r.reference_id == reference.id
+                and r.metrics.get("rel_to_reference")]
         if runs:
             p50 = figures(runs, "rel_to_reference") * _anchor(reference, runs, "reference_p50_ms")
             p99 = figures(runs, "rel_p99_to_reference") * _anchor(reference, runs, "reference_p99_ms")
