@@ -53,7 +53,11 @@ def write_config(folder: Path, broker: str, queue: str) -> Path:
 
 
 def start_worker(config: Path, queue: str, n: int) -> subprocess.Popen[bytes]:
-    env = dict(os.environ, PYTHONPATH=str(config.parent))
+    # A lock folder per worker: two workers stand for two hosts here, not two benchmarks that must
+    # take turns on one device (which the shared device lock would make them do).
+    locks = config.parent / f"locks-{n}"
+    locks.mkdir(exist_ok=True)
+    env = dict(os.environ, PYTHONPATH=str(config.parent), PERFGUARD_LOCK_DIR=str(locks))
     log = open(config.parent / f"worker-{n}.log", "wb")  # noqa: SIM115
     return subprocess.Popen([PERFGUARD, "worker", "--queue", queue, "--config", str(config)], cwd=config.parent,
                             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
