@@ -2,14 +2,17 @@
 
 Contract (DESIGN.md): every command takes `--config PATH`; `--json` prints machine-readable JSON on
 stdout and nothing else there (logs and progress go to stderr). Exit codes: 0 ok, 1 a benchmark
-failed, 2 bad usage or bad config (the message names the file and field); a bad config is rejected
-before the database is opened, so stored history is never touched by it.
+failed, 2 bad usage or bad config (the message names the file and field), 3 the database or broker
+cannot be reached; a bad config is rejected before the database is opened, so stored history is never
+touched by it. No traceback reaches the terminal (`GuardedGroup`; `-v` logs it).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -24,14 +27,13 @@ from monitor.config import DEFAULT_CONFIG_NAME, ConfigError, LoadedConfig, load_
 from monitor.logsetup import configure_logging
 from monitor.registry import PlannedBenchmark, UnknownModelError, plan, plan_active
 from monitor.service.benchmark import BenchmarkProgress, benchmark_models
+from monitor.user_errors import EXIT_FAILED, EXIT_USAGE, explain
 from storage import queries
-from storage.db import Database
+from storage.db import Database, DatabaseNotFound
 from storage.actions import ActionRecord
 from storage.findings import FindingRecord
 from storage.records import RunRecord
 
-EXIT_FAILED = 1
-EXIT_USAGE = 2
 
 config_option = click.option(
     "--config",
@@ -53,12 +55,35 @@ def _load(config_path: Path) -> LoadedConfig:
         sys.exit(EXIT_USAGE)
 
 
-def _open_db(loaded: LoadedConfig) -> Database:
+def _open_db(loaded: LoadedConfig, *, create: bool = True) -> Database:
+    """The configured database, or one line naming it and exit 2 (missing or damaged file) or 3
+    (unreachable); a new SQLite file is made only with `create`: commands that only read leave no
+    empty database behind."""
     try:
-        return Database.open(loaded.storage_url())
-    except Exception as exc:  # noqa: BLE001 - any driver error: say which database, exit 2
-        click.echo(f"error: {loaded.path}: storage.url: cannot open the database: {exc}", err=True)
+        return Database.open(loaded.storage_url(), create=create)
+    except DatabaseNotFound as exc:
+        click.echo(f"error: {loaded.path}: storage.url: {exc}", err=True)
         sys.exit(EXIT_USAGE)
+    except Exception as exc:  # noqa: BLE001 - any driver error: say which database, exit 2 or 3
+        problem = explain(exc)
+        click.echo(f"error: {loaded.path}: storage.url: {problem.message}", err=True)
+        sys.exit(problem.code if problem.code != EXIT_FAILED else EXIT_USAGE)
+
+
+def _open_stored(loaded: LoadedConfig) -> Database | None:
+    """For commands that only read: the database, or None when its SQLite file was never made (its
+    folder exists, so nothing has been stored yet); any other problem is `_open_db`'s error."""
+    sqlite_file = loaded.sqlite_path()
+    if sqlite_file is not None and sqlite_file.parent.is_dir() and not sqlite_file.exists():
+        return None
+    return _open_db(loaded, create=False)
+
+
+def _known_model(db: Database, loaded: LoadedConfig, name: str) -> None:
+    """A usage error unless `name` is configured or has stored history."""
+    known = {m.name for m in queries.list_models(db)} | {m.name for m in loaded.config.models}
+    if name not in known:
+        raise click.UsageError(f"unknown model {name!r}; known: {', '.join(sorted(known)) or '(none)'}")
 
 
 def _print_json(value: Any) -> None:
@@ -163,7 +188,30 @@ class StderrProgress(BenchmarkProgress):
         click.echo(f"{self._prefix}: {summary} ({took:.1f} s)", err=True)
 
 
-@click.group()
+class GuardedGroup(click.Group):
+    """Every command's failure as one line and a documented exit code (`user_errors`), never a traceback;
+    `-v` logs the traceback as well."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            ctx.exit(130)
+        except BrokenPipeError:  # `perfguard history m | head`: the reader left, nothing to report
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+            ctx.exit(0)
+        except Exception as exc:  # noqa: BLE001 - the last line of defence: reported, then exit
+            problem = explain(exc)
+            if ctx.params.get("verbose"):
+                logging.getLogger(__name__).error("the error below in full", exc_info=True)
+            click.echo(f"error: {problem.message}", err=True)
+            ctx.exit(problem.code)
+
+
+@click.group(cls=GuardedGroup)
 @click.option("-v", "--verbose", is_flag=True, help="Log more detail on stderr.")
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
               help="Log lines as text or as one JSON object per line (for log shippers).")
@@ -185,6 +233,9 @@ def init(config_path: Path, force: bool) -> None:
     config_path.parent.mkdir(parents=True, exist_ok=True)
     config_path.write_text(text, encoding="utf-8")
     click.echo(f"wrote {config_path}", err=True)
+    if importlib.util.find_spec("sklearn") is None:
+        click.echo("note: the seed-cnn example learns from scikit-learn's bundled digits, which is not installed "
+                   "here: pip install 'perfguard[examples]' (the mlp example runs without it)", err=True)
 
 
 @main.command()
@@ -193,8 +244,11 @@ def init(config_path: Path, force: bool) -> None:
 def models(config_path: Path, as_json: bool) -> None:
     """Registered models and their active variant."""
     loaded = _load(config_path)
-    with _open_db(loaded) as db:
-        stored = {m.name: m for m in queries.list_models(db)}
+    stored = {}
+    database = _open_stored(loaded)
+    if database is not None:
+        with database as db:
+            stored = {m.name: m for m in queries.list_models(db)}
     rows = []
     for model in loaded.config.models:
         info = stored.get(model.name)
@@ -255,14 +309,15 @@ def history(config_path: Path, as_json: bool, model: str, limit: int, batch_size
     """Stored runs of MODEL, newest first."""
     loaded = _load(config_path)
     configured = {m.name for m in loaded.config.models}
-    sqlite_file = loaded.sqlite_path()
-    if model not in configured and sqlite_file is not None and not sqlite_file.exists():
-        raise click.UsageError(f"unknown model {model!r}; configured: {', '.join(sorted(configured)) or '(none)'}")
-    with _open_db(loaded) as db:
-        known = {m.name for m in queries.list_models(db)} | configured
-        if model not in known:
-            raise click.UsageError(f"unknown model {model!r}; known: {', '.join(sorted(known)) or '(none)'}")
-        records = queries.history(db, model, limit=limit, batch_size=batch_size)
+    database = _open_stored(loaded)
+    if database is None:
+        if model not in configured:
+            raise click.UsageError(f"unknown model {model!r}; configured: {', '.join(sorted(configured)) or '(none)'}")
+        records = []
+    else:
+        with database as db:
+            _known_model(db, loaded, model)
+            records = queries.history(db, model, limit=limit, batch_size=batch_size)
     if as_json:
         _print_json([r.to_json() for r in records])
     elif records:
@@ -319,8 +374,12 @@ def status(config_path: Path, as_json: bool) -> None:
     from monitor.service.daemon import daemon_report
 
     loaded = _load(config_path)
-    with _open_db(loaded) as database:
-        report = daemon_report(loaded, database)
+    database = _open_stored(loaded)
+    if database is None:
+        report = daemon_report(loaded, None)
+    else:
+        with database:
+            report = daemon_report(loaded, database)
     if as_json:
         _print_json(report)
         return
@@ -394,10 +453,8 @@ def check(config_path: Path, as_json: bool, names: tuple[str, ...], show_all: bo
 
     loaded = _load(config_path)
     with _open_db(loaded) as db:
-        known = {m.name for m in queries.list_models(db)} | {m.name for m in loaded.config.models}
-        unknown = [n for n in names if n not in known]
-        if unknown:
-            raise click.UsageError(f"unknown model {unknown[0]!r}; known: {', '.join(sorted(known)) or '(none)'}")
+        for name in names:
+            _known_model(db, loaded, name)
         result = check_models(db, loaded, list(names) or None)
         confirming = confirm if confirm is not None else loaded.config.detection.confirm
         configured = [m.name for m in loaded.config.models if not names or m.name in names]
@@ -412,10 +469,11 @@ def check(config_path: Path, as_json: bool, names: tuple[str, ...], show_all: bo
 
             built = configured_rules(loaded.config)
             new_ids = {f.id for f in result.new if f.id is not None}
-            for name in sorted({f.model for f in result.findings} | set(names)):
-                if name in {m.name for m in loaded.config.models}:
-                    mine = [f for f in result.findings if f.model == name]
-                    responses.append(respond(db, loaded, name, mine, new_ids, built))
+            stored = {m.name for m in queries.list_models(db)}
+            # Every configured model with history, as the daemon does: an SLO breach needs no finding.
+            for name in sorted(n for n in configured if n in stored):
+                mine = [f for f in result.findings if f.model == name]
+                responses.append(respond(db, loaded, name, mine, new_ids, built))
             if any(r.actions for r in responses):  # a promotion resolves the replaced variant's findings
                 result.findings = [f for f in findings_store.findings(db) if not names or f.model in names]
     shown = [f for f in result.findings if show_all or f.state == "open"]
@@ -469,14 +527,14 @@ def candidates_table(action: ActionRecord) -> str:
 @main.command()
 @config_option
 @json_option
-@click.argument("model")
+@click.argument("model", required=False)
 @click.option("--recipe", "recipes", multiple=True, help="Try this recipe (repeatable); default: the suitable ones.")
 @click.option("--action", type=click.Choice(["requantize", "prune"]), default=None,
               help="Which kind of recipes to try when none is named (default: requantize).")
 @click.option("--dry-run/--promote", "dry_run", default=None,
               help="Decide and record without promoting (default: optimize.dry_run).")
 @click.option("--list", "list_recipes", is_flag=True, help="List the recipes and exit.")
-def optimize(config_path: Path, as_json: bool, model: str, recipes: tuple[str, ...], action: str | None,
+def optimize(config_path: Path, as_json: bool, model: str | None, recipes: tuple[str, ...], action: str | None,
              dry_run: bool | None, list_recipes: bool) -> None:
     """Try to make MODEL faster now: build candidates, time them against the current variant, keep the best.
 
@@ -498,6 +556,8 @@ def optimize(config_path: Path, as_json: bool, model: str, recipes: tuple[str, .
                                     [[r["name"], r["action"], ",".join(r["devices"]), ",".join(r["suits"]), r["exact"],
                                       r["default"], r["description"]] for r in rows]))
         return
+    if model is None:
+        raise click.UsageError("missing argument 'MODEL' (or --list to see the recipes)")
     loaded = _load(config_path)
     if model not in {m.name for m in loaded.config.models}:
         raise click.UsageError(f"unknown model {model!r}; configured: "
@@ -535,12 +595,17 @@ def optimize(config_path: Path, as_json: bool, model: str, recipes: tuple[str, .
 @click.argument("model")
 def rollback(config_path: Path, as_json: bool, model: str) -> None:
     """Make MODEL's previous variant active again (the one the current variant was derived from)."""
-    from monitor.optimize.search import notify
-    from storage.actions import NothingToRollBack, Promotion, active_spec
-    from storage.actions import rollback as roll_back
+    from monitor.optimize.rollback import roll_back
+    from storage.actions import NothingToRollBack
 
     loaded = _load(config_path)
-    with _open_db(loaded) as db:
+    database = _open_stored(loaded)
+    if database is None:  # nothing stored yet: nothing was ever promoted
+        if model in {m.name for m in loaded.config.models}:
+            raise click.UsageError(f"{model}: nothing to roll back: it has never been benchmarked or optimised")
+        raise click.UsageError(f"unknown model {model!r}; configured: "
+                               f"{', '.join(m.name for m in loaded.config.models) or '(none)'}")
+    with database as db:
         known = {m.name for m in queries.list_models(db)}
         if model not in known:
             configured = {m.name for m in loaded.config.models}
@@ -548,15 +613,9 @@ def rollback(config_path: Path, as_json: bool, model: str) -> None:
                 raise click.UsageError(f"{model}: nothing to roll back: it has never been benchmarked or optimised")
             raise click.UsageError(f"unknown model {model!r}; known: {', '.join(sorted(known | configured)) or '(none)'}")
         try:
-            record = roll_back(db, model)
+            record = roll_back(db, loaded, model)
         except NothingToRollBack as exc:
             raise click.UsageError(str(exc)) from None
-        configured = next((m for m in loaded.config.models if m.name == model), None)
-        hook = loaded.config.optimize.for_model(configured.optimize).on_promote if configured else None
-        if hook is not None and record.to_variant is not None:  # the serving system must switch back too
-            with db.session(readonly=True) as session:
-                spec = active_spec(session, model) or {"name": record.to_variant}
-            notify(hook, record, Promotion(name=record.to_variant, kind="rollback", spec=spec, numbers={}))
     if as_json:
         _print_json(record.to_json())
     else:
@@ -573,8 +632,16 @@ def actions(config_path: Path, as_json: bool, model: str | None, limit: int) -> 
     from storage.actions import actions as stored_actions
 
     loaded = _load(config_path)
-    with _open_db(loaded) as db:
-        records = stored_actions(db, model, limit)
+    records: list[ActionRecord] = []
+    database = _open_stored(loaded)
+    if database is None and model is not None and model not in {m.name for m in loaded.config.models}:
+        raise click.UsageError(f"unknown model {model!r}; configured: "
+                               f"{', '.join(m.name for m in loaded.config.models) or '(none)'}")
+    if database is not None:
+        with database as db:
+            if model is not None:
+                _known_model(db, loaded, model)
+            records = stored_actions(db, model, limit)
     if as_json:
         _print_json([r.to_json() for r in records])
         return
@@ -600,7 +667,7 @@ def report(config_path: Path, as_json: bool, out_dir: Path | None, send_email: b
     if send_email and loaded.config.email is None:
         raise click.UsageError(f"{loaded.path}: --email needs an [email] section (smtp_host, sender)")
     target = report_dir(loaded, out_dir)
-    with _open_db(loaded) as db:
+    with _open_db(loaded, create=False) as db:
         site = write_report(db, loaded, target)
         sent = []
         if send_email:
@@ -638,7 +705,7 @@ def baseline_accept(config_path: Path, as_json: bool, model: str, note: str | No
     from monitor.detection.baseline import NoRunsError, accept
 
     loaded = _load(config_path)
-    with _open_db(loaded) as db:
+    with _open_db(loaded, create=False) as db:
         try:
             segments = accept(db, loaded, model, note)
         except NoRunsError as exc:
@@ -678,14 +745,8 @@ def db() -> None:
 def upgrade(config_path: Path) -> None:
     """Apply schema migrations up to the newest."""
     loaded = _load(config_path)
-    try:
-        database = Database.open(loaded.storage_url(), upgrade=False)
-        with database:
-            database.upgrade()
-            location = database.display_location()
-    except Exception as exc:  # noqa: BLE001 - report which database failed, exit 2
-        click.echo(f"error: {loaded.path}: storage.url: cannot upgrade the database: {exc}", err=True)
-        sys.exit(EXIT_USAGE)
+    with _open_db(loaded, create=True) as database:  # opening applies pending migrations
+        location = database.display_location()
     click.echo(f"database at {location} is up to date", err=True)
 
 

@@ -25,6 +25,8 @@ from pydantic import (
     model_validator,
 )
 
+from monitor.import_check import missing
+
 DEFAULT_CONFIG_NAME = "perfguard.toml"
 STORAGE_URL_ENV = "PERFGUARD_STORAGE_URL"
 
@@ -280,6 +282,7 @@ class ModelConfig(_Strict):
     slo: dict[str, float] = {}
     max_time_s: float = Field(default=10.0, gt=0)
     timeout_s: float | None = Field(default=None, gt=0)
+    # Resident memory of the worker and its children; default: 70 % of the host's (runner.py).
     memory_limit_mb: float | None = Field(default=None, gt=0)
     threads: int | None = Field(default=None, gt=0)
     detection: DetectionOverrides = DetectionOverrides()
@@ -572,7 +575,27 @@ def load_config(path: Path | str) -> LoadedConfig:
         problems = validate_rules(config)
         if problems:
             raise ConfigError([f"{path}: {problem}" for problem in problems])
+    if config.executor.kind == "local":  # a fleet's code lives on its workers, not on the dispatcher
+        problems = _unimportable(config, path.resolve().parent)
+        if problems:
+            raise ConfigError([f"{path}: {problem}" for problem in problems])
     return LoadedConfig(path=path.resolve(), config=config)
+
+
+IMPORT_FIELDS = ("factory", "inputs_factory", "eval", "train", "prepare")
+
+
+def _unimportable(config: Config, base_dir: Path) -> list[str]:
+    """Import paths of the models that point nowhere, found the way a worker looks (the config's
+    folder first), without running them."""
+    problems = []
+    for i, model in enumerate(config.models):
+        for field in IMPORT_FIELDS:
+            value = getattr(model, field)
+            why = missing(value, [str(base_dir)]) if value else None
+            if why:
+                problems.append(f'models[{i}].{field} (model "{model.name}"): {why}')
+    return problems
 
 
 def _describe(path: Path, raw: dict[str, Any], exc: ValidationError) -> list[str]:

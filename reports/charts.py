@@ -38,7 +38,7 @@ __all__ = [
 ]
 
 # Part of every key: bump it when the drawing changes, so cached PNGs of the old style are redrawn.
-_STYLE_VERSION = 1
+_STYLE_VERSION = 2
 
 # Size of a chart: 760 x 190 px.
 _FIG_SIZE = (7.6, 1.9)
@@ -110,9 +110,10 @@ class ChartSpec:
     baseline: float | None = None
     limit: float | None = None
     log_scale: bool = False
+    contended: Sequence[datetime] = ()  # runs on a busy host: marked, not drawn (detection skips them)
 
     def __post_init__(self) -> None:
-        for name in ("times", "lines", "change_points", "env_changes", "failures"):
+        for name in ("times", "lines", "change_points", "env_changes", "failures", "contended"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
         for line in self.lines:
             times = self.times if line.times is None else line.times
@@ -136,6 +137,7 @@ class ChartSpec:
             tuple((_iso(m.at), m.label) for m in self.change_points),
             tuple((_iso(m.at), m.label) for m in self.env_changes),
             tuple(_iso(t) for t in self.failures),
+            tuple(_iso(t) for t in self.contended),
             _num(self.baseline),
             _num(self.limit),
             bool(self.log_scale),
@@ -204,6 +206,8 @@ def describe(spec: ChartSpec) -> str:
         parts.append(_count(len(spec.env_changes), "environment change"))
     if spec.failures:
         parts.append(_count(len(spec.failures), "failed run"))
+    if spec.contended:
+        parts.append(f"{_count(len(spec.contended), 'run')} on a busy host, not drawn")
     if spec.baseline is not None:
         parts.append(f"baseline {_fmt(spec.baseline)}")
     if spec.limit is not None:
@@ -409,6 +413,10 @@ class _Painter:
             fx = self._x(spec.failures)
             add(fx, np.zeros(len(fx)), top, linestyle="none", marker="x", markersize=4,
                 markeredgewidth=1.0, color=_ALERT, clip_on=False, zorder=5)
+        if spec.contended:
+            cx = self._x(spec.contended)
+            add(cx, np.zeros(len(cx)), top, linestyle="none", marker="o", markersize=3.5, markeredgewidth=0.8,
+                markerfacecolor="none", color=_MUTED, clip_on=False, zorder=5)
         if x[0] == x[-1]:
             ax.set_xlim(x[0] - 0.5, x[-1] + 0.5)  # a single instant: give the date axis some width
         ax.autoscale_view()

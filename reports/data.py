@@ -58,7 +58,7 @@ class SeriesView:
     key: SeriesKey
     runs: list[TrendRun]  # oldest first
     baseline: dict[str, float | None]  # latency_ms_p50 / latency_ms_p99: median of the first runs
-    latest: TrendRun | None  # newest successful run
+    latest: TrendRun | None  # newest usable run (successful, not on a busy host: what the rules read)
     last: TrendRun | None  # newest run of any status
     active: bool  # of the model's active variant
 
@@ -69,8 +69,9 @@ class SeriesView:
         return now / before - 1.0 if now is not None and before else None
 
     def values(self, metric: str) -> list[float | None]:
+        """One figure per run, None (a gap) where the run failed or ran on a busy host."""
         i = INDEX[metric]
-        return [run.values[i] for run in self.runs]
+        return [run.values[i] if run.usable else None for run in self.runs]
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,7 +211,7 @@ def lead_first(finding: FindingRecord) -> tuple[int, int, int]:
 
 
 def _series_view(key: SeriesKey, runs: list[TrendRun], since: datetime | None, active: bool) -> SeriesView:
-    ok = [r for r in runs if r.status == "ok"]
+    ok = [r for r in runs if r.usable]
     start = [r for r in ok if since is None or r.started_at >= since] or ok
     baseline: dict[str, float | None] = {}
     for metric in ("latency_ms_p50", "latency_ms_p99", "throughput_per_s", "peak_rss_mb"):

@@ -58,8 +58,8 @@ def primary_latency(view: ModelView) -> NamedChart | None:
 
 
 def spark_values(series: SeriesView) -> list[float | None]:
-    """The p50 of the series' last successful runs, for the overview's sparkline."""
-    return [r.figure("latency_ms_p50") for r in series.runs if r.status == "ok"][-SPARK_RUNS:]
+    """The p50 of the series' last usable runs, for the overview's sparkline."""
+    return [r.figure("latency_ms_p50") for r in series.runs if r.usable][-SPARK_RUNS:]
 
 
 def table(spec: ChartSpec, rows: int = TABLE_ROWS) -> tuple[list[str], list[list[object]]]:
@@ -107,6 +107,7 @@ def latency_chart(view: ModelView, series: SeriesView) -> NamedChart:
         change_points=_change_points(findings, times),
         env_changes=_env_markers(view, times),
         failures=[r.started_at for r in series.runs if r.status != "ok"],
+        contended=[r.started_at for r in series.runs if r.status == "ok" and not r.usable],
         baseline=series.baseline.get("latency_ms_p50"),
         limit=limit,
     )

@@ -91,6 +91,9 @@ class Delivery:
     attempts: int
     error: str | None = None  # last error, one line, never containing the password
     refused: tuple[str, ...] = ()  # recipients the server refused while accepting others
+    # The server refused this message for good (its recipients, or its content, with 5xx): sending it
+    # again cannot help. A bad login or TLS setup is not that: fixing the config fixes the next pass.
+    permanent: bool = False
 
 
 def inline_css(html: str) -> str:
@@ -163,6 +166,8 @@ def build_message(
     message["To"] = ", ".join(to)
     message["Date"] = email.utils.formatdate(localtime=False)
     message["Message-ID"] = email.utils.make_msgid(domain=_domain_of(sender))
+    # RFC 3834: a machine wrote it; vacation responders and ticket systems must not answer it.
+    message["Auto-Submitted"] = "auto-generated"
     for name, value in extra.items():
         message[name] = value
 
@@ -224,7 +229,7 @@ def send(
                 error,
             )
             if not retry:
-                return Delivery(ok=False, attempts=attempt, error=error)
+                return Delivery(ok=False, attempts=attempt, error=error, permanent=_is_refusal(exc))
             sleep(settings.backoff_s * 2 ** (attempt - 1))
             continue
         if refused:
@@ -272,6 +277,14 @@ def _close(client: smtplib.SMTP) -> None:
         client.quit()
     except (smtplib.SMTPException, OSError):
         client.close()
+
+
+def _is_refusal(exc: BaseException) -> bool:
+    """A 5xx answer to this message itself: every recipient refused, or the data rejected."""
+    if isinstance(exc, smtplib.SMTPRecipientsRefused):
+        codes = [code for code, _ in exc.recipients.values()]
+        return bool(codes) and all(500 <= code < 600 for code in codes)
+    return isinstance(exc, smtplib.SMTPDataError) and 500 <= exc.smtp_code < 600
 
 
 def _is_transient(exc: BaseException) -> bool:

@@ -30,6 +30,9 @@ from storage.rule_events import RuleEvent
 IMAGE_DIR = "img"
 PAGE_DIR = "models"
 SPARK_SIZE = (120, 28)
+# Mail is read 600 px wide; less the page's padding (style.css .page.mail).
+MAIL_WIDTH = 600
+MAIL_CHART_WIDTH = MAIL_WIDTH - 48
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,9 +251,11 @@ def _chart_view(chart: NamedChart, src: str) -> ChartView:
 
 
 def _inline_chart(images: dict[str, InlineImage], chart: NamedChart) -> ChartView:
-    """A chart for an email: inline image and alt text; no table (mail clients cannot fold one away)."""
+    """A chart for an email: inline image and alt text, shown at MAIL_CHART_WIDTH (mail clients
+    heed the width attribute, not CSS); no table (mail clients cannot fold one away)."""
     view = _inline(images, "chart", render_chart(chart.spec), CHART_SIZE, chart.alt)
-    return ChartView(chart.spec.title, view.src, chart.alt, view.width, view.height)
+    height = round(CHART_SIZE[1] * MAIL_CHART_WIDTH / CHART_SIZE[0])
+    return ChartView(chart.spec.title, view.src, chart.alt, MAIL_CHART_WIDTH, height)
 
 
 def _inline(images: dict[str, InlineImage], kind: str, data: bytes, size: tuple[int, int], alt: str) -> ChartView:

@@ -132,8 +132,9 @@ def record_action(db: Database, action: ActionRecord, promotion: Promotion | Non
     return action
 
 
-def rollback(db: Database, model: str, trigger: str = "cli") -> ActionRecord:
-    """Make the active variant's parent active again; the rollback is recorded as an action."""
+def rollback(db: Database, model: str, trigger: str = "cli", why: str | None = None) -> ActionRecord:
+    """Make the active variant's parent active again; the rollback is recorded as an action (its
+    reason says `why`, when given)."""
     with db.session() as session:
         model_id = _model_id(session, model)
         session.execute(select(ModelRow.id).where(ModelRow.id == model_id).with_for_update())
@@ -154,7 +155,8 @@ def rollback(db: Database, model: str, trigger: str = "cli") -> ActionRecord:
         row = ActionRow(
             model_id=model_id, kind="rollback", trigger=trigger, finding_id=None, from_variant_id=current.id,
             to_variant_id=parent.id, status="accepted",
-            reason=f"rolled back from {current.name} to {parent.name}", candidates=[], diagnosis=None,
+            reason=f"rolled back from {current.name} to {parent.name}" + (f": {why}" if why else ""),
+            candidates=[], diagnosis=None,
         )
         session.add(row)
         session.flush()

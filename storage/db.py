@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,12 +24,17 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+log = logging.getLogger(__name__)
 
 # Long enough to ride out another process's commit (the daemon and a CLI call can share one file).
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 PG_CONNECT_TIMEOUT_S = 5
 # Any fixed number: serialises concurrent upgrades of one PostgreSQL database by several hosts.
 _PG_MIGRATION_LOCK_KEY = 0x7065_7266  # "perf"
+
+
+class DatabaseNotFound(FileNotFoundError):
+    """A SQLite file that is not there where it must be, or whose folder does not exist."""
 
 
 class Database:
@@ -40,9 +46,13 @@ class Database:
         self._sessions = sessionmaker(engine, expire_on_commit=False)
 
     @classmethod
-    def open(cls, url: str | URL, *, upgrade: bool = True) -> Database:
-        """Connect to `url` (a relative SQLite path is taken from the current directory) and migrate."""
-        db = cls(_create_engine(make_url(url)))
+    def open(cls, url: str | URL, *, upgrade: bool = True, create: bool = True) -> Database:
+        """Connect to `url` (a relative SQLite path is taken from the current directory) and migrate.
+
+        A new SQLite file (and its folder, said in a log line) is made only with `create`; commands
+        that only read pass False, so a misspelt path never looks like a database with no history.
+        """
+        db = cls(_create_engine(make_url(url), create))
         if upgrade:
             db.upgrade()
         return db
@@ -117,7 +127,7 @@ class Database:
 _json_serializer = functools.partial(json.dumps, allow_nan=False)
 
 
-def _create_engine(url: URL) -> Engine:
+def _create_engine(url: URL, create: bool) -> Engine:
     if url.get_backend_name() != "sqlite":
         # A service runs for months: connections dropped by a database restart are replaced, not used.
         # ...and a server that stopped answering fails a connect within seconds instead of hanging it.
@@ -126,7 +136,15 @@ def _create_engine(url: URL) -> Engine:
                              connect_args=connect_args)
     if url.database and url.database != ":memory:" and not url.database.startswith("file:"):
         path = Path(url.database).expanduser().resolve()
-        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.parent.is_dir():
+            if not create:
+                raise DatabaseNotFound(f"the folder {path.parent} does not exist, so neither does a database "
+                                       "there (is the path misspelt?)")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            log.warning("created the folder %s for a new database", path.parent)  # said, not silent
+        if not create and not path.exists():
+            raise DatabaseNotFound(f"no database at {path}: nothing has been stored there yet "
+                                   "(a benchmark run creates it), or the path is misspelt")
         url = url.set(database=str(path))
     engine = create_engine(url, json_serializer=_json_serializer)
     event.listen(engine, "connect", _configure_sqlite_connection)

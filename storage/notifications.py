@@ -1,17 +1,21 @@
 """Reads and writes of notifications: which email about what went to whom, claimed before it is sent.
 
 A sender claims (subject, recipient) rows before it sends, inside one statement per row set: a new
-row is inserted as `pending` (ON CONFLICT DO NOTHING), a `failed` one with passes left, or a
-`pending` one whose sender died (older than `stale_after`), is taken over by a conditional UPDATE.
-Whatever another pass, a restarted daemon or another host already holds is left out, so each alert
-goes out once per recipient even when senders race.
+row is inserted as `pending` (ON CONFLICT DO NOTHING), a `failed` one with passes left whose wait is
+over, or a `pending` one whose sender died (older than `stale_after`), is taken over by a conditional
+UPDATE. Whatever another pass, a restarted daemon or another host already holds is left out, so each
+alert goes out once per recipient even when senders race.
+
+A temporary failure waits RETRY_FIRST, then twice as long each pass (1, 2, 4 ... 64 min: a mail
+server away for two hours still gets the alert); a permanent one (a 5xx answer) uses up its passes at
+once: sending it again cannot help.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 from sqlalchemy import and_, or_, select, update
@@ -22,6 +26,14 @@ from storage.models import ModelRow, NotificationRow
 from storage.queries import _insert
 
 NotificationKind = Literal["alert", "digest"]
+
+MAX_PASSES = 8
+RETRY_FIRST = timedelta(minutes=1)
+
+
+def retry_wait(passes: int) -> timedelta:
+    """How long a failed notification waits after its `passes`-th pass before the next one."""
+    return RETRY_FIRST * 2 ** max(passes - 1, 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +70,7 @@ def claim(
     wanted: Sequence[Claim],
     now: datetime,
     *,
-    max_passes: int = 5,
+    max_passes: int = MAX_PASSES,
     stale_after: timedelta = timedelta(minutes=15),
 ) -> list[Notification]:
     """Claim the wanted notifications that are this sender's to send now; the claimed rows."""
@@ -81,14 +93,20 @@ def claim(
         ).scalars().all()
         pairs = [and_(NotificationRow.subject_key == c.subject_key, NotificationRow.recipient == c.recipient)
                  for c in wanted]
+        mine = and_(NotificationRow.kind == kind, or_(*pairs),
+                    NotificationRow.id.not_in(inserted) if inserted else NotificationRow.id.is_not(None))
+        # A failed row is due once its wait is over; the wait grows with its passes (see retry_wait).
+        failed = session.execute(
+            select(NotificationRow.id, NotificationRow.passes, NotificationRow.updated_at)
+            .where(mine, NotificationRow.status == "failed", NotificationRow.passes < max_passes)
+        ).all()
+        due = [row.id for row in failed if _aware(row.updated_at) + retry_wait(row.passes) <= now]
         retaken = session.execute(
             update(NotificationRow)
             .where(
-                NotificationRow.kind == kind,
-                or_(*pairs),
-                NotificationRow.id.not_in(inserted) if inserted else NotificationRow.id.is_not(None),
+                mine,
                 or_(
-                    and_(NotificationRow.status == "failed", NotificationRow.passes < max_passes),
+                    and_(NotificationRow.status == "failed", NotificationRow.id.in_(due)),
                     and_(NotificationRow.status == "pending", NotificationRow.updated_at < now - stale_after),
                 ),
             )
@@ -99,22 +117,43 @@ def claim(
         return _read(session, ids) if ids else []
 
 
-def finish(db: Database, ids: Sequence[int], *, ok: bool, attempts: int, error: str | None, now: datetime) -> None:
-    """Record how sending the claimed rows `ids` went (one email carries them all)."""
+def finish(
+    db: Database, ids: Sequence[int], *, ok: bool, attempts: int, error: str | None, now: datetime,
+    permanent: bool = False,
+) -> None:
+    """Record how sending the claimed rows `ids` went (one email carries them all); a `permanent`
+    failure gets no further pass."""
     if not ids:
         return
+    values: dict[str, object] = {
+        "status": "sent" if ok else "failed",
+        "attempts": NotificationRow.attempts + attempts,
+        "error": None if ok else (f"permanent: {error}" if permanent else error),
+        "updated_at": now,
+        "sent_at": now if ok else None,
+    }
+    if permanent and not ok:
+        values["passes"] = MAX_PASSES
     with db.session() as session:
-        session.execute(
-            update(NotificationRow)
-            .where(NotificationRow.id.in_(list(ids)))
-            .values(
-                status="sent" if ok else "failed",
-                attempts=NotificationRow.attempts + attempts,
-                error=None if ok else error,
-                updated_at=now,
-                sent_at=now if ok else None,
-            )
-        )
+        session.execute(update(NotificationRow).where(NotificationRow.id.in_(list(ids))).values(**values))
+
+
+def due_for_retry(db: Database, kind: NotificationKind, now: datetime) -> list[tuple[str | None, str]]:
+    """(model, subject key) of the failed notifications of `kind` whose wait is over: a mail server
+    that came back gets them without waiting for the model's next run (or the next digest)."""
+    with db.session(readonly=True) as session:
+        rows = session.execute(
+            select(ModelRow.name, NotificationRow.subject_key, NotificationRow.passes, NotificationRow.updated_at)
+            .outerjoin(ModelRow, ModelRow.id == NotificationRow.model_id)
+            .where(NotificationRow.kind == kind, NotificationRow.status == "failed",
+                   NotificationRow.passes < MAX_PASSES)
+        ).all()
+    due = {(row.name, row.subject_key) for row in rows if _aware(row.updated_at) + retry_wait(row.passes) <= now}
+    return sorted(due, key=lambda pair: (pair[0] or "", pair[1]))
+
+
+def _aware(when: datetime) -> datetime:
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
 
 
 def notifications(db: Database, kind: NotificationKind | None = None, limit: int = 200) -> list[Notification]:

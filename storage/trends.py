@@ -16,6 +16,7 @@ from sqlalchemy import String, Text, cast, func, select, type_coerce
 from storage.db import Database
 from storage.findings import SeriesKey
 from storage.models import ModelRow, RunMetricsRow, RunRow, VariantRow
+from storage.records import FLAG_CONTENDED
 
 # The figures a report charts, tabulates or checks against an SLO, in RunMetrics units.
 CHARTED = (
@@ -54,6 +55,12 @@ class TrendRun:
     @property
     def flags(self) -> tuple[str, ...]:
         return tuple(json.loads(self.flags_json)) if self.flags_json else ()
+
+    @property
+    def usable(self) -> bool:
+        """Successful and not taken on a busy host: what detection and the rules read (a substring
+        test, not a decode: a fleet report asks it of 100k runs)."""
+        return self.status == "ok" and not (self.flags_json and f'"{FLAG_CONTENDED}"' in self.flags_json)
 
     @property
     def figures(self) -> dict[str, float | None]:

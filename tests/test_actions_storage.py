@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import pytest
 
+from monitor.config import load_config
 from monitor.registry import active_variant
+from monitor.service.jobs import fall_back_from_damaged_weights
 from storage import actions as store
 from storage import queries
 from storage.actions import ActionRecord, NothingToRollBack, Promotion
 from storage.db import Database
 from storage.findings import FindingRecord, SeriesKey, SeriesState, findings, sync_findings
+from tests.cli_helpers import tiny_model, write_config
 from tests.storage_helpers import T0, full_record
 
 SPEC = {"name": "baseline+dynamic_int8", "steps": [{"recipe": "dynamic_int8", "params": {}}],
@@ -96,3 +99,24 @@ def test_a_promotion_from_a_variant_no_longer_active_is_not_carried_out(db: Data
     assert late.to_variant is None
     with db.session(readonly=True) as session:
         assert queries.active_variant(session, "m") == "baseline+bf16"
+
+
+def test_damaged_weights_of_the_active_variant_roll_it_back_with_an_alertable_action(
+        db: Database, db_url: str, tmp_path) -> None:
+    """Every run of a variant whose weights fail their check would fail: the follow-up rolls back to
+    the previous variant at once, as an action (which the alerts announce), and says why."""
+    registered(db)
+    store.record_action(db, action(), Promotion("baseline+dynamic_int8", "requantize", SPEC, {}))
+    loaded = load_config(write_config(tmp_path / "c.toml", [tiny_model("m")], storage_url=db_url))
+    failed = full_record("m")
+    failed.variant, failed.status, failed.run_id = "baseline+dynamic_int8", "failed", 7
+    failed.error = ("ArtifactError: weights of variant 'baseline+dynamic_int8' /artifacts/w.pt does not match "
+                    "its recorded sha256 (expected abab..., found 0101...)")
+    fall_back_from_damaged_weights(db, loaded, "m", [failed])
+    with db.session(readonly=True) as session:
+        assert queries.active_variant(session, "m") == "baseline"
+    back, promoted = store.actions(db, "m")
+    assert back.kind == "rollback" and back.trigger == "integrity" and promoted.rolled_back_at is not None
+    assert "weights of variant baseline+dynamic_int8 failed their check (run 7)" in back.reason
+    fall_back_from_damaged_weights(db, loaded, "m", [failed])  # baseline active now: nothing more to do
+    assert len(store.actions(db, "m")) == 2

@@ -15,6 +15,7 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
+import psutil
 import pytest
 
 from monitor.config import load_config
@@ -87,7 +88,7 @@ def test_models_run_on_their_schedule_and_sigterm_exits_cleanly(tmp_path):
                           + QUICK_MODEL.format(name="slow", every="1h"))
     proc = start(config)
     try:
-        assert wait_for(lambda: (tmp_path / "runs.db").exists() and len(runs(config, "fast")) >= 5, 90)
+        assert wait_for(lambda: (tmp_path / "runs.db").exists() and len(runs(config, "fast")) >= 4, 90)
     finally:
         code, err = stop(proc)
     assert code == 0, err
@@ -136,6 +137,36 @@ def test_sigterm_during_a_benchmark_aborts_it_after_the_stop_timeout_and_stores_
     [run] = runs(config, "long")
     assert run.status == "failed" and run.error.startswith("aborted")
     assert run.samples_ms == [] and run.metrics.samples is None  # nothing half-written
+
+
+def test_after_sigterm_the_series_in_flight_finishes_and_no_other_starts(tmp_path):
+    config = write_config(tmp_path, """
+        [[models]]
+        name = "four"
+        factory = "workloads:busy_200us"
+        inputs = [{ shape = [4, 16] }]
+        batch_sizes = [1, 2, 4, 8]
+        max_time_s = 1.0
+        schedule = { every = "1h" }
+    """, stop_timeout_s=60)
+    proc = start(config)
+
+    def benchmarking() -> bool:  # the first series' worker is running
+        try:
+            children = psutil.Process(proc.pid).children(recursive=True)
+            return any("monitor.harness.worker" in " ".join(c.cmdline()) for c in children)
+        except psutil.Error:
+            return False
+
+    try:
+        assert wait_for(benchmarking, 60, step=0.05)
+    finally:
+        code, err = stop(proc, timeout=90)
+    assert code == 0, err
+    stored = runs(config, "four")
+    # The running series may finish (the stop timeout allows it); the three queued behind it do not start.
+    assert len(stored) <= 1, [r.batch_size for r in stored]
+    assert "not started" in err or not stored
 
 
 def test_a_second_daemon_is_refused_and_status_tells_who_runs(tmp_path):
@@ -222,6 +253,7 @@ def test_healthz_and_prometheus_metrics(tmp_path):
         assert wait_for(lambda: (tmp_path / "runs.db").exists() and runs(config, "fast"), 40)
         time.sleep(0.5)
         health_code, health = http_get(port, "/healthz")
+        live_code, live = http_get(port, "/livez")
         metrics_code, metrics = http_get(port, "/metrics")
         missing_code, _ = http_get(port, "/nope")
     finally:
@@ -230,17 +262,19 @@ def test_healthz_and_prometheus_metrics(tmp_path):
     report = json.loads(health)
     assert report["healthy"] and report["scheduler_running"] and report["database_reachable"]
     assert report["last_successful_run"] is not None and "fast" in report["next_runs"]
+    assert live_code == 200 and json.loads(live) == {"alive": True}
     assert metrics_code == 200 and missing_code == 404
-    samples = {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(metrics)
-        for s in family.samples
-    }
+    families = list(text_string_to_metric_families(metrics))
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for family in families for s in family.samples}
+    # promtool's rule: only summaries carry a `quantile` label.
+    assert not [f.name for f in families if f.type != "summary" and any("quantile" in s.labels for s in f.samples)]
     [run] = runs(config, "fast")
     series = (("batch_size", "4"), ("device", "cpu"), ("model", "fast"), ("variant", "baseline"))
-    p50 = samples[("perfguard_latency_seconds", tuple(sorted((*series, ("quantile", "0.5")))))]
+    p50 = samples[("perfguard_latency_seconds", tuple(sorted((*series, ("percentile", "50")))))]
     assert p50 == pytest.approx(run.metrics.latency_ms_p50 / 1000)
     assert samples[("perfguard_runs_total", (("model", "fast"), ("status", "ok")))] == 1
+    # Every status counter exists from the start, at 0: increase() then sees the first failure.
+    assert samples[("perfguard_runs_total", (("model", "fast"), ("status", "failed")))] == 0
     assert samples[("perfguard_last_run_timestamp_seconds", (("model", "fast"),))] == pytest.approx(
         run.started_at.timestamp())
     assert samples[("perfguard_peak_rss_bytes", series)] > 50 * 2**20
@@ -291,7 +325,8 @@ class TcpProxy:
         threading.Thread(target=accept, daemon=True).start()
 
     def stop(self) -> None:
-        assert self._server is not None
+        if self._server is None:
+            return  # never started
         try:
             self._server.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept(); close() alone does not
         except OSError:
@@ -307,6 +342,38 @@ class TcpProxy:
 
 
 @pytest.mark.postgres
+def test_a_daemon_started_while_its_database_is_down_serves_waits_and_then_runs(tmp_path, pg_schema_url):
+    from sqlalchemy import make_url
+
+    target = make_url(pg_schema_url)
+    proxy = TcpProxy(target.port or 5432)  # not started: the database is down
+    url = target.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+    port = free_port()
+    config = write_config(tmp_path, QUICK_MODEL.format(name="fast", every="1h"), port=port)
+    config.write_text(config.read_text().replace('url = "sqlite:///runs.db"', f'url = "{url}"'))
+
+    def count() -> int:
+        with Database.open(pg_schema_url) as db:
+            return len(queries.history(db, "fast", limit=1000))
+
+    proc = start(config)
+    try:
+        assert wait_for(lambda: http_get(port, "/healthz")[0] == 503, 30)
+        report = json.loads(http_get(port, "/healthz")[1])
+        assert report["problems"][0] == "starting: waiting for the database" and not report["database_reachable"]
+        assert http_get(port, "/livez")[0] == 200  # alive: a supervisor must not restart it
+        assert proc.poll() is None
+        proxy.start()
+        assert wait_for(lambda: count() >= 1, 60)
+        assert wait_for(lambda: http_get(port, "/healthz")[0] == 200, 20)
+    finally:
+        code, err = stop(proc)
+        proxy.stop()
+    assert code == 0, err
+    assert "waiting for it" in err and "the database answers again" in err
+    assert "Traceback" not in err
+
+
 def test_a_database_outage_turns_health_red_and_loses_no_run(tmp_path, pg_schema_url):
     from sqlalchemy import make_url
 
@@ -330,6 +397,7 @@ def test_a_database_outage_turns_health_red_and_loses_no_run(tmp_path, pg_schema
         assert wait_for(lambda: http_get(port, "/healthz")[0] == 503, 20)
         report = json.loads(http_get(port, "/healthz")[1])
         assert report["database_reachable"] is False and report["database_error"]
+        assert http_get(port, "/livez")[0] == 200  # not ready, but alive: no restart, the spool is kept
         assert wait_for(lambda: json.loads(http_get(port, "/healthz")[1]).get("spooled_runs", 0) >= 2, 30)
         outage_end = time.time()
         proxy.start()
@@ -433,7 +501,10 @@ def test_the_daemon_writes_the_report_after_runs_and_serves_it_read_only(tmp_pat
             image_type, image_bytes = reply.headers["Content-Type"], reply.read()
         escapes = [http_get(port, path)[0] for path in
                    ("/../secret.html", "/%2e%2e/secret.html", "/models/..%2f..%2fsecret.html", "/runs.db",
-                    "/perfguard.toml", "/.tmp-x.html")]
+                    "/perfguard.toml", "/.tmp-x.html", "/index.html%00.png")]
+        # A client that connects and says nothing holds no thread forever, and the server still answers.
+        idle = socket.create_connection(("127.0.0.1", port), timeout=5)
+        still_code, _ = http_get(port, "/livez")
         request = urllib.request.Request(f"http://127.0.0.1:{port}/index.html", data=b"x", method="POST")
         try:
             urllib.request.urlopen(request, timeout=5)
@@ -442,9 +513,13 @@ def test_the_daemon_writes_the_report_after_runs_and_serves_it_read_only(tmp_pat
             post_code = exc.code
     finally:
         code, err = stop(proc)
+    idle.close()
     assert code == 0, err
+    assert still_code == 200
+    assert "Traceback" not in err and "embedded null byte" not in err
     assert f"report on http://127.0.0.1:{port}/" in err
     assert index_code == 200 and "<b>fast</b></a>" in index and "pill-ok" in index
+    assert index.count("<main>") == 1 and "<footer" in index  # landmarks for screen readers (axe)
     assert page_code == 200 and "Latency, baseline on cpu, batch 4" in page_html
     assert image_type == "image/png" and image_bytes.startswith(b"\x89PNG")
     assert escapes == [404] * len(escapes)

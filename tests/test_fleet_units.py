@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -12,7 +15,7 @@ from monitor.service.executors import CeleryExecutor, LocalExecutor, make_execut
 from monitor.service.fleet import job_key, time_limit_s
 from storage.db import Database
 from storage.queries import history, save_runs, stored_run_ids
-from tests.cli_helpers import free_port, tiny_model, write_config
+from tests.cli_helpers import TESTS_DIR, free_port, tiny_model, write_config
 from tests.report_helpers import history_runs
 
 
@@ -68,3 +71,21 @@ def test_a_dead_broker_makes_runs_wait_coalesced_and_health_say_so() -> None:
         assert executor.health()["waiting_runs"] == ["m"]
     finally:
         executor.shutdown()
+
+
+def test_celery_tools_find_the_fleet_app_the_usual_way(tmp_path: Path) -> None:
+    """`celery -A monitor.service.celery_app ...` (inspect, purge, flower) with the config from the
+    environment; a config without a broker is one clear line, not a traceback."""
+    config = write_config(tmp_path / "perfguard.toml", [tiny_model("m")],
+                          extra='[executor]\nkind = "celery"\nbroker = "redis://127.0.0.1:6379/7"\n')
+    env = dict(os.environ, PERFGUARD_CONFIG=str(config), PYTHONPATH=str(TESTS_DIR))
+    purge = subprocess.run([sys.executable, "-m", "celery", "-A", "monitor.service.celery_app", "purge", "-f"],
+                           env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert purge.returncode == 0, purge.stderr[-2000:]
+    assert "purged" in (purge.stdout + purge.stderr).lower()
+    local = write_config(tmp_path / "local.toml", [tiny_model("m")])
+    wrong = subprocess.run([sys.executable, "-c", "import monitor.service.celery_app"],
+                           env=dict(env, PERFGUARD_CONFIG=str(local)), capture_output=True, text=True, timeout=60,
+                           check=False)
+    assert wrong.returncode != 0 and "Traceback" not in wrong.stderr
+    assert 'kind = "celery"' in wrong.stderr

@@ -104,6 +104,20 @@ def test_a_hanging_model_times_out_and_leaves_no_process_behind(tmp_path, monkey
         assert not _alive(pid), f"process {pid} outlived the runner"
 
 
+def test_a_process_started_in_a_new_session_does_not_outlive_its_worker(tmp_path, monkeypatch):
+    """Killing the worker's process group misses a child that called setsid; the runner tracks the
+    worker's descendants while it runs and kills what is left."""
+    pid_file = tmp_path / "child.pid"
+    monkeypatch.setenv("PERFGUARD_TEST_CHILD_PID_FILE", str(pid_file))
+    outcome = run_worker(job("spawns_detached", sampling=QUICK), timeout_s=60)
+    assert outcome.status == "ok", outcome.error
+    child = int(pid_file.read_text())
+    deadline = time.monotonic() + 5
+    while _alive(child) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(child), "the detached child outlived its worker"
+
+
 def test_a_worker_does_not_outlive_a_killed_runner(tmp_path, monkeypatch):
     pid_file = tmp_path / "child.pid"
     monkeypatch.setenv("PERFGUARD_TEST_CHILD_PID_FILE", str(pid_file))

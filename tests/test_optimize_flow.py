@@ -13,6 +13,7 @@ import pytest
 from monitor.config import LoadedConfig, load_config
 from monitor.detection.attribution import confirm_pending, ensure_references
 from monitor.detection.check import check_model
+from monitor.optimize.rollback import damaged_weights
 from monitor.optimize.search import OptimizeRequest, optimize
 from monitor.registry import active_variant
 from monitor.service.benchmark import benchmark_models
@@ -112,6 +113,7 @@ def test_a_drifting_model_is_diagnosed_requantized_promoted_and_rolled_back(tmp_
         weights.write_bytes(good[:-1] + bytes([good[-1] ^ 1]))  # one flipped bit
         (refused,) = benchmark_models(loaded, db)
         assert refused.status == "failed" and "does not match its recorded sha256" in (refused.error or "")
+        assert damaged_weights(refused.error)  # the words the daemon's automatic fallback looks for
         weights.write_bytes(good)
 
         back = perfguard("rollback", "drifty", "--json", config=loaded.path)

@@ -1,11 +1,15 @@
 """Digest and alert emails through a real SMTP server (aiosmtpd): parts, images, routing, once-only alerts,
-and an undeliverable email that is recorded, kept on disk and sent on a later pass."""
+an undeliverable email that is recorded, kept on disk and sent on a later pass, a permanent refusal that
+is not, and a mail server that never answers holding up nothing."""
 
 from __future__ import annotations
 
 import email
 import email.policy
 import re
+import socket
+import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
@@ -14,7 +18,8 @@ from pathlib import Path
 import pytest
 from aiosmtpd.controller import Controller
 
-from monitor.service.reporting import digest_slot, send_alerts, send_digests
+from monitor.service.mailer import Mailer
+from monitor.service.reporting import ReportKeeper, digest_slot, send_alerts, send_digests
 from storage import notifications
 from storage.db import Database
 from tests.cli_helpers import free_port, perfguard
@@ -75,6 +80,17 @@ def assert_every_cid_resolves(html: str, images: dict[str, bytes]) -> None:
     assert all(data.startswith(b"\x89PNG") for data in images.values())
 
 
+def assert_fits_a_mail_column(html: str, width: int = 600) -> None:
+    """What a 600 px mail column needs: a page no wider, images sized by attribute within it, and
+    tables of few enough columns (the site's 10-column fleet table is ~900 px)."""
+    assert re.search(r'class="page mail"[^>]*style="[^"]*max-width: ?600px', html), "no 600 px page"
+    widths = [int(w) for w in re.findall(r'<img [^>]*width="(\d+)"', html)]
+    assert widths and max(widths) <= width - 48, widths
+    for table in re.findall(r"<table.*?</table>", html, flags=re.DOTALL):
+        header = re.search(r"<tr[^>]*>(.*?)</tr>", table, flags=re.DOTALL)
+        assert header is None or header.group(1).count("<th") <= 5, header.group(1)
+
+
 def test_report_email_sends_each_owner_a_digest_of_their_models_only(tmp_path: Path, smtp) -> None:
     inbox, port = smtp
     loaded, db = make_fleet(tmp_path, extra=email_section(port))
@@ -91,6 +107,8 @@ def test_report_email_sends_each_owner_a_digest_of_their_models_only(tmp_path: P
     assert_every_cid_resolves(html, images)
     assert 'style="' in html and "<style" not in html  # CSS inlined for mail clients
     assert vision["Subject"].startswith("perfguard digest: 1 failing, 1 regressed of 2 models")
+    assert vision["Auto-Submitted"] == "auto-generated"  # RFC 3834: no vacation replies to it
+    assert_fits_a_mail_column(html)
     [ranking] = inbox.to("ranking@example.com")
     assert "seed-cnn" not in ranking.get_body(("html",)).get_content()
     [platform] = inbox.to("platform@example.com")
@@ -150,7 +168,11 @@ def test_an_undeliverable_alert_is_recorded_kept_on_disk_and_sent_on_a_later_pas
         controller = Controller(inbox, hostname="127.0.0.1", port=port)
         controller.start()
         try:
-            retried = send_alerts(db, loaded, "seed-cnn")
+            assert send_alerts(db, loaded, "seed-cnn") == []  # its wait (a minute after one pass) is not over
+            assert notifications.due_for_retry(db, "alert", datetime.now(UTC)) == []
+            later = datetime.now(UTC) + notifications.retry_wait(1)
+            assert {m for m, _ in notifications.due_for_retry(db, "alert", later)} == {"seed-cnn"}
+            retried = send_alerts(db, loaded, "seed-cnn", now=later)
         finally:
             controller.stop()
         assert retried and all(s.delivery.ok for s in retried)
@@ -197,10 +219,103 @@ def test_starttls_login_with_the_password_from_the_environment_which_is_never_st
         assert refused and all(not s.delivery.ok and s.delivery.attempts == 1 for s in refused)  # not retried
         assert all("auth" in (s.delivery.error or "").lower() for s in refused)
         monkeypatch.setenv("PG_SMTP_PW", PASSWORD)
-        sent = send_alerts(db, loaded, "seed-cnn")  # the failed alerts, on a later pass
+        assert not any(s.delivery.permanent for s in refused)  # a config to fix, not a message to drop
+        later = datetime.now(UTC) + notifications.retry_wait(1)
+        sent = send_alerts(db, loaded, "seed-cnn", now=later)  # the failed alerts, on a later pass
         assert sent and all(s.delivery.ok for s in sent)
         stored = repr(notifications.notifications(db))
     assert len(server.handler.envelopes) == 2
     kept = b"".join(p.read_bytes() for p in (loaded.base_dir / "site" / "outbox").glob("*.eml"))
     for text in (stored, kept.decode(errors="replace"), loaded.path.read_text()):
         assert PASSWORD not in text
+
+
+class Refuser:
+    """An SMTP server that refuses every recipient for good (550)."""
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):  # noqa: N802 - aiosmtpd
+        return "550 5.1.1 no such mailbox"
+
+
+def test_a_permanent_refusal_is_not_sent_again_on_later_passes(tmp_path: Path) -> None:
+    port = free_port()
+    controller = Controller(Refuser(), hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        loaded, db = make_fleet(tmp_path, extra=email_section(port))
+        with db:
+            sent = send_alerts(db, loaded, "seed-cnn")
+            assert sent and all(not s.delivery.ok and s.delivery.permanent and s.delivery.attempts == 1 for s in sent)
+            much_later = datetime.now(UTC) + timedelta(hours=12)
+            assert notifications.due_for_retry(db, "alert", much_later) == []
+            assert send_alerts(db, loaded, "seed-cnn", now=much_later) == []
+            stored = notifications.notifications(db, "alert")
+    finally:
+        controller.stop()
+    assert stored and all(n.status == "failed" and n.attempts == 1 and n.error.startswith("permanent: ")
+                          for n in stored)
+
+
+def black_hole() -> tuple[socket.socket, list[socket.socket]]:
+    """A server that accepts connections and never says a word: an SMTP client waits out its timeout."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    held: list[socket.socket] = []
+
+    def accept() -> None:
+        while True:
+            try:
+                held.append(server.accept()[0])
+            except OSError:
+                return
+
+    threading.Thread(target=accept, daemon=True).start()
+    return server, held
+
+
+def test_a_mail_server_that_never_answers_holds_up_neither_the_runs_nor_a_stop(tmp_path: Path) -> None:
+    """Alerts go to the mail thread: the benchmark thread's follow-up returns without waiting for the
+    server, and stopping does not wait for it either (each attempt would wait timeout_s = 60 s)."""
+    server, held = black_hole()
+    try:
+        section = email_section(server.getsockname()[1]).replace("timeout_s = 5", "timeout_s = 60")
+        loaded, db = make_fleet(tmp_path, extra=section)
+        with db:
+            keeper = ReportKeeper()
+            started = time.monotonic()
+            keeper.after_runs(db, loaded, "seed-cnn")
+            keeper.after_runs(db, loaded, "seed-cnn")
+            returned = time.monotonic() - started
+            deadline = time.monotonic() + 60
+            while not (keeper.mailer.busy_since is not None and held) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert held, "the mail thread never connected"
+            stopping = time.monotonic()
+            keeper.close()
+            stopped = time.monotonic() - stopping
+            assert not keeper.mailer.submit("x", lambda: None)  # stopped: takes nothing more
+    finally:
+        server.close()
+        for conn in held:
+            conn.close()
+    # Half an SMTP timeout at most (the report refresh runs on this thread), and no wait at all to stop.
+    assert returned < 30.0 and stopped < 1.0, (returned, stopped)
+
+
+def test_the_mail_thread_queues_a_model_once_while_it_waits() -> None:
+    release, ran = threading.Event(), []
+    mailer = Mailer()
+    assert mailer.submit("alerts:a", lambda: (release.wait(10), ran.append("a")))
+    deadline = time.monotonic() + 10
+    while mailer.busy_since is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert mailer.submit("alerts:b", lambda: ran.append("b"))
+    assert not mailer.submit("alerts:b", lambda: ran.append("b again"))  # ten runs of b: one alert pass
+    assert mailer.pending() == 1
+    release.set()
+    deadline = time.monotonic() + 10
+    while len(ran) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    mailer.stop(wait_s=5)
+    assert ran == ["a", "b"]

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from monitor.service.reporting import write_report
+from monitor.service.reporting import gather_report, write_report
 from reports.data import gather
+from reports.figures import latency_chart
 from reports.render import page_name, write_site
 from storage.db import Database
 from tests.report_helpers import history_runs, make_fleet, report_config, seed
@@ -256,3 +257,23 @@ def test_an_slo_on_any_stored_metric_sets_the_status(tmp_path: Path) -> None:
         seed(db, loaded, history_runs("big", 5))  # 0.6 MiB each
         [view] = gather(db, _reported(loaded)).models
     assert view.status == "slo" and "model_size_mb 0.6 over its SLO 0.5" in view.status_reason
+
+
+def test_runs_on_a_busy_host_set_no_status_and_are_marked_not_drawn(tmp_path: Path) -> None:
+    """What the rules ignore, the report ignores: a contended run neither breaches an SLO nor moves
+    'vs baseline', and its chart marks it rather than drawing it like a clean run."""
+    loaded = report_config(tmp_path, [{"name": "m", "slo": {"latency_ms_p50": 5.0}}])
+    runs = history_runs("m", 12)
+    busy = runs[-1]
+    busy.flags = ["contended"]
+    busy.metrics.latency_ms_p50, busy.metrics.latency_ms_p99 = 40.0, 90.0  # a neighbour's doing
+    with Database.open(loaded.storage_url()) as db:
+        seed(db, loaded, runs)
+        [view] = gather_report(db, loaded).models
+    [series] = view.series
+    assert view.status == "ok", view.status_reason
+    assert series.latest is not None and series.latest.run_id == runs[-2].run_id
+    assert abs(series.change("latency_ms_p50") or 0.0) < 0.05
+    spec = latency_chart(view, series).spec
+    assert spec.contended == (busy.started_at,) and spec.lines[0].values[-1] is None
+    assert "1 run on a busy host, not drawn" in latency_chart(view, series).alt

@@ -291,3 +291,21 @@ def test_shares_must_be_one_positive_share_per_subject():
         interleaved_sample(runs, SamplingSettings(max_time_s=0.2), NoProbe(), shares=[1.0])
     with pytest.raises(ValueError, match="one positive share per subject"):
         interleaved_sample(runs, SamplingSettings(max_time_s=0.2), NoProbe(), shares=[1.0, 0.0])
+
+
+class AlwaysBusy:
+    """A host reading where every block is contended (others used 130 % of a core throughout)."""
+
+    def begin(self) -> None:
+        return None
+
+    def end(self, token: None) -> float:
+        return 130.0
+
+
+def test_a_run_with_every_block_contended_reports_the_contention_it_saw():
+    settings = SamplingSettings(max_time_s=0.3, min_samples=100000, contention_cpu_pct=15)
+    result = adaptive_sample(block_runner(spin(0.0002)), settings, AlwaysBusy())
+    assert result.contended_blocks == result.blocks > 0
+    assert result.contention_pct == pytest.approx(130.0)  # not 0.0: no clean block to average over
+    assert FLAG_CONTENDED in result.flags

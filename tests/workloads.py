@@ -188,6 +188,21 @@ def spawns_child() -> nn.Module:
     return SpawnsChild()
 
 
+def spawns_detached() -> nn.Module:
+    """Leaves a sleeper in a session of its own (out of the worker's process group), then benchmarks
+    normally: the runner must still find and kill it."""
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"], start_new_session=True)
+    pid_file = os.environ.get("PERFGUARD_TEST_CHILD_PID_FILE")
+    if pid_file:
+        with open(pid_file, "w") as f:
+            f.write(str(child.pid))
+    time.sleep(1.0)  # alive across the runner's polls, as a real helper process would be
+    return tiny()
+
+
 def matmul() -> nn.Module:
     """Matmul-bound (512-wide, takes a [N, 512] input): its speed follows the BLAS library and its threads."""
     torch.manual_seed(0)

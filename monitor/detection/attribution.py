@@ -72,8 +72,12 @@ def ensure_references(
         key = series_key(db, planned)
         if key is None:
             continue
+        if not _has_ok_run(db, planned.model.name, key):
+            continue  # no baseline yet (never run, or every run failed): nothing worth freezing
         latest = store.latest_reference(db, planned.model.name, key)
-        if latest is not None and (latest.artifact or (now - latest.created_at).total_seconds() < RETRY_FREEZE_S):
+        damaged = latest is not None and latest.lost_at is not None and damaged_file(latest.lost_reason)
+        if latest is not None and not damaged and (
+                latest.artifact or (now - latest.created_at).total_seconds() < RETRY_FREEZE_S):
             continue  # frozen, or failed to freeze lately: not one extra worker per scheduled run
         regressed = any(
             f.key == key and f.metric == ATTRIBUTED_METRIC and f.verdict == "regression"
@@ -84,9 +88,21 @@ def ensure_references(
             continue
         if cancel is not None and cancel.is_set():
             break
+        if damaged:
+            assert latest is not None
+            log.warning("%s %s: reference %d was damaged (%s); freezing the model anew at this stable point",
+                        planned.model.name, key.label(), latest.id, latest.lost_reason)
         if freeze_reference(db, loaded, planned, key, cancel) is not None:
             frozen.append(key)
     return frozen
+
+
+def damaged_file(lost_reason: str | None) -> bool:
+    """A reference lost because its file changed or vanished on disk, not because the libraries no
+    longer reproduce it: freezing the same model again, while no regression is open, loses nothing
+    (after an upgrade it would hide the very change the reference must show)."""
+    reason = lost_reason or ""  # reference.open_verified's words, as reference.short_reason cut them
+    return "does not match its recorded sha" in reason or " is missing" in reason
 
 
 def freeze_reference(
@@ -275,6 +291,13 @@ def confirm_pending(
         log.info("finding %d (%s %s): cause %s", finding.id, finding.model, finding.metric, verdict.cause)
         done.append(finding)
     return done
+
+
+def _has_ok_run(db: Database, model: str, key: SeriesKey, recent: int = 50) -> bool:
+    return any(
+        r.status == "ok" and r.variant == key.variant and r.device == key.device
+        for r in queries.history(db, model, limit=recent, batch_size=key.batch_size)
+    )
 
 
 def series_key(db: Database, planned: PlannedBenchmark) -> SeriesKey | None:

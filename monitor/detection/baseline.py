@@ -20,7 +20,7 @@ from monitor.detection.readings import series_readings
 from monitor.detection.series import read_series
 from storage import findings as store
 from storage.db import Database
-from storage.findings import SeriesKey
+from storage.findings import SeriesKey, SeriesRun
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +41,8 @@ def current_segments(db: Database, loaded: LoadedConfig, model: str) -> list[Acc
     """The current segment of each series of `model`: from its newest change in any of its readings."""
     config = next((m for m in loaded.config.models if m.name == model), None)
     segments = []
-    for view in read_series(db, loaded, model):
+    views = read_series(db, loaded, model)
+    for view in views:
         runs = view.usable
         if not runs:
             continue
@@ -56,8 +57,19 @@ def current_segments(db: Database, loaded: LoadedConfig, model: str) -> list[Acc
         segments.append(AcceptedSegment(view.key, first.run_id, first.started_at,
                                         sum(r.started_at >= first.started_at for r in runs)))
     if not segments:
-        raise NoRunsError(f"model {model!r} has no successful runs to accept as its baseline")
+        raise NoRunsError(_why_no_runs(model, [r for v in views for r in v.current]))
     return segments
+
+
+def _why_no_runs(model: str, runs: list[SeriesRun]) -> str:
+    """Which of the three cases it is: nothing stored, nothing successful, or only busy-host runs."""
+    if not runs:
+        return f"model {model!r} has no stored runs to accept as its baseline"
+    ok = [r for r in runs if r.status == "ok"]
+    if not ok:
+        return f"model {model!r} has no successful runs to accept as its baseline ({len(runs)} failed)"
+    return (f"model {model!r} has only runs taken on a busy host ({len(ok)} contended, see detection.contended): "
+            "run it again when the host is quiet, then accept")
 
 
 def accept(db: Database, loaded: LoadedConfig, model: str, note: str | None = None) -> list[AcceptedSegment]:

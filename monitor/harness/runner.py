@@ -44,6 +44,7 @@ ALLOCATOR_PINS = {
 ERROR_TAIL_LINES = 25
 MEMORY_POLL_S = 0.05
 IDLE_POLL_S = 0.5
+DEFAULT_MEMORY_SHARE = 0.7  # of the host's memory, for a model without memory_limit_mb
 
 ProgressCallback = Callable[[str, int], None]
 
@@ -80,14 +81,37 @@ def worker_environment(threads: int | None, pin_allocator: bool) -> dict[str, st
     return env
 
 
-def _tree_rss_mb(proc: psutil.Process) -> float:
+def default_memory_limit_mb() -> float:
+    """The limit of a worker whose model sets none: a share of the host's memory, so that a factory
+    that allocates without bound fails its run instead of taking the host (and the daemon) down."""
+    return psutil.virtual_memory().total * DEFAULT_MEMORY_SHARE / 2**20
+
+
+def _tree_rss_mb(proc: psutil.Process, seen: dict[int, float]) -> float:
+    """Resident memory of the worker and its descendants; each descendant is noted in `seen` (pid ->
+    start time), so that one that leaves the worker's process group (a new session) is still found and
+    killed at the end."""
     total = 0
     for p in [proc, *proc.children(recursive=True)]:
         try:
             total += p.memory_info().rss
+            if p.pid != proc.pid:
+                seen.setdefault(p.pid, p.create_time())
         except psutil.Error:
             pass
     return total / 2**20
+
+
+def _kill_descendants(seen: dict[int, float]) -> None:
+    """Kill what the worker started outside its process group and left behind (same pid *and* start
+    time: a recycled pid belongs to someone else)."""
+    for pid, created in seen.items():
+        try:
+            leftover = psutil.Process(pid)
+            if leftover.create_time() == created:
+                leftover.kill()
+        except psutil.Error:
+            pass
 
 
 def _tail(stream: IO[bytes], lines: int = ERROR_TAIL_LINES) -> str:
@@ -120,7 +144,8 @@ def run_worker(
     The worker starts once this process holds its device's lock (device_lock.py): a benchmark started
     beside another one on the same device waits for it instead of measuring it. Setting `cancel` (a
     stopping daemon does) ends the wait or kills the worker at the next poll; the run ends `failed`
-    with the reason, so it is stored as aborted rather than lost or half-written.
+    with the reason, so it is stored as aborted rather than lost or half-written. Without a
+    `memory_limit_mb`, the worker may use DEFAULT_MEMORY_SHARE of the host's memory.
     """
     try:
         with device_lock(job.device, f"{job.model} ({job.mode}, batch {job.batch_size})", cancel) as waited:
@@ -155,6 +180,7 @@ def _run_locked(
             start_new_session=True,
         )
         outcome.pid = proc.pid
+        seen: dict[int, float] = {}
         events: queue.Queue[dict[str, Any] | None] = queue.Queue()
         reader = threading.Thread(target=_read_events, args=(proc.stdout, events), daemon=True)
         reader.start()
@@ -162,11 +188,16 @@ def _run_locked(
             assert proc.stdin is not None
             proc.stdin.write(job.to_json().encode())
             proc.stdin.close()
-            _supervise(proc, events, outcome, timeout_s, memory_limit_mb, progress, cancel)
+            _supervise(proc, events, outcome, timeout_s, memory_limit_mb, progress, cancel, seen)
         except BrokenPipeError:
             pass  # the worker died before reading its job; its exit status tells why
         finally:
+            try:
+                _tree_rss_mb(psutil.Process(proc.pid), seen)  # the latest children, before the kill
+            except psutil.Error:
+                pass
             _kill_group(proc)
+            _kill_descendants(seen)
             reader.join(timeout=5)
         while not events.empty():
             _apply(events.get_nowait(), outcome, progress)
@@ -194,12 +225,16 @@ def _supervise(
     memory_limit_mb: float | None,
     progress: ProgressCallback | None,
     cancel: threading.Event | None,
+    seen: dict[int, float],
 ) -> None:
     deadline = time.monotonic() + timeout_s
     watched = psutil.Process(proc.pid)
     # Each wake-up of this process takes a core from the worker for a moment: poll memory often only
     # when a limit must be enforced (the worker reports its own peak RSS at the end either way).
     poll_s = MEMORY_POLL_S if memory_limit_mb is not None or cancel is not None else IDLE_POLL_S
+    # The host's own protection, checked at the idle pace: a runaway allocation is caught within
+    # half a second, and a model that sets no limit is not polled 20 times a second for it.
+    memory_limit_mb = memory_limit_mb if memory_limit_mb is not None else default_memory_limit_mb()
     peak = 0.0
     eof = False
     while True:
@@ -212,7 +247,7 @@ def _supervise(
         except queue.Empty:
             pass
         try:
-            peak = max(peak, _tree_rss_mb(watched))
+            peak = max(peak, _tree_rss_mb(watched, seen))
         except psutil.Error:
             pass
         outcome.peak_rss_mb = round(peak, 2) if peak else None

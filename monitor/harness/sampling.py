@@ -175,7 +175,8 @@ class Sampled:
     executed: int = 0  # calls made while sampling, kept or not (energy per inference divides by it)
     sampling_s: float = 0.0  # wall time after warm-up
     window: dict[str, Any] | None = None  # what the MeasuredWindow reported over the sampling phase
-    contention_pct: float = 0.0  # mean probe reading over kept blocks (PSI stall % or others' CPU %)
+    # Mean probe reading (PSI stall % or others' CPU %) over the kept blocks; all of them when none was kept.
+    contention_pct: float = 0.0
     flags: list[str] = field(default_factory=list)
 
     def details(self) -> dict[str, Any]:
@@ -302,6 +303,7 @@ def interleaved_sample(
     medians: list[list[float]] = [[] for _ in runs]
     rounds = contended = 0
     others_weighted = kept_wall = 0.0
+    all_weighted = all_wall = 0.0  # every block: what a run with no clean block reports
     reason = "budget"
     next_check = settings.min_samples
     while True:
@@ -314,6 +316,8 @@ def interleaved_sample(
         wall = time.perf_counter() - t0
         others = probe.end(token)
         rounds += 1
+        all_weighted += others * wall
+        all_wall += wall
         if others > settings.contention_cpu_pct:
             contended += 1
             for i, block in timings.items():
@@ -363,7 +367,8 @@ def interleaved_sample(
                 executed=executed[i],
                 sampling_s=sampling_s,
                 window=_share(measured, executed, kept, i),
-                contention_pct=others_weighted / kept_wall if kept_wall else 0.0,
+                contention_pct=(others_weighted / kept_wall if kept_wall
+                                else all_weighted / all_wall if all_wall else 0.0),
                 flags=_flags(warmups[i], reason, ci_for_flag, settings.target_ci_rel, short_of_clean),
             )
         )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
@@ -107,8 +108,12 @@ def benchmark_models(
     idempotency_key: str | None = None,
     details: dict[str, Any] | None = None,
     prepared: set[str] | None = None,
+    stopping: threading.Event | None = None,
 ) -> list[RunRecord]:
     """Run the named models (all when empty) and store each run; the stored records, in order.
+
+    `cancel` aborts the benchmark in flight; `stopping` only keeps the next series from starting (a
+    stop request lets the running one finish within the stop timeout, but starts nothing new).
 
     Each model is benchmarked as its active variant (an optimised one once an action promoted it).
     Once `cancel` is set, the worker in flight is aborted (and stored as such) and no other starts.
@@ -143,7 +148,9 @@ def benchmark_models(
     if idempotency_key is not None:
         done = queries.stored_run_ids(db, [f"{idempotency_key}/{p.key.label()}" for p in planned])
     for index, item in enumerate(planned):
-        if cancel is not None and cancel.is_set():
+        if any(event is not None and event.is_set() for event in (cancel, stopping)):
+            if index:
+                log.info("stopping: %d series of %s not started", len(planned) - index, item.model.name)
             break
         series_key = f"{idempotency_key}/{item.key.label()}" if idempotency_key is not None else None
         if series_key in done:
@@ -175,7 +182,10 @@ def benchmark_models(
         for record in to_records(item.job, outcome, item.key.variant):
             if report is not None:
                 record.details["prepare"] = report
-            record.idempotency_key = series_key
+            # Every run carries a key: a store retried after its commit (a reply lost with the
+            # connection, a crash between the spool's commit and its unlink) finds it instead of
+            # storing it twice. A fleet job's key is the job's; a local run's is its own.
+            record.idempotency_key = series_key or f"run:{uuid.uuid4().hex}"
             if details:
                 record.details.update(details)
             if record.status == "ok" and "measurement" not in record.details:

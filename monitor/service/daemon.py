@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import signal
 import threading
 import time
@@ -32,6 +33,7 @@ from monitor.service.lock import DaemonLock, daemon_holder
 from monitor.service.reporting import ReportKeeper, report_dir
 from monitor.service.scheduler import BenchmarkScheduler, next_due
 from monitor.service.spool import UNAVAILABLE, RunSpool
+from monitor.user_errors import EXIT_UNREACHABLE, explain, first_line
 from rules.discovery import ConfiguredRule, configured_rules
 from storage import findings as findings_store
 from storage import host_events, queries
@@ -40,6 +42,9 @@ from storage.host_events import HostEventRecord
 from storage.records import RunRecord
 
 log = logging.getLogger(__name__)
+
+MIN_FREE_BYTES = 64 * 2**20  # below this, the next spooled run may not fit: not ready
+OVERDUE_GRACE_S = 600.0
 
 CONFIG_POLL_S = 2.0
 NEVER = datetime.min.replace(tzinfo=UTC)
@@ -78,6 +83,10 @@ class BuiltRules:
             self._rules, self._for = configured_rules(loaded.config), loaded
         return self._rules
 
+    def built(self) -> list[ConfiguredRule]:
+        """The rules built so far, building none (for /healthz, on the HTTP thread)."""
+        return list(self._rules)
+
 
 class Daemon:
     """The running service: config, database, scheduler, and the signals that steer them."""
@@ -101,10 +110,14 @@ class Daemon:
         self.rules = BuiltRules()
         self.reports = ReportKeeper()
         self.last_success: datetime | None = None
+        self._last_finished: dict[str, datetime] = {}  # model -> its newest run's end (any status)
+        self._started = datetime.now(UTC)
+        self._waiting_for_database = True  # until its schema is checked at start
         self._http: ThreadingHTTPServer | None = None
 
     def health(self) -> dict[str, Any]:
-        """What /healthz reports: healthy when the scheduler runs and the database answers."""
+        """What /healthz reports: healthy when the scheduler runs, the database answers, every run is
+        safe (stored or spooled), the spool's disk has room, and no model is overdue."""
         try:
             with self.db.session(readonly=True) as session:
                 session.execute(text("SELECT 1"))
@@ -112,8 +125,12 @@ class Daemon:
         except Exception as exc:  # noqa: BLE001 - any driver error means "unreachable", reported
             reachable, problem = False, f"{type(exc).__name__}: {exc}"
         executor = self.executor.health()
+        problems = self.problems()
+        if self._waiting_for_database:
+            problems.insert(0, "starting: waiting for the database")
         return {
-            "healthy": self.scheduler.running and reachable and executor["healthy"],
+            "healthy": self.scheduler.running and reachable and executor["healthy"] and not problems,
+            "problems": problems,
             "scheduler_running": self.scheduler.running,
             "executor": executor,
             "database_reachable": reachable,
@@ -123,8 +140,40 @@ class Daemon:
             "next_runs": {name: when.isoformat() if when else None for name, when in self.scheduler.next_runs().items()},
         }
 
+    def problems(self, now: datetime | None = None) -> list[str]:
+        """What makes the daemon unfit to keep runs now, beyond an unreachable database."""
+        now = now or datetime.now(UTC)
+        found = []
+        if self.spool.held:
+            found.append(f"{len(self.spool.held)} run(s) held in memory: neither the database nor the spool "
+                         f"({self.spool.folder}) could take them")
+        try:
+            free = shutil.disk_usage(self.spool.folder).free
+            if free < MIN_FREE_BYTES:
+                found.append(f"the spool's disk has {free / 2**20:.0f} MiB free ({self.spool.folder})")
+        except OSError as exc:
+            found.append(f"the spool folder cannot be checked: {exc}")
+        for rule in self.rules.built():
+            for model, thread in list(rule.hung.items()):
+                if thread.is_alive():  # a plugin that never returned holds a thread (and maybe a core)
+                    found.append(f"rule {rule.label} on {model}: still running past its time limit of "
+                                 f"{rule.timeout_s:g} s")
+        models = self.loaded.config.models
+        # However the schedule falls, every other model may run once before this one: past that, the
+        # daemon is stuck (a hung job, a starved scheduler), not busy.
+        queue_s = sum(m.effective_timeout_s * len(m.series_batch_sizes) for m in models) + OVERDUE_GRACE_S
+        for model in models:
+            last = self._last_finished.get(model.name)
+            # What fell due before this daemon started counts from the start (it was not running).
+            due = max(next_due(model.schedule, last), self._started) if last is not None else self._started
+            if (now - due).total_seconds() > queue_s:
+                found.append(f"{model.name}: overdue, no run finished since {last or 'the start'} "
+                             f"(due {due:%Y-%m-%d %H:%M} UTC)")
+        return found
+
     def seed_metrics(self) -> None:
         """Latest stored figures per series, so /metrics is complete right after a restart."""
+        self.exporter.start_counting(m.name for m in self.loaded.config.models)
         for model in self.loaded.config.models:
             for record in reversed(queries.history(self.db, model.name, limit=4 * len(model.series_batch_sizes))):
                 self.note_run(record, count=False)
@@ -134,6 +183,9 @@ class Daemon:
     def note_run(self, record: RunRecord, count: bool = True, stored: bool = True) -> None:
         """Feed a run to /metrics and, once it is in the database, to /healthz's last success."""
         self.exporter.observe(record, count=count)
+        previous = self._last_finished.get(record.model)
+        if previous is None or record.finished_at > previous:
+            self._last_finished[record.model] = record.finished_at
         if stored and record.status == "ok" and (self.last_success is None or record.finished_at > self.last_success):
             self.last_success = record.finished_at
 
@@ -157,7 +209,7 @@ class Daemon:
             try:
                 records = benchmark_models(loaded, self.db, [name], LogProgress(self), cancel=self.cancel,
                                            store=self.spool.store, known_variants=self.variants,
-                                           prepared=self.prepared)
+                                           prepared=self.prepared, stopping=self.stop_requested)
             except Exception:
                 log.exception("benchmark of %s failed to run or store", name)
                 return
@@ -237,19 +289,33 @@ class Daemon:
             self.reload_requested.set()  # try again at the next poll
             log.warning("config reload postponed, the database is unavailable: %s", str(exc).splitlines()[0])
             return
+        self.exporter.start_counting(m.name for m in loaded.config.models)
         log.info("config reloaded from %s", loaded.path)
 
     def serve(self) -> None:
         """Run until a stop is requested, then stop gracefully."""
+        site = report_dir(self.loaded) if self.loaded.config.reports.refresh else None
+        # Serving first: while the database is away at start, /livez answers and /healthz says why
+        # the daemon is not ready, instead of the process failing (and a supervisor looping on it).
+        self._http = serve(self.loaded.config.daemon.listen, self.exporter, self.health, site,
+                           alive=lambda: self._waiting_for_database or self.scheduler.running)
+        listen = self.loaded.config.daemon.listen
+        log.info("health and metrics on http://%s/healthz and /metrics", listen)
+        try:
+            started = self.wait_for_database()
+        finally:
+            if self._waiting_for_database:  # a stop, or a database that is not merely away
+                self.reports.close()
+                self.executor.shutdown()
+                self._http.shutdown()
+        if not started:
+            log.info("perfguard daemon stopped before its database answered")
+            return
         self.flush_spool()  # runs a previous daemon could not store
         self.seed_metrics()
         self.watch_fleet_runs()  # where fleet runs stand now
         self.sync_schedule()
         self.scheduler.start()
-        site = report_dir(self.loaded) if self.loaded.config.reports.refresh else None
-        self._http = serve(self.loaded.config.daemon.listen, self.exporter, self.health, site)
-        listen = self.loaded.config.daemon.listen
-        log.info("health and metrics on http://%s/healthz and /metrics", listen)
         if site is not None and self.reports.refresh(self.db, self.loaded) is not None:
             log.info("report on http://%s/ (files in %s)", listen, site)
         log.info("perfguard daemon started: %d model(s), database %s", len(self.loaded.config.models),
@@ -269,6 +335,27 @@ class Daemon:
                 self.reload()
         self.stop()
 
+    def wait_for_database(self) -> bool:
+        """Bring the schema up to date, waiting (and saying so) while the database cannot be reached;
+        False when a stop came first. The benchmarks need it: it names each model's active variant."""
+        warned = False
+        while True:
+            try:
+                self.db.upgrade()
+                if warned:
+                    log.info("the database answers again: starting")
+                self._waiting_for_database = False
+                return True
+            except UNAVAILABLE as exc:
+                if explain(exc).code != EXIT_UNREACHABLE:
+                    raise  # a damaged file does not mend by waiting: said in one line by the command
+                if not warned:
+                    log.warning("the database cannot be reached, waiting for it (checked every %g s): %s",
+                                CONFIG_POLL_S, first_line(exc))
+                    warned = True
+            if self.stop_requested.wait(CONFIG_POLL_S):
+                return False
+
     def flush_spool(self) -> None:
         """Store runs that waited for the database, once it answers again."""
         if not self.spool.files():
@@ -280,6 +367,7 @@ class Daemon:
         timeout = self.loaded.config.daemon.stop_timeout_s
         log.info("stopping: no new benchmarks; waiting up to %g s for the one in flight", timeout)
         self.scheduler.pause()
+        self.reports.close()  # never waits for a mail server; unsent alerts go out after the restart
         with self._idle:
             finished = self._idle.wait_for(lambda: self._active == 0, timeout=timeout)
         if not finished:
@@ -311,7 +399,7 @@ def _mtime(path: Path) -> float | None:
 def run_daemon(loaded: LoadedConfig) -> int:
     """Hold the per-database lock, open storage, serve until SIGTERM/SIGINT; the exit status."""
     url = loaded.storage_url()
-    db = Database.open(url)
+    db = Database.open(url, upgrade=False)  # connects on first use: the daemon may start before its database
     try:
         with DaemonLock(url, db.display_location()):
             daemon = Daemon(loaded, db)
@@ -334,7 +422,7 @@ def run_daemon(loaded: LoadedConfig) -> int:
     return 0
 
 
-def daemon_report(loaded: LoadedConfig, db: Database) -> dict[str, Any]:
+def daemon_report(loaded: LoadedConfig, db: Database | None) -> dict[str, Any]:
     """What `perfguard status` shows: is a daemon running here, and per model its last and next run.
 
     The next run comes from the running daemon's /healthz when it answers, else from the schedule
@@ -352,7 +440,7 @@ def daemon_report(loaded: LoadedConfig, db: Database) -> dict[str, Any]:
     now = datetime.now(UTC)
     models = []
     for model in loaded.config.models:
-        [last] = queries.history(db, model.name, limit=1) or [None]
+        [last] = (queries.history(db, model.name, limit=1) if db is not None else []) or [None]
         if model.name in live_next:
             next_run, source = live_next[model.name], "daemon"
         elif last is None:
@@ -371,6 +459,6 @@ def daemon_report(loaded: LoadedConfig, db: Database) -> dict[str, Any]:
     return {
         "daemon": {"running": holder is not None, "holder": holder,
                    "endpoint": f"http://{listen}" if holder is not None else None},
-        "database": db.display_location(),
+        "database": db.display_location() if db is not None else f"{loaded.sqlite_path()} (not created yet)",
         "models": models,
     }

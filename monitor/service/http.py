@@ -1,5 +1,5 @@
-"""The daemon's HTTP side: `/healthz` for liveness probes, `/metrics` for Prometheus, and the HTML
-report (read-only: GET and HEAD of the files the report wrote, nothing else).
+"""The daemon's HTTP side: `/healthz` for readiness, `/livez` for liveness, `/metrics` for Prometheus, and
+the HTML report (read-only: GET and HEAD of the files the report wrote, nothing else).
 
 Figures are gauges set from each stored run (seeded from history at start), so a scrape never
 touches the database; `/healthz` does, briefly, because "database reachable" is what it reports.
@@ -21,12 +21,14 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from storage.findings import FindingRecord
-from storage.records import RunRecord
+from storage.records import RUN_STATUSES, RunRecord
 
 log = logging.getLogger(__name__)
 
 SERIES = ("model", "variant", "device", "batch_size")
-QUANTILES = (("0.5", "latency_ms_p50"), ("0.9", "latency_ms_p90"), ("0.99", "latency_ms_p99"))
+# A gauge per percentile, labelled `percentile`: `quantile` is reserved for summaries, whose _sum and
+# _count a latest-run figure does not have (promtool rejects it on any other type).
+PERCENTILES = (("50", "latency_ms_p50"), ("90", "latency_ms_p90"), ("99", "latency_ms_p99"))
 
 
 class RunMetricsExporter:
@@ -35,7 +37,7 @@ class RunMetricsExporter:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.latency = Gauge("perfguard_latency_seconds", "Latency of one forward pass, latest run",
-                             [*SERIES, "quantile"], registry=self.registry)
+                             [*SERIES, "percentile"], registry=self.registry)
         self.throughput = Gauge("perfguard_throughput_items_per_second", "Items per second at p50, latest run",
                                 SERIES, registry=self.registry)
         self.peak_rss = Gauge("perfguard_peak_rss_bytes", "Peak resident memory of the worker, latest run",
@@ -55,6 +57,13 @@ class RunMetricsExporter:
                            ["host", "probe"], registry=self.registry)
         self.host_events = Gauge("perfguard_open_host_events", "Open host events: the host itself got slower or faster",
                                  ["host"], registry=self.registry)
+
+    def start_counting(self, models: Iterable[str]) -> None:
+        """Every model's run counters at 0 from the start: `increase()` sees a model's first run
+        after a restart only if the series existed before it."""
+        for model in models:
+            for status in RUN_STATUSES:
+                self.runs.labels(model, status)
 
     def observe_host_events(self, open_per_host: dict[str, int]) -> None:
         """Set the open host-event count of each host (zero for a host whose events are over)."""
@@ -79,10 +88,10 @@ class RunMetricsExporter:
             return
         series = (record.model, record.variant, record.device, str(record.batch_size))
         m = record.metrics
-        for quantile, field in QUANTILES:
+        for percentile, field in PERCENTILES:
             value = getattr(m, field)
             if value is not None:
-                self.latency.labels(*series, quantile).set(value / 1000)
+                self.latency.labels(*series, percentile).set(value / 1000)
         _set(self.throughput, series, m.throughput_per_s)
         _set(self.relative, series, m.rel_to_reference)
         host = record.env.host or "unknown"
@@ -98,12 +107,15 @@ def _set(gauge: Gauge, series: tuple[str, ...], value: float | None) -> None:
 
 
 SITE_TYPES = {".html": "text/html; charset=utf-8", ".png": "image/png"}
+IDLE_TIMEOUT_S = 30.0
 
 
 def site_file(site: Path, url_path: str) -> Path | None:
     """The report file an URL path names, or None: only .html and .png files inside `site`, no
     hidden files, no way out of the folder (`..`, symlinks, encoded slashes)."""
     path = unquote(urlsplit(url_path).path)
+    if "\x00" in path:
+        return None  # no file has a NUL in its name (and the OS would refuse it with ValueError)
     if path in ("", "/"):
         path = "/index.html"
     parts = [p for p in path.split("/") if p]
@@ -121,12 +133,27 @@ def site_file(site: Path, url_path: str) -> Path | None:
 
 def serve(
     listen: str, exporter: RunMetricsExporter, health: Callable[[], dict[str, Any]], site: Path | None = None,
+    alive: Callable[[], bool] = lambda: True,
 ) -> ThreadingHTTPServer:
     """Start the endpoint on `host:port` in a background thread; the server (call shutdown() to stop).
-    With `site`, the report written there is served at `/`."""
+    With `site`, the report written there is served at `/`.
+
+    `/healthz` (also `/readyz`) is readiness: can runs be taken and kept now. `/livez` is liveness:
+    the process serves and its scheduler runs, nothing else (no database query), so a database outage
+    makes an orchestrator stop routing, not restart the daemon and lose what it holds for later."""
     host, _, port = listen.rpartition(":")
 
     class Handler(BaseHTTPRequestHandler):
+        # An idle or trickling client gives up its thread after this long (a socket timeout on every
+        # read and write), instead of holding one thread per open connection forever.
+        timeout = IDLE_TIMEOUT_S
+
+        def handle(self) -> None:
+            try:
+                super().handle()
+            except (BrokenPipeError, ConnectionResetError, TimeoutError):
+                pass  # the client went away or stalled: nothing to answer, nothing to log
+
         def do_GET(self) -> None:  # noqa: N802 - the http.server API
             self._answer(send_body=True)
 
@@ -136,7 +163,10 @@ def serve(
         def _answer(self, send_body: bool) -> None:
             if self.path == "/metrics":
                 self._reply(200, CONTENT_TYPE_LATEST, generate_latest(exporter.registry), send_body)
-            elif self.path == "/healthz":
+            elif self.path == "/livez":
+                ok = alive()
+                self._reply(200 if ok else 503, "application/json", json.dumps({"alive": ok}).encode(), send_body)
+            elif self.path in ("/healthz", "/readyz"):
                 report = health()
                 body = json.dumps(report, default=str).encode()
                 self._reply(200 if report["healthy"] else 503, "application/json", body, send_body)
@@ -148,7 +178,7 @@ def serve(
                     return
                 self._reply(200, SITE_TYPES[found.suffix], body, send_body, cache="no-cache")
             else:
-                hint = b"not found: try /, /healthz or /metrics\n" if site else b"not found: try /healthz or /metrics\n"
+                hint = b"not found: try " + (b"/, " if site else b"") + b"/healthz, /livez or /metrics\n"
                 self._reply(404, "text/plain", hint, send_body)
 
         def _reply(self, code: int, content_type: str, body: bytes, send_body: bool = True,

@@ -15,10 +15,13 @@ from typing import Any
 from monitor.config import LoadedConfig
 from monitor.detection.attribution import confirm_pending, ensure_references, references_wanted
 from monitor.detection.check import CheckResult, check_models
+from monitor.optimize.rollback import damaged_weights, roll_back
 from monitor.service.benchmark import benchmark_models
 from monitor.service.respond import Response, respond
 from rules.discovery import ConfiguredRule, configured_rules
+from storage.actions import NothingToRollBack
 from storage.db import Database
+from storage.queries import BASELINE
 from storage.records import RunRecord
 
 log = logging.getLogger(__name__)
@@ -43,6 +46,7 @@ def after_runs(
     """After a model's runs: detect changes, freeze its reference once, attribute new regressions,
     then evaluate the rules and run the actions they decide (monitor/service/respond.py)."""
     done = AfterRuns()
+    fall_back_from_damaged_weights(db, loaded, name, records)
     if not any(r.status == "ok" and r.run_id is not None for r in records) or cancel.is_set():
         return done
     done.check = check_models(db, loaded, [name])
@@ -54,6 +58,22 @@ def after_runs(
         new = {f.id for f in done.check.new if f.id is not None}
         done.response = respond(db, loaded, name, done.check.findings, new, rules, cancel)
     return done
+
+
+def fall_back_from_damaged_weights(db: Database, loaded: LoadedConfig, name: str, records: list[RunRecord]) -> None:
+    """The active variant's weights failed their check: every run of it would fail until someone
+    rolls back by hand, so roll back now (the rollback is an action: its alert goes out) and the next
+    run measures the previous variant."""
+    damaged = next((r for r in records if r.status == "failed" and r.variant != BASELINE
+                    and damaged_weights(r.error)), None)
+    if damaged is None:
+        return
+    why = f"the weights of variant {damaged.variant} failed their check (run {damaged.run_id})"
+    try:
+        record = roll_back(db, loaded, name, trigger="integrity", why=why)
+    except NothingToRollBack:
+        return
+    log.error("%s: %s; rolled back to %s (action %s)", name, why, record.to_variant, record.id)
 
 
 class FleetJobs:

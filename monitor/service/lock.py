@@ -3,6 +3,12 @@
 Two daemons on one host would benchmark at the same time and measure each other. `flock` is held by
 the open file and released by the kernel when the process exits, however it exits, so a crashed
 daemon never leaves a stale lock behind (a pid file would).
+
+The lock is named after the database itself, not the spelling of its URL: a SQLite file by its real
+path (`..`, symlinks and relative paths resolve to one name), a PostgreSQL database by the address its
+host name resolves to, its port and its name (`localhost` and `127.0.0.1` are one server; the user and
+password do not matter). It lives in the host's lock folder (device_lock.lock_dir), which a systemd
+unit and a shell share, not in a per-session runtime folder.
 """
 
 from __future__ import annotations
@@ -10,20 +16,42 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
-import tempfile
+import socket
 from pathlib import Path
 from typing import IO
+
+from sqlalchemy.engine import make_url
+
+from monitor.harness.device_lock import lock_dir
+
+DEFAULT_PORTS = {"postgresql": 5432}
 
 
 class DaemonAlreadyRunning(RuntimeError):
     pass
 
 
+def database_identity(storage_url: str) -> str:
+    """One name per database, however its URL is spelled."""
+    url = make_url(storage_url)
+    if url.get_backend_name() == "sqlite":
+        database = url.database or ""
+        if database in ("", ":memory:") or database.startswith("file:"):
+            return f"sqlite:{database}"
+        return "sqlite:" + os.path.realpath(os.path.expanduser(database))
+    host = url.host or "localhost"
+    try:  # one address per server: localhost and 127.0.0.1 are the same one
+        host = sorted(info[4][0] for info in socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP))[0]
+    except (OSError, IndexError):
+        pass
+    backend = url.get_backend_name()
+    return f"{backend}://{host}:{url.port or DEFAULT_PORTS.get(backend, 0)}/{url.database}"
+
+
 def lock_path(storage_url: str) -> Path:
-    """The lock file for a database: the same URL on this host means the same file."""
-    folder = Path(os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir())
-    digest = hashlib.sha256(storage_url.encode()).hexdigest()[:16]
-    return folder / f"perfguard-daemon-{digest}.lock"
+    """The lock file for a database: the same database on this host means the same file."""
+    digest = hashlib.sha256(database_identity(storage_url).encode()).hexdigest()[:16]
+    return lock_dir() / f"daemon-{digest}.lock"
 
 
 class DaemonLock:

@@ -25,6 +25,7 @@ from pathlib import Path
 from apscheduler.triggers.cron import CronTrigger
 
 from monitor.config import EmailConfig, LoadedConfig
+from monitor.service.mailer import Mailer
 from reports.charts import ChartDrawer
 from reports.data import FleetReport, ModelView, ReportedModel, fleet, gather, lead_first, recent_host_events
 from reports.mail import Delivery, SmtpSettings, build_message, send
@@ -228,7 +229,8 @@ def _deliver(
     message = build_message(rendered.subject, email.sender, [recipient], rendered.html, rendered.text,
                             rendered.images, {"X-Perfguard-Kind": kind})
     delivery = send(message, smtp_settings(email, loaded.base_dir))
-    notifications.finish(db, ids, ok=delivery.ok, attempts=delivery.attempts, error=delivery.error, now=now)
+    notifications.finish(db, ids, ok=delivery.ok, attempts=delivery.attempts, error=delivery.error, now=now,
+                         permanent=delivery.permanent)
     saved = None
     if not delivery.ok:
         outbox = report_dir(loaded) / OUTBOX
@@ -271,6 +273,8 @@ class ReportKeeper:
         self._views: dict[str, ModelView] = {}
         self._full_at: float | None = None
         self._models: tuple[str, ...] = ()
+        self._mail_context: tuple[Database, LoadedConfig] | None = None  # for the mail thread's retries
+        self.mailer = Mailer(idle=self._retry_failed)
 
     def refresh(self, db: Database, loaded: LoadedConfig, model: str | None = None) -> Site | None:
         if not loaded.config.reports.refresh:
@@ -296,21 +300,38 @@ class ReportKeeper:
         return write_site(report, report_dir(loaded), workers=1, only=[model])
 
     def after_runs(self, db: Database, loaded: LoadedConfig, model: str) -> None:
+        """Refresh the report, then hand the model's alerts to the mail thread (never sent here: this
+        is the thread that runs benchmarks)."""
         self.refresh(db, loaded, model)
         if loaded.config.email is not None and loaded.config.email.alerts:
-            try:
-                send_alerts(db, loaded, model)
-            except Exception:
-                log.exception("alerts for %s failed", model)
+            self._mail_context = (db, loaded)
+            self.mailer.submit(f"alerts:{model}", lambda: send_alerts(db, loaded, model))
 
     def digest(self, db: Database, loaded: LoadedConfig) -> None:
         email = loaded.config.email
         if email is None or email.digest_cron is None:
             return
-        try:
-            send_digests(db, loaded, key=digest_slot(email.digest_cron, datetime.now(UTC)).isoformat())
-        except Exception:
-            log.exception("digest failed")
+        self._mail_context = (db, loaded)
+        key = digest_slot(email.digest_cron, datetime.now(UTC)).isoformat()
+        self.mailer.submit(f"digest:{key}", lambda: send_digests(db, loaded, key=key))
+
+    def close(self, wait_s: float = 0.0) -> None:
+        """Stop the mail thread without waiting for a slow server (what it was sending is retried)."""
+        self.mailer.stop(wait_s)
+
+    def _retry_failed(self) -> None:
+        """The mail thread's idle pass: send again what failed once its wait is over."""
+        if self._mail_context is None:
+            return
+        db, loaded = self._mail_context
+        if loaded.config.email is None:
+            return
+        now = datetime.now(UTC)
+        configured = {m.name for m in loaded.config.models}
+        for model in sorted({m for m, _ in notifications.due_for_retry(db, "alert", now) if m in configured}):
+            send_alerts(db, loaded, model, now=now)
+        for _, subject_key in notifications.due_for_retry(db, "digest", now):
+            send_digests(db, loaded, key=subject_key.removeprefix("digest:"), now=now)
 
 
 class EmailNotConfigured(LookupError):

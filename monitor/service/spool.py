@@ -33,24 +33,73 @@ class RunSpool:
     def __init__(self, folder: Path):
         self.folder = folder
         folder.mkdir(parents=True, exist_ok=True)
+        self.clean()
         # The daemon's main thread flushes while benchmark threads store: one at a time, or a
         # waiting run could be inserted twice.
         self._lock = threading.RLock()
+        # Runs that could be neither stored nor spooled (a full disk): kept here, retried at every
+        # flush, and reported by /healthz until they are safe. Lost only if the process dies too.
+        self.held: list[RunRecord] = []
 
     def files(self) -> list[Path]:
         return sorted(self.folder.glob("*.json"))
 
     def add(self, record: RunRecord) -> Path:
+        """Write `record` to the spool; it gets an idempotency key first if it has none, so a flush
+        that dies between its commit and its unlink does not store it twice on the next start."""
+        if record.idempotency_key is None:
+            record.idempotency_key = f"run:{uuid.uuid4().hex}"
         name = f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.json"
         tmp = self.folder / f".{name}.tmp"
-        tmp.write_text(json.dumps(record.to_storable(), allow_nan=False), encoding="utf-8")
-        os.replace(tmp, self.folder / name)
+        try:
+            tmp.write_text(json.dumps(record.to_storable(), allow_nan=False), encoding="utf-8")
+            os.replace(tmp, self.folder / name)
+        except OSError:
+            tmp.unlink(missing_ok=True)  # a full disk leaves no empty temporary file behind
+            raise
         return self.folder / name
+
+    def clean(self) -> int:
+        """Remove temporary files a crash or a full disk left (never a complete run); how many."""
+        left = list(self.folder.glob(".*.json.tmp"))
+        for path in left:
+            path.unlink(missing_ok=True)
+        return len(left)
 
     def flush(self, db: Database) -> list[RunRecord]:
         """Store waiting runs oldest first; stop at the first that fails. The runs stored now."""
         with self._lock:
-            return self._flush(db)
+            return self._flush(db) + self._release_held(db)
+
+    def _release_held(self, db: Database) -> list[RunRecord]:
+        """Runs held in memory: into the database if it answers, else into the spool if the disk
+        has room again; the ones stored now."""
+        stored, still = [], []
+        for record in self.held:
+            try:
+                if not self.files():
+                    queries.save_run(db, record)
+                    stored.append(record)
+                    continue
+            except UNAVAILABLE:
+                pass
+            try:
+                self.add(record)
+            except OSError:
+                still.append(record)
+        if len(still) < len(self.held):
+            log.warning("%d run(s) held in memory are safe again; %d still held", len(self.held) - len(still),
+                        len(still))
+        self.held = still
+        return stored
+
+    def _spool_or_hold(self, record: RunRecord) -> None:
+        try:
+            self.add(record)
+        except OSError as exc:
+            self.held.append(record)
+            log.error("run of %s (batch %d) can be neither stored nor spooled (%s): held in memory, %d held",
+                      record.model, record.batch_size, exc, len(self.held))
 
     def _flush(self, db: Database) -> list[RunRecord]:
         stored = []
@@ -69,8 +118,11 @@ class RunSpool:
         return stored
 
     def store(self, db: Database, record: RunRecord) -> None:
-        """Store `record` now (after any that wait), or spool it; `record.run_id` says which."""
+        """Store `record` now (after any that wait), or spool it, or hold it in memory when even the
+        spool cannot be written; `record.run_id` says whether it is stored."""
         with self._lock:
+            if self.held:
+                self._release_held(db)
             if self.files():
                 self._flush(db)
             if not self.files():  # nothing waits: store now, unless the database is still away
@@ -80,4 +132,4 @@ class RunSpool:
                 except UNAVAILABLE as exc:
                     log.warning("database unavailable, run of %s spooled: %s", record.model,
                                 str(exc).splitlines()[0])
-            self.add(record)  # behind any that wait, keeping the order of runs
+            self._spool_or_hold(record)  # behind any that wait, keeping the order of runs
