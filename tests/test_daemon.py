@@ -341,20 +341,30 @@ class TcpProxy:
         self._conns.clear()
 
 
-@pytest.mark.postgres
-def test_a_daemon_started_while_its_database_is_down_serves_waits_and_then_runs(tmp_path, pg_schema_url):
+def behind_proxy(tmp_path: Path, pg_schema_url: str, every: str) -> tuple[TcpProxy, Path, int]:
+    """A daemon config whose PostgreSQL is reached through a proxy (not started yet), and its port."""
     from sqlalchemy import make_url
 
     target = make_url(pg_schema_url)
-    proxy = TcpProxy(target.port or 5432)  # not started: the database is down
+    proxy = TcpProxy(target.port or 5432)
     url = target.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
     port = free_port()
-    config = write_config(tmp_path, QUICK_MODEL.format(name="fast", every="1h"), port=port)
+    config = write_config(tmp_path, QUICK_MODEL.format(name="fast", every=every), port=port)
     config.write_text(config.read_text().replace('url = "sqlite:///runs.db"', f'url = "{url}"'))
+    return proxy, config, port
+
+
+def stored_runs(url: str, model: str) -> int:
+    with Database.open(url) as db:
+        return len(queries.history(db, model, limit=1000))
+
+
+@pytest.mark.postgres
+def test_a_daemon_started_while_its_database_is_down_serves_waits_and_then_runs(tmp_path, pg_schema_url):
+    proxy, config, port = behind_proxy(tmp_path, pg_schema_url, every="1h")  # proxy not started: down
 
     def count() -> int:
-        with Database.open(pg_schema_url) as db:
-            return len(queries.history(db, "fast", limit=1000))
+        return stored_runs(pg_schema_url, "fast")
 
     proc = start(config)
     try:
@@ -375,19 +385,11 @@ def test_a_daemon_started_while_its_database_is_down_serves_waits_and_then_runs(
 
 
 def test_a_database_outage_turns_health_red_and_loses_no_run(tmp_path, pg_schema_url):
-    from sqlalchemy import make_url
-
-    target = make_url(pg_schema_url)
-    proxy = TcpProxy(target.port or 5432)
+    proxy, config, port = behind_proxy(tmp_path, pg_schema_url, every="2s")
     proxy.start()
-    url = target.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
-    port = free_port()
-    config = write_config(tmp_path, QUICK_MODEL.format(name="fast", every="2s"), port=port)
-    config.write_text(config.read_text().replace('url = "sqlite:///runs.db"', f'url = "{url}"'))
 
     def count() -> int:
-        with Database.open(pg_schema_url) as db:
-            return len(queries.history(db, "fast", limit=1000))
+        return stored_runs(pg_schema_url, "fast")
 
     proc = start(config)
     try:
