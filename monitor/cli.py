@@ -79,9 +79,9 @@ def _open_stored(loaded: LoadedConfig) -> Database | None:
     return _open_db(loaded, create=False)
 
 
-def _known_model(db: Database, loaded: LoadedConfig, name: str) -> None:
-    """A usage error unless `name` is configured or has stored history."""
-    known = {m.name for m in queries.list_models(db)} | {m.name for m in loaded.config.models}
+def _known_model(loaded: LoadedConfig, name: str, db: Database | None) -> None:
+    """A usage error unless `name` is configured or has stored history (`db` None: nothing stored)."""
+    known = {m.name for m in loaded.config.models} | ({m.name for m in queries.list_models(db)} if db else set())
     if name not in known:
         raise click.UsageError(f"unknown model {name!r}; known: {', '.join(sorted(known)) or '(none)'}")
 
@@ -308,15 +308,13 @@ def run(config_path: Path, as_json: bool, names: tuple[str, ...]) -> None:
 def history(config_path: Path, as_json: bool, model: str, limit: int, batch_size: int | None) -> None:
     """Stored runs of MODEL, newest first."""
     loaded = _load(config_path)
-    configured = {m.name for m in loaded.config.models}
     database = _open_stored(loaded)
+    records = []
     if database is None:
-        if model not in configured:
-            raise click.UsageError(f"unknown model {model!r}; configured: {', '.join(sorted(configured)) or '(none)'}")
-        records = []
+        _known_model(loaded, model, None)
     else:
         with database as db:
-            _known_model(db, loaded, model)
+            _known_model(loaded, model, db)
             records = queries.history(db, model, limit=limit, batch_size=batch_size)
     if as_json:
         _print_json([r.to_json() for r in records])
@@ -454,7 +452,7 @@ def check(config_path: Path, as_json: bool, names: tuple[str, ...], show_all: bo
     loaded = _load(config_path)
     with _open_db(loaded) as db:
         for name in names:
-            _known_model(db, loaded, name)
+            _known_model(loaded, name, db)
         result = check_models(db, loaded, list(names) or None)
         confirming = confirm if confirm is not None else loaded.config.detection.confirm
         configured = [m.name for m in loaded.config.models if not names or m.name in names]
@@ -601,10 +599,8 @@ def rollback(config_path: Path, as_json: bool, model: str) -> None:
     loaded = _load(config_path)
     database = _open_stored(loaded)
     if database is None:  # nothing stored yet: nothing was ever promoted
-        if model in {m.name for m in loaded.config.models}:
-            raise click.UsageError(f"{model}: nothing to roll back: it has never been benchmarked or optimised")
-        raise click.UsageError(f"unknown model {model!r}; configured: "
-                               f"{', '.join(m.name for m in loaded.config.models) or '(none)'}")
+        _known_model(loaded, model, None)
+        raise click.UsageError(f"{model}: nothing to roll back: it has never been benchmarked or optimised")
     with database as db:
         known = {m.name for m in queries.list_models(db)}
         if model not in known:
@@ -634,13 +630,12 @@ def actions(config_path: Path, as_json: bool, model: str | None, limit: int) -> 
     loaded = _load(config_path)
     records: list[ActionRecord] = []
     database = _open_stored(loaded)
-    if database is None and model is not None and model not in {m.name for m in loaded.config.models}:
-        raise click.UsageError(f"unknown model {model!r}; configured: "
-                               f"{', '.join(m.name for m in loaded.config.models) or '(none)'}")
+    if database is None and model is not None:
+        _known_model(loaded, model, None)
     if database is not None:
         with database as db:
             if model is not None:
-                _known_model(db, loaded, model)
+                _known_model(loaded, model, db)
             records = stored_actions(db, model, limit)
     if as_json:
         _print_json([r.to_json() for r in records])
