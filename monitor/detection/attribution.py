@@ -28,6 +28,7 @@ from typing import Any
 from monitor.config import LoadedConfig, ModelConfig
 from monitor.detection.check import detection_options
 from monitor.harness.protocol import REFERENCE_LABEL, ArtifactRef, BenchmarkJob
+from monitor.harness.reference import damaged
 from monitor.harness.runner import WorkerOutcome, run_worker
 from monitor.registry import PlannedBenchmark, UnknownModelError, plan_active
 from storage import findings as store
@@ -75,8 +76,11 @@ def ensure_references(
         if not _has_ok_run(db, planned.model.name, key):
             continue  # no baseline yet (never run, or every run failed): nothing worth freezing
         latest = store.latest_reference(db, planned.model.name, key)
-        damaged = latest is not None and latest.lost_at is not None and damaged_file(latest.lost_reason)
-        if latest is not None and not damaged and (
+        # Lost because its file changed or vanished on disk, not because the libraries no longer
+        # reproduce it: freezing the same model again, while no regression is open, loses nothing
+        # (after an upgrade it would hide the very change the reference must show).
+        refreeze = latest is not None and latest.lost_at is not None and damaged(latest.lost_reason)
+        if latest is not None and not refreeze and (
                 latest.artifact or (now - latest.created_at).total_seconds() < RETRY_FREEZE_S):
             continue  # frozen, or failed to freeze lately: not one extra worker per scheduled run
         regressed = any(
@@ -88,7 +92,7 @@ def ensure_references(
             continue
         if cancel is not None and cancel.is_set():
             break
-        if damaged:
+        if refreeze:
             assert latest is not None
             log.warning("%s %s: reference %d was damaged (%s); freezing the model anew at this stable point",
                         planned.model.name, key.label(), latest.id, latest.lost_reason)
@@ -97,12 +101,6 @@ def ensure_references(
     return frozen
 
 
-def damaged_file(lost_reason: str | None) -> bool:
-    """A reference lost because its file changed or vanished on disk, not because the libraries no
-    longer reproduce it: freezing the same model again, while no regression is open, loses nothing
-    (after an upgrade it would hide the very change the reference must show)."""
-    reason = lost_reason or ""  # reference.open_verified's words, as reference.short_reason cut them
-    return "does not match its recorded sha" in reason or " is missing" in reason
 
 
 def freeze_reference(

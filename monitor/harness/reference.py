@@ -170,6 +170,17 @@ def _write_check(folder: Path, args: tuple[Any, ...], kwargs: dict[str, Any], co
     return final, sha256
 
 
+# How open_verified words its refusals; `damaged` reads them back from a stored error or reason.
+MISSING = "is missing"
+MISMATCH = "does not match its recorded sha256"
+
+
+def damaged(text: str | None) -> bool:
+    """Whether an error text says a file was changed or removed on disk (open_verified's refusal),
+    not that it failed to load or to reproduce its output."""
+    return bool(text) and (MISMATCH in text or f" {MISSING}" in text)
+
+
 @contextlib.contextmanager
 def open_verified(path: Path, sha256: str | None, what: str) -> Iterator[IO[bytes]]:
     """The file open for reading, positioned at its start, once its bytes hash to `sha256`.
@@ -180,12 +191,12 @@ def open_verified(path: Path, sha256: str | None, what: str) -> Iterator[IO[byte
     try:
         handle = path.open("rb")
     except FileNotFoundError:
-        raise ArtifactError(f"{what} {path} is missing") from None
+        raise ArtifactError(f"{what} {path} {MISSING}") from None
     with handle:
         found = sha256_of(handle)
         if found != sha256:
             raise ArtifactError(
-                f"{what} {path} does not match its recorded sha256 (expected {sha256}, "
+                f"{what} {path} {MISMATCH} (expected {sha256}, "
                 f"found {found}): it was altered or corrupted; refusing to load it"
             )
         handle.seek(0)

@@ -5,6 +5,7 @@ hook that told it about the promotion."""
 from __future__ import annotations
 
 from monitor.config import LoadedConfig
+from monitor.harness.reference import damaged
 from monitor.optimize.search import notify
 from storage.actions import ActionRecord, Promotion, active_spec
 from storage.actions import rollback as record_rollback
@@ -28,5 +29,4 @@ def roll_back(db: Database, loaded: LoadedConfig, model: str, trigger: str = "cl
 def damaged_weights(error: str | None) -> bool:
     """A run that failed because the variant's weights file changed or vanished on disk
     (harness/variants.py and reference.open_verified say so in these words)."""
-    text = error or ""
-    return "weights of variant" in text and ("does not match its recorded sha" in text or " is missing" in text)
+    return damaged(error) and "weights of variant" in (error or "")
