@@ -192,6 +192,18 @@ def test_ab_judgement_tells_model_from_environment() -> None:
     assert judge(finding(), {}, {}, {}, 7, 0.05).cause == "unknown"
 
 
+def test_a_big_code_change_is_the_models_even_when_its_copy_times_slow_beside_it() -> None:
+    """An 11x regression, the model 5x slower than its copy, the copy itself 2x slower in that A/B:
+    5x is more than half of 11x on the scale slowdowns compose on (4 is not half of 10)."""
+    big = finding(rel=10.0)
+    verdict = judge(big, {"ratio": 1.0}, {"reference": {"ratio_p50": 0.2, "ratio_ci95": [0.19, 0.21]}},
+                    {"current": 11.0, "reference": 2.0}, 7, 0.05)
+    assert verdict.cause == "model" and verdict.confirmation["model_change"] == pytest.approx(4.0)
+    # Far short of half, whichever scale: 10 % of an 11x regression explains nothing.
+    assert judge(big, {"ratio": 1.0}, {"reference": {"ratio_p50": 1 / 1.1, "ratio_ci95": [0.9, 0.92]}},
+                 {"current": 11.0, "reference": 10.0}, 7, 0.05).cause != "model"
+
+
 def test_check_and_baseline_commands(tmp_path: Path) -> None:
     config = write_config(tmp_path / "perfguard.toml", [tiny_model(MODEL)], extra="[detection]\nconfirm = false\n")
     with Database.open(f"sqlite:///{tmp_path / 'perfguard.db'}") as db:
