@@ -12,6 +12,7 @@ import pytest
 from monitor.harness.collectors import CpuContentionProbe
 from monitor.harness.protocol import SamplingSettings
 from monitor.harness.sampling import (
+    MIN_SAMPLES_FLOOR,
     NoProbe,
     StopRule,
     adaptive_sample,
@@ -309,3 +310,18 @@ def test_a_run_with_every_block_contended_reports_the_contention_it_saw():
     assert result.contended_blocks == result.blocks > 0
     assert result.contention_pct == pytest.approx(130.0)  # not 0.0: no clean block to average over
     assert FLAG_CONTENDED in result.flags
+
+
+def test_a_comparison_with_no_clean_round_reads_every_round_and_says_so():
+    """A neighbour busy throughout slows both subjects of a round: their ratio still holds, flagged,
+    where their absolute times do not; with clean rounds, only those count."""
+    runs = [("a", block_runner(spin(0.0001))), ("b", block_runner(spin(0.0003)))]
+    busy = interleaved_sample(runs, SamplingSettings(max_time_s=0.6, min_samples=100000, contention_cpu_pct=15),
+                              AlwaysBusy())
+    assert busy.contended_rounds == busy.rounds >= MIN_SAMPLES_FLOOR
+    ratio = busy.comparison["b"]
+    assert ratio["contended"] and ratio["rounds"] == busy.rounds
+    assert ratio["ratio_p50"] == pytest.approx(3.0, rel=0.2) and ratio["ratio_ci95"] is not None
+    assert all(FLAG_CONTENDED in s.flags for s in busy.subjects)
+    quiet = interleaved_sample(runs, SamplingSettings(max_time_s=0.6, min_samples=100000), NoProbe())
+    assert not quiet.comparison["b"]["contended"] and quiet.comparison["b"]["rounds"] == quiet.rounds

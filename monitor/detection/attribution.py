@@ -124,9 +124,7 @@ def freeze_reference(
     if outcome.status != "ok" or result is None or result.frozen is None:
         failure = outcome.error or outcome.status
     elif ratio.get("ratio_p50") is None:
-        # Every A/B round was taken on a busy host: a copy without its baseline ratio could never
-        # judge anything.
-        failure = "no clean A/B rounds of the model and its copy"
+        failure = "no A/B rounds of the model and its copy"  # without its baseline ratio it judges nothing
     if failure is not None:
         log.warning("could not freeze a reference of %s %s: %s", planned.model.name, key.label(), failure)
         # Recorded as an attempt with no artifact, so that the next try waits RETRY_FREEZE_S.
@@ -138,6 +136,7 @@ def freeze_reference(
     measured = {
         "ratio": ratio.get("ratio_p50"),
         "ratio_ci95": ratio.get("ratio_ci95"),
+        "ratio_contended": bool(ratio.get("contended")),  # read over busy rounds: none was clean
         "live_p50_ms": live.latency_ms_p50,
         "reference_p50_ms": copy.latency_ms_p50 if copy else None,
         # What the relative readings are scaled by (monitor/detection/readings.py).

@@ -387,6 +387,6 @@ def _measurement(job: BenchmarkJob, result: WorkerResult, subject: SubjectResult
     """How a run with a reference was measured: against it, or absolutely and why."""
     if subject.metrics.rel_to_reference is not None:
         return {"basis": "relative", "reference_id": job.reference_id}
-    why = result.reference_error or "no clean interleaved rounds of the model and its reference"
+    why = result.reference_error or "no interleaved rounds of the model and its reference"
     return {"basis": "absolute", "reference_id": job.reference_id, "why": f"reference not timed: {why}",
             "reference_lost": result.reference_error is not None}

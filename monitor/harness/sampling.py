@@ -10,6 +10,9 @@ Python functions. The rules follow pyperf and torch.utils.benchmark, tightened f
 - a block during which other processes used the CPU is discarded and re-sampled: on a 2-core host
   one busy neighbour inflates a 50 us model hundreds of times;
 - A/B mode runs the subjects in alternating blocks (ABBA order) so slow host drift hits each alike.
+  A comparison reads the clean rounds; when fewer than MIN_SAMPLES_FLOOR are clean (a neighbour busy
+  throughout) it reads every round, flagged: a busy neighbour slows both subjects of a round, so
+  their ratio still holds where their absolute times do not.
 """
 
 from __future__ import annotations
@@ -246,7 +249,8 @@ class Interleaved:
     """A/B result: each subject's samples and the comparison of each with the first.
 
     `round_medians` holds each subject's block median of every kept round (aligned across subjects),
-    from which `ratio` estimates any pair's ratio with drift cancelled.
+    `every_round_medians` those of every round, contended or not; from them `ratio` estimates any
+    pair's ratio with drift cancelled.
     """
 
     subjects: list[Sampled]
@@ -254,12 +258,13 @@ class Interleaved:
     contended_rounds: int
     comparison: dict[str, Any]
     round_medians: list[list[float]] = field(default_factory=list)
+    every_round_medians: list[list[float]] = field(default_factory=list)
 
     def ratio(self, numerator: int, denominator: int) -> dict[str, Any]:
-        """Subject `numerator`'s median over `denominator`'s, per kept round, with its 95 % CI."""
+        """Subject `numerator`'s median over `denominator`'s, per round, with its 95 % CI."""
         return _paired_ratio(
-            self.subjects[numerator].samples_ns, self.subjects[denominator].samples_ns,
-            self.round_medians[numerator], self.round_medians[denominator],
+            (self.round_medians[numerator], self.round_medians[denominator]),
+            (self.every_round_medians[numerator], self.every_round_medians[denominator]),
         )
 
 
@@ -301,6 +306,7 @@ def interleaved_sample(
     kept: list[list[int]] = [[] for _ in runs]
     discarded: list[list[int]] = [[] for _ in runs]
     medians: list[list[float]] = [[] for _ in runs]
+    every: list[list[float]] = [[] for _ in runs]  # every round's block medians, contended or not
     rounds = contended = 0
     others_weighted = kept_wall = 0.0
     all_weighted = all_wall = 0.0  # every block: what a run with no clean block reports
@@ -318,6 +324,8 @@ def interleaved_sample(
         rounds += 1
         all_weighted += others * wall
         all_wall += wall
+        for i, block in timings.items():
+            every[i].append(statistics.median(block))
         if others > settings.contention_cpu_pct:
             contended += 1
             for i, block in timings.items():
@@ -372,11 +380,9 @@ def interleaved_sample(
                 flags=_flags(warmups[i], reason, ci_for_flag, settings.target_ci_rel, short_of_clean),
             )
         )
-    comparison = {
-        runs[i][0]: _paired_ratio(kept[i], kept[0], medians[i], medians[0]) for i in range(1, len(runs))
-        if i in watched
-    }
-    return Interleaved(subjects, rounds, contended, comparison, medians)
+    result = Interleaved(subjects, rounds, contended, {}, medians, every)
+    result.comparison = {runs[i][0]: result.ratio(i, 0) for i in range(1, len(runs)) if i in watched}
+    return result
 
 
 def _ratio_ci_rel(medians: list[float], ref_medians: list[float]) -> float:
@@ -395,19 +401,28 @@ def _share(measured: dict[str, Any] | None, executed: list[int], kept: list[list
     return {**measured, "energy_j": measured["energy_j"] * share}
 
 
-def _paired_ratio(
-    samples: list[int], reference: list[int], medians: list[float], ref_medians: list[float]
-) -> dict[str, Any]:
-    """The subject's median over the reference's, estimated per round so that drift cancels."""
-    per_round = sorted(m / r for m, r in zip(medians, ref_medians) if r > 0)
-    if not per_round:
-        return {"ratio_p50": None, "ratio_ci95": None, "ratio_pooled": None, "rounds": 0}
-    ci = list(median_ci(per_round)) if len(per_round) >= MIN_SAMPLES_FLOOR else None
+RoundPair = tuple[list[float], list[float]]  # a subject's and its reference's block medians, round by round
+
+
+def _paired_ratio(clean: RoundPair, every: RoundPair) -> dict[str, Any]:
+    """The subject's median over the reference's, estimated per round so that drift cancels.
+
+    From the clean rounds; from every round (`contended: true`) when fewer than MIN_SAMPLES_FLOOR
+    are clean and more ran. `ratio_pooled` is the ratio of the two medians of round medians, which
+    drift does not cancel in.
+    """
+    busy = len(clean[0]) < MIN_SAMPLES_FLOOR and len(every[0]) > len(clean[0])
+    subject, reference = every if busy else clean
+    pairs = [(m, r) for m, r in zip(subject, reference) if r > 0]
+    if not pairs:
+        return {"ratio_p50": None, "ratio_ci95": None, "ratio_pooled": None, "rounds": 0, "contended": busy}
+    per_round = sorted(m / r for m, r in pairs)
     return {
         "ratio_p50": statistics.median(per_round),
-        "ratio_ci95": ci,
-        "ratio_pooled": statistics.median(samples) / statistics.median(reference),
+        "ratio_ci95": list(median_ci(per_round)) if len(per_round) >= MIN_SAMPLES_FLOOR else None,
+        "ratio_pooled": statistics.median(m for m, _ in pairs) / statistics.median(r for _, r in pairs),
         "rounds": len(per_round),
+        "contended": busy,
     }
 
 

@@ -75,11 +75,11 @@ def judge(numbers: CandidateNumbers, settings: OptimizeConfig) -> Verdict:
     ratio, ci = numbers.ratio_p50, numbers.ratio_ci95
     needed = 1.0 / (1.0 + settings.min_speedup)
     if ratio is None:
-        reasons.append("no clean interleaved rounds to compare latency")
+        reasons.append("no interleaved rounds to compare latency")
     elif ratio > needed:
         reasons.append(f"latency {1 / ratio:.2f}x, below the required {1 + settings.min_speedup:.2f}x")
     elif ci is None:
-        reasons.append("too few clean interleaved rounds for a 95 % interval of the latency ratio")
+        reasons.append("too few interleaved rounds for a 95 % interval of the latency ratio")
     elif ci[1] >= 1.0:
         reasons.append(f"latency gain not significant (ratio 95 % CI {ci[0]:.3f}-{ci[1]:.3f} includes 1)")
     if numbers.accuracy is not None and numbers.current_accuracy is not None:

@@ -229,6 +229,8 @@ def measured(result: WorkerResult, batch_size: int) -> list[CandidateNumbers]:
         if built.error is None and timed is not None:
             ratio = comparison.get(built.label, {})
             n.ratio_p50, n.ratio_ci95 = ratio.get("ratio_p50"), ratio.get("ratio_ci95")
+            if ratio.get("contended"):
+                n.details["latency_contended"] = True  # compared over busy rounds: none was clean
             n.p50_ms, n.p99_ms = timed.metrics.latency_ms_p50, timed.metrics.latency_ms_p99
             n.size_mb, n.accuracy = timed.metrics.model_size_mb, timed.metrics.accuracy
             n.forward_peak_mb = timed.details.get("forward_peak_mb")
@@ -318,7 +320,7 @@ def _confirm_elsewhere(
                 compared = (outcome.result.comparison or {}).get(choice.numbers.label) or {}
             ratio, interval = compared.get("ratio_p50"), compared.get("ratio_ci95")
             checks.append({"batch_size": planned.job.batch_size, "ratio_p50": ratio, "ratio_ci95": interval,
-                           "error": None if ratio is not None else (outcome.error or "no clean rounds").splitlines()[0]})
+                           "error": None if ratio is not None else (outcome.error or "no interleaved rounds").splitlines()[0]})
         choice.numbers.details["other_batch_sizes"] = checks
         # Slower means measurably slower: the whole interval above 1 (or, with too few rounds for one,
         # the ratio itself); a tie at another batch size does not cost the gain where it was measured.
