@@ -12,7 +12,7 @@ import urllib.request
 import sys
 import textwrap
 import time
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import psutil
@@ -31,12 +31,13 @@ def write_config(folder: Path, models: str, stop_timeout_s: float = 5, port: int
                  confirm: bool = False) -> Path:
     """A daemon config; `confirm` off by default: no references (neither the A/B nor relative runs):
     freezing a reference after the first run takes the device for a few seconds, which would shift
-    the schedules these tests time."""
+    the schedules these tests time. No run counts as contended: these tests are about the daemon's
+    wiring, which must hold on a busy host too (contention has its own tests)."""
     (folder / "workloads.py").unlink(missing_ok=True)
     (folder / "workloads.py").symlink_to(TESTS / "workloads.py")
     path = folder / "perfguard.toml"
     path.write_text(
-        '[storage]\nurl = "sqlite:///runs.db"\n[harness]\nmin_samples = 20\n'
+        '[storage]\nurl = "sqlite:///runs.db"\n[harness]\nmin_samples = 20\ncontention_cpu_pct = 10000\n'
         f'relative = {"true" if confirm else "false"}\n'
         f'[daemon]\nstop_timeout_s = {stop_timeout_s}\nlisten = "127.0.0.1:{port or free_port()}"\n'
         f'[detection]\nconfirm = {"true" if confirm else "false"}\n'
@@ -86,21 +87,28 @@ def test_models_run_on_their_schedule_and_sigterm_exits_cleanly(tmp_path):
     every = 6.0
     config = write_config(tmp_path, QUICK_MODEL.format(name="fast", every=f"{every:g}s")
                           + QUICK_MODEL.format(name="slow", every="1h"))
-    proc = start(config)
+    proc = start(config, "--log-format", "json")
     try:
-        assert wait_for(lambda: (tmp_path / "runs.db").exists() and len(runs(config, "fast")) >= 4, 90)
+        assert wait_for(lambda: (tmp_path / "runs.db").exists() and len(runs(config, "fast")) >= 5, 90)
     finally:
         code, err = stop(proc)
     assert code == 0, err
     fast, slow = runs(config, "fast"), runs(config, "slow")
     assert all(r.status == "ok" for r in fast + slow), err
     assert len(slow) == 1  # never ran before: runs once at start, then hourly
-    # Every 6 s, never two at once on the device. The first gap is left out: both models were due at
-    # start, so the second "fast" run waited behind the first "slow" one.
-    gaps = [(b.started_at - a.started_at).total_seconds() for a, b in zip(fast[1:], fast[2:])]
-    assert all(every - 1.0 <= gap <= 2 * every + 0.5 for gap in gaps), gaps
-    assert sum(gaps) / len(gaps) == pytest.approx(every, abs=1.0)
-    assert "run 1 stored" in err or "stored: model=" in err
+    assert all(b.started_at >= a.finished_at for a, b in zip(fast, fast[1:]))  # never two at once
+    # When the schedule fired, from the log: a worker's start-up (seconds, and more on a busy host)
+    # is in the runs' own start times, not in these. The first two are left out: both models were
+    # due at start, so the second "fast" run waited behind the first "slow" one. A run that outlasts
+    # the interval makes the next one skip (a gap of twice the interval), never start early.
+    events = [json.loads(line) for line in err.splitlines()]
+    due = [datetime.fromisoformat(e["time"]) for e in events if e["message"] == "run of fast due"]
+    assert len(due) >= len(fast), err
+    gaps = [(b - a).total_seconds() for a, b in zip(due[2:], due[3:])]
+    assert gaps and all(round(gap / every) >= 1 and abs(gap - every * round(gap / every)) <= 0.5
+                        for gap in gaps), gaps
+    assert sum(round(gap / every) == 1 for gap in gaps) >= len(gaps) / 2, gaps
+    assert any("stored: model=fast" in e["message"] for e in events)
 
 
 def test_the_daemon_never_imports_torch_and_can_log_json_lines(tmp_path):
@@ -217,15 +225,22 @@ def test_after_kill_9_a_restart_runs_each_missed_model_once(tmp_path):
 
 
 def test_a_changed_config_file_is_reloaded_and_a_bad_one_refused(tmp_path):
-    config = write_config(tmp_path, QUICK_MODEL.format(name="fast", every="1h"))
+    port = free_port()
+    config = write_config(tmp_path, QUICK_MODEL.format(name="fast", every="1h"), port=port)
+    good = config.read_text()
+
+    def problems() -> list[str]:
+        return json.loads(http_get(port, "/healthz")[1]).get("problems", [])
+
     proc = start(config)
     try:
         assert wait_for(lambda: (tmp_path / "runs.db").exists() and runs(config, "fast"), 40)
-        config.write_text(config.read_text() + "\n[[models]]\nname = \"broken\"\nfactory = 1\n")
-        time.sleep(3)
-        config.write_text(config.read_text().replace('\n[[models]]\nname = "broken"\nfactory = 1\n', "")
-                          + textwrap.dedent(QUICK_MODEL.format(name="added", every="1h")))
+        config.write_text(good + '\n[[models]]\nname = "broken"\nfactory = 1\n')
+        # Refused, and said so on /healthz until a reload succeeds (the file is polled every 2 s).
+        assert wait_for(lambda: any("models[1].factory" in p for p in problems()), 40), (problems(), http_get(port, "/healthz"))
+        config.write_text(good + textwrap.dedent(QUICK_MODEL.format(name="added", every="1h")))
         assert wait_for(lambda: runs(config, "added"), 40)
+        assert not any("config reload refused" in p for p in problems())
     finally:
         code, err = stop(proc)
     assert code == 0, err
@@ -421,7 +436,6 @@ def test_a_database_outage_turns_health_red_and_loses_no_run(tmp_path, pg_schema
 
 def test_after_each_run_the_daemon_detects_changes_and_freezes_a_reference(tmp_path):
     import dataclasses
-    from datetime import UTC, datetime
 
     from storage import findings as store
     from storage_helpers import full_record

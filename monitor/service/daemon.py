@@ -114,6 +114,10 @@ class Daemon:
         self._started = datetime.now(UTC)
         self._waiting_for_database = True  # until its schema is checked at start
         self._http: ThreadingHTTPServer | None = None
+        self.refused_config: str | None = None  # why the config file on disk is not the one running
+        # The file as loaded: an edit made while the daemon still starts (waits for its database,
+        # writes its first report) is a change to reload too.
+        self._config_mtime = _mtime(loaded.path)
 
     def health(self) -> dict[str, Any]:
         """What /healthz reports: healthy when the scheduler runs, the database answers, every run is
@@ -144,6 +148,9 @@ class Daemon:
         """What makes the daemon unfit to keep runs now, beyond an unreachable database."""
         now = now or datetime.now(UTC)
         found = []
+        if self.refused_config is not None:
+            why = "; ".join(line.strip() for line in self.refused_config.splitlines() if line.strip())
+            found.append(f"config reload refused, the previous config still runs: {why}")
         if self.spool.held:
             found.append(f"{len(self.spool.held)} run(s) held in memory: neither the database nor the spool "
                          f"({self.spool.folder}) could take them")
@@ -194,6 +201,7 @@ class Daemon:
         model = next((m for m in self.loaded.config.models if m.name == name), None)
         if model is None or self.stop_requested.is_set():
             return
+        log.info("run of %s due", name)  # when the schedule fired; "stored" says when the run ended
         self.executor.submit(model, datetime.now(UTC))
 
     def run_model(self, name: str) -> None:
@@ -273,13 +281,13 @@ class Daemon:
         try:
             loaded = load_config(self.loaded.path)
         except ConfigError as exc:
-            log.error("config reload refused, keeping the running config:\n%s", exc)
+            self.refuse_config(str(exc))
             return
         if loaded.storage_url() != self.loaded.storage_url():
-            log.error("config reload refused: storage.url cannot change while the daemon runs")
+            self.refuse_config("storage.url cannot change while the daemon runs")
             return
         if loaded.config.executor != self.loaded.config.executor:
-            log.error("config reload refused: [executor] cannot change while the daemon runs")
+            self.refuse_config("[executor] cannot change while the daemon runs")
             return
         previous, self.loaded = self.loaded, loaded
         try:
@@ -290,7 +298,14 @@ class Daemon:
             log.warning("config reload postponed, the database is unavailable: %s", str(exc).splitlines()[0])
             return
         self.exporter.start_counting(m.name for m in loaded.config.models)
+        self.refused_config = None
         log.info("config reloaded from %s", loaded.path)
+
+    def refuse_config(self, why: str) -> None:
+        """Keep the running config, and say why in the log and on /healthz until a reload succeeds:
+        an edit that never took effect should not pass for one that did."""
+        self.refused_config = why
+        log.error("config reload refused, keeping the running config:\n%s", why)
 
     def serve(self) -> None:
         """Run until a stop is requested, then stop gracefully."""
@@ -320,7 +335,6 @@ class Daemon:
             log.info("report on http://%s/ (files in %s)", listen, site)
         log.info("perfguard daemon started: %d model(s), database %s", len(self.loaded.config.models),
                  self.db.display_location())
-        mtime = _mtime(self.loaded.path)
         while not self.stop_requested.wait(CONFIG_POLL_S):
             self.flush_spool()
             self.executor.poll()
@@ -329,9 +343,9 @@ class Daemon:
             except UNAVAILABLE as exc:
                 log.warning("cannot read new fleet runs, the database is unavailable: %s", str(exc).splitlines()[0])
             current = _mtime(self.loaded.path)
-            if self.reload_requested.is_set() or current != mtime:
+            if self.reload_requested.is_set() or current != self._config_mtime:
                 self.reload_requested.clear()
-                mtime = current
+                self._config_mtime = current
                 self.reload()
         self.stop()
 
