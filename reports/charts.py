@@ -21,6 +21,7 @@ import math
 import multiprocessing
 import os
 import threading
+import time
 import uuid
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -776,8 +777,22 @@ class ChartDrawer:
     def _ensure_pool(self) -> ProcessPoolExecutor | None:
         if self.workers > 1 and self._pool is None:
             context = multiprocessing.get_context("spawn")
-            self._pool = ProcessPoolExecutor(max_workers=self.workers - 1, mp_context=context)
+            self._pool = ProcessPoolExecutor(max_workers=self.workers - 1, mp_context=context,
+                                             initializer=_exit_with_parent, initargs=(os.getpid(),))
         return self._pool
+
+
+def _exit_with_parent(parent: int) -> None:
+    """In a drawing process: exit once the process that started it is gone. A daemon killed with
+    SIGKILL (or by the OOM killer) never shuts its pool down, and idle pool processes would
+    otherwise wait for work forever."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="perfguard-parent-watch", daemon=True).start()
 
 
 def _warm() -> int:

@@ -72,6 +72,13 @@ def runs(config: Path, model: str) -> list:
         return list(reversed(queries.history(db, model, limit=1000, with_samples=True)))
 
 
+def alive(process: psutil.Process) -> bool:
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 def wait_for(predicate, timeout: float, step: float = 0.2) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -205,8 +212,10 @@ def test_after_kill_9_a_restart_runs_each_missed_model_once(tmp_path):
     config = write_config(tmp_path, QUICK_MODEL.format(name="fast", every="2s"))
     proc = start(config)
     assert wait_for(lambda: (tmp_path / "runs.db").exists() and runs(config, "fast"), 40)
+    family = psutil.Process(proc.pid).children(recursive=True)  # workers, report drawing processes
     proc.kill()  # no chance to clean up; the kernel drops its lock
     proc.wait()
+    assert wait_for(lambda: not any(alive(p) for p in family), 10), [p.cmdline() for p in family if alive(p)]
     before = runs(config, "fast")
     time.sleep(7)  # three runs missed
     restart = start(config)
