@@ -78,6 +78,19 @@ def test_warm_up_runs_until_a_slow_start_has_settled():
     assert warm.estimate_ns == pytest.approx(200_000, rel=0.05)
 
 
+def test_a_first_call_longer_than_the_cap_is_not_the_warm_up():
+    """Like a TorchScript copy, which compiles in its first call: 150 ms, then 100 us a call."""
+    calls = {"n": 0}
+
+    def compiling() -> None:
+        calls["n"] += 1
+        spin(0.15 if calls["n"] == 1 else 0.0001)()
+
+    warm = warm_up(block_runner(compiling), max_s=0.05)
+    assert warm.iterations > 100  # warmed for its cap after the first call, not stopped by it
+    assert warm.estimate_ns == pytest.approx(100_000, rel=0.3)  # blocks are sized from warm calls
+
+
 def test_warm_up_gives_up_at_its_cap_and_says_so():
     calls = {"n": 0}
 

@@ -144,16 +144,21 @@ class Warmup:
 def warm_up(run: Callable[[int], list[int]], max_s: float, settle_rel: float = 0.02) -> Warmup:
     """Run until the medians of the last two windows agree (within `settle_rel` or their noise).
 
-    Never plans past `max_s`: each window is cut to the calls that fit in the time left, so a model
-    slower than its warm-up cap costs one call, not a window of them.
+    The first call (lazy initialisation, often 10-1000x slower: a TorchScript copy compiles in it)
+    is not warm-up: the cap `max_s` counts from its end, and it never sizes the estimate once another
+    call ran. Otherwise a copy whose first call outlasts the cap would be sampled one call per block,
+    never warm, and read many times slower than it is. Never plans past the cap: each window is cut
+    to the calls that fit in the time left, so a model slower than its cap costs one call after the
+    first, not a window of them.
     """
     start = time.perf_counter()
-    timings = run(1)  # the first call: lazy initialisation, often 10-1000x slower
+    timings = run(1)
+    warm_start = time.perf_counter()
     while True:
-        elapsed = time.perf_counter() - start
-        estimate = statistics.median(timings[-5:])
-        if elapsed >= max_s:
-            return Warmup(len(timings), elapsed, False, estimate)
+        elapsed = time.perf_counter() - warm_start
+        estimate = statistics.median((timings[1:] or timings)[-5:])
+        if elapsed >= max_s and len(timings) > 1:
+            return Warmup(len(timings), time.perf_counter() - start, False, estimate)
         fits = max(1, int((max_s - elapsed) * 1e9 / max(estimate, 1)))
         k = min(200, fits, max(5, math.ceil(25_000_000 / max(estimate, 1))))
         timings += run(k)
