@@ -58,7 +58,7 @@ def test_a_slower_model_is_blamed_on_the_model(tmp_path: Path) -> None:
         # The model's code changed: the factory now builds one that spins 300 us per call.
         after = config(tmp_path, "after.toml", factory="workloads:busy_300us")
         verdict = attribute(db, after, finding(8, p50, p50 + 0.3))
-    assert verdict is not None and verdict.cause == "model", verdict
+    assert verdict is not None and verdict.cause == "model", verdict.confirmation if verdict else None
     assert verdict.confirmation["model_change"] > 1.0
 
 
