@@ -10,13 +10,13 @@ reference and the current model are timed interleaved again in one worker: `r1 =
 - The reference's own latency now, against the old level, says whether the host or environment moved.
 
 A model change explaining at least half the regression -> `model`; no model change and a reference
-that slowed down by at least half the regression -> `environment`. "Half" is read on the log scale,
-where slowdowns compose (a model 5x slower explains more than half of an 11x regression; the linear
-reading, 4 of 10, would not, and made big code changes `unknown` whenever the copy also timed a
-little slow beside them); anything else (the slowdown not
-reproduced, or split between both) -> `unknown`. A state-dict reference (the fallback when neither
-torch.export nor TorchScript can freeze the model) holds weights only, so it cannot clear the model's
-code: "both slowed down" stays `unknown` with it.
+that slowed down by at least half the regression -> `environment`; anything else (the slowdown not
+reproduced, or split between both) -> `unknown`. "Half" is read on the log scale, where slowdowns
+compose: a model 5x slower explains more than half of an 11x regression (the linear reading, 4 of
+10, would not, and left big code changes `unknown` whenever the copy timed a little slow beside them).
+
+A state-dict reference (the fallback when neither torch.export nor TorchScript can freeze the model)
+holds weights only, so it cannot clear the model's code: "both slowed down" stays `unknown` with it.
 """
 
 from __future__ import annotations
@@ -242,14 +242,14 @@ def judge(
         env_change = (ref_now / r0) / before - 1.0 if ref_now and before else None
     numbers.update(model_change=model_change, model_change_ci95=model_interval, environment_change=env_change)
     same_way = (model_change > 0) == (finding.rel_change > 0)
-    if same_way and abs(model_change) >= min_effect and _share(model_change, finding.rel_change) >= 0.5:
+    if same_way and abs(model_change) >= min_effect and _log_share(model_change, finding.rel_change) >= 0.5:
         return Attribution("model", {**numbers, "why": "the current model is slower than its frozen copy"})
     model_flat = abs(model_change) < min_effect and (
         model_interval is None or model_interval[0] < 0 < model_interval[1] or abs(model_change) < min_effect / 2
     )
     env_same_way = env_change is not None and (env_change > 0) == (finding.rel_change > 0)
     if (model_flat and env_same_way and env_change is not None and abs(env_change) >= min_effect
-            and _share(env_change, finding.rel_change) >= 0.5):
+            and _log_share(env_change, finding.rel_change) >= 0.5):
         if kind == "state_dict":
             # Such a copy freezes the weights only; its code comes from the factory, so a code
             # regression would slow it down too and pass for a host change.
@@ -258,7 +258,7 @@ def judge(
     return Attribution("unknown", {**numbers, "why": "neither the model nor the reference explains it"})
 
 
-def _share(change: float, total: float) -> float:
+def _log_share(change: float, total: float) -> float:
     """How much of a relative change `total` a relative change `change` makes, on the log scale."""
     return math.log1p(change) / math.log1p(total) if total else 0.0
 
