@@ -4,6 +4,12 @@
 shapes, so a diff against the frozen reference can say not only that `aten::addmm` got slower but
 which shapes are new (the grown layer). Self time is used: it adds up to the call's time without
 counting a parent op (aten::linear) and its child (aten::addmm) twice. Runs inside the worker only.
+
+Profiles name where the work is, so they are taken on one intra-op thread: on a busy host a
+neighbour that takes a core stalls every parallel region waiting for the thread it preempted, and
+whichever op runs then absorbs the stall (a 2 us copy reads as milliseconds, in every session). The
+subjects are also profiled in alternating sessions, each row at its least disturbed session's time:
+interference only ever adds time.
 """
 
 from __future__ import annotations
@@ -11,9 +17,45 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-PROFILED_CALLS = 20
+PROFILED_CALLS = 10  # per session
+SESSIONS = 3
 WARMUP_CALLS = 5
 MAX_ROWS = 200
+
+
+def profile_subjects(calls: dict[str, Callable[[], Any]], device: str) -> dict[str, list[dict[str, Any]]]:
+    """Each subject's profile (see `profile_ops`) on one intra-op thread, from SESSIONS sessions, the
+    subjects taking turns (ABBA), each (operator, shapes) row at its smallest self time over them."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for call in calls.values():
+            for _ in range(WARMUP_CALLS):
+                call()
+        sessions: dict[str, list[list[dict[str, Any]]]] = {label: [] for label in calls}
+        for session in range(SESSIONS):
+            order = list(calls) if session % 2 == 0 else list(reversed(calls))
+            for label in order:
+                sessions[label].append(profile_ops(calls[label], device))
+    finally:
+        torch.set_num_threads(threads)
+    return {label: _least_disturbed(profiles) for label, profiles in sessions.items()}
+
+
+def _least_disturbed(profiles: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    best: dict[tuple[str, str], dict[str, Any]] = {}
+    for rows in profiles:
+        for row in rows:
+            key = (row["op"], row["shapes"])
+            if key not in best or _busy(row) < _busy(best[key]):
+                best[key] = row
+    return sorted(best.values(), key=_busy, reverse=True)[:MAX_ROWS]
+
+
+def _busy(row: dict[str, Any]) -> float:
+    return row["self_us"] + row["self_device_us"]
 
 
 def profile_ops(call: Callable[[], Any], device: str) -> list[dict[str, Any]]:
@@ -21,8 +63,6 @@ def profile_ops(call: Callable[[], Any], device: str) -> list[dict[str, Any]]:
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    for _ in range(WARMUP_CALLS):
-        call()
     activities = [ProfilerActivity.CPU]
     if device.startswith("cuda"):
         activities.append(ProfilerActivity.CUDA)
@@ -41,7 +81,7 @@ def profile_ops(call: Callable[[], Any], device: str) -> list[dict[str, Any]]:
             "self_us": event.self_cpu_time_total / PROFILED_CALLS,
             "self_device_us": device_us / PROFILED_CALLS,
         })
-    rows.sort(key=lambda r: r["self_us"] + r["self_device_us"], reverse=True)
+    rows.sort(key=_busy, reverse=True)
     return rows[:MAX_ROWS]
 
 

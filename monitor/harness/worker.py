@@ -291,7 +291,7 @@ def run_job(job: BenchmarkJob, channel: Channel) -> WorkerResult:
         watch = collectors.HostWatch()
         watch.start()
         with torch.inference_mode():
-            profiles = {p.subject.label: profiling.profile_ops(p.call, job.device) for p in prepared}
+            profiles = profiling.profile_subjects({p.subject.label: p.call for p in prepared}, job.device)
         if nvml is not None:
             nvml.close()
         return WorkerResult(env=env, host=watch.finish(0, None), subjects=[], profiles=profiles)
