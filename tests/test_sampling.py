@@ -94,9 +94,9 @@ def test_a_first_call_longer_than_the_cap_is_not_the_warm_up():
 def test_warm_up_gives_up_at_its_cap_and_says_so():
     calls = {"n": 0}
 
-    def ever_slower() -> None:
+    def ever_slower() -> None:  # 1 % slower every call: no window agrees with the one before, whatever the noise
         calls["n"] += 1
-        spin(0.0001 * (1 + calls["n"] / 20))()
+        spin(0.0001 * 1.01 ** calls["n"])()
 
     warm = warm_up(block_runner(ever_slower), max_s=0.3)
     assert not warm.settled
