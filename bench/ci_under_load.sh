@@ -21,6 +21,8 @@ for i in $(seq 1 "$runs"); do
   echo "run $i of $runs, commit ${commit:0:7}: exit $rc after $(( $(date +%s) - start )) s: $summary"
   if [ "$rc" -ne 0 ]; then
     grep -E "^(FAILED|ERROR) " "$work/run$i.log"
+    cp "$work/run$i.log" "${TMPDIR:-/tmp}/ci_under_load_run$i.log"
+    echo "full log: ${TMPDIR:-/tmp}/ci_under_load_run$i.log"
     exit "$rc"
   fi
   rm -rf "$work/clone$i"
