@@ -29,6 +29,7 @@ from monitor.import_check import missing
 
 DEFAULT_CONFIG_NAME = "perfguard.toml"
 STORAGE_URL_ENV = "PERFGUARD_STORAGE_URL"
+FLEET_JOB_SLACK_S = 120.0  # a fleet job's time beyond its series' timeouts: detection, reference, rules
 
 FLOAT_DTYPES = ("float32", "float16", "bfloat16", "float64")
 INT_DTYPES = ("int64", "int32", "int16", "int8", "uint8", "bool")
@@ -362,6 +363,11 @@ class ModelConfig(_Strict):
             return self.timeout_s
         return max(120.0, 6 * self.max_time_s)
 
+    @property
+    def fleet_job_limit_s(self) -> float:
+        """The hard limit of one fleet job: every series' worker timeout, plus what follows the runs."""
+        return self.effective_timeout_s * len(self.series_batch_sizes) + FLEET_JOB_SLACK_S
+
 
 class StorageConfig(_Strict):
     url: str = "sqlite:///perfguard.db"
@@ -575,11 +581,30 @@ def load_config(path: Path | str) -> LoadedConfig:
         problems = validate_rules(config)
         if problems:
             raise ConfigError([f"{path}: {problem}" for problem in problems])
+    problems = _redelivered_while_running(config)
+    if problems:
+        raise ConfigError([f"{path}: {problem}" for problem in problems])
     if config.executor.kind == "local":  # a fleet's code lives on its workers, not on the dispatcher
         problems = _unimportable(config, path.resolve().parent)
         if problems:
             raise ConfigError([f"{path}: {problem}" for problem in problems])
     return LoadedConfig(path=path.resolve(), config=config)
+
+
+def _redelivered_while_running(config: Config) -> list[str]:
+    """A Redis broker hands an unacknowledged job to another worker after its visibility timeout; a
+    job allowed to run longer than that would be benchmarked twice at once, each run disturbing the
+    other. (RabbitMQ's equivalent, `consumer_timeout`, is a server setting: see the README.)"""
+    executor = config.executor
+    if executor.kind != "celery" or not (executor.broker or "").startswith("redis"):
+        return []
+    longest = max(config.models, key=lambda m: m.fleet_job_limit_s, default=None)
+    if longest is None or longest.fleet_job_limit_s < executor.visibility_timeout_s:
+        return []
+    return [f"executor.visibility_timeout_s: {executor.visibility_timeout_s:g} s is not longer than the time "
+            f'limit of model "{longest.name}"\'s job ({longest.fleet_job_limit_s:g} s: its timeout times '
+            f"{len(longest.series_batch_sizes)} series, plus {FLEET_JOB_SLACK_S:g} s), so the broker would hand "
+            "the job to a second worker while the first still runs it; raise it above the job's limit"]
 
 
 IMPORT_FIELDS = ("factory", "inputs_factory", "eval", "train", "prepare")

@@ -12,7 +12,7 @@ import pytest
 
 from monitor.config import ConfigError, ExecutorConfig, load_config
 from monitor.service.executors import CeleryExecutor, LocalExecutor, make_executor
-from monitor.service.fleet import job_key, time_limit_s
+from monitor.service.fleet import job_key
 from storage.db import Database
 from storage.queries import history, save_runs, stored_run_ids
 from tests.cli_helpers import TESTS_DIR, free_port, tiny_model, write_config
@@ -28,13 +28,28 @@ def test_executor_config_needs_a_broker_for_celery_and_names_the_field(tmp_path:
         load_config(path)
 
 
+def test_a_visibility_timeout_within_a_jobs_time_limit_is_refused(tmp_path: Path) -> None:
+    """Redis redelivers a job unacknowledged for longer than the visibility timeout: a second worker
+    would benchmark it while the first still runs it."""
+    executor = '[executor]\nkind = "celery"\nbroker = "redis://127.0.0.1:6379/0"\nvisibility_timeout_s = 300\n'
+    models = [tiny_model("short", timeout_s=20), tiny_model("long", batch_sizes=[1, 8], timeout_s=100)]
+    with pytest.raises(ConfigError) as refused:
+        load_config(write_config(tmp_path / "c.toml", models, extra=executor))
+    assert len(refused.value.lines) == 1
+    line = refused.value.lines[0]
+    assert "executor.visibility_timeout_s: 300 s" in line and 'model "long"' in line and "(320 s" in line
+    load_config(write_config(tmp_path / "c.toml", models, extra=executor.replace("300", "321")))
+    amqp = executor.replace("redis://127.0.0.1:6379/0", "amqp://guest:guest@127.0.0.1:5672//")
+    load_config(write_config(tmp_path / "c.toml", models, extra=amqp))  # RabbitMQ: a server setting
+
+
 def test_a_models_hardware_class_is_its_runs_on_or_its_device_kind(tmp_path: Path) -> None:
     loaded = load_config(write_config(tmp_path / "c.toml", [
         tiny_model("a"), tiny_model("b", device="cuda:1"), tiny_model("c", runs_on="gpu-h100"),
         tiny_model("d", batch_sizes=[1, 8], timeout_s=100),
     ]))
     assert [m.hardware_class for m in loaded.config.models] == ["cpu", "cuda", "gpu-h100", "cpu"]
-    assert time_limit_s(loaded.config.models[3]) == 2 * 100 + 120  # every series, then the follow-up
+    assert loaded.config.models[3].fleet_job_limit_s == 2 * 100 + 120  # every series, then the follow-up
     assert isinstance(make_executor(loaded.config.executor, lambda name: None), LocalExecutor)
 
 

@@ -28,7 +28,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TASK = "perfguard.benchmark"
-TIME_LIMIT_SLACK_S = 120.0  # beyond the series' own timeouts: detection, reference, rules after the runs
 
 
 def make_app(executor: ExecutorConfig) -> Celery:
@@ -63,11 +62,6 @@ def job_key(model: str, due: datetime) -> str:
     return f"{model}@{due.replace(microsecond=0).isoformat()}"
 
 
-def time_limit_s(model: ModelConfig) -> float:
-    """The hard limit of one job: every series' worker timeout, plus what follows the runs."""
-    return model.effective_timeout_s * len(model.series_batch_sizes) + TIME_LIMIT_SLACK_S
-
-
 @dataclass(frozen=True, slots=True)
 class Enqueued:
     """A job handed to the broker."""
@@ -81,7 +75,7 @@ def enqueue(app: Celery, model: ModelConfig, key: str, executor: ExecutorConfig)
     """Publish one benchmark job on the model's queue, retrying a lost broker connection with
     back-off; raises the broker's error when every attempt failed."""
     queue = model.hardware_class
-    limit = time_limit_s(model)
+    limit = model.fleet_job_limit_s
     app.send_task(
         TASK,
         args=[model.name, key],
