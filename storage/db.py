@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 # Long enough to ride out another process's commit (the daemon and a CLI call can share one file).
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 PG_CONNECT_TIMEOUT_S = 5
+PG_UNANSWERED_S = 20
 # Any fixed number: serialises concurrent upgrades of one PostgreSQL database by several hosts.
 _PG_MIGRATION_LOCK_KEY = 0x7065_7266  # "perf"
 
@@ -130,8 +131,11 @@ _json_serializer = functools.partial(json.dumps, allow_nan=False)
 def _create_engine(url: URL, create: bool) -> Engine:
     if url.get_backend_name() != "sqlite":
         # A service runs for months: connections dropped by a database restart are replaced, not used.
-        # ...and a server that stopped answering fails a connect within seconds instead of hanging it.
-        connect_args = {"connect_timeout": PG_CONNECT_TIMEOUT_S, "keepalives": 1, "keepalives_idle": 30}
+        # ...and a server that stopped answering fails a connect within seconds instead of hanging it,
+        # and a query on a connection whose packets go unanswered (a cut network) within
+        # PG_UNANSWERED_S instead of the kernel's ~15 minutes of retransmissions.
+        connect_args = {"connect_timeout": PG_CONNECT_TIMEOUT_S, "keepalives": 1, "keepalives_idle": 30,
+                        "tcp_user_timeout": int(PG_UNANSWERED_S * 1000)}
         return create_engine(url, pool_pre_ping=True, json_serializer=_json_serializer,
                              connect_args=connect_args)
     if url.database and url.database != ":memory:" and not url.database.startswith("file:"):

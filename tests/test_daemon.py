@@ -21,6 +21,7 @@ import pytest
 from monitor.config import load_config
 from storage import queries
 from storage.db import Database
+from storage.lease import DatabaseLease
 
 from cli_helpers import PERFGUARD, free_port
 
@@ -406,6 +407,37 @@ def test_a_daemon_started_while_its_database_is_down_serves_waits_and_then_runs(
     assert code == 0, err
     assert "waiting for it" in err and "the database answers again" in err
     assert "Traceback" not in err
+
+
+@pytest.mark.postgres
+def test_a_second_daemon_on_one_postgresql_database_is_refused_from_any_host(tmp_path, pg_schema_url):
+    """The lease lives in the server: another host (its own lock folder), another spelling of the URL
+    (through a proxy port), and still one daemon per database."""
+    proxy, config, port = behind_proxy(tmp_path, pg_schema_url, every="1h")
+    proxy.start()
+    env = {**os.environ, "PERFGUARD_LOCK_DIR": str(tmp_path / "other-host-locks")}
+    with Database.open(pg_schema_url) as db:
+        elsewhere = DatabaseLease(db, "perfguard daemon pid 4242 on host-a")
+        assert elsewhere.acquire() is None
+        try:
+            refused = subprocess.run([PERFGUARD, "daemon", "--config", str(config)], cwd=tmp_path, env=env,
+                                     capture_output=True, text=True, timeout=60)
+        finally:
+            elsewhere.release()
+        assert refused.returncode == 1, refused.stderr
+        assert "another perfguard daemon holds" in refused.stderr and "pid 4242 on host-a" in refused.stderr
+        assert "Traceback" not in refused.stderr
+        assert stored_runs(pg_schema_url, "fast") == 0
+        proc = subprocess.Popen([PERFGUARD, "daemon", "--config", str(config)], cwd=tmp_path, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            assert wait_for(lambda: stored_runs(pg_schema_url, "fast") >= 1, 60)
+            held = DatabaseLease(db, "a latecomer").acquire()
+            assert held is not None and f"pid {proc.pid}" in held
+        finally:
+            code, err = stop(proc)
+            proxy.stop()
+    assert code == 0, err
 
 
 def test_a_database_outage_turns_health_red_and_loses_no_run(tmp_path, pg_schema_url):

@@ -39,6 +39,7 @@ from storage import findings as findings_store
 from storage import host_events, queries
 from storage.db import Database
 from storage.host_events import HostEventRecord
+from storage.lease import DatabaseLease
 from storage.records import RunRecord
 
 log = logging.getLogger(__name__)
@@ -118,6 +119,8 @@ class Daemon:
         # The file as loaded: an edit made while the daemon still starts (waits for its database,
         # writes its first report) is a change to reload too.
         self._config_mtime = _mtime(loaded.path)
+        self.lease = DatabaseLease(db)  # one daemon per database, across hosts (PostgreSQL)
+        self.exit_code = 0
 
     def health(self) -> dict[str, Any]:
         """What /healthz reports: healthy when the scheduler runs, the database answers, every run is
@@ -151,6 +154,8 @@ class Daemon:
         if self.refused_config is not None:
             why = "; ".join(line.strip() for line in self.refused_config.splitlines() if line.strip())
             found.append(f"config reload refused, the previous config still runs: {why}")
+        if not self.lease.held and not self._waiting_for_database:
+            found.append("the database lock went with its connection: taken again when the database answers")
         if self.spool.held:
             found.append(f"{len(self.spool.held)} run(s) held in memory: neither the database nor the spool "
                          f"({self.spool.folder}) could take them")
@@ -326,6 +331,11 @@ class Daemon:
         if not started:
             log.info("perfguard daemon stopped before its database answered")
             return
+        if not self.keep_lease():
+            self.reports.close()
+            self.executor.shutdown()
+            self._http.shutdown()
+            return
         self.flush_spool()  # runs a previous daemon could not store
         self.seed_metrics()
         self.watch_fleet_runs()  # where fleet runs stand now
@@ -336,6 +346,8 @@ class Daemon:
         log.info("perfguard daemon started: %d model(s), database %s", len(self.loaded.config.models),
                  self.db.display_location())
         while not self.stop_requested.wait(CONFIG_POLL_S):
+            if not self.keep_lease():
+                break
             self.flush_spool()
             self.executor.poll()
             try:
@@ -348,6 +360,23 @@ class Daemon:
                 self._config_mtime = current
                 self.reload()
         self.stop()
+
+    def keep_lease(self) -> bool:
+        """Hold the database's lease (PostgreSQL: one daemon per database, wherever it runs); False
+        when another daemon holds it, which ends this one with exit status 1. An outage takes the
+        lease with the connection: benchmarks go on into the spool, and it is taken again on return."""
+        if self.lease.alive():
+            return True
+        try:
+            holder = self.lease.acquire()
+        except UNAVAILABLE:
+            return True  # said on /healthz; nobody else can take it while the server is away either
+        if holder is None:
+            log.info("holding the database lock of %s", self.db.display_location())
+            return True
+        log.error("another perfguard daemon holds %s: %s; stopping", self.db.display_location(), holder)
+        self.exit_code = 1
+        return False
 
     def wait_for_database(self) -> bool:
         """Bring the schema up to date, waiting (and saying so) while the database cannot be reached;
@@ -429,11 +458,14 @@ def run_daemon(loaded: LoadedConfig) -> int:
             signal.signal(signal.SIGINT, on_stop)
             signal.signal(signal.SIGHUP, on_reload)
             started = time.monotonic()
-            daemon.serve()
+            try:
+                daemon.serve()
+            finally:
+                daemon.lease.release()
             log.info("ran for %.0f s", time.monotonic() - started)
     finally:
         db.close()
-    return 0
+    return daemon.exit_code
 
 
 def daemon_report(loaded: LoadedConfig, db: Database | None) -> dict[str, Any]:
