@@ -140,6 +140,7 @@ def test_an_alert_goes_out_once_per_finding_and_action_not_per_run(tmp_path: Pat
         assert "latency_ms_p50" in text and "requantize rejected" in text and "dynamic_int8" in html
         assert "http://bench-1:9307/models/seed-cnn-" in html  # a link to the model's page
         assert_every_cid_resolves(html, images)
+        assert_fits_a_mail_column(html)
         # More runs at the same level: the finding is still open and already announced.
         later = datetime.now(UTC) + timedelta(seconds=1)
         seed(db, loaded, history_runs("seed-cnn", 3, step=1.25, step_at=0, start=later, seed=5))
