@@ -231,7 +231,13 @@ def cause_text(finding: FindingRecord) -> str:
         return (f"{finding.cause}: the frozen reference {_num(c.get('reference_ms_before'))} → "
                 f"{_num(c.get('reference_ms_after'))} ms while the host probe went {probe}")
     if finding.reading == "normalised":
-        return "not attributed: the reference was lost; read against the host probe until a baseline is accepted"
+        return ("not attributed: the reference was lost; read against the host probe until a new one is frozen "
+                "(at the next stable point when its file was damaged, else once a baseline is accepted)")
+    if finding.cause is None and c.get("reference_lost"):
+        text = f"not attributed: its frozen reference {c.get('reference_id')} was damaged ({c['reference_lost']})"
+        if c.get("refrozen_as") is not None:
+            return f"{text}; frozen anew as reference {c['refrozen_as']} at {str(c.get('refrozen_at', ''))[:16]}"
+        return f"{text}; a new one is frozen at the next stable point"
     if finding.cause is None:
         if "error" in c:
             return f"not attributed: {str(c['error']).splitlines()[0][:160]}"

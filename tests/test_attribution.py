@@ -9,13 +9,17 @@ from pathlib import Path
 import pytest
 
 from monitor.config import LoadedConfig, load_config
-from monitor.detection.attribution import attribute, ensure_references
+from monitor.detection.attribution import MAX_ATTEMPTS, attribute, confirm_pending, ensure_references
+from monitor.detection.check import check_model
 from monitor.service.benchmark import benchmark_models
 from storage import findings as store
 from storage.db import Database
+from reports.render import cause_text
 from storage.findings import FindingRecord, SeriesKey
+from storage.queries import save_runs
 from tests.cli_helpers import TESTS_DIR, tiny_model, write_config
 from tests.storage_helpers import T0
+from tests.test_detection_check import levels, run
 
 pytestmark = pytest.mark.slow
 
@@ -98,30 +102,59 @@ def test_a_model_with_eval_data_freezes_and_is_judged(tmp_path: Path) -> None:
 
 
 def test_an_ab_that_cannot_run_leaves_the_finding_pending_and_is_retried_a_few_times(tmp_path: Path) -> None:
-    from monitor.detection.attribution import MAX_ATTEMPTS, confirm_pending
-    from monitor.detection.check import check_model
-    from storage.queries import save_runs
-    from tests.test_detection_check import levels, run
-
     loaded = config(tmp_path, "c.toml")
     with Database.open(loaded.storage_url()) as db:
         baseline_p50(db, loaded)
-        reference = store.latest_reference(db, "m", SeriesKey("baseline", "cpu", 8))
-        assert reference is not None
-        Path(reference.artifact["path"]).unlink()  # the copy is gone: every A/B fails
-        # Then a stored history (after the real run) with a regression to attribute.
-        later = datetime.now(UTC) + timedelta(minutes=1)
-        save_runs(db, [dataclasses.replace(run(i, v), started_at=later + timedelta(minutes=i),
-                                           finished_at=later + timedelta(minutes=i, seconds=1))
-                       for i, v in enumerate(levels(1, [(30, 1.0), (5, 2.0)]))])
-
+        regressed_history(db)
         result = check_model(db, loaded, "m", loaded.config.models[0])
+        # Every A/B fails for a passing reason: a worker that cannot even start within its time.
+        hasty = config(tmp_path, "hasty.toml", timeout_s=0.05)
         for attempt in range(1, MAX_ATTEMPTS + 2):
-            assert confirm_pending(db, loaded, store.findings(db, "m")) == []
+            assert confirm_pending(db, hasty, store.findings(db, "m")) == []
             latency = next(f for f in store.findings(db, "m") if f.metric == "latency_ms_p50")
-            assert latency.cause is None and "missing" in latency.confirmation["error"]
+            assert latency.cause is None and "timed out" in latency.confirmation["error"]
             assert latency.confirmation["attempts"] == min(attempt, MAX_ATTEMPTS)
         assert result.new
+        assert store.latest_reference(db, "m", SeriesKey("baseline", "cpu", 8)).lost_at is None  # not its fault
+
+
+def regressed_history(db: Database) -> None:
+    """A stored history (after the real runs) with a p50 regression to attribute."""
+    later = datetime.now(UTC) + timedelta(minutes=1)
+    save_runs(db, [dataclasses.replace(run(i, v), started_at=later + timedelta(minutes=i),
+                                       finished_at=later + timedelta(minutes=i, seconds=1))
+                   for i, v in enumerate(levels(1, [(30, 1.0), (5, 2.0)]))])
+
+
+def test_a_damaged_reference_is_not_tried_again_and_is_frozen_anew_at_the_next_stable_point(tmp_path: Path) -> None:
+    loaded = config(tmp_path, "c.toml")
+    key = SeriesKey("baseline", "cpu", 8)
+    with Database.open(loaded.storage_url()) as db:
+        baseline_p50(db, loaded)
+        damaged = store.latest_reference(db, "m", key)
+        artifact = Path(damaged.artifact["path"])
+        data = bytearray(artifact.read_bytes())
+        data[len(data) // 2] ^= 0xFF  # one byte changed on disk
+        artifact.write_bytes(bytes(data))
+        regressed_history(db)
+        check_model(db, loaded, "m", loaded.config.models[0])
+
+        assert confirm_pending(db, loaded, store.findings(db, "m")) == []
+        latency = next(f for f in store.findings(db, "m") if f.metric == "latency_ms_p50")
+        assert latency.cause is None and latency.confirmation["attempts"] == MAX_ATTEMPTS  # no retry can help
+        assert "does not match its recorded sha256" in latency.confirmation["reference_lost"]
+        assert cause_text(latency).endswith(f"reference {damaged.id} was damaged ({latency.confirmation['reference_lost']}); "
+                                            "a new one is frozen at the next stable point")
+        assert store.latest_reference(db, "m", key).lost_at is not None  # relative runs stop timing it
+        assert ensure_references(db, loaded) == []  # not while the regression is open: it would hide it
+        # The next stable point: here, the new level accepted as the baseline.
+        store.accept_baselines(db, "m", {key: (latency.change_run_id, latency.change_at)}, note="test")
+        assert ensure_references(db, loaded) == [key]
+        fresh = store.latest_reference(db, "m", key)
+        assert fresh.id != damaged.id and fresh.artifact and fresh.lost_at is None
+        said = next(f for f in store.findings(db, "m") if f.id == latency.id)
+        assert said.confirmation["refrozen_as"] == fresh.id
+        assert f"frozen anew as reference {fresh.id}" in cause_text(said)
 
 
 def test_a_model_that_cannot_be_frozen_is_not_retried_after_every_run(tmp_path: Path) -> None:

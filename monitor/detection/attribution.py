@@ -100,9 +100,22 @@ def ensure_references(
             assert latest is not None
             log.warning("%s %s: reference %d was damaged (%s); freezing the model anew at this stable point",
                         planned.model.name, key.label(), latest.id, latest.lost_reason)
-        if freeze_reference(db, loaded, planned, key, cancel) is not None:
+        ref_id = freeze_reference(db, loaded, planned, key, cancel)
+        if ref_id is not None:
             frozen.append(key)
+            if refreeze:
+                assert latest is not None
+                _note_refrozen(db, planned.model.name, key, latest.id, ref_id)
     return frozen
+
+
+def _note_refrozen(db: Database, model: str, key: SeriesKey, lost_id: int, new_id: int) -> None:
+    """Findings left unattributed by a damaged reference say which reference replaced it, and when."""
+    for finding in store.findings(db, model):
+        c = finding.confirmation or {}
+        if finding.id is not None and finding.key == key and c.get("reference_lost") and c.get("reference_id") == lost_id:
+            store.set_cause(db, finding.id, finding.cause, {**c, "refrozen_as": new_id,
+                                                            "refrozen_at": datetime.now(UTC).isoformat()})
 
 
 
@@ -170,7 +183,14 @@ def attribute(
     ]
     outcome = _run(loaded, planned, replace(planned.job, mode="ab", subjects=subjects), cancel)
     if outcome.status != "ok" or outcome.result is None:
-        return Attribution(None, {"error": outcome.error or outcome.status, "reference_id": reference.id})
+        error = outcome.error or outcome.status
+        numbers: dict[str, Any] = {"error": error, "reference_id": reference.id}
+        if damaged(error):
+            # The copy itself is gone: trying again cannot help. It is lost (relative runs stop
+            # timing it) and frozen anew at the next stable point (ensure_references).
+            store.mark_reference_lost(db, reference.id, error)
+            numbers["reference_lost"] = next((line.strip() for line in error.splitlines() if damaged(line)), error)
+        return Attribution(None, numbers)
     result = outcome.result
     measured = last_measurement(db, finding, reference)
     return judge(finding, measured, result.comparison or {}, {
@@ -287,10 +307,17 @@ def confirm_pending(
         if verdict is None:
             continue
         if verdict.cause is None:
-            numbers = {**verdict.confirmation, "attempts": attempts + 1}
+            lost = bool(verdict.confirmation.get("reference_lost"))
+            numbers = {**verdict.confirmation, "attempts": MAX_ATTEMPTS if lost else attempts + 1}
             store.set_cause(db, finding.id, None, numbers)
             finding.confirmation = numbers
-            log.warning("finding %d (%s): the A/B did not run: %s", finding.id, finding.model, numbers.get("error"))
+            if lost:
+                log.warning("finding %d (%s): its reference %s was damaged, so nothing can attribute it; a new "
+                            "reference is frozen at the next stable point: %s", finding.id, finding.model,
+                            numbers.get("reference_id"), numbers["reference_lost"])
+            else:
+                log.warning("finding %d (%s): the A/B did not run: %s", finding.id, finding.model,
+                            numbers.get("error"))
             continue
         store.set_cause(db, finding.id, verdict.cause, verdict.confirmation)
         finding.cause, finding.confirmation = verdict.cause, verdict.confirmation
