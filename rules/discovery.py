@@ -75,6 +75,9 @@ class ConfiguredRule:
     cooldown: str
     cooldown_s: float
     timeout_s: float
+    # A plugin's calls run in a process of their own (rules/isolation.py): killable past their time
+    # limit, and unable to end the service. perfguard's own rules run in threads.
+    isolated: bool = False
     # Calls that outlived the time limit, by model: while one still runs the rule is not called again
     # for that model, so a hung plugin costs one thread, not one per run. Lives as long as this
     # built rule (the daemon's, until a reload).
@@ -88,6 +91,7 @@ class ConfiguredRule:
             "index": self.index, "use": self.use, "label": self.label, "origin": self.origin,
             "models": sorted(self.models) if self.models is not None else None, "priority": self.priority,
             "cooldown": self.cooldown, "cooldown_s": self.cooldown_s, "timeout_s": self.timeout_s,
+            "isolated": self.isolated,
             "params": self.rule.params.model_dump(mode="json"),
         }
 
@@ -183,6 +187,7 @@ def _build(config: Config) -> tuple[list[ConfiguredRule], list[str]]:
             index=i, use=entry.use, label=entry.use if occurrence == 1 else f"{entry.use}#{occurrence}",
             rule=rule, origin=origin, models=frozenset(entry.models) if entry.models is not None else None,
             priority=entry.priority, cooldown=entry.cooldown, cooldown_s=entry.cooldown_s, timeout_s=entry.timeout_s,
+            isolated=origin != BUILTIN_ORIGIN,
         ))
     return built, problems
 

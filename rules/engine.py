@@ -1,9 +1,10 @@
 """Rules at work: after a model's check, run its configured rules and record what fired.
 
-For one model: build the read-only `RuleContext` -> call each configured rule in a worker thread
-under its time limit (all at once, so one slow rule costs its own limit, not the others') -> keep
-the valid decisions -> cooldown and hysteresis against the rule's stored events -> store what fires.
-A rule that raises, hangs or returns nonsense is recorded and logged, and the other rules still run.
+For one model: build the read-only `RuleContext` -> call each configured rule under its time limit,
+all at once, so one slow rule costs its own limit, not the others' (a plugin in a process of its own,
+rules/isolation.py; a built-in rule in a thread) -> keep the valid decisions -> cooldown and
+hysteresis against the rule's stored events -> store what fires. A rule that raises, hangs, dies or
+returns nonsense is recorded and logged, and the other rules still run.
 
 The engine never acts: it returns the fired decisions, and the action runner and the daemon decide
 what to do with them.
@@ -15,6 +16,7 @@ import json
 import logging
 import threading
 import time
+import traceback
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -23,6 +25,7 @@ from typing import Any, Literal
 from monitor.config import LoadedConfig
 from rules.api import Decision, RuleContext
 from rules.discovery import ConfiguredRule, configured_rules
+from rules.isolation import IsolatedCall, finish_calls, start_call
 from storage import queries
 from storage import rule_events as store
 from storage.db import Database
@@ -130,17 +133,26 @@ def evaluate_model(
     if context is None:
         log.debug("rules: %s is not configured or has no stored runs; nothing to evaluate", model_name)
         return evaluation
-    calls = []
+    calls: list[_Call | IsolatedCall] = []
+    storage_url = db.engine.url.render_as_string(hide_password=False)
     for rule in applicable:
-        if _still_running(model_name, rule):
+        if rule.isolated:
+            calls.append(start_call(rule.label, rule.rule, context, storage_url, rule.timeout_s))
+        elif _still_running(model_name, rule):
             log.warning("rule %s on model %s: skipped, its previous call is still running", rule.label, model_name)
             evaluation.skipped.append(rule.label)
         else:
             calls.append(_start(rule, context))
+    finish_calls([c for c in calls if isinstance(c, IsolatedCall)])
     for call in calls:
-        call.done.wait(max(0.0, call.deadline - time.monotonic()))
+        if isinstance(call, _Call):
+            call.done.wait(max(0.0, call.deadline - time.monotonic()))
+    by_label = {rule.label: rule for rule in applicable}
     for call in calls:
-        _settle(db, call, context, evaluation)
+        if isinstance(call, IsolatedCall):
+            _settle(db, by_label[call.label], call.outcome or "error", call.result, call.error, context, evaluation)
+        else:
+            _settle_thread(db, call, context, evaluation)
     return evaluation
 
 
@@ -204,22 +216,35 @@ def _start(rule: ConfiguredRule, context: RuleContext) -> _Call:
     return call
 
 
-def _settle(db: Database, call: _Call, context: RuleContext, evaluation: Evaluation) -> None:
-    """Record one call's outcome: a failure, or its decisions through cooldown and hysteresis."""
+def _settle_thread(db: Database, call: _Call, context: RuleContext, evaluation: Evaluation) -> None:
+    """A thread's call as an outcome: a thread cannot be killed, so a hung one is remembered."""
     rule, model = call.configured, evaluation.model
     if not call.done.is_set() and call.thread is not None:
         rule.hung[model] = call.thread
         reason = f"no answer within its time limit of {rule.timeout_s:g} s; not called again until it returns"
-        log.warning("rule %s on model %s: %s", rule.label, model, reason)
-        _fail(db, evaluation, rule.label, "timeout", reason)
+        _settle(db, rule, "timeout", None, reason, context, evaluation)
+    elif call.error is not None:
+        trace = "".join(traceback.format_exception(call.error))
+        _settle(db, rule, "error", None, f"{type(call.error).__name__}: {call.error}\n{trace}", context, evaluation)
+    else:
+        _settle(db, rule, "ok", call.result, None, context, evaluation)
+
+
+def _settle(db: Database, rule: ConfiguredRule, outcome: str, result: object, error: str | None,
+            context: RuleContext, evaluation: Evaluation) -> None:
+    """Record one call's outcome: a failure, or its decisions through cooldown and hysteresis."""
+    model = evaluation.model
+    if outcome == "timeout":
+        log.warning("rule %s on model %s: %s", rule.label, model, error)
+        _fail(db, evaluation, rule.label, "timeout", str(error))
         return
-    if call.error is not None:
-        reason = f"{type(call.error).__name__}: {call.error}"
-        log.error("rule %s on model %s raised %s", rule.label, model, reason, exc_info=call.error)
+    if outcome != "ok":
+        reason, _, trace = str(error).partition("\n")
+        log.error("rule %s on model %s failed: %s%s", rule.label, model, reason, f"\n{trace}" if trace else "")
         _fail(db, evaluation, rule.label, "error", reason)
         return
     try:
-        decisions = valid_decisions(call.result, context)
+        decisions = valid_decisions(result, context)
     except InvalidDecisions as exc:
         log.error("rule %s on model %s: %s", rule.label, model, exc)
         _fail(db, evaluation, rule.label, "error", str(exc))

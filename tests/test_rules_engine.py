@@ -9,6 +9,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 from sqlalchemy import select
 
@@ -49,38 +50,79 @@ def fired(evaluation: Evaluation) -> list[tuple[str, str, str | None]]:
 # isolation ----------------------------------------------------------------------------------------
 
 
-def test_a_rule_that_raises_and_one_that_hangs_do_not_stop_the_others(
+def test_a_plugin_that_raises_hangs_spins_or_exits_is_stopped_and_the_others_still_run(
     db: Database, tmp_path: Path, plugins: Path
 ) -> None:
+    """A plugin's call runs in a process of its own: killed past its limit (a busy loop would keep a
+    core forever in a thread), and its `os._exit` ends that process, not the service."""
+    pid_file = tmp_path / "busy.pid"
     loaded = rules_config(tmp_path, [
         {"use": "always_raises", "priority": 5},
-        {"use": "hangs", "params": {"seconds": 1.5}, "timeout_s": 0.5, "priority": 5},
+        {"use": "hangs", "params": {"seconds": 3600}, "timeout_s": 0.5, "priority": 5},
+        {"use": "busy_loops", "params": {"pid_file": str(pid_file)}, "timeout_s": 0.5, "priority": 5},
+        {"use": "exits", "priority": 5},
         {"use": "latency_drift"},
     ])
     checked = latency_regression(db, loaded)
-    built = configured_rules(loaded.config)  # as the daemon keeps them: the hung call is remembered there
+    built = configured_rules(loaded.config)
+    assert [r.isolated for r in built] == [True, True, True, True, False]  # plugins apart, built-ins in threads
     began = time.monotonic()
     first = evaluate(db, loaded, checked, configured=built)
-    took = time.monotonic() - began
-    assert 0.5 <= took < 1.3, took  # the hang costs its own limit, once, and nothing more
+    assert time.monotonic() - began < 30  # the hour-long hang and the endless loop cost their limits
     key = next(f"finding:{f.id}" for f in checked.findings if f.metric == "latency_ms_p50")
     assert fired(first) == [("latency_drift", "alert", key), ("latency_drift", "requantize", key)]
-    assert [(f.rule, f.outcome) for f in first.failures] == [("always_raises", "error"), ("hangs", "timeout")]
-    assert "RuntimeError: bug in always_raises" in first.failures[0].reason
-    assert "0.5 s" in first.failures[1].reason
+    failures = {f.rule: (f.outcome, f.reason) for f in first.failures}
+    assert {rule: outcome for rule, (outcome, _) in failures.items()} == {
+        "always_raises": "error", "hangs": "timeout", "busy_loops": "timeout", "exits": "error"}
+    assert failures["always_raises"][1] == "RuntimeError: bug in always_raises while looking at m"
+    assert "0.5 s" in failures["hangs"][1] and "killed" in failures["busy_loops"][1]
+    assert failures["exits"][1] == "the rule ended its process (exit status 3) without answering"
+    spinner = int(pid_file.read_text())
+    assert wait_until(lambda: not running(spinner), 10), "the busy loop still spins"
     stored = {(e.rule, e.outcome) for e in rule_events.events(db, MODEL)}
-    assert stored == {("always_raises", "error"), ("hangs", "timeout"), ("latency_drift", "alert"),
-                      ("latency_drift", "requantize")}
+    assert stored == {("always_raises", "error"), ("hangs", "timeout"), ("busy_loops", "timeout"),
+                      ("exits", "error"), ("latency_drift", "alert"), ("latency_drift", "requantize")}
 
-    # Still hung: skipped, not called again (one thread, not one per run), not recorded again.
+    # Killed, not left running: the next evaluation calls each of them again, and stops them again.
     second = evaluate(db, loaded, checked, NOW + timedelta(minutes=10), configured=built)
-    assert second.skipped == ["hangs"] and [f.outcome for f in second.failures] == ["error"]
-    assert [e.outcome for e in rule_events.events(db, MODEL)].count("timeout") == 1
+    assert second.skipped == [] and sorted(f.rule for f in second.failures) == [
+        "always_raises", "busy_loops", "exits", "hangs"]
 
+
+def running(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def wait_until(predicate: Any, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def test_a_built_in_rule_that_hangs_in_its_thread_is_not_called_again_until_it_returns(
+    db: Database, tmp_path: Path
+) -> None:
+    loaded = rules_config(tmp_path, [])
+    checked = latency_regression(db, loaded)
+    slow = configured("slow", _Returns(lambda: time.sleep(1.5) or []), timeout_s=0.5)
+    good = configured("good", _Returns([Decision("alert", "all is well")]), index=1)
+    began = time.monotonic()
+    first = evaluate(db, loaded, checked, configured=[slow, good])
+    assert 0.5 <= time.monotonic() - began < 1.4  # the hang costs its own limit, once, and nothing more
+    assert [(f.rule, f.outcome) for f in first.failures] == [("slow", "timeout")] and len(first.fired) == 1
+    # Still hung: skipped, not called again (one thread, not one per run), not recorded again.
+    second = evaluate(db, loaded, checked, NOW + timedelta(hours=2), configured=[slow])
+    assert second.skipped == ["slow"] and second.failures == []
     # Once its call has returned, the rule is called again (and here times out again).
     time.sleep(max(0.0, 1.8 - (time.monotonic() - began)))
-    third = evaluate(db, loaded, checked, NOW + timedelta(minutes=20), configured=built)
-    assert third.skipped == [] and [f.outcome for f in third.failures] == ["error", "timeout"]
+    third = evaluate(db, loaded, checked, NOW + timedelta(hours=4), configured=[slow])
+    assert third.skipped == [] and [f.outcome for f in third.failures] == ["timeout"]
 
 
 class _Returns(Rule):
@@ -96,9 +138,10 @@ class _Returns(Rule):
         return self.value() if callable(self.value) else self.value
 
 
-def configured(label: str, rule: Rule, *, priority: int = 0, index: int = 0, cooldown_s: float = 3600) -> ConfiguredRule:
+def configured(label: str, rule: Rule, *, priority: int = 0, index: int = 0, cooldown_s: float = 3600,
+               timeout_s: float = 2.0) -> ConfiguredRule:
     return ConfiguredRule(index=index, use="returns", label=label, rule=rule, origin="tests", models=None,
-                          priority=priority, cooldown="1h", cooldown_s=cooldown_s, timeout_s=2.0)
+                          priority=priority, cooldown="1h", cooldown_s=cooldown_s, timeout_s=timeout_s)
 
 
 def test_invalid_return_values_are_recorded_as_errors(db: Database, tmp_path: Path) -> None:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from pydantic import Field
 
@@ -31,3 +33,28 @@ class Hangs(Rule):
     def evaluate(self, context: RuleContext) -> Sequence[Decision]:
         time.sleep(self.params.seconds)
         return [Decision("alert", "finally answered")]
+
+
+class BusyLoopsParams(RuleParams):
+    pid_file: str | None = Field(default=None, description="where to write the process id before spinning")
+
+
+class BusyLoops(Rule):
+    name = "busy_loops"
+    description = "spins on a core forever (a plugin stuck in a loop)"
+    Params = BusyLoopsParams
+    params: BusyLoopsParams
+
+    def evaluate(self, context: RuleContext) -> Sequence[Decision]:
+        if self.params.pid_file:
+            Path(self.params.pid_file).write_text(str(os.getpid()))
+        while True:
+            pass
+
+
+class Exits(Rule):
+    name = "exits"
+    description = "ends its process on the spot (os._exit: no exception, no cleanup)"
+
+    def evaluate(self, context: RuleContext) -> Sequence[Decision]:
+        os._exit(3)
