@@ -29,7 +29,6 @@ from monitor.import_check import missing
 
 DEFAULT_CONFIG_NAME = "perfguard.toml"
 STORAGE_URL_ENV = "PERFGUARD_STORAGE_URL"
-FLEET_JOB_SLACK_S = 120.0  # a fleet job's time beyond its series' timeouts: detection, reference, rules
 
 FLOAT_DTYPES = ("float32", "float16", "bfloat16", "float64")
 INT_DTYPES = ("int64", "int32", "int16", "int8", "uint8", "bool")
@@ -363,11 +362,6 @@ class ModelConfig(_Strict):
             return self.timeout_s
         return max(120.0, 6 * self.max_time_s)
 
-    @property
-    def fleet_job_limit_s(self) -> float:
-        """The hard limit of one fleet job: every series' worker timeout, plus what follows the runs."""
-        return self.effective_timeout_s * len(self.series_batch_sizes) + FLEET_JOB_SLACK_S
-
 
 class StorageConfig(_Strict):
     url: str = "sqlite:///perfguard.db"
@@ -467,6 +461,12 @@ class ExecutorConfig(_Strict):
     enqueue_attempts: int = Field(default=3, ge=1, le=20)  # tries per job before it waits for the broker
     enqueue_backoff_s: float = Field(default=0.5, ge=0)  # wait before the 2nd try; doubles each time
     visibility_timeout_s: float = Field(default=3600.0, gt=0)  # Redis: an unacknowledged job is redelivered after this
+    # A job's time after its runs: detection, the reference, rules and the actions they start.
+    follow_up_s: float = Field(default=120.0, gt=0)
+
+    def job_limit_s(self, model: ModelConfig) -> float:
+        """The hard limit of one fleet job: every series' worker timeout, plus what follows the runs."""
+        return model.effective_timeout_s * len(model.series_batch_sizes) + self.follow_up_s
 
     @model_validator(mode="after")
     def _broker(self) -> ExecutorConfig:
@@ -598,13 +598,13 @@ def _redelivered_while_running(config: Config) -> list[str]:
     executor = config.executor
     if executor.kind != "celery" or not (executor.broker or "").startswith("redis"):
         return []
-    longest = max(config.models, key=lambda m: m.fleet_job_limit_s, default=None)
-    if longest is None or longest.fleet_job_limit_s < executor.visibility_timeout_s:
+    longest = max(config.models, key=executor.job_limit_s, default=None)
+    if longest is None or executor.job_limit_s(longest) < executor.visibility_timeout_s:
         return []
     return [f"executor.visibility_timeout_s: {executor.visibility_timeout_s:g} s is not longer than the time "
-            f'limit of model "{longest.name}"\'s job ({longest.fleet_job_limit_s:g} s: its timeout times '
-            f"{len(longest.series_batch_sizes)} series, plus {FLEET_JOB_SLACK_S:g} s), so the broker would hand "
-            "the job to a second worker while the first still runs it; raise it above the job's limit"]
+            f'limit of model "{longest.name}"\'s job ({executor.job_limit_s(longest):g} s: its timeout times '
+            f"{len(longest.series_batch_sizes)} series, plus follow_up_s = {executor.follow_up_s:g} s), so the "
+            "broker would hand the job to a second worker while the first still runs it; raise it above the job's limit"]
 
 
 IMPORT_FIELDS = ("factory", "inputs_factory", "eval", "train", "prepare")

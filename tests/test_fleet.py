@@ -183,10 +183,12 @@ def test_a_worker_killed_mid_benchmark_has_its_job_redelivered_and_each_series_s
     broker: str, tmp_path: Path, pg_schema_url: str, workers: list[Workers]
 ) -> None:
     queue = f"cpu-{uuid.uuid4().hex[:8]}"
-    # Two series: the first is stored, the worker dies during the second; the job comes back.
+    # Two series: the first is stored, the worker dies during the second; the job comes back. Redis
+    # hands it out again after the visibility timeout, which must outlast the job's time limit (2 x 12 s
+    # series, then 2 s to follow up): 28 s.
     config = fleet_config(tmp_path, pg_schema_url, BROKERS[broker],
-                          model("slow", queue, max_time_s=4, batch_sizes="batch_sizes = [2, 4]"),
-                          visibility_timeout_s=8)
+                          model("slow", queue, max_time_s=2, batch_sizes="batch_sizes = [2, 4]\ntimeout_s = 12"),
+                          visibility_timeout_s=28, follow_up_s=2)
     group = Workers(config)
     workers.append(group)
     first = group.start(queue)

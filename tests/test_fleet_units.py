@@ -39,6 +39,8 @@ def test_a_visibility_timeout_within_a_jobs_time_limit_is_refused(tmp_path: Path
     line = refused.value.lines[0]
     assert "executor.visibility_timeout_s: 300 s" in line and 'model "long"' in line and "(320 s" in line
     load_config(write_config(tmp_path / "c.toml", models, extra=executor.replace("300", "321")))
+    shorter = executor + "follow_up_s = 60\n"  # what follows the runs, sized for these models
+    load_config(write_config(tmp_path / "c.toml", models, extra=shorter))
     amqp = executor.replace("redis://127.0.0.1:6379/0", "amqp://guest:guest@127.0.0.1:5672//")
     load_config(write_config(tmp_path / "c.toml", models, extra=amqp))  # RabbitMQ: a server setting
 
@@ -49,7 +51,7 @@ def test_a_models_hardware_class_is_its_runs_on_or_its_device_kind(tmp_path: Pat
         tiny_model("d", batch_sizes=[1, 8], timeout_s=100),
     ]))
     assert [m.hardware_class for m in loaded.config.models] == ["cpu", "cuda", "gpu-h100", "cpu"]
-    assert loaded.config.models[3].fleet_job_limit_s == 2 * 100 + 120  # every series, then the follow-up
+    assert loaded.config.executor.job_limit_s(loaded.config.models[3]) == 2 * 100 + 120  # every series, then the follow-up
     assert isinstance(make_executor(loaded.config.executor, lambda name: None), LocalExecutor)
 
 

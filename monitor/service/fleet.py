@@ -75,13 +75,13 @@ def enqueue(app: Celery, model: ModelConfig, key: str, executor: ExecutorConfig)
     """Publish one benchmark job on the model's queue, retrying a lost broker connection with
     back-off; raises the broker's error when every attempt failed."""
     queue = model.hardware_class
-    limit = model.fleet_job_limit_s
+    limit = executor.job_limit_s(model)
     app.send_task(
         TASK,
         args=[model.name, key],
         queue=queue,
         time_limit=limit,
-        soft_time_limit=limit - 30,
+        soft_time_limit=max(limit - 30, 0.9 * limit),  # the task's chance to end cleanly before the kill
         retry=True,
         retry_policy={
             "max_retries": executor.enqueue_attempts - 1,
