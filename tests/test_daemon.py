@@ -11,6 +11,7 @@ import urllib.error
 import urllib.request
 import sys
 import textwrap
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -19,6 +20,7 @@ import psutil
 import pytest
 
 from monitor.config import load_config
+from monitor.service.http import MAX_CONNECTIONS, RunMetricsExporter, serve
 from storage import queries
 from storage.db import Database
 from storage.lease import DatabaseLease
@@ -537,6 +539,27 @@ def test_after_its_runs_the_daemon_evaluates_the_rules_and_records_what_fired(tm
     [event] = events()
     assert (event.rule, event.outcome) == ("slo_breach", "alert")
     assert "latency_ms_p50" in event.reason and event.key.startswith("slo:latency_ms_p50:b4:")
+
+
+def test_idle_connections_hold_a_bounded_number_of_threads_and_the_rest_are_told_busy():
+    port = free_port()
+    server = serve(f"127.0.0.1:{port}", RunMetricsExporter(), lambda: {"healthy": True})
+    idle = []
+    try:
+        before = threading.active_count()
+        idle = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(3 * MAX_CONNECTIONS)]
+        assert wait_for(lambda: threading.active_count() - before >= MAX_CONNECTIONS, 10)
+        time.sleep(0.3)
+        assert threading.active_count() - before <= MAX_CONNECTIONS
+        assert http_get(port, "/livez")[0] == 503  # answered at once, not queued behind the idle ones
+        for conn in idle:
+            conn.close()
+        assert wait_for(lambda: http_get(port, "/livez")[0] == 200, 10)
+    finally:
+        for conn in idle:
+            conn.close()
+        server.shutdown()
+        server.server_close()
 
 
 def test_the_daemon_writes_the_report_after_runs_and_serves_it_read_only(tmp_path):

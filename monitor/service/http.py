@@ -108,6 +108,36 @@ def _set(gauge: Gauge, series: tuple[str, ...], value: float | None) -> None:
 
 SITE_TYPES = {".html": "text/html; charset=utf-8", ".png": "image/png"}
 IDLE_TIMEOUT_S = 30.0
+MAX_CONNECTIONS = 32  # handler threads at once; a connection past them is answered 503 and closed
+
+
+class _BoundedServer(ThreadingHTTPServer):
+    """One thread per connection, but never more than MAX_CONNECTIONS: idle or trickling clients
+    (each held up to IDLE_TIMEOUT_S) cannot make the daemon grow a thread per socket. A connection
+    past the bound gets a short 503 from the accepting thread, without a thread of its own."""
+
+    daemon_threads = True
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            try:
+                request.sendall(b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
+                                b"Content-Length: 5\r\nRetry-After: 1\r\nConnection: close\r\n\r\nbusy\n")
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
 
 def site_file(site: Path, url_path: str) -> Path | None:
@@ -196,7 +226,6 @@ def serve(
         def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - scrapes are not news
             log.debug("http: " + format, *args)
 
-    server = ThreadingHTTPServer((host.strip("[]") or "127.0.0.1", int(port)), Handler)
-    server.daemon_threads = True
+    server = _BoundedServer((host.strip("[]") or "127.0.0.1", int(port)), Handler)
     threading.Thread(target=server.serve_forever, name="perfguard-http", daemon=True).start()
     return server
