@@ -77,3 +77,28 @@ def test_a_flush_that_died_before_its_unlink_does_not_store_the_run_twice(tmp_pa
         path.write_text(copy)  # as if the process died between the commit and the unlink
         assert spool.flush(db) and spool.files() == []
         assert len(queries.history(db, "m", limit=10)) == 1
+
+
+def test_runs_still_held_at_the_stop_are_rescued_and_stored_at_the_next_start(tmp_path: Path):
+    """Held because the spool's disk is full (previous test): at the stop they go to another file
+    system's rescue folder, which the next start flushes like the spool."""
+    rescue = tmp_path / "rescue"
+    spool = RunSpool(tmp_path / "spool", rescue=rescue)
+    spool.held.append(full_record("m", batch_size=8))
+    assert spool.rescue() == 0 and spool.held == []
+    assert len(list(rescue.glob("*.json"))) == 1
+    again = RunSpool(tmp_path / "spool", rescue=rescue)
+    with Database.open(f"sqlite:///{tmp_path}/runs.db") as db:
+        assert len(again.files()) == 1 and len(again.flush(db)) == 1
+        assert again.files() == [] and len(queries.history(db, "m", limit=10)) == 1
+
+
+def test_a_held_run_that_can_be_kept_nowhere_is_written_to_the_log_in_full(tmp_path: Path, caplog):
+    (tmp_path / "not-a-folder").write_text("")
+    spool = RunSpool(tmp_path / "spool", rescue=tmp_path / "not-a-folder" / "rescue")
+    record = full_record("m", batch_size=8)
+    spool.held.append(record)
+    assert spool.rescue() == 1
+    [line] = [r.getMessage() for r in caplog.records if "could be kept nowhere" in r.getMessage()]
+    kept = json.loads(line.split("here it is, in full: ", 1)[1])
+    assert kept["model"] == "m" and kept["batch_size"] == 8

@@ -420,6 +420,7 @@ class Daemon:
         self.scheduler.shutdown()
         self.executor.shutdown()
         self.flush_spool()  # what cannot be stored now stays spooled for the next start
+        self.spool.rescue()  # and what even the spool could not take goes elsewhere, or into the log
         if self._http is not None:
             self._http.shutdown()
         log.info("perfguard daemon stopped")

@@ -8,9 +8,11 @@ again, removing each file only after its run is committed.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
+import tempfile
 import threading
 import time
 import uuid
@@ -30,9 +32,13 @@ UNAVAILABLE = (DBAPIError, PoolTimeoutError)
 
 
 class RunSpool:
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, rescue: Path | None = None):
         self.folder = folder
         folder.mkdir(parents=True, exist_ok=True)
+        # Where runs still held in memory go when the daemon stops: another file system when the
+        # spool's is full (the temp folder), one per spool; flushed like the spool at the next start.
+        digest = hashlib.sha256(str(folder.resolve()).encode()).hexdigest()[:12]
+        self.rescue_folder = rescue or Path(tempfile.gettempdir()) / "perfguard-rescue" / digest
         self.clean()
         # The daemon's main thread flushes while benchmark threads store: one at a time, or a
         # waiting run could be inserted twice.
@@ -42,22 +48,46 @@ class RunSpool:
         self.held: list[RunRecord] = []
 
     def files(self) -> list[Path]:
-        return sorted(self.folder.glob("*.json"))
+        rescued = sorted(self.rescue_folder.glob("*.json")) if self.rescue_folder.is_dir() else []
+        return sorted([*self.folder.glob("*.json"), *rescued], key=lambda p: p.name)
+
+    def rescue(self) -> int:
+        """At the stop: runs still held in memory (the spool's disk is full) to the rescue folder, or,
+        failing that, into the log in full (JSON), so that no run ends with the process unsaid; how
+        many were kept nowhere but the log."""
+        with self._lock:
+            unsaved = []
+            for record in self.held:
+                try:
+                    self.rescue_folder.mkdir(parents=True, exist_ok=True)
+                    path = self._write(self.rescue_folder, record)
+                    log.warning("run of %s (batch %d) kept in %s until the next start", record.model,
+                                record.batch_size, path)
+                except OSError as exc:
+                    unsaved.append(record)
+                    log.error("run of %s (batch %d) could be kept nowhere (%s); here it is, in full: %s",
+                              record.model, record.batch_size, exc, json.dumps(record.to_storable()))
+            self.held = []
+            return len(unsaved)
 
     def add(self, record: RunRecord) -> Path:
         """Write `record` to the spool; it gets an idempotency key first if it has none, so a flush
         that dies between its commit and its unlink does not store it twice on the next start."""
         if record.idempotency_key is None:
             record.idempotency_key = f"run:{uuid.uuid4().hex}"
+        return self._write(self.folder, record)
+
+    @staticmethod
+    def _write(folder: Path, record: RunRecord) -> Path:
         name = f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.json"
-        tmp = self.folder / f".{name}.tmp"
+        tmp = folder / f".{name}.tmp"
         try:
             tmp.write_text(json.dumps(record.to_storable(), allow_nan=False), encoding="utf-8")
-            os.replace(tmp, self.folder / name)
+            os.replace(tmp, folder / name)
         except OSError:
             tmp.unlink(missing_ok=True)  # a full disk leaves no empty temporary file behind
             raise
-        return self.folder / name
+        return folder / name
 
     def clean(self) -> int:
         """Remove temporary files a crash or a full disk left (never a complete run); how many."""
