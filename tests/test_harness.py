@@ -13,6 +13,7 @@ import psutil
 import pytest
 
 from monitor.config import load_config
+from monitor.harness import runner
 from monitor.harness.protocol import BenchmarkJob, InputTensor, SamplingSettings, Subject
 from monitor.harness.runner import ALLOCATOR_PINS, run_worker, to_records
 from monitor.service.benchmark import benchmark_models
@@ -156,6 +157,17 @@ def test_exceeding_the_memory_limit_kills_the_worker():
     assert outcome.status == "failed"
     assert "memory limit exceeded" in outcome.error and "memory_limit_mb=600" in outcome.error
     assert outcome.peak_rss_mb > 600
+    assert not _alive(outcome.pid)
+
+
+def test_a_model_without_a_memory_limit_gets_the_hosts_default(monkeypatch):
+    """Without memory_limit_mb a worker may take DEFAULT_MEMORY_SHARE of the host's memory (70 %): a
+    factory that allocates without bound fails its run instead of taking the host down. The share is
+    lowered here to about 600 MB, so that the test does not fill the machine to show it."""
+    monkeypatch.setattr(runner, "DEFAULT_MEMORY_SHARE", 600 * 2**20 / psutil.virtual_memory().total)
+    outcome = run_worker(job("hog"), timeout_s=60)
+    assert outcome.status == "failed" and "memory limit exceeded" in outcome.error, outcome.error
+    assert outcome.peak_rss_mb > 550
     assert not _alive(outcome.pid)
 
 
