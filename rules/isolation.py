@@ -46,8 +46,8 @@ class IsolatedCall:
     """One rule call running in a child process, and what came back from it."""
 
     label: str
-    process: BaseProcess
-    conn: Connection
+    process: BaseProcess | None  # None: the call could not even be sent (outcome says why)
+    conn: Connection | None
     deadline: float
     timeout_s: float
     outcome: str | None = None  # "ok" | "error" | "timeout" once settled
@@ -57,7 +57,11 @@ class IsolatedCall:
 
 def start_call(label: str, rule: Rule, context: RuleContext, storage_url: str, timeout_s: float) -> IsolatedCall:
     """Start `rule.evaluate(context)` in a child process; `finish_calls` collects it."""
-    payload = pickle.dumps((rule, replace(context, history=_no_history)))
+    try:
+        payload = pickle.dumps((rule, replace(context, history=_no_history)))
+    except Exception as exc:  # noqa: BLE001 - a rule holding a lambda or a lock cannot travel
+        return IsolatedCall(label, None, None, 0.0, timeout_s, "error",
+                            error=f"cannot be sent to its process: {type(exc).__name__}: {exc}")
     ours, theirs = _CONTEXT.Pipe(duplex=False)
     process = _CONTEXT.Process(target=_child, args=(theirs, list(sys.path), payload, storage_url, context.model.name),
                                name=f"perfguard-rule-{label}", daemon=True)
@@ -70,7 +74,7 @@ def start_call(label: str, rule: Rule, context: RuleContext, storage_url: str, t
 
 def finish_calls(calls: Sequence[IsolatedCall]) -> None:
     """Wait for each call until it answers, dies or passes its deadline; kill what is left."""
-    pending = {call.conn: call for call in calls}
+    pending = {call.conn: call for call in calls if call.conn is not None}
     while pending:
         now = time.monotonic()
         for call in [c for c in pending.values() if c.deadline <= now]:
@@ -86,12 +90,14 @@ def finish_calls(calls: Sequence[IsolatedCall]) -> None:
             if _receive(call):
                 del pending[call.conn]
     for call in calls:
-        call.conn.close()
-        call.process.join(timeout=5)
+        if call.conn is not None and call.process is not None:
+            call.conn.close()
+            call.process.join(timeout=5)
 
 
 def _receive(call: IsolatedCall) -> bool:
     """Read one message of the child; True when the call is settled."""
+    assert call.conn is not None and call.process is not None
     try:
         status, value = call.conn.recv()
     except (EOFError, OSError, pickle.UnpicklingError, AttributeError, ImportError) as exc:
@@ -117,8 +123,8 @@ def _receive(call: IsolatedCall) -> bool:
 
 
 def _kill(call: IsolatedCall) -> None:
-    pid = call.process.pid
-    if pid is None:
+    pid = call.process.pid if call.process is not None else None
+    if call.process is None or pid is None:
         return
     try:
         os.killpg(pid, signal.SIGKILL)  # the child leads its own group: its children go with it

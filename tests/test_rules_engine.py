@@ -3,6 +3,7 @@ event and not again within the cooldown, and every outcome is stored as a rule e
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Iterator, Sequence
 from datetime import timedelta
@@ -161,6 +162,15 @@ def test_invalid_return_values_are_recorded_as_errors(db: Database, tmp_path: Pa
     assert {f.rule: f.outcome for f in evaluation.failures} == {label: "error" for label in bad}
     assert "returned NoneType, not a list of Decision" in evaluation.failures[0].reason
     assert fired(evaluation) == [("good", "alert", None)]
+
+
+def test_a_plugin_that_cannot_travel_to_its_process_is_an_error_not_a_crash(db: Database, tmp_path: Path) -> None:
+    loaded = rules_config(tmp_path, [])
+    checked = latency_regression(db, loaded)
+    holds_a_lambda = dataclasses.replace(configured("unpicklable", _Returns(lambda: [])), isolated=True)
+    evaluation = evaluate(db, loaded, checked, configured=[holds_a_lambda])
+    [failure] = evaluation.failures
+    assert failure.outcome == "error" and failure.reason.startswith("cannot be sent to its process")
 
 
 def test_rules_run_by_priority_then_config_order(db: Database, tmp_path: Path) -> None:
