@@ -26,7 +26,6 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -40,7 +39,8 @@ from sqlalchemy import create_engine, make_url, text
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from monitor.service.http import MAX_CONNECTIONS  # noqa: E402
-from tests.cli_helpers import toml_value  # noqa: E402 - the suite's TOML writer, after the path is set
+from tests.cli_helpers import free_port, toml_value  # noqa: E402 - the suite's helpers, after the path is set
+from tests.net_helpers import TcpProxy, black_hole  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 TESTS = ROOT / "tests"
@@ -57,12 +57,6 @@ class Row:
 
 
 # helpers ------------------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float, step: float = 0.2) -> bool:
@@ -183,63 +177,6 @@ def pg_schema() -> tuple[str, Callable[[], None]]:
     return url.render_as_string(hide_password=False), drop
 
 
-class TcpProxy:
-    """A loopback forwarder that can be cut and restored: a database outage, for real."""
-
-    def __init__(self, target_port: int):
-        self.target_port, self.port = target_port, free_port()
-        self._server: socket.socket | None = None
-        self._conns: list[socket.socket] = []
-
-    def start(self) -> None:
-        server = socket.socket()
-        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        server.bind(("127.0.0.1", self.port))
-        server.listen()
-        self._server = server
-
-        def pump(src: socket.socket, dst: socket.socket) -> None:
-            try:
-                while data := src.recv(65536):
-                    dst.sendall(data)
-            except OSError:
-                pass
-            finally:
-                for s in (src, dst):
-                    try:
-                        s.shutdown(socket.SHUT_RDWR)
-                    except OSError:
-                        pass
-
-        def accept() -> None:
-            while True:
-                try:
-                    client, _ = server.accept()
-                except OSError:
-                    return
-                upstream = socket.create_connection(("127.0.0.1", self.target_port))
-                self._conns += [client, upstream]
-                threading.Thread(target=pump, args=(client, upstream), daemon=True).start()
-                threading.Thread(target=pump, args=(upstream, client), daemon=True).start()
-
-        threading.Thread(target=accept, daemon=True).start()
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            self._server = None
-        for conn in self._conns:
-            try:
-                conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            conn.close()
-        self._conns.clear()
-
-    def url(self, target: str) -> str:
-        return make_url(target).set(host="127.0.0.1", port=self.port).render_as_string(hide_password=False)
-
-
 def cpu_percent(process: psutil.Process) -> float:
     """Its CPU use over one second; 0 when it ends meanwhile."""
     try:
@@ -294,7 +231,7 @@ def pg_outage(work: Path) -> Row:
     proxy = TcpProxy(make_url(url).port or 5432)
     try:
         proxy.start()
-        config, port = write_config(work, model_toml("fast", "2s"), url=proxy.url(url))
+        config, port = write_config(work, model_toml("fast", "2s"), url=proxy.url_for(url))
         daemon = Daemon(config, port)
         wait_for(lambda: len(stored(url, "fast")) >= 2, 60)
         proxy.stop()
@@ -323,7 +260,7 @@ def pg_down_at_start(work: Path) -> Row:
     url, drop = pg_schema()
     proxy = TcpProxy(make_url(url).port or 5432)
     try:
-        config, port = write_config(work, model_toml("fast", "1h"), url=proxy.url(url))
+        config, port = write_config(work, model_toml("fast", "1h"), url=proxy.url_for(url))
         daemon = Daemon(config, port)
         waiting = wait_for(lambda: daemon.get("/healthz")[0] == 503, 30)
         problems = daemon.health().get("problems", [])
@@ -440,19 +377,7 @@ def second_daemon(work: Path) -> Row:
 
 @fault("smtp black hole")
 def smtp_black_hole(work: Path) -> Row:
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(16)
-    held: list[socket.socket] = []
-
-    def accept() -> None:
-        while True:
-            try:
-                held.append(server.accept()[0])
-            except OSError:
-                return
-
-    threading.Thread(target=accept, daemon=True).start()
+    server, held = black_hole()
     try:
         email = textwrap.dedent(f"""
             [email]

@@ -24,6 +24,7 @@ from monitor.service.http import MAX_CONNECTIONS, RunMetricsExporter, serve
 from storage import queries
 from storage.db import Database
 from storage.lease import DatabaseLease
+from tests.net_helpers import TcpProxy
 
 from cli_helpers import PERFGUARD, free_port
 
@@ -307,74 +308,12 @@ def test_healthz_and_prometheus_metrics(tmp_path):
     assert samples[("perfguard_peak_rss_bytes", series)] > 50 * 2**20
 
 
-class TcpProxy:
-    """A loopback TCP forwarder that can be cut and restored: a database outage, for real."""
-
-    def __init__(self, target_port: int):
-        self.target_port = target_port
-        self.port = free_port()
-        self._server: socket.socket | None = None
-        self._conns: list[socket.socket] = []
-
-    def start(self) -> None:
-        import threading
-
-        server = socket.socket()
-        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        server.bind(("127.0.0.1", self.port))
-        server.listen()
-        self._server = server
-
-        def pump(src: socket.socket, dst: socket.socket) -> None:
-            try:
-                while data := src.recv(65536):
-                    dst.sendall(data)
-            except OSError:
-                pass
-            finally:
-                for s in (src, dst):
-                    try:
-                        s.shutdown(socket.SHUT_RDWR)
-                    except OSError:
-                        pass
-
-        def accept() -> None:
-            while True:
-                try:
-                    client, _ = server.accept()
-                except OSError:
-                    return
-                upstream = socket.create_connection(("127.0.0.1", self.target_port))
-                self._conns += [client, upstream]
-                threading.Thread(target=pump, args=(client, upstream), daemon=True).start()
-                threading.Thread(target=pump, args=(upstream, client), daemon=True).start()
-
-        threading.Thread(target=accept, daemon=True).start()
-
-    def stop(self) -> None:
-        if self._server is None:
-            return  # never started
-        try:
-            self._server.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept(); close() alone does not
-        except OSError:
-            pass
-        self._server.close()
-        for conn in self._conns:
-            try:
-                conn.shutdown(socket.SHUT_RDWR)
-                conn.close()
-            except OSError:
-                pass
-        self._conns.clear()
-
-
 def behind_proxy(tmp_path: Path, pg_schema_url: str, every: str) -> tuple[TcpProxy, Path, int]:
     """A daemon config whose PostgreSQL is reached through a proxy (not started yet), and its port."""
     from sqlalchemy import make_url
 
-    target = make_url(pg_schema_url)
-    proxy = TcpProxy(target.port or 5432)
-    url = target.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+    proxy = TcpProxy(make_url(pg_schema_url).port or 5432)
+    url = proxy.url_for(pg_schema_url)
     port = free_port()
     config = write_config(tmp_path, QUICK_MODEL.format(name="fast", every=every), port=port)
     config.write_text(config.read_text().replace('url = "sqlite:///runs.db"', f'url = "{url}"'))

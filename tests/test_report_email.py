@@ -7,7 +7,6 @@ from __future__ import annotations
 import email
 import email.policy
 import re
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -23,6 +22,7 @@ from monitor.service.reporting import ReportKeeper, digest_slot, send_alerts, se
 from storage import notifications
 from storage.db import Database
 from tests.cli_helpers import free_port, perfguard
+from tests.net_helpers import black_hole
 from tests.report_helpers import history_runs, make_fleet, report_config, seed
 from tests.test_mail import PASSWORD, USER, Authenticator, server_tls, start_server, tls_files  # noqa: F401 - fixtures
 
@@ -255,24 +255,6 @@ def test_a_permanent_refusal_is_not_sent_again_on_later_passes(tmp_path: Path) -
         controller.stop()
     assert stored and all(n.status == "failed" and n.attempts == 1 and n.error.startswith("permanent: ")
                           for n in stored)
-
-
-def black_hole() -> tuple[socket.socket, list[socket.socket]]:
-    """A server that accepts connections and never says a word: an SMTP client waits out its timeout."""
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(16)
-    held: list[socket.socket] = []
-
-    def accept() -> None:
-        while True:
-            try:
-                held.append(server.accept()[0])
-            except OSError:
-                return
-
-    threading.Thread(target=accept, daemon=True).start()
-    return server, held
 
 
 def test_a_mail_server_that_never_answers_holds_up_neither_the_runs_nor_a_stop(tmp_path: Path) -> None:
