@@ -133,24 +133,23 @@ def evaluate_model(
     if context is None:
         log.debug("rules: %s is not configured or has no stored runs; nothing to evaluate", model_name)
         return evaluation
-    calls: list[_Call | IsolatedCall] = []
+    calls: list[tuple[ConfiguredRule, _Call | IsolatedCall]] = []  # in priority order
     storage_url = db.engine.url.render_as_string(hide_password=False)
     for rule in applicable:
         if rule.isolated:
-            calls.append(start_call(rule.label, rule.rule, context, storage_url, rule.timeout_s))
+            calls.append((rule, start_call(rule.label, rule.rule, context, storage_url, rule.timeout_s)))
         elif _still_running(model_name, rule):
             log.warning("rule %s on model %s: skipped, its previous call is still running", rule.label, model_name)
             evaluation.skipped.append(rule.label)
         else:
-            calls.append(_start(rule, context))
-    finish_calls([c for c in calls if isinstance(c, IsolatedCall)])
-    for call in calls:
+            calls.append((rule, _start(rule, context)))
+    finish_calls([call for _, call in calls if isinstance(call, IsolatedCall)])
+    for _, call in calls:
         if isinstance(call, _Call):
             call.done.wait(max(0.0, call.deadline - time.monotonic()))
-    by_label = {rule.label: rule for rule in applicable}
-    for call in calls:
+    for rule, call in calls:
         if isinstance(call, IsolatedCall):
-            _settle(db, by_label[call.label], call.outcome or "error", call.result, call.error, context, evaluation)
+            _settle(db, rule, call.outcome or "error", call.result, call.error, context, evaluation)
         else:
             _settle_thread(db, call, context, evaluation)
     return evaluation

@@ -45,7 +45,6 @@ _CONTEXT.set_forkserver_preload([__name__])
 class IsolatedCall:
     """One rule call running in a child process, and what came back from it."""
 
-    label: str
     process: BaseProcess | None  # None: the call could not even be sent (outcome says why)
     conn: Connection | None
     deadline: float
@@ -60,7 +59,7 @@ def start_call(label: str, rule: Rule, context: RuleContext, storage_url: str, t
     try:
         payload = pickle.dumps((rule, replace(context, history=_no_history)))
     except Exception as exc:  # noqa: BLE001 - a rule holding a lambda or a lock cannot travel
-        return IsolatedCall(label, None, None, 0.0, timeout_s, "error",
+        return IsolatedCall(None, None, 0.0, timeout_s, "error",
                             error=f"cannot be sent to its process: {type(exc).__name__}: {exc}")
     ours, theirs = _CONTEXT.Pipe(duplex=False)
     process = _CONTEXT.Process(target=_child, args=(theirs, list(sys.path), payload, storage_url, context.model.name),
@@ -69,7 +68,7 @@ def start_call(label: str, rule: Rule, context: RuleContext, storage_url: str, t
     theirs.close()
     # The time limit counts from the call, once the child runs it: the first call of a process
     # starts the forkserver, which may take seconds on a busy host.
-    return IsolatedCall(label, process, ours, time.monotonic() + STARTUP_LIMIT_S + timeout_s, timeout_s)
+    return IsolatedCall(process, ours, time.monotonic() + STARTUP_LIMIT_S + timeout_s, timeout_s)
 
 
 def finish_calls(calls: Sequence[IsolatedCall]) -> None:

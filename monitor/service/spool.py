@@ -48,8 +48,8 @@ class RunSpool:
         self.held: list[RunRecord] = []
 
     def files(self) -> list[Path]:
-        rescued = sorted(self.rescue_folder.glob("*.json")) if self.rescue_folder.is_dir() else []
-        return sorted([*self.folder.glob("*.json"), *rescued], key=lambda p: p.name)
+        rescued = self.rescue_folder.glob("*.json") if self.rescue_folder.is_dir() else []
+        return sorted([*self.folder.glob("*.json"), *rescued], key=lambda p: p.name)  # names start with the time
 
     def rescue(self) -> int:
         """At the stop: runs still held in memory (the spool's disk is full) to the rescue folder, or,
