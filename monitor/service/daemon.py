@@ -321,20 +321,18 @@ class Daemon:
                            alive=lambda: self._waiting_for_database or self.scheduler.running)
         listen = self.loaded.config.daemon.listen
         log.info("health and metrics on http://%s/healthz and /metrics", listen)
+        started = leased = False
         try:
             started = self.wait_for_database()
+            leased = started and self.keep_lease()
         finally:
-            if self._waiting_for_database:  # a stop, or a database that is not merely away
+            if not leased:  # a stop, a database that is not merely away, or another daemon's
                 self.reports.close()
                 self.executor.shutdown()
                 self._http.shutdown()
         if not started:
             log.info("perfguard daemon stopped before its database answered")
-            return
-        if not self.keep_lease():
-            self.reports.close()
-            self.executor.shutdown()
-            self._http.shutdown()
+        if not leased:
             return
         self.flush_spool()  # runs a previous daemon could not store
         self.seed_metrics()
