@@ -24,6 +24,7 @@ from typing import Any
 import click
 
 from monitor.config import DEFAULT_CONFIG_NAME, ConfigError, LoadedConfig, load_config
+from monitor.harness.worker_pool import WorkerPool
 from monitor.logsetup import configure_logging
 from monitor.registry import PlannedBenchmark, UnknownModelError, plan, plan_active
 from monitor.service.benchmark import BenchmarkProgress, benchmark_models
@@ -287,8 +288,8 @@ def run(config_path: Path, as_json: bool, names: tuple[str, ...]) -> None:
         plan(loaded, list(names))  # unknown names are a usage error, before the database is opened
     except UnknownModelError as exc:
         raise click.UsageError(str(exc)) from None
-    with _open_db(loaded) as db:
-        records = benchmark_models(loaded, db, list(names) or None, StderrProgress())
+    with _open_db(loaded) as db, WorkerPool() as pool:
+        records = benchmark_models(loaded, db, list(names) or None, StderrProgress(), pool=pool)
         location = db.display_location()
     if as_json:
         _print_json([r.to_json() for r in records])
@@ -450,16 +451,17 @@ def check(config_path: Path, as_json: bool, names: tuple[str, ...], show_all: bo
     from storage import findings as findings_store
 
     loaded = _load(config_path)
-    with _open_db(loaded) as db:
+    with _open_db(loaded) as db, WorkerPool() as pool:
         for name in names:
             _known_model(loaded, name, db)
         result = check_models(db, loaded, list(names) or None)
         confirming = confirm if confirm is not None else loaded.config.detection.confirm
         configured = [m.name for m in loaded.config.models if not names or m.name in names]
         if configured and (confirming or attribution.references_wanted(loaded)):
-            attribution.ensure_references(db, loaded, configured)  # a stored model no longer configured has no factory
+            # A stored model no longer configured has no factory.
+            attribution.ensure_references(db, loaded, configured, pool=pool)
         if confirming:
-            attribution.confirm_pending(db, loaded, result.findings)
+            attribution.confirm_pending(db, loaded, result.findings, pool=pool)
         responses = []
         if with_rules and loaded.config.rules:
             from monitor.service.respond import respond
@@ -471,7 +473,7 @@ def check(config_path: Path, as_json: bool, names: tuple[str, ...], show_all: bo
             # Every configured model with history, as the daemon does: an SLO breach needs no finding.
             for name in sorted(n for n in configured if n in stored):
                 mine = [f for f in result.findings if f.model == name]
-                responses.append(respond(db, loaded, name, mine, new_ids, built))
+                responses.append(respond(db, loaded, name, mine, new_ids, built, pool=pool))
             if any(r.actions for r in responses):  # a promotion resolves the replaced variant's findings
                 result.findings = [f for f in findings_store.findings(db) if not names or f.model in names]
     shown = [f for f in result.findings if show_all or f.state == "open"]
@@ -565,9 +567,9 @@ def optimize(config_path: Path, as_json: bool, model: str | None, recipes: tuple
             raise click.UsageError(f"unknown recipe {name!r}; known: {', '.join(catalog.RECIPES)}")
     request = OptimizeRequest(model=model, action=action if action or recipes else "requantize",  # type: ignore[arg-type]
                               recipes=recipes, dry_run=dry_run)
-    with _open_db(loaded) as db:
+    with _open_db(loaded) as db, WorkerPool() as pool:
         try:
-            record = run_optimize(db, loaded, request)
+            record = run_optimize(db, loaded, request, pool=pool)
         except OptimizeError as exc:
             raise click.UsageError(str(exc)) from None
     if as_json:
@@ -700,7 +702,7 @@ def baseline_accept(config_path: Path, as_json: bool, model: str, note: str | No
     from monitor.detection.baseline import NoRunsError, accept
 
     loaded = _load(config_path)
-    with _open_db(loaded, create=False) as db:
+    with _open_db(loaded, create=False) as db, WorkerPool() as pool:
         try:
             segments = accept(db, loaded, model, note)
         except NoRunsError as exc:
@@ -711,7 +713,7 @@ def baseline_accept(config_path: Path, as_json: bool, model: str, note: str | No
             for planned in plan_active(db, loaded, [model]):
                 key = attribution.series_key(db, planned)
                 if key in accepted:
-                    references.append(attribution.freeze_reference(db, loaded, planned, key))
+                    references.append(attribution.freeze_reference(db, loaded, planned, key, pool=pool))
     if as_json:
         _print_json({
             "model": model,

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, make_url
 
+from monitor.harness.worker_pool import WorkerPool
 from storage.db import Database
 
 PG_URL_ENV = "PERFGUARD_TEST_PG_URL"
@@ -32,6 +33,14 @@ def own_device_locks(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]
         os.environ.pop("PERFGUARD_LOCK_DIR", None)
     else:
         os.environ["PERFGUARD_LOCK_DIR"] = before
+
+
+@pytest.fixture(scope="session")
+def workers() -> Iterator[WorkerPool]:
+    """Warm workers for the tests that benchmark in-process, as the daemon and CLI commands use them
+    (test_harness.py keeps the spawned path; test_worker_pool.py holds the two to each other)."""
+    with WorkerPool() as pool:
+        yield pool
 
 
 @pytest.fixture(scope="session")

@@ -170,10 +170,10 @@ def test_after_sigterm_the_series_in_flight_finishes_and_no_other_starts(tmp_pat
     """, stop_timeout_s=60)
     proc = start(config)
 
-    def benchmarking() -> bool:  # the first series' worker is running
+    def benchmarking() -> bool:  # the first series' worker is running (forked from the daemon's pool)
         try:
             children = psutil.Process(proc.pid).children(recursive=True)
-            return any("monitor.harness.worker" in " ".join(c.cmdline()) for c in children)
+            return any(c.name() == "perfguard-work" for c in children)
         except psutil.Error:
             return False
 

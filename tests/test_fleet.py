@@ -33,13 +33,13 @@ BROKERS = {
 }
 
 
-def fleet_config(folder: Path, storage_url: str, broker: str, models: str, **executor: object) -> Path:
+def fleet_config(folder: Path, storage_url: str, broker: str, models: str, harness: str = "", **executor: object) -> Path:
     (folder / "workloads.py").unlink(missing_ok=True)
     (folder / "workloads.py").symlink_to(TESTS_DIR / "workloads.py")
     extra = "".join(f"{k} = {json.dumps(v)}\n" for k, v in executor.items())
     path = folder / "perfguard.toml"
     path.write_text(
-        f'[storage]\nurl = "{storage_url}"\n[harness]\nmin_samples = 20\nrelative = false\n[detection]\nconfirm = false\n'
+        f'[storage]\nurl = "{storage_url}"\n[harness]\nmin_samples = 20\nrelative = false\n{harness}[detection]\nconfirm = false\n'
         f'[daemon]\nlisten = "127.0.0.1:{free_port()}"\nstop_timeout_s = 5\n'
         f'[executor]\nkind = "celery"\nbroker = "{broker}"\nenqueue_attempts = 2\nenqueue_backoff_s = 0.2\n{extra}'
         + textwrap.dedent(models)
@@ -58,6 +58,14 @@ runs_on = "{queue}"
 schedule = {{ every = "{every}" }}
 {batch_sizes}
 """
+
+
+def benchmarking(proc: subprocess.Popen[str]) -> bool:
+    """Whether a benchmark worker runs under this `perfguard worker` (forked from its fork server)."""
+    try:
+        return any(p.name() == "perfguard-work" for p in psutil.Process(proc.pid).children(recursive=True))
+    except psutil.Error:
+        return False
 
 
 class Workers:
@@ -185,10 +193,11 @@ def test_a_worker_killed_mid_benchmark_has_its_job_redelivered_and_each_series_s
     queue = f"cpu-{uuid.uuid4().hex[:8]}"
     # Two series: the first is stored, the worker dies during the second; the job comes back. Redis
     # hands it out again after the visibility timeout, which must outlast the job's time limit (2 x 12 s
-    # series, then 2 s to follow up): 28 s.
+    # series, then 2 s to follow up): 28 s. A precision no run reaches keeps each series sampling for
+    # its whole 2 s budget, the window in which the worker is killed.
     config = fleet_config(tmp_path, pg_schema_url, BROKERS[broker],
                           model("slow", queue, max_time_s=2, batch_sizes="batch_sizes = [2, 4]\ntimeout_s = 12"),
-                          visibility_timeout_s=28, follow_up_s=2)
+                          harness="target_ci_rel = 0.000001\n", visibility_timeout_s=28, follow_up_s=2)
     group = Workers(config)
     workers.append(group)
     first = group.start(queue)
@@ -196,8 +205,9 @@ def test_a_worker_killed_mid_benchmark_has_its_job_redelivered_and_each_series_s
     executor = CeleryExecutor(loaded.config.executor)
     executor.submit(loaded.config.models[0], datetime.now(UTC))
     executor.shutdown()
-    assert wait_for(lambda: len(stored(pg_schema_url)) == 1, 90, step=0.5), group.logs()[-3000:]
-    time.sleep(1.5)  # into the second series' benchmark
+    assert wait_for(lambda: len(stored(pg_schema_url)) == 1, 90, step=0.2), group.logs()[-3000:]
+    assert wait_for(lambda: benchmarking(first), 30, step=0.05), group.logs()[-3000:]
+    time.sleep(0.5)  # into the second series' benchmark
     group.kill(first)
     assert len(stored(pg_schema_url)) == 1
     group.start(queue)

@@ -193,7 +193,8 @@ def test_ab_mode_times_two_models_of_known_cost_interleaved():
     assert lo <= ratio["ratio_p50"] <= hi and hi / lo < 1.2
 
 
-def test_one_broken_model_does_not_stop_the_others(tmp_path):
+def test_one_broken_model_does_not_stop_the_others(tmp_path, workers):
+    """Through the service, as the daemon and the CLI run it: workers forked from their pool."""
     models = "".join(
         textwrap.dedent(f"""
         [[models]]
@@ -219,7 +220,7 @@ def test_one_broken_model_does_not_stop_the_others(tmp_path):
     (tmp_path / "workloads.py").symlink_to(TESTS / "workloads.py")
     loaded = load_config(config)
     with Database.open(loaded.storage_url()) as db:
-        records = benchmark_models(loaded, db)
+        records = benchmark_models(loaded, db, pool=workers)
         statuses = {(r.model, r.batch_size): r.status for r in records}
         assert statuses == {
             ("good-1", 4): "ok", ("raises", 4): "failed", ("aborts", 4): "failed",

@@ -18,6 +18,7 @@ from monitor.optimize.search import OptimizeRequest, optimize
 from monitor.registry import active_variant
 from monitor.service.benchmark import benchmark_models
 from monitor.service.respond import respond
+from monitor.harness.worker_pool import WorkerPool
 from storage import actions as actions_store
 from storage import findings as findings_store
 from storage import rule_events
@@ -67,22 +68,22 @@ recipes = ["dynamic_int8"]
 """
 
 
-def test_a_drifting_model_is_diagnosed_requantized_promoted_and_rolled_back(tmp_path: Path) -> None:
+def test_a_drifting_model_is_diagnosed_requantized_promoted_and_rolled_back(tmp_path: Path, workers: WorkerPool) -> None:
     set_version(tmp_path, 1)
     loaded = drifty(tmp_path, RULES, optimize={"fidelity": "relative_error"})
     with Database.open(loaded.storage_url()) as db:
-        (first,) = benchmark_models(loaded, db)
+        (first,) = benchmark_models(loaded, db, pool=workers)
         assert first.status == "ok", first.error
-        assert len(ensure_references(db, loaded)) == 1  # version 1, frozen
+        assert len(ensure_references(db, loaded, pool=workers)) == 1  # version 1, frozen
         set_version(tmp_path, 2)  # a new checkpoint: the hidden layer grows from 512 to 2048
         regressed_history(db)
         result = check_model(db, loaded, "drifty", loaded.config.models[0])
-        confirm_pending(db, loaded, result.findings)
+        confirm_pending(db, loaded, result.findings, pool=workers)
         latency = next(f for f in findings_store.findings(db, "drifty", state="open") if f.metric == "latency_ms_p50")
         assert latency.cause == "model", latency.confirmation
 
         findings = findings_store.findings(db, "drifty")
-        response = respond(db, loaded, "drifty", findings, {latency.id} if latency.id else set())
+        response = respond(db, loaded, "drifty", findings, {latency.id} if latency.id else set(), pool=workers)
 
         assert [d.decision.action for d in response.evaluation.fired] == ["alert", "requantize"]
         (action,) = response.actions
@@ -104,17 +105,17 @@ def test_a_drifting_model_is_diagnosed_requantized_promoted_and_rolled_back(tmp_
         with db.session(readonly=True) as session:
             spec = active_variant(session, "drifty")
         assert spec.name == "baseline+dynamic_int8" and spec.weights_path and Path(spec.weights_path).exists()
-        (promoted,) = benchmark_models(loaded, db)  # the scheduler now benchmarks the new variant
+        (promoted,) = benchmark_models(loaded, db, pool=workers)  # the scheduler now benchmarks the new variant
         assert promoted.status == "ok" and promoted.variant == "baseline+dynamic_int8", promoted.error
         assert promoted.metrics.model_size_mb is not None and promoted.metrics.model_size_mb < 2.5
 
-        again = respond(db, loaded, "drifty", findings_store.findings(db, "drifty"), set())
+        again = respond(db, loaded, "drifty", findings_store.findings(db, "drifty"), set(), pool=workers)
         assert again.actions == []  # one regression, one action
 
         weights = Path(spec.weights_path)
         good = weights.read_bytes()
         weights.write_bytes(good[:-1] + bytes([good[-1] ^ 1]))  # one flipped bit
-        (refused,) = benchmark_models(loaded, db)
+        (refused,) = benchmark_models(loaded, db, pool=workers)
         assert refused.status == "failed" and "does not match its recorded sha256" in (refused.error or "")
         assert damaged_weights(refused.error)  # the words the daemon's automatic fallback looks for
         weights.write_bytes(good)
@@ -122,27 +123,27 @@ def test_a_drifting_model_is_diagnosed_requantized_promoted_and_rolled_back(tmp_
         back = perfguard("rollback", "drifty", "--json", config=loaded.path)
         assert back.returncode == 0, back
         assert back.json()["to_variant"] == "baseline"
-        (restored,) = benchmark_models(loaded, db)
+        (restored,) = benchmark_models(loaded, db, pool=workers)
         assert restored.variant == "baseline"
         listed = perfguard("actions", "drifty", "--json", config=loaded.path).json()
         assert [a["kind"] for a in listed] == ["rollback", "requantize"] and listed[1]["rolled_back_at"]
 
 
-def test_a_destructive_recipe_is_refused_with_numbers_and_a_dry_run_promotes_nothing(tmp_path: Path) -> None:
+def test_a_destructive_recipe_is_refused_with_numbers_and_a_dry_run_promotes_nothing(tmp_path: Path, workers: WorkerPool) -> None:
     set_version(tmp_path, 2)
     loaded = drifty(tmp_path, eval="workloads:mlp_eval", optimize={"accuracy_tolerance": 0.05})
     with Database.open(loaded.storage_url()) as db:
         pruned = optimize(db, loaded, OptimizeRequest(
             model="drifty", action="prune", recipes=("prune_structured",),
             params={"prune_structured": {"amount": 0.9}},
-        ))
+        ), pool=workers)
         assert pruned.status == "rejected"
         (candidate,) = pruned.candidates
         assert candidate["current_accuracy"] == 1.0 and candidate["accuracy"] < 0.9
         assert any("accuracy" in reason and "over the tolerance 0.05" in reason for reason in candidate["reasons"])
         assert "accuracy" in pruned.reason
 
-        dry = optimize(db, loaded, OptimizeRequest(model="drifty", recipes=("dynamic_int8",), dry_run=True))
+        dry = optimize(db, loaded, OptimizeRequest(model="drifty", recipes=("dynamic_int8",), dry_run=True), pool=workers)
         assert dry.status == "dry_run", dry.reason
         with db.session(readonly=True) as session:
             assert active_variant(session, "drifty").name == "baseline"

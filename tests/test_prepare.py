@@ -9,6 +9,7 @@ import pytest
 
 from monitor.config import load_config
 from monitor.service.benchmark import benchmark_models
+from monitor.harness.worker_pool import WorkerPool
 from storage.db import Database
 from tests.cli_helpers import TESTS_DIR, tiny_model, write_config
 
@@ -21,13 +22,13 @@ def workloads_importable(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Pat
     return counter
 
 
-def test_the_prepare_step_runs_once_outside_the_measured_window(tmp_path: Path, workloads_importable: Path) -> None:
+def test_the_prepare_step_runs_once_outside_the_measured_window(tmp_path: Path, workloads_importable: Path, workers: WorkerPool) -> None:
     loaded = load_config(write_config(tmp_path / "perfguard.toml",
                                       [tiny_model("m", prepare="workloads:prepare_slowly", batch_sizes=[4, 8])]))
     prepared: set[str] = set()
     with Database.open(loaded.storage_url()) as db:
-        first = benchmark_models(loaded, db, prepared=prepared)
-        again = benchmark_models(loaded, db, prepared=prepared)
+        first = benchmark_models(loaded, db, prepared=prepared, pool=workers)
+        again = benchmark_models(loaded, db, prepared=prepared, pool=workers)
     assert [r.status for r in first + again] == ["ok"] * 4
     assert workloads_importable.read_text() == "1"  # once for the model, not per series or per call
     report = first[0].details["prepare"]
@@ -40,13 +41,13 @@ def test_the_prepare_step_runs_once_outside_the_measured_window(tmp_path: Path, 
         assert record.details["warmup_s"] + record.details["sampling_s"] < 1.5
 
 
-def test_a_failed_prepare_step_fails_the_models_runs_and_is_tried_again(tmp_path: Path) -> None:
+def test_a_failed_prepare_step_fails_the_models_runs_and_is_tried_again(tmp_path: Path, workers: WorkerPool) -> None:
     loaded = load_config(write_config(tmp_path / "perfguard.toml",
                                       [tiny_model("m", prepare="workloads:prepare_fails", batch_sizes=[4, 8]),
                                        tiny_model("other")]))
     prepared: set[str] = set()
     with Database.open(loaded.storage_url()) as db:
-        records = benchmark_models(loaded, db, prepared=prepared)
+        records = benchmark_models(loaded, db, prepared=prepared, pool=workers)
     assert [(r.model, r.status) for r in records] == [("m", "failed"), ("m", "failed"), ("other", "ok")]
     assert "prepare step workloads:prepare_fails failed" in records[0].error
     assert "the dataset server is down" in records[0].error

@@ -23,6 +23,7 @@ from monitor.harness.protocol import (
 )
 from monitor.harness.reference import CHECK_FILE
 from monitor.harness.runner import WorkerOutcome, run_worker, to_records
+from monitor.harness.worker_pool import WorkerPool
 from storage.records import EnvFingerprint, HostCondition
 
 TESTS = Path(__file__).parent
@@ -44,7 +45,7 @@ def job(subjects: list[Subject], *, mode: str = "single", freeze_dir: Path | Non
 
 
 @pytest.fixture(scope="module")
-def frozen(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Frozen]:
+def frozen(tmp_path_factory: pytest.TempPathFactory, workers: WorkerPool) -> Callable[..., Frozen]:
     """Freeze a factory's model once per module (a worker each), for every test that needs its copy."""
     done: dict[str, Frozen] = {}
 
@@ -52,7 +53,7 @@ def frozen(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Frozen]:
         if factory not in done:
             folder = tmp_path_factory.mktemp(factory.replace(":", "-").replace(".", "-"))
             freeze_job = job([subject(factory, width)], mode="freeze", freeze_dir=folder)
-            done[factory] = freeze_job, run_worker(freeze_job, timeout_s=120)
+            done[factory] = freeze_job, run_worker(freeze_job, timeout_s=120, pool=workers)
         return done[factory]
 
     return freeze
@@ -96,14 +97,14 @@ def test_a_plain_model_is_frozen_as_a_torchscript_trace_and_timed_beside_itself(
     assert record.details["comparison"] == result.comparison
 
 
-def test_an_ab_job_times_a_frozen_copy_beside_the_live_model(frozen):
+def test_an_ab_job_times_a_frozen_copy_beside_the_live_model(frozen, workers: WorkerPool):
     _, freezing = frozen("workloads:tiny")
     ref = ok_result(freezing).frozen
     ab = job(
         [subject("workloads:tiny", label="current"), subject("workloads:tiny", label="reference", artifact=ref)],
         mode="ab",
     )
-    outcome = run_worker(ab, timeout_s=60)
+    outcome = run_worker(ab, timeout_s=60, pool=workers)
     result = ok_result(outcome)
     assert result.frozen is None
     current, reference = to_records(ab, outcome, "baseline")
@@ -148,9 +149,9 @@ def test_a_model_only_python_can_run_is_frozen_as_its_state_dict_and_factory(fro
     assert 0.5 < result.comparison[REFERENCE_LABEL]["ratio_p50"] < 2.0
 
 
-def test_a_model_no_copy_can_reproduce_fails_the_freeze_with_every_reason(tmp_path):
+def test_a_model_no_copy_can_reproduce_fails_the_freeze_with_every_reason(tmp_path, workers: WorkerPool):
     freezing = job([subject("workloads:random_output")], mode="freeze", freeze_dir=tmp_path)
-    outcome = run_worker(freezing, timeout_s=120)
+    outcome = run_worker(freezing, timeout_s=120, pool=workers)
     assert outcome.status == "failed"
     assert "ArtifactError: no reference copy of workloads:random_output reproduces its output" in outcome.error
     for kind in ("exported:", "torchscript/trace:", "torchscript/script:", "state_dict:"):
@@ -172,7 +173,7 @@ def test_a_malformed_freeze_job_is_refused_before_any_worker_starts(subjects, fr
 
 
 @pytest.mark.parametrize("damage", ["altered", "missing"])
-def test_an_altered_or_missing_artifact_is_refused_naming_the_file(frozen, tmp_path, damage):
+def test_an_altered_or_missing_artifact_is_refused_naming_the_file(frozen, tmp_path, damage, workers: WorkerPool):
     _, freezing = frozen("workloads:tiny")
     ref = ok_result(freezing).frozen
     copy = tmp_path / Path(ref.path).name
@@ -184,7 +185,7 @@ def test_an_altered_or_missing_artifact_is_refused_naming_the_file(frozen, tmp_p
     else:
         copy.unlink()
     bad = ArtifactRef(**{**ref.to_dict(), "path": str(copy)})
-    outcome = run_worker(job([subject("workloads:tiny", artifact=bad)]), timeout_s=60)
+    outcome = run_worker(job([subject("workloads:tiny", artifact=bad)]), timeout_s=60, pool=workers)
     assert outcome.status == "failed"
     assert f"ArtifactError: reference artifact {copy} " in outcome.error
     assert ("does not match its recorded sha256" if damage == "altered" else "is missing") in outcome.error
@@ -200,7 +201,7 @@ class Payload:
         return os.mkdir, (str(self.marker),)
 
 
-def test_a_state_dict_is_read_weights_only_so_a_planted_pickle_never_runs(tmp_path):
+def test_a_state_dict_is_read_weights_only_so_a_planted_pickle_never_runs(tmp_path, workers: WorkerPool):
     import torch
 
     planted = tmp_path / "reference.state.pt"
@@ -212,7 +213,7 @@ def test_a_state_dict_is_read_weights_only_so_a_planted_pickle_never_runs(tmp_pa
 
     ref = ArtifactRef(kind="state_dict", path=str(planted), sha256=sha256(planted), factory="workloads:tiny",
                       torch_version=torch.__version__)
-    outcome = run_worker(job([subject("workloads:tiny", artifact=ref)]), timeout_s=60)
+    outcome = run_worker(job([subject("workloads:tiny", artifact=ref)]), timeout_s=60, pool=workers)
     assert outcome.status == "failed"
     assert "UnpicklingError" in outcome.error and "Weights only load failed" in outcome.error
     assert not (tmp_path / "ran-in-worker").exists()

@@ -18,6 +18,7 @@ from monitor.detection.attribution import ensure_references
 from monitor.detection.check import check_models
 from monitor.harness.host_probe import HostSpeedProbe
 from monitor.service.benchmark import benchmark_models
+from monitor.harness.worker_pool import WorkerPool
 from storage import findings as store
 from storage.db import Database
 from storage.findings import SeriesKey
@@ -38,23 +39,23 @@ def config(tmp_path: Path, name: str, db_url: str, **fields: object) -> LoadedCo
                                     extra="[detection]\nconfirm = false\n"))
 
 
-def frozen_series(db: Database, loaded: LoadedConfig, key: SeriesKey = KEY) -> int:
+def frozen_series(db: Database, loaded: LoadedConfig, workers: WorkerPool, key: SeriesKey = KEY) -> int:
     """Benchmark once (absolutely: no reference yet), then freeze the series' reference."""
-    (first,) = benchmark_models(loaded, db)
+    (first,) = benchmark_models(loaded, db, pool=workers)
     assert first.status == "ok", first.error
     assert first.details["measurement"] == {"basis": "absolute", "why": "no frozen reference of this series yet"}
     assert first.reference_id is None and first.metrics.rel_to_reference is None
     assert first.metrics.probe_blas_ms and first.metrics.probe_python_ms  # the probe runs from the first run on
-    assert ensure_references(db, loaded) == [key]
+    assert ensure_references(db, loaded, pool=workers) == [key]
     reference = store.latest_reference(db, "m", key)
     assert reference is not None and reference.artifact["check_path"] and reference.measured["probe_blas_ms"]
     return reference.id
 
 
-def history_of(db: Database, loaded: LoadedConfig, runs: int = 3, replayed: int = 7) -> None:
+def history_of(db: Database, loaded: LoadedConfig, workers: WorkerPool, runs: int = 3, replayed: int = 7) -> None:
     """`runs` real relative runs, then `replayed` copies of them stored just after each: detection
     needs ten runs at a level before it judges a change, and real workers take seconds each."""
-    real = [benchmark_models(loaded, db)[0] for _ in range(runs)]
+    real = [benchmark_models(loaded, db, pool=workers)[0] for _ in range(runs)]
     assert all(r.details["measurement"]["basis"] == "relative" for r in real)
     copies = []
     for i in range(replayed):
@@ -66,11 +67,11 @@ def history_of(db: Database, loaded: LoadedConfig, runs: int = 3, replayed: int 
     save_runs(db, copies)
 
 
-def test_a_scheduled_run_is_timed_against_its_reference_and_the_probe(tmp_path: Path, db_url: str) -> None:
+def test_a_scheduled_run_is_timed_against_its_reference_and_the_probe(tmp_path: Path, db_url: str, workers: WorkerPool) -> None:
     loaded = config(tmp_path, "c.toml", db_url)
     with Database.open(db_url) as db:
-        reference_id = frozen_series(db, loaded)
-        (run,) = benchmark_models(loaded, db)
+        reference_id = frozen_series(db, loaded, workers)
+        (run,) = benchmark_models(loaded, db, pool=workers)
         (stored,) = history(db, "m", limit=1)
     assert run.status == "ok", run.error
     assert run.details["measurement"] == {"basis": "relative", "reference_id": reference_id}
@@ -84,16 +85,16 @@ def test_a_scheduled_run_is_timed_against_its_reference_and_the_probe(tmp_path: 
     assert stored.details["measurement"]["basis"] == "relative"
 
 
-def test_a_reference_that_cannot_load_falls_back_and_says_so(tmp_path: Path) -> None:
+def test_a_reference_that_cannot_load_falls_back_and_says_so(tmp_path: Path, workers: WorkerPool) -> None:
     db_url = f"sqlite:///{tmp_path / 'perfguard.db'}"
     loaded = config(tmp_path, "c.toml", db_url)
     with Database.open(db_url) as db:
-        reference_id = frozen_series(db, loaded)
+        reference_id = frozen_series(db, loaded, workers)
         artifact = Path(store.latest_reference(db, "m", KEY).artifact["path"])
         data = bytearray(artifact.read_bytes())
         data[len(data) // 2] ^= 0xFF  # one byte changed
         artifact.write_bytes(bytes(data))
-        (run,) = benchmark_models(loaded, db)
+        (run,) = benchmark_models(loaded, db, pool=workers)
         assert run.status == "ok", run.error  # the model is still measured, absolutely
         measurement = run.details["measurement"]
         assert measurement["basis"] == "absolute" and measurement["reference_lost"]
@@ -101,23 +102,23 @@ def test_a_reference_that_cannot_load_falls_back_and_says_so(tmp_path: Path) -> 
         assert run.reference_id is None and run.metrics.rel_to_reference is None and run.metrics.probe_blas_ms
         lost = store.latest_reference(db, "m", KEY)
         assert lost.id == reference_id and lost.lost_at is not None and "sha256" in lost.lost_reason
-        (later,) = benchmark_models(loaded, db)  # the lost copy is not tried again
+        (later,) = benchmark_models(loaded, db, pool=workers)  # the lost copy is not tried again
         assert later.details["measurement"]["why"].startswith(f"reference {reference_id} lost: ")
         # A file damaged on disk, while no regression is open: the same model is frozen again (after a
         # library upgrade it is not: see the next test).
-        assert ensure_references(db, loaded) == [KEY]
+        assert ensure_references(db, loaded, pool=workers) == [KEY]
         fresh = store.latest_reference(db, "m", KEY)
         assert fresh.id != reference_id and fresh.lost_at is None and fresh.artifact
-        (again,) = benchmark_models(loaded, db)
+        (again,) = benchmark_models(loaded, db, pool=workers)
         assert again.details["measurement"] == {"basis": "relative", "reference_id": fresh.id}
 
 
-def test_a_reference_that_no_longer_reproduces_its_output_is_lost(tmp_path: Path) -> None:
+def test_a_reference_that_no_longer_reproduces_its_output_is_lost(tmp_path: Path, workers: WorkerPool) -> None:
     """What a library upgrade can do: the copy loads, but computes something else now."""
     db_url = f"sqlite:///{tmp_path / 'perfguard.db'}"
     loaded = config(tmp_path, "c.toml", db_url)
     with Database.open(db_url) as db:
-        frozen_series(db, loaded)
+        frozen_series(db, loaded, workers)
         reference = store.latest_reference(db, "m", KEY)
         check = Path(reference.artifact["check_path"])
         saved = torch.load(check, weights_only=True)
@@ -129,23 +130,23 @@ def test_a_reference_that_no_longer_reproduces_its_output_is_lost(tmp_path: Path
         with check.open("rb") as handle, db.session() as session:
             row = session.get(ReferenceRow, reference.id)
             row.artifact = {**row.artifact, "check_sha256": sha256_of(handle)}
-        (run,) = benchmark_models(loaded, db)
-        assert ensure_references(db, loaded) == []  # kept lost until a baseline is accepted
+        (run,) = benchmark_models(loaded, db, pool=workers)
+        assert ensure_references(db, loaded, pool=workers) == []  # kept lost until a baseline is accepted
     assert run.status == "ok" and run.details["measurement"]["reference_lost"]
     assert "no longer reproduces its frozen output" in run.details["measurement"]["why"]
 
 
-def test_a_changed_model_is_found_on_the_relative_reading_as_the_models(tmp_path: Path) -> None:
+def test_a_changed_model_is_found_on_the_relative_reading_as_the_models(tmp_path: Path, workers: WorkerPool) -> None:
     """The factory now builds a model that also spins 300 us per call: the frozen copy of the old one
     shows it in the ratio, whatever the host does meanwhile."""
     db_url = f"sqlite:///{tmp_path / 'perfguard.db'}"
     before = config(tmp_path, "before.toml", db_url)
     after = config(tmp_path, "after.toml", db_url, factory="workloads:busy_300us")
     with Database.open(db_url) as db:
-        frozen_series(db, before)
-        history_of(db, before)
+        frozen_series(db, before, workers)
+        history_of(db, before, workers)
         for _ in range(3):
-            (run,) = benchmark_models(after, db)
+            (run,) = benchmark_models(after, db, pool=workers)
             assert run.details["measurement"]["basis"] == "relative", run.details["measurement"]
         result = check_models(db, after, ["m"])
     (finding,) = [f for f in result.findings if f.metric == "latency_ms_p50" and f.verdict == "regression"]
@@ -153,7 +154,7 @@ def test_a_changed_model_is_found_on_the_relative_reading_as_the_models(tmp_path
     assert finding.rel_change > 1.0  # tens of microseconds became hundreds
 
 
-def test_a_slower_math_library_path_is_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_slower_math_library_path_is_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers: WorkerPool) -> None:
     """The same model and config; the math library now runs its compatible (SSE2) code path, about
     2.5x slower for this matmul on one thread. The model and its copy slow down alike (no relative
     change), the probe does not: the reference over the probe shows it, cause environment, with the
@@ -163,11 +164,11 @@ def test_a_slower_math_library_path_is_the_environment(tmp_path: Path, monkeypat
     loaded = config(tmp_path, "c.toml", db_url, factory="workloads:matmul", inputs=[{"shape": [256, 512]}],
                     max_time_s=0.5, threads=1)
     with Database.open(db_url) as db:
-        frozen_series(db, loaded, SeriesKey("baseline", "cpu", 256))
-        history_of(db, loaded)
+        frozen_series(db, loaded, workers, SeriesKey("baseline", "cpu", 256))
+        history_of(db, loaded, workers)
         monkeypatch.setenv("MKL_CBWR", "COMPATIBLE")
         for _ in range(3):
-            benchmark_models(loaded, db)
+            benchmark_models(loaded, db, pool=workers)
         result = check_models(db, loaded, ["m"])
         runs = history(db, "m", limit=3)
     assert all(r.env.math_env.get("MKL_CBWR") == "COMPATIBLE" for r in runs)

@@ -100,6 +100,14 @@ def tiny() -> nn.Module:
     return Tiny()
 
 
+def leaves_state() -> nn.Module:
+    """Changes its process's environment and torch's thread setting: a run forked after it must not
+    see either."""
+    os.environ["OMP_PERFGUARD_LEAK"] = "1"
+    torch.set_num_threads(max(1, torch.get_num_threads() - 1) if torch.get_num_threads() > 1 else 2)
+    return tiny()
+
+
 def data_dependent() -> nn.Module:
     torch.manual_seed(0)
     return DataDependent()

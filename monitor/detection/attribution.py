@@ -34,6 +34,7 @@ from monitor.detection.check import detection_options
 from monitor.harness.protocol import REFERENCE_LABEL, ArtifactRef, BenchmarkJob
 from monitor.harness.reference import damaged
 from monitor.harness.runner import WorkerOutcome, run_worker
+from monitor.harness.worker_pool import WorkerPool
 from monitor.registry import PlannedBenchmark, UnknownModelError, plan_active
 from storage import findings as store
 from storage import queries
@@ -64,7 +65,8 @@ def references_wanted(loaded: LoadedConfig) -> bool:
 
 
 def ensure_references(
-    db: Database, loaded: LoadedConfig, names: list[str] | None = None, cancel: threading.Event | None = None
+    db: Database, loaded: LoadedConfig, names: list[str] | None = None, cancel: threading.Event | None = None,
+    pool: WorkerPool | None = None,
 ) -> list[SeriesKey]:
     """Freeze a reference for every planned series of the active variant that has none yet.
 
@@ -100,7 +102,7 @@ def ensure_references(
             assert latest is not None
             log.warning("%s %s: reference %d was damaged (%s); freezing the model anew at this stable point",
                         planned.model.name, key.label(), latest.id, latest.lost_reason)
-        ref_id = freeze_reference(db, loaded, planned, key, cancel)
+        ref_id = freeze_reference(db, loaded, planned, key, cancel, pool)
         if ref_id is not None:
             frozen.append(key)
             if refreeze:
@@ -121,7 +123,8 @@ def _note_refrozen(db: Database, model: str, key: SeriesKey, lost_id: int, new_i
 
 
 def freeze_reference(
-    db: Database, loaded: LoadedConfig, planned: PlannedBenchmark, key: SeriesKey, cancel: threading.Event | None = None
+    db: Database, loaded: LoadedConfig, planned: PlannedBenchmark, key: SeriesKey, cancel: threading.Event | None = None,
+    pool: WorkerPool | None = None,
 ) -> int | None:
     """Freeze the model of one series now and store the reference; None (logged) when it fails."""
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
@@ -130,7 +133,7 @@ def freeze_reference(
         / key.device.replace(":", "_") / f"b{key.batch_size}" / stamp
     )
     job = replace(planned.job, mode="freeze", freeze_dir=str(folder))
-    outcome = _run(loaded, planned, job, cancel)
+    outcome = _run(loaded, planned, job, cancel, pool)
     result = outcome.result
     ratio = ((result.comparison if result is not None else None) or {}).get(REFERENCE_LABEL, {})
     failure = None
@@ -164,7 +167,8 @@ def freeze_reference(
 
 
 def attribute(
-    db: Database, loaded: LoadedConfig, finding: FindingRecord, cancel: threading.Event | None = None
+    db: Database, loaded: LoadedConfig, finding: FindingRecord, cancel: threading.Event | None = None,
+    pool: WorkerPool | None = None,
 ) -> Attribution | None:
     """A/B the current model against its reference for a latency finding; None without a reference."""
     reference = store.latest_reference(db, finding.model, finding.key)
@@ -181,7 +185,7 @@ def attribute(
         replace(live, label=CURRENT_LABEL),
         replace(live, label=REFERENCE_LABEL, eval=None, artifact=ArtifactRef.from_dict(reference.artifact)),
     ]
-    outcome = _run(loaded, planned, replace(planned.job, mode="ab", subjects=subjects), cancel)
+    outcome = _run(loaded, planned, replace(planned.job, mode="ab", subjects=subjects), cancel, pool)
     if outcome.status != "ok" or outcome.result is None:
         error = outcome.error or outcome.status
         numbers: dict[str, Any] = {"error": error, "reference_id": reference.id}
@@ -284,7 +288,8 @@ def _log_share(change: float, total: float) -> float:
 
 
 def confirm_pending(
-    db: Database, loaded: LoadedConfig, findings: list[FindingRecord], cancel: threading.Event | None = None
+    db: Database, loaded: LoadedConfig, findings: list[FindingRecord], cancel: threading.Event | None = None,
+    pool: WorkerPool | None = None,
 ) -> list[FindingRecord]:
     """Attribute each open p50 regression among `findings` that has no cause yet; return those judged.
 
@@ -303,7 +308,7 @@ def confirm_pending(
             continue
         if cancel is not None and cancel.is_set():
             break
-        verdict = attribute(db, loaded, finding, cancel)
+        verdict = attribute(db, loaded, finding, cancel, pool)
         if verdict is None:
             continue
         if verdict.cause is None:
@@ -344,7 +349,8 @@ def series_key(db: Database, planned: PlannedBenchmark) -> SeriesKey | None:
 
 
 def _run(
-    loaded: LoadedConfig, planned: PlannedBenchmark, job: BenchmarkJob, cancel: threading.Event | None
+    loaded: LoadedConfig, planned: PlannedBenchmark, job: BenchmarkJob, cancel: threading.Event | None,
+    pool: WorkerPool | None,
 ) -> WorkerOutcome:
     return run_worker(
         job,
@@ -353,6 +359,7 @@ def _run(
         pin_allocator=loaded.config.harness.pin_allocator,
         cwd=Path(loaded.base_dir),
         cancel=cancel,
+        pool=pool,
     )
 
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-from scipy import stats
+from monitor.detection.scipy_stats import stats
 
 CLIP = 3.5  # noise units a point may sit from its neighbourhood's median before it counts as an outlier
 _WIDE, _NARROW = 7, 5  # running-median windows: inside the series, and at its newest end

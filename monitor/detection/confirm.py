@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 import numpy as np
-from scipy import stats
+from monitor.detection.scipy_stats import stats
 
 from monitor.detection.changepoints import ChangePoint
 

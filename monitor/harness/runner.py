@@ -1,8 +1,9 @@
-"""The parent side of a benchmark: spawn the worker, supervise it, turn any ending into a run.
+"""The parent side of a benchmark: start the worker, supervise it, turn any ending into a run.
 
 The worker is a fresh interpreter (`python -m monitor.harness.worker`) in its own process group, with
 the allocator and thread settings pinned in its environment before it starts (glibc reads them at
-start-up). The runner enforces the wall-clock timeout and the memory limit (polling the worker's
+start-up), or, when the caller passes a WorkerPool, a process forked from a fork server started with
+that same environment (worker_pool.py), which skips importing torch again. The runner enforces the wall-clock timeout and the memory limit (polling the worker's
 resident memory), and kills the whole group on the way out, whatever happens, so no worker outlives
 it. It never imports torch.
 """
@@ -29,6 +30,7 @@ import psutil
 
 from monitor.harness.device_lock import LockWaitCancelled, device_lock
 from monitor.harness.protocol import BenchmarkJob, SubjectResult, WorkerResult
+from monitor.harness.worker_pool import ForkedWorker, ForkServerError, WorkerPool
 from storage.records import EnvFingerprint, RunRecord, RunStatus
 
 log = logging.getLogger(__name__)
@@ -47,6 +49,7 @@ IDLE_POLL_S = 0.5
 DEFAULT_MEMORY_SHARE = 0.7  # of the host's memory, for a model without memory_limit_mb
 
 ProgressCallback = Callable[[str, int], None]
+WorkerProcess = subprocess.Popen[bytes] | ForkedWorker
 
 
 @dataclass(slots=True)
@@ -138,18 +141,20 @@ def run_worker(
     cwd: Path | None = None,
     progress: ProgressCallback | None = None,
     cancel: threading.Event | None = None,
+    pool: WorkerPool | None = None,
 ) -> WorkerOutcome:
-    """Run one job in a fresh worker process and wait for it, at most `timeout_s`.
+    """Run one job in a worker process of its own and wait for it, at most `timeout_s`.
 
     The worker starts once this process holds its device's lock (device_lock.py): a benchmark started
     beside another one on the same device waits for it instead of measuring it. Setting `cancel` (a
     stopping daemon does) ends the wait or kills the worker at the next poll; the run ends `failed`
     with the reason, so it is stored as aborted rather than lost or half-written. Without a
-    `memory_limit_mb`, the worker may use DEFAULT_MEMORY_SHARE of the host's memory.
+    `memory_limit_mb`, the worker may use DEFAULT_MEMORY_SHARE of the host's memory. With a `pool`,
+    the worker is forked from one of its fork servers (a fresh one is spawned if none can serve).
     """
     try:
         with device_lock(job.device, f"{job.model} ({job.mode}, batch {job.batch_size})", cancel) as waited:
-            outcome = _run_locked(job, timeout_s, memory_limit_mb, pin_allocator, cwd, progress, cancel)
+            outcome = _run_locked(job, timeout_s, memory_limit_mb, pin_allocator, cwd, progress, cancel, pool)
     except LockWaitCancelled as exc:
         now = datetime.now(UTC)
         return WorkerOutcome(status="failed", started_at=now, finished_at=now, error=f"aborted: {exc}",
@@ -166,19 +171,12 @@ def _run_locked(
     cwd: Path | None,
     progress: ProgressCallback | None,
     cancel: threading.Event | None,
+    pool: WorkerPool | None,
 ) -> WorkerOutcome:
     started_at = datetime.now(UTC)
     outcome = WorkerOutcome(status="failed", started_at=started_at, finished_at=started_at)
-    with tempfile.TemporaryFile() as stderr:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "monitor.harness.worker"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=stderr,
-            env=worker_environment(job.threads, pin_allocator),
-            cwd=cwd,
-            start_new_session=True,
-        )
+    proc, stderr = _start(worker_environment(job.threads, pin_allocator), cwd, pool)
+    with stderr:
         outcome.pid = proc.pid
         seen: dict[int, float] = {}
         events: queue.Queue[dict[str, Any] | None] = queue.Queue()
@@ -217,8 +215,28 @@ def _run_locked(
     return outcome
 
 
+def _start(env: dict[str, str], cwd: Path | None, pool: WorkerPool | None) -> tuple[WorkerProcess, IO[bytes]]:
+    """Fork the worker from the pool, else spawn a fresh interpreter: (it, the file its stderr goes to)."""
+    if pool is not None:
+        try:
+            return pool.start(env, cwd)
+        except ForkServerError as exc:
+            log.warning("starting a fresh worker instead: %s", exc)
+    stderr = tempfile.TemporaryFile()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "monitor.harness.worker"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=stderr,
+        env=env,
+        cwd=cwd,
+        start_new_session=True,
+    )
+    return proc, stderr
+
+
 def _supervise(
-    proc: subprocess.Popen[bytes],
+    proc: WorkerProcess,
     events: queue.Queue[dict[str, Any] | None],
     outcome: WorkerOutcome,
     timeout_s: float,
@@ -298,7 +316,7 @@ def _apply(event: dict[str, Any] | None, outcome: WorkerOutcome, progress: Progr
         outcome.worker_exception = event["error"]
 
 
-def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+def _kill_group(proc: WorkerProcess) -> None:
     """Kill the worker and anything it started, then reap it (no zombie, no orphan)."""
     if proc.poll() is None:
         try:

@@ -38,6 +38,7 @@ from monitor.harness.protocol import (
     WorkerResult,
 )
 from monitor.harness.runner import WorkerOutcome, run_worker
+from monitor.harness.worker_pool import WorkerPool
 from monitor.optimize import catalog, diagnosis
 from monitor.optimize.decision import CandidateNumbers, Verdict, best, judge
 from monitor.registry import PlannedBenchmark, plan_active
@@ -72,7 +73,8 @@ class OptimizeRequest:
 
 
 def optimize(
-    db: Database, loaded: LoadedConfig, request: OptimizeRequest, cancel: threading.Event | None = None
+    db: Database, loaded: LoadedConfig, request: OptimizeRequest, cancel: threading.Event | None = None,
+    pool: WorkerPool | None = None,
 ) -> ActionRecord:
     """Run one optimisation action for a model and record it (see the module docstring)."""
     try:
@@ -98,7 +100,7 @@ def optimize(
         record.status = "rejected"
         record.reason = f"unknown recipe {unknown[0]!r}; known: {', '.join(catalog.RECIPES)}"
         return store.record_action(db, record)
-    profiled = diagnose(db, loaded, primary, request.finding, cancel)
+    profiled = diagnose(db, loaded, primary, request.finding, cancel, pool)
     record.diagnosis = profiled.diagnosis
     if profiled.error is not None:
         # The candidates are still worth measuring; they are just not ordered by where the time goes.
@@ -111,13 +113,13 @@ def optimize(
         return store.record_action(db, record)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
     folder = loaded.base_dir / loaded.config.detection.artifact_dir / model.name / "candidates" / stamp
-    outcome = _run_candidates(loaded, primary, specs, request, settings, folder, cancel)
+    outcome = _run_candidates(loaded, primary, specs, request, settings, folder, cancel, pool)
     if outcome.status != "ok" or outcome.result is None:
         record.reason = f"the candidates job failed: {(outcome.error or outcome.status).splitlines()[0]}"
         shutil.rmtree(folder, ignore_errors=True)
         return store.record_action(db, record)
     verdicts = [judge(n, settings) for n in measured(outcome.result, primary.job.batch_size)]
-    chosen = _confirm_elsewhere(loaded, series, primary, verdicts, cancel)
+    chosen = _confirm_elsewhere(loaded, series, primary, verdicts, cancel, pool)
     record.candidates = [v.to_json() for v in verdicts]
     promotion = None
     if chosen is None:
@@ -160,6 +162,7 @@ def diagnose(
     planned: PlannedBenchmark,
     finding: FindingRecord | None,
     cancel: threading.Event | None = None,
+    pool: WorkerPool | None = None,
 ) -> Profiled:
     """Profile the current variant (beside its frozen reference when the series has one) and keep
     the diff with the finding, replacing an older one (the model may have changed since)."""
@@ -169,7 +172,8 @@ def diagnose(
     reference = findings_store.latest_reference(db, planned.model.name, key)
     if reference is not None and reference.artifact:
         subjects.append(replace(current, label=REFERENCE_LABEL, eval=None, artifact=ArtifactRef.from_dict(reference.artifact)))
-    outcome = _run(loaded, planned, replace(planned.job, mode="profile", subjects=subjects), len(subjects), cancel)
+    outcome = _run(loaded, planned, replace(planned.job, mode="profile", subjects=subjects), len(subjects), cancel,
+                   pool)
     result = outcome.result
     if outcome.status != "ok" or result is None or result.profiles is None:
         flags = list(outcome.env.cpu_flags) if outcome.env is not None else cpu_flags()
@@ -282,6 +286,7 @@ def _run_candidates(
     settings: OptimizeConfig,
     folder: Path,
     cancel: threading.Event | None,
+    pool: WorkerPool | None,
 ) -> WorkerOutcome:
     subjects = [replace(planned.job.subjects[0], label=CURRENT_LABEL)]
     wanted = [CandidateRequest(s.name, s.name, dict((request.params or {}).get(s.name, {}))) for s in specs]
@@ -289,7 +294,7 @@ def _run_candidates(
     sampling = replace(planned.job.sampling, max_time_s=planned.job.sampling.max_time_s * (1 + len(wanted)) / 2)
     job = replace(planned.job, mode="candidates", subjects=subjects, candidates=wanted, candidates_dir=str(folder),
                   train=planned.model.train, fidelity=settings.fidelity, sampling=sampling)
-    return _run(loaded, planned, job, 1 + len(wanted), cancel,
+    return _run(loaded, planned, job, 1 + len(wanted), cancel, pool,
                 extra_s=COMPILE_ALLOWANCE_S * sum(s.compiles for s in specs))
 
 
@@ -299,6 +304,7 @@ def _confirm_elsewhere(
     primary: PlannedBenchmark,
     verdicts: list[Verdict],
     cancel: threading.Event | None,
+    pool: WorkerPool | None,
 ) -> Verdict | None:
     """The best accepted candidate that is also not slower at the model's other batch sizes.
 
@@ -314,7 +320,7 @@ def _confirm_elsewhere(
             candidate = replace(current, label=choice.numbers.label, variant=VariantSpec.from_dict(choice.numbers.variant))
             compiles = catalog.recipe(choice.numbers.recipe).compiles
             outcome = _run(loaded, planned, replace(planned.job, mode="ab", subjects=[current, candidate]), 2, cancel,
-                           extra_s=COMPILE_ALLOWANCE_S if compiles else 0.0)
+                           pool, extra_s=COMPILE_ALLOWANCE_S if compiles else 0.0)
             compared: dict[str, Any] = {}
             if outcome.status == "ok" and outcome.result is not None:
                 compared = (outcome.result.comparison or {}).get(choice.numbers.label) or {}
@@ -361,6 +367,7 @@ def _run(
     job: BenchmarkJob,
     models: int,
     cancel: threading.Event | None,
+    pool: WorkerPool | None,
     extra_s: float = 0.0,
 ) -> WorkerOutcome:
     """Run a job holding `models` models at once: the model's time and memory limits, scaled."""
@@ -372,4 +379,5 @@ def _run(
         pin_allocator=loaded.config.harness.pin_allocator,
         cwd=Path(loaded.base_dir),
         cancel=cancel,
+        pool=pool,
     )

@@ -20,6 +20,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from monitor.config import LoadedConfig
 from monitor.harness.protocol import VariantSpec
 from monitor.harness.runner import WorkerOutcome, run_worker, to_records
+from monitor.harness.worker_pool import WorkerPool
 from monitor.registry import PlannedBenchmark, active_variant, plan, series_references
 from storage import findings, queries
 from storage.db import Database
@@ -63,7 +64,8 @@ def store_with_retries(db: Database, record: RunRecord) -> None:
 
 
 def prepare_model(
-    loaded: LoadedConfig, planned: PlannedBenchmark, cancel: threading.Event | None = None
+    loaded: LoadedConfig, planned: PlannedBenchmark, cancel: threading.Event | None = None,
+    pool: WorkerPool | None = None,
 ) -> tuple[dict[str, Any] | None, WorkerOutcome | None]:
     """Run a model's prepare step in a worker of its own: (its report, None) when it succeeded, else
     (its report, the failed outcome its series are stored with)."""
@@ -71,7 +73,8 @@ def prepare_model(
     assert step is not None
     job = replace(planned.job, subjects=[], mode="prepare", prepare=step, reference=None, reference_id=None)
     outcome = run_worker(job, timeout_s=planned.timeout_s, memory_limit_mb=planned.memory_limit_mb,
-                         pin_allocator=loaded.config.harness.pin_allocator, cwd=loaded.base_dir, cancel=cancel)
+                         pin_allocator=loaded.config.harness.pin_allocator, cwd=loaded.base_dir, cancel=cancel,
+                         pool=pool)
     report = outcome.result.prepared if outcome.result is not None else None
     if outcome.status == "ok" and report is not None:
         log.info("prepared %s with %s in %.1f s (peak %.0f MiB), not timed", planned.model.name, step,
@@ -109,6 +112,7 @@ def benchmark_models(
     details: dict[str, Any] | None = None,
     prepared: set[str] | None = None,
     stopping: threading.Event | None = None,
+    pool: WorkerPool | None = None,
 ) -> list[RunRecord]:
     """Run the named models (all when empty) and store each run; the stored records, in order.
 
@@ -125,6 +129,7 @@ def benchmark_models(
     `details` are added to each run's details (e.g. which worker ran it). A model with a `prepare`
     step has it run first, once per `prepared` set (the caller's: the daemon keeps one for its life;
     without one, once per call), untimed; its cost goes into the details of the model's next run.
+    Workers are forked from the caller's `pool` when it gives one (worker_pool.py), else spawned.
     """
     progress = progress or BenchmarkProgress()
     variants = known_variants if known_variants is not None else {}
@@ -161,7 +166,7 @@ def benchmark_models(
         update: Callable[[str, int], None] = progress.update
         step = item.model.prepare
         if step is not None and f"{item.model.name}:{step}" not in prepared and item.model.name not in preparing:
-            preparing[item.model.name] = prepare_model(loaded, item, cancel)
+            preparing[item.model.name] = prepare_model(loaded, item, cancel, pool)
             if preparing[item.model.name][1] is None:
                 prepared.add(f"{item.model.name}:{step}")
         report, failure = preparing.get(item.model.name, (None, None))
@@ -176,6 +181,7 @@ def benchmark_models(
                 cwd=loaded.base_dir,
                 progress=update,
                 cancel=cancel,
+                pool=pool,
             )
         if report is not None:
             preparing[item.model.name] = (None, failure)  # the report goes with this series' run only

@@ -25,6 +25,7 @@ from sqlalchemy import text
 
 from monitor.config import ConfigError, LoadedConfig, load_config
 from monitor.harness.protocol import VariantSpec
+from monitor.harness.worker_pool import WorkerPool
 from monitor.service.benchmark import BenchmarkProgress, benchmark_models
 from monitor.service.executors import make_executor
 from monitor.service.http import RunMetricsExporter, serve
@@ -108,6 +109,7 @@ class Daemon:
         self.spool = RunSpool(loaded.base_dir / daemon_config.spool_dir)
         self.variants: dict[str, VariantSpec] = {}  # model -> active variant, last seen in the database
         self.prepared: set[str] = set()  # models whose prepare step ran in this daemon's life
+        self.workers = WorkerPool()  # warm workers: a run does not import torch again
         self.rules = BuiltRules()
         self.reports = ReportKeeper()
         self.last_success: datetime | None = None
@@ -222,7 +224,8 @@ class Daemon:
             try:
                 records = benchmark_models(loaded, self.db, [name], LogProgress(self), cancel=self.cancel,
                                            store=self.spool.store, known_variants=self.variants,
-                                           prepared=self.prepared, stopping=self.stop_requested)
+                                           prepared=self.prepared, stopping=self.stop_requested,
+                                           pool=self.workers)
             except Exception:
                 log.exception("benchmark of %s failed to run or store", name)
                 return
@@ -242,7 +245,7 @@ class Daemon:
         and the open findings to /metrics."""
         if self.stopping():
             return
-        done = after_runs(self.db, loaded, name, records, self.rules.get(loaded), self.cancel)
+        done = after_runs(self.db, loaded, name, records, self.rules.get(loaded), self.cancel, self.workers)
         if done.check is not None:
             self.exporter.observe_findings(name, done.check.findings)
             self.exporter.observe_host_events(
@@ -417,6 +420,7 @@ class Daemon:
         self.cancel.set()
         self.scheduler.shutdown()
         self.executor.shutdown()
+        self.workers.close()
         self.flush_spool()  # what cannot be stored now stays spooled for the next start
         self.spool.rescue()  # and what even the spool could not take goes elsewhere, or into the log
         if self._http is not None:

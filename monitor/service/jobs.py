@@ -15,6 +15,7 @@ from typing import Any
 from monitor.config import LoadedConfig
 from monitor.detection.attribution import confirm_pending, ensure_references, references_wanted
 from monitor.detection.check import CheckResult, check_models
+from monitor.harness.worker_pool import WorkerPool
 from monitor.optimize.rollback import damaged_weights, roll_back
 from monitor.service.benchmark import benchmark_models
 from monitor.service.respond import Response, respond
@@ -42,6 +43,7 @@ def after_runs(
     records: list[RunRecord],
     rules: list[ConfiguredRule],
     cancel: threading.Event,
+    pool: WorkerPool | None = None,
 ) -> AfterRuns:
     """After a model's runs: detect changes, freeze its reference once, attribute new regressions,
     then evaluate the rules and run the actions they decide (monitor/service/respond.py)."""
@@ -51,12 +53,12 @@ def after_runs(
         return done
     done.check = check_models(db, loaded, [name])
     if references_wanted(loaded) and not cancel.is_set():
-        ensure_references(db, loaded, [name], cancel)
+        ensure_references(db, loaded, [name], cancel, pool)
     if loaded.config.detection.confirm and not cancel.is_set():
-        confirm_pending(db, loaded, done.check.findings, cancel)
+        confirm_pending(db, loaded, done.check.findings, cancel, pool)
     if loaded.config.rules and not cancel.is_set():
         new = {f.id for f in done.check.new if f.id is not None}
-        done.response = respond(db, loaded, name, done.check.findings, new, rules, cancel)
+        done.response = respond(db, loaded, name, done.check.findings, new, rules, cancel, pool=pool)
     return done
 
 
@@ -77,13 +79,16 @@ def fall_back_from_damaged_weights(db: Database, loaded: LoadedConfig, name: str
 
 
 class FleetJobs:
-    """The fleet worker's side of a job: its config, one database per worker process, built rules."""
+    """The fleet worker's side of a job: its config, one database and one pool of warm workers per
+    worker process, built rules."""
 
     def __init__(self, loaded: LoadedConfig, queue: str, open_db: Callable[[str], Database] = Database.open):
         self.loaded = loaded
         self.queue = queue
         self._open_db = open_db
         self._db: tuple[int, Database] | None = None  # (pid, database): a forked pool process opens its own
+        # (pid, pool): a forked pool process starts its own; its fork servers end with the process.
+        self._pool: tuple[int, WorkerPool] | None = None
         self._rules: list[ConfiguredRule] | None = None
         self._prepared: set[str] = set()  # models whose prepare step ran in this worker process
 
@@ -91,6 +96,11 @@ class FleetJobs:
         if self._db is None or self._db[0] != os.getpid():
             self._db = (os.getpid(), self._open_db(self.loaded.storage_url()))
         return self._db[1]
+
+    def pool(self) -> WorkerPool:
+        if self._pool is None or self._pool[0] != os.getpid():
+            self._pool = (os.getpid(), WorkerPool())
+        return self._pool[1]
 
     def run(self, model: str, key: str) -> dict[str, Any]:
         """Benchmark `model` for the scheduled run `key`, store each series once, then follow up."""
@@ -100,11 +110,11 @@ class FleetJobs:
         db = self.db()
         where = {"queue": self.queue, "worker": socket.gethostname()}
         records = benchmark_models(loaded, db, [model], idempotency_key=key, details={"executor": where},
-                                   prepared=self._prepared)
+                                   prepared=self._prepared, pool=self.pool())
         if self._rules is None:
             self._rules = configured_rules(loaded.config)
         try:
-            after_runs(db, loaded, model, records, self._rules, threading.Event())
+            after_runs(db, loaded, model, records, self._rules, threading.Event(), self.pool())
         except Exception:
             log.exception("the follow-up of %s's runs failed (the runs are stored)", model)
         log.info("job %s done on %s: runs %s", key, self.queue, [r.run_id for r in records])

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from monitor.config import LoadedConfig
+from monitor.harness.worker_pool import WorkerPool
 from monitor.optimize.search import OptimizeRequest, diagnose, optimize
 from monitor.registry import PlannedBenchmark, plan_active
 from rules.discovery import ConfiguredRule
@@ -47,6 +48,7 @@ def respond(
     configured: Sequence[ConfiguredRule] | None = None,
     cancel: threading.Event | None = None,
     act: bool = True,
+    pool: WorkerPool | None = None,
 ) -> Response:
     """Evaluate `model`'s rules on its findings; with `act`, run the optimisations that fired."""
     evaluation = evaluate_model(db, loaded, model, findings, new_ids, configured=configured)
@@ -68,7 +70,7 @@ def respond(
             finding=by_id.get(decision.finding_id) if decision.finding_id is not None else None,
         )
         try:
-            record = optimize(db, loaded, request, cancel)
+            record = optimize(db, loaded, request, cancel, pool)
         except Exception:  # noqa: BLE001 - one failed action must not stop the daemon's other work
             log.exception("the %s action for %s (rule %s) failed", decision.action, model, fired.rule)
             failed.add(decision.action)  # not retried for the next decision of this evaluation
@@ -84,7 +86,7 @@ def respond(
         action_id = done[kind].id if kind in done else answered.get(fired.decision.key)
         if action_id is not None:
             rule_events.link_action(db, fired.event_id, action_id)
-    _diagnose_latency_findings(db, loaded, evaluation, by_id, cancel)
+    _diagnose_latency_findings(db, loaded, evaluation, by_id, cancel, pool)
     return response
 
 
@@ -94,6 +96,7 @@ def _diagnose_latency_findings(
     evaluation: Evaluation,
     by_id: dict[int, FindingRecord],
     cancel: threading.Event | None,
+    pool: WorkerPool | None,
 ) -> None:
     """Profile the model for each latency finding a rule fired on that has no diagnosis yet."""
     series: list[PlannedBenchmark] | None = None
@@ -108,6 +111,6 @@ def _diagnose_latency_findings(
         # None when an action replaced the finding's variant: profiling the new one would not explain it.
         planned = next((p for p in series if p.key == finding.key), None)
         if planned is not None:
-            profiled = diagnose(db, loaded, planned, finding, cancel)
+            profiled = diagnose(db, loaded, planned, finding, cancel, pool)
             if profiled.error is not None:
                 log.warning("could not diagnose finding %d of %s: %s", finding.id, finding.model, profiled.error)
