@@ -27,8 +27,9 @@ run: $(VENV)/.installed $(CONFIG)
 once: $(VENV)/.installed $(CONFIG)
 	$(VENV)/bin/perfguard run --config $(CONFIG)
 
+# One test process per idle core (tests/conftest.py); PYTEST_ARGS="-n 0" runs them in this one.
 test: $(VENV)/.installed
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n auto $(PYTEST_ARGS)
 
 # Change detection against Apache Otava (bench-only; --no-deps: its pins would downgrade numpy/scipy).
 bench-detection: $(VENV)/.installed

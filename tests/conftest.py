@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 from sqlalchemy import create_engine, make_url
 
@@ -22,12 +23,26 @@ from storage.db import Database
 PG_URL_ENV = "PERFGUARD_TEST_PG_URL"
 
 
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """`pytest -n auto` (as `make test` runs it): one test process per core that nothing else keeps
+    busy. The timing tests hold on a host whose other core is busy, not on one where two test
+    processes share a core with someone else's load, so a busy core costs a test process."""
+    cores = os.cpu_count() or 1
+    busy = psutil.cpu_percent(interval=1.0) / 100 * cores  # this process sleeps meanwhile
+    return max(1, cores - round(busy))
+
+
 @pytest.fixture(scope="session", autouse=True)
 def own_device_locks(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """The suite's benchmarks take device locks of their own: a daemon running on the same host
-    neither waits for the tests nor makes them wait (workers and CLI subprocesses inherit this)."""
+    neither waits for the tests nor makes them wait (workers and CLI subprocesses inherit this).
+    Parallel test processes (pytest-xdist) share them, so that their benchmarks queue for the device
+    as the daemon's do, instead of timing each other."""
     before = os.environ.get("PERFGUARD_LOCK_DIR")
-    os.environ["PERFGUARD_LOCK_DIR"] = str(tmp_path_factory.mktemp("device-locks"))
+    root = tmp_path_factory.getbasetemp()
+    shared = (root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root) / "device-locks"
+    shared.mkdir(exist_ok=True)
+    os.environ["PERFGUARD_LOCK_DIR"] = str(shared)
     yield
     if before is None:
         os.environ.pop("PERFGUARD_LOCK_DIR", None)

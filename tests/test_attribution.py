@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import dataclasses
+import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
