@@ -184,3 +184,15 @@ def test_a_relative_pythonpath_keeps_a_server_per_folder():
     assert worker_pool.server_folder({"PYTHONPATH": "/opt/models"}, "/srv/a") == ""
     assert worker_pool.server_folder({"PYTHONPATH": "/opt/models:lib"}, "/srv/a") == "/srv/a"
     assert worker_pool.server_folder({}, "/srv/a") == ""
+
+
+def test_a_worker_that_dies_before_reading_its_job_is_reported(pool, tmp_path):
+    """Its exit status arrives right behind its pid; the folder it should run in is gone."""
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    subject = Subject(label="baseline", factory="workloads:tiny", inputs=[InputTensor([4, 16])])
+    work = BenchmarkJob(model="m", subjects=[subject], batch_size=4, sampling=QUICK, sys_path=[str(TESTS)])
+    gone.rmdir()
+    outcome = run_worker(work, timeout_s=30, cwd=gone, pool=pool)
+    assert outcome.status == "failed" and "FileNotFoundError" in outcome.error, outcome.error
+    assert pool.forked > 0

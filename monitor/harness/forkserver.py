@@ -20,15 +20,15 @@ worker's resident set and report a lower peak; it first touches every page the s
 
 from __future__ import annotations
 
+import ctypes
 import os
 import random
 import selectors
 import signal
 import socket
-import sys
-
-import ctypes
 import struct
+import sys
+import traceback
 
 import torch  # noqa: F401 - imported once here, so that no forked worker imports it again
 
@@ -111,6 +111,8 @@ def _child(control: socket.socket, wake: int, fds: list[int], cwd: str, resident
         code = worker.main()
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1
+    except BaseException:  # noqa: BLE001 - before the worker's own handling: its stderr says why
+        traceback.print_exc()
     finally:
         for stream in (sys.stdout, sys.stderr):
             try:

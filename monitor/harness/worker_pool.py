@@ -226,7 +226,10 @@ class WorkerPool:
                     self._servers.pop(other.key).close(wait_s=0)  # started before an install
                 while len(self._servers) >= self.max_servers:
                     self._servers.popitem(last=False)[1].close(wait_s=0)
-                server = _Server(key)  # under the lock: two threads never start the same server twice
+                try:
+                    server = _Server(key)  # under the lock: two threads never start the same server twice
+                except OSError as exc:
+                    raise ForkServerError(f"the fork server could not start: {exc}") from exc
                 self._servers[key] = server
                 self.started += 1
                 log.debug("started a fork server (pid %d)", server.process.pid)
@@ -248,11 +251,12 @@ class WorkerPool:
 
 
 def _read_line(sock: socket.socket) -> str:
-    """One short newline-ended message; "" when the peer closed first."""
+    """One short newline-ended message, read a byte at a time: a worker that dies at once has its exit
+    status right behind its pid, which must stay for the next read. "" when the peer closed first."""
     data = b""
     while not data.endswith(b"\n"):
-        chunk = sock.recv(64)
-        if not chunk:
+        byte = sock.recv(1)
+        if not byte:
             return ""
-        data += chunk
+        data += byte
     return data.decode().strip()
