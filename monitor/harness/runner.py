@@ -3,9 +3,9 @@
 The worker is a fresh interpreter (`python -m monitor.harness.worker`) in its own process group, with
 the allocator and thread settings pinned in its environment before it starts (glibc reads them at
 start-up), or, when the caller passes a WorkerPool, a process forked from a fork server started with
-that same environment (worker_pool.py), which skips importing torch again. The runner enforces the wall-clock timeout and the memory limit (polling the worker's
-resident memory), and kills the whole group on the way out, whatever happens, so no worker outlives
-it. It never imports torch.
+that same environment (worker_pool.py), which skips importing torch again. The runner enforces the
+wall-clock timeout and the memory limit (polling the worker's resident memory), and kills the whole
+group on the way out, whatever happens, so no worker outlives it. It never imports torch.
 """
 
 from __future__ import annotations

@@ -90,13 +90,13 @@ class ForkedWorker:
         self._status = status
 
     def poll(self) -> int | None:
-        if self.returncode is None and select.select([self._status], [], [], 0)[0]:
+        if self.returncode is None and _readable(self._status, 0):
             self._read_status()
         return self.returncode
 
     def wait(self, timeout: float | None = None) -> int:
         if self.returncode is None:
-            if not select.select([self._status], [], [], timeout)[0]:
+            if not _readable(self._status, timeout):
                 raise subprocess.TimeoutExpired(f"forked worker {self.pid}", timeout or 0.0)
             self._read_status()
         assert self.returncode is not None
@@ -127,7 +127,7 @@ class _Server:
             finally:
                 theirs.close()
             self.control = ours
-            ready = select.select([ours], [], [], START_TIMEOUT_S)[0] and ours.recv(64)
+            ready = _readable(ours, START_TIMEOUT_S) and ours.recv(64)
             if ready != READY_MESSAGE:
                 self.close(wait_s=0)
                 stderr.seek(0)
@@ -142,7 +142,7 @@ class _Server:
             with self.lock:
                 socket.send_fds(self.control, [SPAWN_MESSAGE + b"\0" + os.fsencode(cwd)],
                                 [theirs.fileno(), stdin_fd, stdout_fd, stderr_fd])
-            if not select.select([ours], [], [], REPLY_TIMEOUT_S)[0]:
+            if not _readable(ours, REPLY_TIMEOUT_S):
                 raise ForkServerError("the fork server did not answer")
             pid = _read_line(ours)
             if not pid:
@@ -248,6 +248,14 @@ class WorkerPool:
             servers, self._servers = list(self._servers.values()), OrderedDict()
         for server in servers:
             server.close(wait_s=10)
+
+
+def _readable(sock: socket.socket, timeout: float | None) -> bool:
+    """Whether `sock` has data (or its end) within `timeout` seconds; poll(), unlike select(), takes
+    any descriptor number, however many files a long-running daemon holds."""
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    return bool(poller.poll(None if timeout is None else timeout * 1000))
 
 
 def _read_line(sock: socket.socket) -> str:
