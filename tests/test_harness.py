@@ -19,6 +19,7 @@ from monitor.harness.runner import ALLOCATOR_PINS, run_worker, to_records
 from monitor.service.benchmark import benchmark_models
 from storage import queries
 from storage.db import Database
+from tests.process_helpers import alive, pid_written, wait_gone
 
 TESTS = Path(__file__).parent
 QUICK = SamplingSettings(max_time_s=0.5, min_samples=20)
@@ -102,7 +103,7 @@ def test_a_hanging_model_times_out_and_leaves_no_process_behind(tmp_path, monkey
     assert "timed out after 8 s" in outcome.error
     assert time.monotonic() - start < 20
     for pid in (outcome.pid, int(pid_file.read_text())):
-        assert not _alive(pid), f"process {pid} outlived the runner"
+        assert not alive(pid), f"process {pid} outlived the runner"
 
 
 def test_a_process_started_in_a_new_session_does_not_outlive_its_worker(tmp_path, monkeypatch):
@@ -113,10 +114,7 @@ def test_a_process_started_in_a_new_session_does_not_outlive_its_worker(tmp_path
     outcome = run_worker(job("spawns_detached", sampling=QUICK), timeout_s=60)
     assert outcome.status == "ok", outcome.error
     child = int(pid_file.read_text())
-    deadline = time.monotonic() + 5
-    while _alive(child) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not _alive(child), "the detached child outlived its worker"
+    assert wait_gone([child], 5) == [], "the detached child outlived its worker"
 
 
 def test_a_worker_does_not_outlive_a_killed_runner(tmp_path, monkeypatch):
@@ -130,26 +128,14 @@ def test_a_worker_does_not_outlive_a_killed_runner(tmp_path, monkeypatch):
                    timeout_s=600)
     """)
     runner = subprocess.Popen([sys.executable, "-c", runner_script])
-    deadline = time.monotonic() + 60
-    while not (pid_file.exists() and pid_file.read_text()) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    child = int(pid_file.read_text())
+    child = pid_written(pid_file)
     worker = psutil.Process(child).ppid()
     assert worker != runner.pid and psutil.Process(worker).ppid() == runner.pid
     runner.kill()
     runner.wait()
-    deadline = time.monotonic() + 10
-    while (_alive(worker) or _alive(child)) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not _alive(worker), "the worker outlived its runner"
-    assert not _alive(child), "the worker's child outlived the runner"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
+    left = wait_gone([worker, child])
+    assert worker not in left, "the worker outlived its runner"
+    assert child not in left, "the worker's child outlived the runner"
 
 
 def test_exceeding_the_memory_limit_kills_the_worker():
@@ -157,7 +143,7 @@ def test_exceeding_the_memory_limit_kills_the_worker():
     assert outcome.status == "failed"
     assert "memory limit exceeded" in outcome.error and "memory_limit_mb=600" in outcome.error
     assert outcome.peak_rss_mb > 600
-    assert not _alive(outcome.pid)
+    assert not alive(outcome.pid)
 
 
 def test_a_model_without_a_memory_limit_gets_the_hosts_default(monkeypatch):
@@ -168,7 +154,7 @@ def test_a_model_without_a_memory_limit_gets_the_hosts_default(monkeypatch):
     outcome = run_worker(job("hog"), timeout_s=60)
     assert outcome.status == "failed" and "memory limit exceeded" in outcome.error, outcome.error
     assert outcome.peak_rss_mb > 550
-    assert not _alive(outcome.pid)
+    assert not alive(outcome.pid)
 
 
 def test_ab_mode_times_two_models_of_known_cost_interleaved():

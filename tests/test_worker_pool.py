@@ -17,6 +17,7 @@ from monitor.harness import worker_pool
 from monitor.harness.protocol import BenchmarkJob, InputTensor, SamplingSettings, Subject
 from monitor.harness.runner import ALLOCATOR_PINS, run_worker
 from monitor.harness.worker_pool import WorkerPool
+from tests.process_helpers import alive, pid_written, wait_gone
 
 TESTS = Path(__file__).parent
 QUICK = SamplingSettings(max_time_s=0.3, min_samples=20)
@@ -26,20 +27,6 @@ def job(factory: str, **kw) -> BenchmarkJob:
     subject = Subject(label="baseline", factory=f"workloads:{factory}", inputs=[InputTensor([4, 16])])
     return BenchmarkJob(model=factory, subjects=[subject], batch_size=4, sampling=QUICK,
                         sys_path=[str(TESTS)], **kw)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-
-
-def _wait_gone(pids: list[int], seconds: float = 10) -> list[int]:
-    deadline = time.monotonic() + seconds
-    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    return [p for p in pids if _alive(p)]
 
 
 def _servers(pool: WorkerPool) -> list[int]:
@@ -103,15 +90,15 @@ def test_a_forked_worker_that_fails_or_crashes_is_reported_like_a_spawned_one(po
 def test_a_forked_worker_past_its_limits_is_killed_with_what_it_started(pool, tmp_path, monkeypatch):
     hog = run_worker(job("hog"), timeout_s=60, memory_limit_mb=600, pool=pool)
     assert hog.status == "failed" and "memory limit exceeded" in hog.error, hog.error
-    assert hog.peak_rss_mb > 600 and not _alive(hog.pid)
+    assert hog.peak_rss_mb > 600 and not alive(hog.pid)
     pid_file = tmp_path / "child.pid"
     monkeypatch.setenv("PERFGUARD_TEST_CHILD_PID_FILE", str(pid_file))
     hung = run_worker(job("spawns_child"), timeout_s=5, pool=pool)
     assert hung.status == "timeout", hung.error
-    assert _wait_gone([hung.pid, int(pid_file.read_text())]) == []
+    assert wait_gone([hung.pid, int(pid_file.read_text())]) == []
     detached = run_worker(job("spawns_detached"), timeout_s=60, pool=pool)
     assert detached.status == "ok", detached.error
-    assert _wait_gone([int(pid_file.read_text())]) == [], "a child in a session of its own outlived its worker"
+    assert wait_gone([int(pid_file.read_text())]) == [], "a child in a session of its own outlived its worker"
 
 
 def test_a_killed_owner_takes_its_fork_server_and_workers_with_it(tmp_path, monkeypatch):
@@ -126,17 +113,14 @@ def test_a_killed_owner_takes_its_fork_server_and_workers_with_it(tmp_path, monk
                    timeout_s=600, pool=WorkerPool())
     """)
     owner = subprocess.Popen([sys.executable, "-c", owner_script])
-    deadline = time.monotonic() + 60
-    while not (pid_file.exists() and pid_file.read_text()) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    child = int(pid_file.read_text())
+    child = pid_written(pid_file)
     worker = psutil.Process(child).ppid()
     server = psutil.Process(worker).ppid()
     assert psutil.Process(server).ppid() == owner.pid  # owner -> fork server -> worker -> its child
     assert (psutil.Process(server).name(), psutil.Process(worker).name()) == ("perfguard-fork", "perfguard-work")
     owner.kill()
     owner.wait()
-    assert _wait_gone([server, worker, child]) == [], "a fork server or its worker outlived its owner"
+    assert wait_gone([server, worker, child]) == [], "a fork server or its worker outlived its owner"
 
 
 def test_an_install_retires_the_fork_servers_started_before_it(tmp_path):
@@ -149,9 +133,9 @@ def test_an_install_retires_the_fork_servers_started_before_it(tmp_path):
         os.utime(site, ns=(time.time_ns() + 10**9,) * 2)  # coarse file-system clocks: a sure change
         assert run_worker(job("tiny"), timeout_s=60, pool=own).status == "ok"
         assert own.started == 2 and before not in _servers(own)
-        assert _wait_gone([before]) == []
+        assert wait_gone([before]) == []
         [after] = _servers(own)
-    assert _wait_gone([after]) == [], "closing the pool leaves no fork server"
+    assert wait_gone([after]) == [], "closing the pool leaves no fork server"
 
 
 def test_a_fork_server_that_cannot_start_falls_back_to_a_fresh_worker(monkeypatch, caplog):
