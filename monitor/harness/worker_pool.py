@@ -142,16 +142,15 @@ class _Server:
             with self.lock:
                 socket.send_fds(self.control, [SPAWN_MESSAGE + b"\0" + os.fsencode(cwd)],
                                 [theirs.fileno(), stdin_fd, stdout_fd, stderr_fd])
-            if not _readable(ours, REPLY_TIMEOUT_S):
-                raise ForkServerError("the fork server did not answer")
-            pid = _read_line(ours)
-            if not pid:
-                raise ForkServerError("the fork server is gone")
-        except (OSError, ForkServerError) as exc:
+            pid = _read_line(ours) if _readable(ours, REPLY_TIMEOUT_S) else None
+        except OSError as exc:
             ours.close()
-            raise ForkServerError(f"the fork server failed: {exc}") from exc
+            raise ForkServerError(f"the fork server is gone: {exc}") from exc
         finally:
             theirs.close()
+        if not pid:
+            ours.close()
+            raise ForkServerError("the fork server did not answer" if pid is None else "the fork server is gone")
         return int(pid), ours
 
     def close(self, wait_s: float) -> None:
