@@ -19,6 +19,7 @@ from sqlalchemy import create_engine, make_url
 
 from monitor.harness.worker_pool import WorkerPool
 from storage.db import Database
+from tests.suite_turn import suite_turn
 
 PG_URL_ENV = "PERFGUARD_TEST_PG_URL"
 
@@ -30,6 +31,20 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
     cores = os.cpu_count() or 1
     busy = psutil.cpu_percent(interval=1.0) / 100 * cores  # this process sleeps meanwhile
     return max(1, cores - round(busy))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    """Under pytest-xdist, a test marked `timing` runs while no other test process runs anything:
+    the device locks keep two benchmarks apart, but not a benchmark from the other process's
+    torch, compiler or database work, which moved a timed ratio by 30 % on two cores. The lock
+    spans setup and teardown, so module fixtures built or torn down there are inside it too."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        yield
+        return
+    folder = Path(item.config.option.basetemp).parent  # the controller's basetemp, shared by all
+    with suite_turn(folder, alone=item.get_closest_marker("timing") is not None):
+        yield
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -23,7 +23,7 @@ from tests.cli_helpers import TESTS_DIR, tiny_model, write_config
 from tests.storage_helpers import T0
 from tests.test_detection_check import levels, run
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timing]
 
 
 @pytest.fixture(autouse=True)

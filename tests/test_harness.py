@@ -157,6 +157,7 @@ def test_a_model_without_a_memory_limit_gets_the_hosts_default(monkeypatch):
     assert not alive(outcome.pid)
 
 
+@pytest.mark.timing
 def test_ab_mode_times_two_models_of_known_cost_interleaved():
     subjects = [
         Subject(label="current", factory="workloads:busy_100us", inputs=[InputTensor([4, 16])]),

@@ -28,7 +28,7 @@ from tests.cli_helpers import TESTS_DIR, perfguard, tiny_model, write_config
 from tests.test_detection_check import levels, run
 from tests.workloads import DRIFT_VERSION_FILE
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timing]
 
 
 @pytest.fixture(autouse=True)

@@ -136,6 +136,7 @@ def test_data_dependent_control_flow_is_frozen_as_torchscript_that_keeps_both_br
             torch.testing.assert_close(copy(sign * x), model(sign * x))
 
 
+@pytest.mark.timing
 def test_a_model_only_python_can_run_is_frozen_as_its_state_dict_and_factory(frozen):
     _, outcome = frozen("workloads:numpy_forward")
     result = ok_result(outcome)

@@ -25,7 +25,7 @@ from storage.findings import SeriesKey
 from storage.queries import history, save_runs
 from tests.cli_helpers import TESTS_DIR, tiny_model, write_config
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timing]
 KEY = SeriesKey("baseline", "cpu", 8)
 
 

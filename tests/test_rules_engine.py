@@ -106,6 +106,7 @@ def wait_until(predicate: Any, timeout: float) -> bool:
     return True
 
 
+@pytest.mark.timing
 def test_a_built_in_rule_that_hangs_in_its_thread_is_not_called_again_until_it_returns(
     db: Database, tmp_path: Path
 ) -> None:

@@ -26,6 +26,9 @@ from monitor.harness.sampling import (
 )
 from storage.records import FLAG_CONTENDED, FLAG_UNSTABLE
 
+# Real spins against the wall clock, and CPU hogs that would slow a parallel test process's benchmarks.
+pytestmark = pytest.mark.timing
+
 
 def spin(seconds: float):
     def fn() -> None:
