@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import textwrap
@@ -14,7 +13,12 @@ import pytest
 
 from monitor.config import load_config
 from monitor.harness import runner
-from monitor.harness.protocol import BenchmarkJob, InputTensor, SamplingSettings, Subject
+from monitor.harness.protocol import (
+    BenchmarkJob,
+    InputTensor,
+    SamplingSettings,
+    Subject,
+)
 from monitor.harness.runner import ALLOCATOR_PINS, run_worker, to_records
 from monitor.service.benchmark import benchmark_models
 from storage import queries
@@ -23,6 +27,8 @@ from tests.process_helpers import alive, pid_written, wait_gone
 
 TESTS = Path(__file__).parent
 QUICK = SamplingSettings(max_time_s=0.5, min_samples=20)
+# 64 MB a call: a budget long enough to pass a memory limit however slow the host (the kill ends it).
+HOG_BUDGET = SamplingSettings(max_time_s=10, min_samples=20)
 
 
 def job(factory: str, *, mode: str = "single", subjects: list[Subject] | None = None, **kw) -> BenchmarkJob:
@@ -139,7 +145,7 @@ def test_a_worker_does_not_outlive_a_killed_runner(tmp_path, monkeypatch):
 
 
 def test_exceeding_the_memory_limit_kills_the_worker():
-    outcome = run_worker(job("hog"), timeout_s=60, memory_limit_mb=600)
+    outcome = run_worker(job("hog", sampling=HOG_BUDGET), timeout_s=60, memory_limit_mb=600)
     assert outcome.status == "failed"
     assert "memory limit exceeded" in outcome.error and "memory_limit_mb=600" in outcome.error
     assert outcome.peak_rss_mb > 600
@@ -151,7 +157,7 @@ def test_a_model_without_a_memory_limit_gets_the_hosts_default(monkeypatch):
     factory that allocates without bound fails its run instead of taking the host down. The share is
     lowered here to about 600 MB, so that the test does not fill the machine to show it."""
     monkeypatch.setattr(runner, "DEFAULT_MEMORY_SHARE", 600 * 2**20 / psutil.virtual_memory().total)
-    outcome = run_worker(job("hog"), timeout_s=60)
+    outcome = run_worker(job("hog", sampling=HOG_BUDGET), timeout_s=60)
     assert outcome.status == "failed" and "memory limit exceeded" in outcome.error, outcome.error
     assert outcome.peak_rss_mb > 550
     assert not alive(outcome.pid)

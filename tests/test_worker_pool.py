@@ -14,18 +14,25 @@ import psutil
 import pytest
 
 from monitor.harness import worker_pool
-from monitor.harness.protocol import BenchmarkJob, InputTensor, SamplingSettings, Subject
+from monitor.harness.protocol import (
+    BenchmarkJob,
+    InputTensor,
+    SamplingSettings,
+    Subject,
+)
 from monitor.harness.runner import ALLOCATOR_PINS, run_worker
 from monitor.harness.worker_pool import WorkerPool
 from tests.process_helpers import alive, pid_written, wait_gone
 
 TESTS = Path(__file__).parent
 QUICK = SamplingSettings(max_time_s=0.3, min_samples=20)
+# 64 MB a call: a budget long enough to pass a memory limit however slow the host (the kill ends it).
+HOG_BUDGET = SamplingSettings(max_time_s=10, min_samples=20)
 
 
 def job(factory: str, **kw) -> BenchmarkJob:
     subject = Subject(label="baseline", factory=f"workloads:{factory}", inputs=[InputTensor([4, 16])])
-    return BenchmarkJob(model=factory, subjects=[subject], batch_size=4, sampling=QUICK,
+    return BenchmarkJob(model=factory, subjects=[subject], batch_size=4, sampling=kw.pop("sampling", QUICK),
                         sys_path=[str(TESTS)], **kw)
 
 
@@ -88,7 +95,7 @@ def test_a_forked_worker_that_fails_or_crashes_is_reported_like_a_spawned_one(po
 
 
 def test_a_forked_worker_past_its_limits_is_killed_with_what_it_started(pool, tmp_path, monkeypatch):
-    hog = run_worker(job("hog"), timeout_s=60, memory_limit_mb=600, pool=pool)
+    hog = run_worker(job("hog", sampling=HOG_BUDGET), timeout_s=60, memory_limit_mb=600, pool=pool)
     assert hog.status == "failed" and "memory limit exceeded" in hog.error, hog.error
     assert hog.peak_rss_mb > 600 and not alive(hog.pid)
     pid_file = tmp_path / "child.pid"
