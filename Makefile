@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 CONFIG ?= perfguard.toml
 
-.PHONY: run once test install clean bench-detection bench-optimize
+.PHONY: run once lint test install clean bench-detection bench-optimize
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,8 +27,15 @@ run: $(VENV)/.installed $(CONFIG)
 once: $(VENV)/.installed $(CONFIG)
 	$(VENV)/bin/perfguard run --config $(CONFIG)
 
+# The house's contracts first (the layers, no import circles, torch only on the worker side: pyproject's
+# [tool.importlinter]), then lint and types of the production code: a few seconds.
+lint: $(VENV)/.installed
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/ruff check monitor rules storage reports
+	$(VENV)/bin/mypy
+
 # One test process per idle core (tests/conftest.py); PYTEST_ARGS="-n 0" runs them in this one.
-test: $(VENV)/.installed
+test: lint
 	$(PY) -m pytest -n auto $(PYTEST_ARGS)
 
 # Change detection against Apache Otava (bench-only; --no-deps: its pins would downgrade numpy/scipy).

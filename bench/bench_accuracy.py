@@ -23,7 +23,12 @@ BENCH = Path(__file__).resolve().parent
 MODEL_PATHS = [str(BENCH), str(BENCH.parent / "tests")]
 sys.path[:0] = MODEL_PATHS
 
-from monitor.harness.protocol import BenchmarkJob, InputTensor, SamplingSettings, Subject  # noqa: E402
+from monitor.harness.protocol import (  # noqa: E402
+    BenchmarkJob,
+    InputTensor,
+    SamplingSettings,
+    Subject,
+)
 from monitor.harness.runner import run_worker, worker_environment  # noqa: E402
 
 CASES = [("workloads:busy_200us", [1, 16]), ("bench_models:small_mlp", [4, 256])]

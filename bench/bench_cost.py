@@ -22,7 +22,12 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 sys.path.insert(0, str(BENCH))
 
-from monitor.harness.protocol import BenchmarkJob, InputTensor, SamplingSettings, Subject  # noqa: E402
+from monitor.harness.protocol import (  # noqa: E402
+    BenchmarkJob,
+    InputTensor,
+    SamplingSettings,
+    Subject,
+)
 from monitor.harness.runner import run_worker, worker_environment  # noqa: E402
 
 CASES = [

@@ -31,11 +31,11 @@ from pathlib import Path
 import psutil
 
 from monitor.config import ModelConfig, Schedule
+from monitor.core.runs import EnvFingerprint, RunMetrics, RunRecord
 from monitor.service.http import RunMetricsExporter
 from monitor.service.scheduler import BenchmarkScheduler
 from storage.db import Database
 from storage.queries import save_run, save_runs
-from storage.records import EnvFingerprint, RunMetrics, RunRecord
 
 MODEL_TOML = """
 [[models]]

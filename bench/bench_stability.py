@@ -78,7 +78,12 @@ def perfguard_p50(config: Path, model: str) -> float:
 
 
 def ab_ratio(model: str, reference: str, max_time_s: float, threads: int | None) -> float:
-    from monitor.harness.protocol import BenchmarkJob, InputTensor, SamplingSettings, Subject
+    from monitor.harness.protocol import (
+        BenchmarkJob,
+        InputTensor,
+        SamplingSettings,
+        Subject,
+    )
     from monitor.harness.runner import run_worker
 
     subjects = [

@@ -26,9 +26,9 @@ from pathlib import Path
 
 from sqlalchemy import create_engine, make_url
 
+from monitor.core.runs import EnvFingerprint, HostCondition, RunMetrics, RunRecord
 from storage.db import Database
 from storage.queries import history, latency_trend, save_runs
-from storage.records import EnvFingerprint, HostCondition, RunMetrics, RunRecord
 
 BATCH_SIZE = 32
 SEED_CHUNK = 5000  # runs per transaction while seeding: bounded memory, few commits

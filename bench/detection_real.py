@@ -11,8 +11,8 @@ float32 input, ``threads = 2``, ``max_time_s = 1.0``, ``[harness] min_samples = 
 ``[detection] confirm = true``; everything else is perfguard's default (detection: ``alpha =
 0.001``, minimum effect 5 % for p50, 10 % for p99; contended runs excluded).
 
-A scheduled run is simulated exactly as the daemon handles one (``Daemon.run_job`` and
-``after_runs``), with the library calls it makes, in this order: ``benchmark_models(loaded, db,
+A scheduled run is simulated exactly as the daemon handles one (``Daemon.run_model`` and
+``follow_up``), with the library calls it makes, in this order: ``benchmark_models(loaded, db,
 [MODEL])`` (a fresh worker process, the run stored), then, if that run succeeded,
 ``result = check_models(db, loaded, [MODEL])``, and with ``confirm = true``
 ``ensure_references(db, loaded, [MODEL])`` (the first call freezes the reference copy of the series:
@@ -67,13 +67,13 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from monitor.config import STORAGE_URL_ENV, LoadedConfig, load_config  # noqa: E402
+from monitor.core.series import FindingRecord  # noqa: E402
 from monitor.detection.attribution import confirm_pending, ensure_references  # noqa: E402
 from monitor.detection.changepoints import DetectionOptions  # noqa: E402
 from monitor.detection.check import CheckResult, check_models  # noqa: E402
 from monitor.service.benchmark import BenchmarkProgress, benchmark_models  # noqa: E402
 from storage import findings as finding_store  # noqa: E402
 from storage.db import Database  # noqa: E402
-from storage.findings import FindingRecord  # noqa: E402
 from tests.cli_helpers import toml_value  # noqa: E402  (the test configs' TOML writer)
 
 MODEL = "real-mlp"
@@ -241,7 +241,7 @@ def scheduled_run(db: Database, loaded: LoadedConfig, index: int, factory: str) 
     frozen: list[Any] = []
     checked = CheckResult()
     caused: list[FindingRecord] = []
-    # As Daemon.after_runs: detection only after a stored successful run.
+    # As follow_up (monitor/service/followup.py): detection only after a stored successful run.
     if any(r.status == "ok" and r.run_id is not None for r in records):
         t = time.perf_counter()
         checked = check_models(db, loaded, [MODEL])
@@ -276,7 +276,7 @@ def scheduled_run(db: Database, loaded: LoadedConfig, index: int, factory: str) 
 
 
 def _series_key(db: Database) -> Any:
-    from storage.findings import SeriesKey
+    from monitor.core.series import SeriesKey
     from storage.queries import active_variant
 
     with db.session(readonly=True) as session:

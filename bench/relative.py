@@ -47,7 +47,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from monitor.detection.changepoints import DetectionOptions, detect_changes, in_effect  # noqa: E402
-from monitor.harness.protocol import BenchmarkJob, InputTensor, SamplingSettings, Subject  # noqa: E402
+from monitor.harness.protocol import (  # noqa: E402
+    BenchmarkJob,
+    InputTensor,
+    SamplingSettings,
+    Subject,
+)
 from monitor.harness.runner import run_worker  # noqa: E402
 from tests.cli_helpers import PERFGUARD, toml_value  # noqa: E402
 

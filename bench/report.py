@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from monitor.config import load_config
+from monitor.core.runs import EnvFingerprint, HostCondition, RunMetrics, RunRecord
 from monitor.detection.check import check_models
 from monitor.service.reporting import ReportKeeper
 from reports.charts import ChartDrawer
@@ -34,7 +35,6 @@ from reports.mail import build_message
 from reports.render import Site, render_digest, write_site
 from storage.db import Database
 from storage.queries import save_runs
-from storage.records import EnvFingerprint, HostCondition, RunMetrics, RunRecord
 
 START = datetime(2026, 1, 1, tzinfo=UTC)
 

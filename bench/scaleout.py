@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 from monitor.config import load_config  # noqa: E402
 from monitor.service.executors import CeleryExecutor  # noqa: E402
 from monitor.service.fleet import job_key  # noqa: E402
-from monitor.service.jobs import FleetJobs  # noqa: E402
+from monitor.service.fleet_worker import FleetJobs  # noqa: E402
 from storage import queries  # noqa: E402
 from storage.db import Database  # noqa: E402
 

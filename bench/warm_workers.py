@@ -27,7 +27,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from monitor.harness.protocol import BenchmarkJob, InputTensor, SamplingSettings, Subject  # noqa: E402
+from monitor.harness.protocol import (  # noqa: E402
+    BenchmarkJob,
+    InputTensor,
+    SamplingSettings,
+    Subject,
+)
 from monitor.harness.runner import WorkerOutcome, run_worker  # noqa: E402
 from monitor.harness.worker_pool import WorkerPool  # noqa: E402
 

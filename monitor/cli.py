@@ -23,18 +23,18 @@ from typing import Any
 
 import click
 
-from monitor.config import DEFAULT_CONFIG_NAME, ConfigError, LoadedConfig, load_config
+from monitor.config import DEFAULT_CONFIG_NAME, ConfigError, LoadedConfig
+from monitor.core.actions import ActionRecord
+from monitor.core.runs import RunRecord
+from monitor.core.series import FindingRecord
 from monitor.harness.worker_pool import WorkerPool
 from monitor.logsetup import configure_logging
 from monitor.registry import PlannedBenchmark, UnknownModelError, plan, plan_active
 from monitor.service.benchmark import BenchmarkProgress, benchmark_models
+from monitor.service.loading import load_service_config
 from monitor.user_errors import EXIT_FAILED, EXIT_USAGE, explain
 from storage import queries
 from storage.db import Database, DatabaseNotFound
-from storage.actions import ActionRecord
-from storage.findings import FindingRecord
-from storage.records import RunRecord
-
 
 config_option = click.option(
     "--config",
@@ -49,7 +49,7 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON o
 
 def _load(config_path: Path) -> LoadedConfig:
     try:
-        return load_config(config_path)
+        return load_service_config(config_path)
     except ConfigError as exc:
         for line in exc.lines:
             click.echo(f"error: {line}", err=True)
@@ -98,7 +98,9 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     numeric = [all(_is_number(row[i]) for row in rows if row[i] is not None) and rows for i in range(len(headers))]
 
     def line(values: Sequence[str]) -> str:
-        return "  ".join(v.rjust(w) if numeric[i] else v.ljust(w) for i, (v, w) in enumerate(zip(values, widths))).rstrip()
+        return "  ".join(
+            v.rjust(w) if numeric[i] else v.ljust(w) for i, (v, w) in enumerate(zip(values, widths, strict=True))
+        ).rstrip()
 
     return "\n".join([line(headers), line(["-" * w for w in widths]), *(line(r) for r in cells)])
 
@@ -178,8 +180,11 @@ class StderrProgress(BenchmarkProgress):
         took = time.monotonic() - self._start
         prepared = record.details.get("prepare")
         if prepared and prepared.get("status") == "ok":
-            click.echo(f"{self._prefix}: prepare step {prepared['step']} took {prepared['seconds']:.1f} s "
-                       f"(peak {prepared['peak_rss_mb']:.0f} MiB), not timed", err=True)
+            click.echo(
+                f"{self._prefix}: prepare step {prepared['step']} took {prepared['seconds']:.1f} s "
+                f"(peak {prepared['peak_rss_mb']:.0f} MiB), not timed",
+                err=True,
+            )
         if record.status == "ok":
             summary = f"p50 {_cell(record.metrics.latency_ms_p50)} ms from {record.metrics.samples} samples"
             if record.metrics.rel_to_reference is not None:
@@ -204,7 +209,7 @@ class GuardedGroup(click.Group):
         except BrokenPipeError:  # `perfguard history m | head`: the reader left, nothing to report
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
             ctx.exit(0)
-        except Exception as exc:  # noqa: BLE001 - the last line of defence: reported, then exit
+        except Exception as exc:
             problem = explain(exc)
             if ctx.params.get("verbose"):
                 logging.getLogger(__name__).error("the error below in full", exc_info=True)
@@ -214,8 +219,13 @@ class GuardedGroup(click.Group):
 
 @click.group(cls=GuardedGroup)
 @click.option("-v", "--verbose", is_flag=True, help="Log more detail on stderr.")
-@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
-              help="Log lines as text or as one JSON object per line (for log shippers).")
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="Log lines as text or as one JSON object per line (for log shippers).",
+)
 @click.version_option(package_name="perfguard")
 def main(verbose: bool, log_format: str) -> None:
     """perfguard: keep deployed PyTorch models fast."""
@@ -235,8 +245,11 @@ def init(config_path: Path, force: bool) -> None:
     config_path.write_text(text, encoding="utf-8")
     click.echo(f"wrote {config_path}", err=True)
     if importlib.util.find_spec("sklearn") is None:
-        click.echo("note: the seed-cnn example learns from scikit-learn's bundled digits, which is not installed "
-                   "here: pip install 'perfguard[examples]' (the mlp example runs without it)", err=True)
+        click.echo(
+            "note: the seed-cnn example learns from scikit-learn's bundled digits, which is not installed "
+            "here: pip install 'perfguard[examples]' (the mlp example runs without it)",
+            err=True,
+        )
 
 
 @main.command()
@@ -270,8 +283,15 @@ def models(config_path: Path, as_json: bool) -> None:
         return
     headers = ["model", "factory", "device", "batches", "variant", "schedule", "owners"]
     table = [
-        [r["name"], r["factory"], r["device"], ",".join(map(str, r["batch_sizes"])), r["active_variant"],
-         " ".join(f"{k}={v}" for k, v in r["schedule"].items()), ",".join(r["owners"])]
+        [
+            r["name"],
+            r["factory"],
+            r["device"],
+            ",".join(map(str, r["batch_sizes"])),
+            r["active_variant"],
+            " ".join(f"{k}={v}" for k, v in r["schedule"].items()),
+            ",".join(r["owners"]),
+        ]
         for r in rows
     ]
     click.echo(format_table(headers, table))
@@ -360,8 +380,9 @@ def worker(config_path: Path, queue: str, name: str | None) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     served = [m.name for m in loaded.config.models if m.hardware_class == queue]
     if not served:
-        logging.getLogger(__name__).warning("no model in %s runs on %r: it will get no jobs from this config",
-                                            loaded.path, queue)
+        logging.getLogger(__name__).warning(
+            "no model in %s runs on %r: it will get no jobs from this config", loaded.path, queue
+        )
     sys.exit(run_fleet_worker(loaded, queue, name=name))
 
 
@@ -391,10 +412,18 @@ def status(config_path: Path, as_json: bool) -> None:
     rows = []
     for item in report["models"]:
         last = item["last_run"] or {}
-        rows.append([item["model"], last.get("run_id"), last.get("started_at", "-")[:19],
-                     last.get("status"), last.get("error") or "", item["next_run"][:19], item["next_run_source"]])
-    click.echo(format_table(["model", "last run", "started (UTC)", "status", "error", "next run (UTC)", "from"],
-                            rows))
+        rows.append(
+            [
+                item["model"],
+                last.get("run_id"),
+                last.get("started_at", "-")[:19],
+                last.get("status"),
+                last.get("error") or "",
+                item["next_run"][:19],
+                item["next_run_source"],
+            ]
+        )
+    click.echo(format_table(["model", "last run", "started (UTC)", "status", "error", "next run (UTC)", "from"], rows))
 
 
 def findings_table(findings: Sequence[FindingRecord]) -> str:
@@ -402,15 +431,42 @@ def findings_table(findings: Sequence[FindingRecord]) -> str:
     rows = []
     for f in findings:
         before, after = f.before, f.after
-        rows.append([
-            f.id, f.model, f.key.label(), f.metric, f.verdict, f"{100 * f.rel_change:+.1f}%",
-            f"{_cell(before['median'])} [{_cell(before['low'])}-{_cell(before['high'])}]",
-            f"{_cell(after['median'])} [{_cell(after['low'])}-{_cell(after['high'])}]",
-            f.change_run_id, f.p_value, _samples_note(f.samples), f.reading, f.cause or "-", _env_note(f.env_diff),
-            f.state,
-        ])
-    headers = ["id", "model", "series", "metric", "verdict", "change", "before [95% CI]", "after [95% CI]",
-               "since run", "p", "samples", "reading", "cause", "environment", "state"]
+        rows.append(
+            [
+                f.id,
+                f.model,
+                f.key.label(),
+                f.metric,
+                f.verdict,
+                f"{100 * f.rel_change:+.1f}%",
+                f"{_cell(before['median'])} [{_cell(before['low'])}-{_cell(before['high'])}]",
+                f"{_cell(after['median'])} [{_cell(after['low'])}-{_cell(after['high'])}]",
+                f.change_run_id,
+                f.p_value,
+                _samples_note(f.samples),
+                f.reading,
+                f.cause or "-",
+                _env_note(f.env_diff),
+                f.state,
+            ]
+        )
+    headers = [
+        "id",
+        "model",
+        "series",
+        "metric",
+        "verdict",
+        "change",
+        "before [95% CI]",
+        "after [95% CI]",
+        "since run",
+        "p",
+        "samples",
+        "reading",
+        "cause",
+        "environment",
+        "state",
+    ]
     return format_table(headers, rows)
 
 
@@ -433,72 +489,79 @@ def _env_note(diff: dict[str, Any] | None) -> str:
 @json_option
 @click.argument("names", nargs=-1)
 @click.option("--all", "show_all", is_flag=True, help="Also list resolved findings.")
-@click.option("--confirm/--no-confirm", default=None,
-              help="A/B new latency regressions against the frozen reference (default: detection.confirm).")
+@click.option(
+    "--confirm/--no-confirm",
+    default=None,
+    help="A/B new latency regressions against the frozen reference (default: detection.confirm).",
+)
 @click.option("--fail-on-regression", is_flag=True, help="Exit 1 when a regression is open (for CI gates).")
-@click.option("--rules/--no-rules", "with_rules", default=True, show_default=True,
-              help="Evaluate the configured rules and run the actions they decide, as the daemon does.")
-def check(config_path: Path, as_json: bool, names: tuple[str, ...], show_all: bool, confirm: bool | None,
-          fail_on_regression: bool, with_rules: bool) -> None:
+@click.option(
+    "--rules/--no-rules",
+    "with_rules",
+    default=True,
+    show_default=True,
+    help="Evaluate the configured rules and run the actions they decide, as the daemon does.",
+)
+def check(
+    config_path: Path,
+    as_json: bool,
+    names: tuple[str, ...],
+    show_all: bool,
+    confirm: bool | None,
+    fail_on_regression: bool,
+    with_rules: bool,
+) -> None:
     """Detect changes in the stored history (all models, or NAMES) and print the findings.
 
     With confirmation on, a series without a frozen reference gets one first (a worker run per
     series, once), and each new latency regression is timed against its reference. Then the rules
     are evaluated and their actions (alerts, optimisations) carried out and printed.
     """
-    from monitor.detection import attribution
-    from monitor.detection.check import check_models
+    from monitor.service.followup import follow_up
+    from rules.discovery import configured_rules
     from storage import findings as findings_store
 
     loaded = _load(config_path)
     with _open_db(loaded) as db, WorkerPool() as pool:
         for name in names:
             _known_model(loaded, name, db)
-        result = check_models(db, loaded, list(names) or None)
-        confirming = confirm if confirm is not None else loaded.config.detection.confirm
-        configured = [m.name for m in loaded.config.models if not names or m.name in names]
-        if configured and (confirming or attribution.references_wanted(loaded)):
-            # A stored model no longer configured has no factory.
-            attribution.ensure_references(db, loaded, configured, pool=pool)
-        if confirming:
-            attribution.confirm_pending(db, loaded, result.findings, pool=pool)
-        responses = []
-        if with_rules and loaded.config.rules:
-            from monitor.service.respond import respond
-            from rules.discovery import configured_rules
-
-            built = configured_rules(loaded.config)
-            new_ids = {f.id for f in result.new if f.id is not None}
-            stored = {m.name for m in queries.list_models(db)}
-            # Every configured model with history, as the daemon does: an SLO breach needs no finding.
-            for name in sorted(n for n in configured if n in stored):
-                mine = [f for f in result.findings if f.model == name]
-                responses.append(respond(db, loaded, name, mine, new_ids, built, pool=pool))
-            if any(r.actions for r in responses):  # a promotion resolves the replaced variant's findings
-                result.findings = [f for f in findings_store.findings(db) if not names or f.model in names]
+        rules = configured_rules(loaded.config) if with_rules and loaded.config.rules else None
+        done = follow_up(db, loaded, list(names) or None, rules, confirm=confirm, pool=pool)
+        assert done.check is not None  # no runs given: the check always runs
+        result = done.check
+        if done.actions:  # a promotion resolves the replaced variant's findings
+            result.findings = [f for f in findings_store.findings(db) if not names or f.model in names]
     shown = [f for f in result.findings if show_all or f.state == "open"]
-    fired = [d for r in responses for d in r.evaluation.fired]
-    acted = [a for r in responses for a in r.actions]
+    fired, acted = done.fired, done.actions
     if as_json:
-        _print_json({"findings": [f.to_json() for f in shown], "new": [f.id for f in result.new],
-                     "host_events": [e.to_json() for e in result.host_events],
-                     "decisions": [d.to_json() for d in fired],
-                     "rule_failures": [x.to_json() for r in responses for x in r.evaluation.failures],
-                     "actions": [a.to_json() for a in acted]})
+        _print_json(
+            {
+                "findings": [f.to_json() for f in shown],
+                "new": [f.id for f in result.new],
+                "host_events": [e.to_json() for e in result.host_events],
+                "decisions": [d.to_json() for d in fired],
+                "rule_failures": [x.to_json() for x in done.failures],
+                "actions": [a.to_json() for a in acted],
+            }
+        )
     elif shown:
         click.echo(findings_table(shown))
         for f in shown:
             if f.diagnosis:
-                click.echo(f"finding {f.id} ({f.model} {f.metric}): where the time went: {f.diagnosis.get('summary', '-')}")
+                click.echo(
+                    f"finding {f.id} ({f.model} {f.metric}): where the time went: {f.diagnosis.get('summary', '-')}"
+                )
     else:
         click.echo("no open findings", err=True)
     if not as_json:
         for e in result.host_events:
-            click.echo(f"host event on {e.host}: {e.signal} {100 * e.rel_change:+.1f}% since run {e.change_run_id} "
-                       f"(the host, not a model: no finding)")
+            click.echo(
+                f"host event on {e.host}: {e.signal} {100 * e.rel_change:+.1f}% since run {e.change_run_id} "
+                f"(the host, not a model: no finding)"
+            )
         for d in fired:
             click.echo(f"rule {d.rule}: {d.decision.action} {d.model}: {d.decision.reason}")
-        for failure in (x for r in responses for x in r.evaluation.failures):
+        for failure in done.failures:
             click.echo(f"rule {failure.rule} on {failure.model}: {failure.outcome}: {failure.reason}", err=True)
         for a in acted:
             click.echo(f"action {a.id} ({a.kind} {a.model}): {a.status}: {a.reason}")
@@ -510,18 +573,59 @@ def candidates_table(action: ActionRecord) -> str:
     """The before/after table of an optimisation: the current variant, then each candidate."""
     rows = []
     first = action.candidates[0] if action.candidates else {}
-    rows.append([action.from_variant, "(current)", first.get("current_p50_ms"), first.get("current_p99_ms"), 1.0,
-                 first.get("current_size_mb"), first.get("current_forward_peak_mb"), first.get("current_accuracy"), "-",
-                 "current"])
+    rows.append(
+        [
+            action.from_variant,
+            "(current)",
+            first.get("current_p50_ms"),
+            first.get("current_p99_ms"),
+            1.0,
+            first.get("current_size_mb"),
+            first.get("current_forward_peak_mb"),
+            first.get("current_accuracy"),
+            "-",
+            "current",
+        ]
+    )
     for c in action.candidates:
         fidelity = c.get("fidelity") or {}
-        quality = (f"top1 {fidelity['agreement']:.4f}" if fidelity.get("kind") == "top1"
-                   else f"rel.err {fidelity['value']:.2e}" if fidelity else "-")
+        quality = (
+            f"top1 {fidelity['agreement']:.4f}"
+            if fidelity.get("kind") == "top1"
+            else f"rel.err {fidelity['value']:.2e}"
+            if fidelity
+            else "-"
+        )
         verdict = "accepted" if c["accepted"] else "rejected: " + "; ".join(c["reasons"])
-        rows.append([c["label"], c["recipe"], c.get("p50_ms"), c.get("p99_ms"), c.get("speedup"), c.get("size_mb"),
-                     c.get("forward_peak_mb"), c.get("accuracy"), quality, verdict[:110]])
-    return format_table(["variant", "recipe", "p50 ms", "p99 ms", "speed-up", "size MiB", "call MiB", "accuracy",
-                         "fidelity", "decision"], rows)
+        rows.append(
+            [
+                c["label"],
+                c["recipe"],
+                c.get("p50_ms"),
+                c.get("p99_ms"),
+                c.get("speedup"),
+                c.get("size_mb"),
+                c.get("forward_peak_mb"),
+                c.get("accuracy"),
+                quality,
+                verdict[:110],
+            ]
+        )
+    return format_table(
+        [
+            "variant",
+            "recipe",
+            "p50 ms",
+            "p99 ms",
+            "speed-up",
+            "size MiB",
+            "call MiB",
+            "accuracy",
+            "fidelity",
+            "decision",
+        ],
+        rows,
+    )
 
 
 @main.command()
@@ -529,44 +633,87 @@ def candidates_table(action: ActionRecord) -> str:
 @json_option
 @click.argument("model", required=False)
 @click.option("--recipe", "recipes", multiple=True, help="Try this recipe (repeatable); default: the suitable ones.")
-@click.option("--action", type=click.Choice(["requantize", "prune"]), default=None,
-              help="Which kind of recipes to try when none is named (default: requantize).")
-@click.option("--dry-run/--promote", "dry_run", default=None,
-              help="Decide and record without promoting (default: optimize.dry_run).")
+@click.option(
+    "--action",
+    type=click.Choice(["requantize", "prune"]),
+    default=None,
+    help="Which kind of recipes to try when none is named (default: requantize).",
+)
+@click.option(
+    "--dry-run/--promote",
+    "dry_run",
+    default=None,
+    help="Decide and record without promoting (default: optimize.dry_run).",
+)
 @click.option("--list", "list_recipes", is_flag=True, help="List the recipes and exit.")
-def optimize(config_path: Path, as_json: bool, model: str | None, recipes: tuple[str, ...], action: str | None,
-             dry_run: bool | None, list_recipes: bool) -> None:
+def optimize(
+    config_path: Path,
+    as_json: bool,
+    model: str | None,
+    recipes: tuple[str, ...],
+    action: str | None,
+    dry_run: bool | None,
+    list_recipes: bool,
+) -> None:
     """Try to make MODEL faster now: build candidates, time them against the current variant, keep the best.
 
     A candidate is kept only if it is faster by optimize.min_speedup, as accurate (within the
     tolerance) and no bigger; the decision and every candidate's numbers are stored either way.
     """
-    from monitor.optimize import catalog
+    from monitor.core import catalog
     from monitor.optimize.search import OptimizeError, OptimizeRequest
     from monitor.optimize.search import optimize as run_optimize
 
     if list_recipes:
-        rows = [{"name": s.name, "action": s.action, "devices": list(s.devices), "suits": list(s.suits) or ["any"],
-                 "exact": s.exact,
-                 "default": s.by_default, "description": s.description} for s in catalog.CATALOG]
+        rows = [
+            {
+                "name": s.name,
+                "action": s.action,
+                "devices": list(s.devices),
+                "suits": list(s.suits) or ["any"],
+                "exact": s.exact,
+                "default": s.by_default,
+                "description": s.description,
+            }
+            for s in catalog.CATALOG
+        ]
         if as_json:
             _print_json(rows)
         else:
-            click.echo(format_table(["recipe", "action", "devices", "suits", "exact", "default", "description"],
-                                    [[r["name"], r["action"], ",".join(r["devices"]), ",".join(r["suits"]), r["exact"],
-                                      r["default"], r["description"]] for r in rows]))
+            click.echo(
+                format_table(
+                    ["recipe", "action", "devices", "suits", "exact", "default", "description"],
+                    [
+                        [
+                            r["name"],
+                            r["action"],
+                            ",".join(r["devices"]),
+                            ",".join(r["suits"]),
+                            r["exact"],
+                            r["default"],
+                            r["description"],
+                        ]
+                        for r in rows
+                    ],
+                )
+            )
         return
     if model is None:
         raise click.UsageError("missing argument 'MODEL' (or --list to see the recipes)")
     loaded = _load(config_path)
     if model not in {m.name for m in loaded.config.models}:
-        raise click.UsageError(f"unknown model {model!r}; configured: "
-                               f"{', '.join(m.name for m in loaded.config.models) or '(none)'}")
+        raise click.UsageError(
+            f"unknown model {model!r}; configured: {', '.join(m.name for m in loaded.config.models) or '(none)'}"
+        )
     for name in recipes:
         if name not in catalog.RECIPES:
             raise click.UsageError(f"unknown recipe {name!r}; known: {', '.join(catalog.RECIPES)}")
-    request = OptimizeRequest(model=model, action=action if action or recipes else "requantize",  # type: ignore[arg-type]
-                              recipes=recipes, dry_run=dry_run)
+    request = OptimizeRequest(
+        model=model,
+        action=action if action or recipes else "requantize",  # type: ignore[arg-type]
+        recipes=recipes,
+        dry_run=dry_run,
+    )
     with _open_db(loaded) as db, WorkerPool() as pool:
         try:
             record = run_optimize(db, loaded, request, pool=pool)
@@ -582,8 +729,10 @@ def optimize(config_path: Path, as_json: bool, model: str | None, recipes: tuple
         for c in record.candidates:
             for other in c.get("details", {}).get("other_batch_sizes", []):
                 ratio = other["ratio_p50"]
-                click.echo(f"{c['label']} at batch {other['batch_size']}: "
-                           + (f"{1 / ratio:.2f}x" if ratio else f"not measured ({other['error']})"))
+                click.echo(
+                    f"{c['label']} at batch {other['batch_size']}: "
+                    + (f"{1 / ratio:.2f}x" if ratio else f"not measured ({other['error']})")
+                )
         click.echo(f"\naction {record.id}: {record.status}: {record.reason}")
     if record.status == "failed":
         sys.exit(EXIT_FAILED)
@@ -609,7 +758,9 @@ def rollback(config_path: Path, as_json: bool, model: str) -> None:
             configured = {m.name for m in loaded.config.models}
             if model in configured:
                 raise click.UsageError(f"{model}: nothing to roll back: it has never been benchmarked or optimised")
-            raise click.UsageError(f"unknown model {model!r}; known: {', '.join(sorted(known | configured)) or '(none)'}")
+            raise click.UsageError(
+                f"unknown model {model!r}; known: {', '.join(sorted(known | configured)) or '(none)'}"
+            )
         try:
             record = roll_back(db, loaded, model)
         except NothingToRollBack as exc:
@@ -642,23 +793,46 @@ def actions(config_path: Path, as_json: bool, model: str | None, limit: int) -> 
     if as_json:
         _print_json([r.to_json() for r in records])
         return
-    click.echo(format_table(
-        ["id", "created (UTC)", "model", "kind", "trigger", "status", "from", "to", "reason"],
-        [[r.id, r.created_at.strftime("%Y-%m-%d %H:%M:%S") if r.created_at else "-", r.model, r.kind, r.trigger,
-          r.status + (" (rolled back)" if r.rolled_back_at else ""), r.from_variant, r.to_variant or "-",
-          r.reason[:100]] for r in records],
-    ))
+    click.echo(
+        format_table(
+            ["id", "created (UTC)", "model", "kind", "trigger", "status", "from", "to", "reason"],
+            [
+                [
+                    r.id,
+                    r.created_at.strftime("%Y-%m-%d %H:%M:%S") if r.created_at else "-",
+                    r.model,
+                    r.kind,
+                    r.trigger,
+                    r.status + (" (rolled back)" if r.rolled_back_at else ""),
+                    r.from_variant,
+                    r.to_variant or "-",
+                    r.reason[:100],
+                ]
+                for r in records
+            ],
+        )
+    )
 
 
 @main.command()
 @config_option
 @json_option
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Folder for the site (default: the config's reports.out_dir, ./perfguard-reports).")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Folder for the site (default: the config's reports.out_dir, ./perfguard-reports).",
+)
 @click.option("--email", "send_email", is_flag=True, help="Also send the digest to every owner and recipient now.")
 def report(config_path: Path, as_json: bool, out_dir: Path | None, send_email: bool) -> None:
     """Write the HTML report (index.html, a page per model, charts); with --email, send the digest."""
-    from monitor.service.reporting import EmailNotConfigured, report_dir, send_digests, write_report
+    from monitor.service.reporting import (
+        EmailNotConfigured,
+        report_dir,
+        send_digests,
+        write_report,
+    )
 
     loaded = _load(config_path)
     if send_email and loaded.config.email is None:
@@ -674,11 +848,20 @@ def report(config_path: Path, as_json: bool, out_dir: Path | None, send_email: b
                 raise click.UsageError(str(exc)) from None
     failed = [s for s in sent if not s.delivery.ok]
     if as_json:
-        _print_json({"index": str(site.index), "pages": {k: str(v) for k, v in site.pages.items()},
-                     "charts": site.charts, "charts_drawn": site.drawn, "emails": [s.to_json() for s in sent]})
+        _print_json(
+            {
+                "index": str(site.index),
+                "pages": {k: str(v) for k, v in site.pages.items()},
+                "charts": site.charts,
+                "charts_drawn": site.drawn,
+                "emails": [s.to_json() for s in sent],
+            }
+        )
     else:
-        click.echo(f"report: {site.index.resolve().as_uri()} ({len(site.pages)} model pages, {site.charts} charts, "
-                   f"{site.drawn} drawn now)")
+        click.echo(
+            f"report: {site.index.resolve().as_uri()} ({len(site.pages)} model pages, {site.charts} charts, "
+            f"{site.drawn} drawn now)"
+        )
         for s in sent:
             state = "sent" if s.delivery.ok else f"NOT sent ({s.delivery.error}); kept in {s.saved_to}"
             click.echo(f"digest to {s.recipient}: {state}")
@@ -715,18 +898,30 @@ def baseline_accept(config_path: Path, as_json: bool, model: str, note: str | No
                 if key in accepted:
                     references.append(attribution.freeze_reference(db, loaded, planned, key, pool=pool))
     if as_json:
-        _print_json({
-            "model": model,
-            "series": [{"variant": s.key.variant, "device": s.key.device, "batch_size": s.key.batch_size,
-                        "since_run_id": s.run_id, "since": s.started_at.isoformat(), "runs": s.runs}
-                       for s in segments],
-            "references": references,
-        })
+        _print_json(
+            {
+                "model": model,
+                "series": [
+                    {
+                        "variant": s.key.variant,
+                        "device": s.key.device,
+                        "batch_size": s.key.batch_size,
+                        "since_run_id": s.run_id,
+                        "since": s.started_at.isoformat(),
+                        "runs": s.runs,
+                    }
+                    for s in segments
+                ],
+                "references": references,
+            }
+        )
     else:
-        click.echo(format_table(
-            ["series", "baseline from run", "since (UTC)", "runs"],
-            [[s.key.label(), s.run_id, s.started_at.strftime("%Y-%m-%d %H:%M:%S"), s.runs] for s in segments],
-        ))
+        click.echo(
+            format_table(
+                ["series", "baseline from run", "since (UTC)", "runs"],
+                [[s.key.label(), s.run_id, s.started_at.strftime("%Y-%m-%d %H:%M:%S"), s.runs] for s in segments],
+            )
+        )
     if any(r is None for r in references):
         click.echo("warning: a reference could not be frozen (see the log)", err=True)
         sys.exit(EXIT_FAILED)
@@ -759,16 +954,20 @@ def rules_command(config_path: Path, as_json: bool) -> None:
     configured = configured_rules(loaded.config)
     events = _latest_rule_events(loaded)
     if as_json:
-        _print_json({
-            "available": [r.to_json() for r in available],
-            "configured": [c.to_json() for c in configured],
-            "events": {model: [e.to_json() for e in found] for model, found in events.items()},
-        })
+        _print_json(
+            {
+                "available": [r.to_json() for r in available],
+                "configured": [c.to_json() for c in configured],
+                "events": {model: [e.to_json() for e in found] for model, found in events.items()},
+            }
+        )
         return
-    click.echo(format_table(
-        ["rule", "origin", "description"],
-        [[r.name, r.origin, f"UNUSABLE: {r.error}" if r.error else r.description] for r in available],
-    ))
+    click.echo(
+        format_table(
+            ["rule", "origin", "description"],
+            [[r.name, r.origin, f"UNUSABLE: {r.error}" if r.error else r.description] for r in available],
+        )
+    )
     for info in available:
         for p in info.params:
             default = "required" if p.required else f"default {json.dumps(p.default)}"
@@ -777,13 +976,29 @@ def rules_command(config_path: Path, as_json: bool) -> None:
     if not configured:
         click.echo("no rules configured ([[rules]] in the config)")
     else:
-        click.echo(format_table(
-            ["#", "use", "label", "models", "priority", "cooldown", "timeout s", "params"],
-            [[c.index, c.use, c.label, ",".join(sorted(c.models)) if c.models is not None else "all", c.priority,
-              c.cooldown, c.timeout_s, json.dumps(c.rule.params.model_dump(mode="json"))] for c in configured],
-        ))
-    rows = [[e.created_at.strftime("%Y-%m-%d %H:%M:%S"), model, e.rule, e.outcome, e.key, e.reason[:100]]
-            for model, found in events.items() for e in found]
+        click.echo(
+            format_table(
+                ["#", "use", "label", "models", "priority", "cooldown", "timeout s", "params"],
+                [
+                    [
+                        c.index,
+                        c.use,
+                        c.label,
+                        ",".join(sorted(c.models)) if c.models is not None else "all",
+                        c.priority,
+                        c.cooldown,
+                        c.timeout_s,
+                        json.dumps(c.rule.params.model_dump(mode="json")),
+                    ]
+                    for c in configured
+                ],
+            )
+        )
+    rows = [
+        [e.created_at.strftime("%Y-%m-%d %H:%M:%S"), model, e.rule, e.outcome, e.key, e.reason[:100]]
+        for model, found in events.items()
+        for e in found
+    ]
     if rows:
         click.echo("")
         click.echo(format_table(["at (UTC)", "model", "rule", "outcome", "key", "reason"], rows))

@@ -25,7 +25,9 @@ from pydantic import (
     model_validator,
 )
 
-from monitor.import_check import missing
+from monitor.core.catalog import RECIPES
+from monitor.core.import_paths import missing
+from monitor.core.metrics import WATCHED
 
 DEFAULT_CONFIG_NAME = "perfguard.toml"
 STORAGE_URL_ENV = "PERFGUARD_STORAGE_URL"
@@ -82,7 +84,7 @@ def _check_address(value: str) -> str:
 
 def _check_crontab(value: str | None) -> str | None:
     if value is not None:
-        from apscheduler.triggers.cron import CronTrigger
+        from apscheduler.triggers.cron import CronTrigger  # noqa: PLC0415 - 0.1 s, only for a config with a crontab
 
         try:
             CronTrigger.from_crontab(value, timezone="UTC")
@@ -184,8 +186,6 @@ class DetectionConfig(_Strict):
 
 
 def _check_min_effect(value: dict[str, float]) -> dict[str, float]:
-    from monitor.detection.metrics import WATCHED
-
     for key, effect in value.items():
         if key not in WATCHED:
             raise ValueError(f"unknown metric {key!r}; expected one of: {', '.join(WATCHED)}")
@@ -195,8 +195,6 @@ def _check_min_effect(value: dict[str, float]) -> dict[str, float]:
 
 
 def _check_recipes(value: list[str] | None) -> list[str] | None:
-    from monitor.optimize.catalog import RECIPES
-
     for name in value or []:
         if name not in RECIPES:
             hint = difflib.get_close_matches(name, list(RECIPES), n=1)
@@ -573,14 +571,6 @@ def load_config(path: Path | str) -> LoadedConfig:
         config = Config.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(_describe(path, raw, exc)) from None
-    if config.rules:
-        # Lazy: the rule plugins' contract (rules.api) imports this module. Checked here so that every
-        # command refuses a bad rule before it opens the database.
-        from rules.discovery import validate_rules
-
-        problems = validate_rules(config)
-        if problems:
-            raise ConfigError([f"{path}: {problem}" for problem in problems])
     problems = _redelivered_while_running(config)
     if problems:
         raise ConfigError([f"{path}: {problem}" for problem in problems])
@@ -604,7 +594,8 @@ def _redelivered_while_running(config: Config) -> list[str]:
     return [f"executor.visibility_timeout_s: {executor.visibility_timeout_s:g} s is not longer than the time "
             f'limit of model "{longest.name}"\'s job ({executor.job_limit_s(longest):g} s: its timeout times '
             f"{len(longest.series_batch_sizes)} series, plus follow_up_s = {executor.follow_up_s:g} s), so the "
-            "broker would hand the job to a second worker while the first still runs it; raise it above the job's limit"]
+            "broker would hand the job to a second worker while the first still runs it; raise it above the job's "
+            "limit"]
 
 
 IMPORT_FIELDS = ("factory", "inputs_factory", "eval", "train", "prepare")
@@ -674,7 +665,7 @@ def _message(error: dict[str, Any], raw: dict[str, Any], loc: list[Any]) -> str:
     message = str(error["msg"])
     for prefix in ("Value error, ", "Assertion failed, "):
         if message.startswith(prefix):
-            message = message[len(prefix):]
+            message = message[len(prefix) :]
     return message
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 from sqlalchemy.orm import Session
 
 from monitor.config import HarnessConfig, LoadedConfig, ModelConfig
+from monitor.core.series import ReferenceInfo, SeriesKey
 from monitor.harness.protocol import (
     REFERENCE_LABEL,
     ArtifactRef,
@@ -23,7 +24,6 @@ from monitor.harness.protocol import (
 )
 from storage import actions, findings, queries
 from storage.db import Database
-from storage.findings import ReferenceInfo, SeriesKey
 
 
 @dataclass(frozen=True, slots=True)

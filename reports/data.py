@@ -14,12 +14,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from monitor.core.actions import ActionRecord
+from monitor.core.series import FindingRecord, SeriesKey
 from storage import findings as findings_store
 from storage import host_events as host_store
 from storage import queries
-from storage.actions import ActionRecord, actions
+from storage.actions import actions
 from storage.db import Database
-from storage.findings import FindingRecord, SeriesKey
 from storage.host_events import HostEventRecord
 from storage.rule_events import RuleEvent, events
 from storage.trends import INDEX, TrendRun, recent_runs
@@ -229,7 +230,8 @@ def _status(model: ReportedModel, series: list[SeriesView], open_findings: list[
         last = failing[0].last
         assert last is not None
         error = (last.error or "").strip().splitlines()
-        return "failing", f"last run of {last.key.label()} {last.status}: {error[-1] if error else 'no error text'}"[:300]
+        why = error[-1] if error else "no error text"
+        return "failing", f"last run of {last.key.label()} {last.status}: {why}"[:300]
     regressions = [f for f in open_findings if f.verdict == "regression"]
     if regressions:
         f = regressions[0]

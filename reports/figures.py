@@ -8,9 +8,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
+from monitor.core.series import FindingRecord
 from reports.charts import ChartSpec, Line, Marker, describe
 from reports.data import ModelView, SeriesView
-from storage.findings import FindingRecord
 
 TABLE_ROWS = 24  # rows of a chart's table fallback, spread over its window
 SPARK_RUNS = 120

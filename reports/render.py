@@ -19,12 +19,26 @@ from typing import Any
 
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
-from reports.charts import CHART_SIZE, ChartDrawer, render_chart, sparkline, write_atomic
+from monitor.core.actions import ActionRecord
+from monitor.core.series import FindingRecord, SeriesKey
+from reports.charts import (
+    CHART_SIZE,
+    ChartDrawer,
+    render_chart,
+    sparkline,
+    write_atomic,
+)
 from reports.data import FleetReport, ModelView
-from reports.figures import NamedChart, latency_chart, model_charts, pair, primary_latency, spark_values, table
+from reports.figures import (
+    NamedChart,
+    latency_chart,
+    model_charts,
+    pair,
+    primary_latency,
+    spark_values,
+    table,
+)
 from reports.mail import InlineImage
-from storage.actions import ActionRecord
-from storage.findings import FindingRecord, SeriesKey
 from storage.rule_events import RuleEvent
 
 IMAGE_DIR = "img"

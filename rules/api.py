@@ -23,8 +23,8 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict
 
 from monitor.config import ModelConfig
-from storage.findings import FindingRecord
-from storage.records import RunRecord
+from monitor.core.runs import RunRecord
+from monitor.core.series import FindingRecord
 
 ActionKind = Literal["alert", "requantize", "prune"]
 ACTIONS: tuple[ActionKind, ...] = ("alert", "requantize", "prune")

@@ -224,7 +224,7 @@ def _unknown(name: str, plugins: set[str]) -> str:
 def _plugin_entry_points() -> list[EntryPoint]:
     try:
         return list(entry_points(group=ENTRY_POINT_GROUP))
-    except Exception:  # noqa: BLE001 - broken metadata of some installed package must not stop perfguard
+    except Exception:
         log.exception("cannot read the %s entry points; plugins are ignored", ENTRY_POINT_GROUP)
         return []
 
@@ -275,7 +275,9 @@ def _message(error: Any, params: type[RuleParams]) -> str:
         hint = difflib.get_close_matches(str(error["loc"][-1]), allowed, n=1)
         if hint:
             return f"unknown key; did you mean {hint[0]!r}?"
-        return f"unknown key; expected one of: {', '.join(allowed)}" if allowed else "unknown key; this rule takes no params"
+        if not allowed:
+            return "unknown key; this rule takes no params"
+        return f"unknown key; expected one of: {', '.join(allowed)}"
     if error["type"] == "missing":
         return "required key is missing"
     message = str(error["msg"])

@@ -23,14 +23,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from monitor.config import LoadedConfig
+from monitor.core.runs import RunRecord
+from monitor.core.series import FindingRecord
 from rules.api import Decision, RuleContext
 from rules.discovery import ConfiguredRule, configured_rules
 from rules.isolation import IsolatedCall, finish_calls, start_call
 from storage import queries
 from storage import rule_events as store
 from storage.db import Database
-from storage.findings import FindingRecord
-from storage.records import RunRecord
 
 log = logging.getLogger(__name__)
 

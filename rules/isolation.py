@@ -28,10 +28,10 @@ from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from typing import Any
 
+from monitor.core.runs import RunRecord
 from rules.api import Rule, RuleContext
 from storage import queries
 from storage.db import Database
-from storage.records import RunRecord
 
 MAX_HISTORY_RUNS = 10_000
 STARTUP_LIMIT_S = 60.0  # for the child to start running the call, beyond the rule's own limit

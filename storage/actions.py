@@ -9,57 +9,26 @@ variant that stops being active are resolved: its series is no longer benchmarke
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, aliased
 
+from monitor.core.actions import ActionRecord, Promotion
 from storage.db import Database
 from storage.models import ActionRow, FindingRow, ModelRow, VariantRow, utc_now
-from storage.queries import BASELINE, _model_id, _variant_id, newest_per_model, set_active_variant
+from storage.queries import (
+    BASELINE,
+    model_id_of,
+    newest_per_model,
+    set_active_variant,
+    variant_id_of,
+)
 
 
 class NothingToRollBack(LookupError):
     """The model's active variant has no parent: the baseline is already active."""
-
-
-@dataclass(slots=True)
-class ActionRecord:
-    """One optimisation decision as stored and printed (`perfguard optimize --json` emits `to_json()`)."""
-
-    model: str
-    kind: str  # requantize | prune | rollback
-    trigger: str
-    status: str  # accepted | rejected | dry_run | failed
-    reason: str
-    from_variant: str
-    to_variant: str | None = None
-    finding_id: int | None = None
-    candidates: list[dict[str, Any]] = field(default_factory=list)
-    diagnosis: dict[str, Any] | None = None
-    created_at: datetime | None = None
-    rolled_back_at: datetime | None = None
-    id: int | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        for name in ("created_at", "rolled_back_at"):
-            data[name] = data[name].isoformat() if data[name] is not None else None
-        return data
-
-
-@dataclass(frozen=True, slots=True)
-class Promotion:
-    """A new variant to add and activate with an accepted action."""
-
-    name: str
-    kind: str  # the action that made it: requantize | prune
-    spec: dict[str, Any]  # a VariantSpec as a dict
-    numbers: dict[str, Any]  # what justified it
 
 
 def active_spec(session: Session, model: str) -> dict[str, Any] | None:
@@ -75,7 +44,7 @@ def active_spec(session: Session, model: str) -> dict[str, Any] | None:
 
 def unused_variant_name(session: Session, model: str, wanted: str) -> str:
     """`wanted`, or `wanted-2`, `wanted-3`...: a variant name the model has not used yet."""
-    model_id = _model_id(session, model)
+    model_id = model_id_of(session, model)
     taken = set(session.scalars(select(VariantRow.name).where(VariantRow.model_id == model_id)))
     name, n = wanted, 1
     while name in taken:
@@ -92,10 +61,10 @@ def record_action(db: Database, action: ActionRecord, promotion: Promotion | Non
     action is stored as failed, with why.
     """
     with db.session() as session:
-        model_id = _model_id(session, action.model)
+        model_id = model_id_of(session, action.model)
         # One promotion or rollback of a model at a time (PostgreSQL row lock; SQLite's writer lock).
         session.execute(select(ModelRow.id).where(ModelRow.id == model_id).with_for_update())
-        from_id = _variant_id(session, model_id, action.from_variant)
+        from_id = variant_id_of(session, model_id, action.from_variant)
         to_id = None
         if promotion is not None:
             active = session.scalar(select(VariantRow).where(VariantRow.model_id == model_id, VariantRow.is_active))
@@ -120,7 +89,7 @@ def record_action(db: Database, action: ActionRecord, promotion: Promotion | Non
             _resolve_findings(session, from_id, f"variant {name} promoted")
             action.to_variant = name
         elif action.to_variant is not None:
-            to_id = _variant_id(session, model_id, action.to_variant)
+            to_id = variant_id_of(session, model_id, action.to_variant)
         row = ActionRow(
             model_id=model_id, kind=action.kind, trigger=action.trigger, finding_id=action.finding_id,
             from_variant_id=from_id, to_variant_id=to_id, status=action.status, reason=action.reason,
@@ -136,7 +105,7 @@ def rollback(db: Database, model: str, trigger: str = "cli", why: str | None = N
     """Make the active variant's parent active again; the rollback is recorded as an action (its
     reason says `why`, when given)."""
     with db.session() as session:
-        model_id = _model_id(session, model)
+        model_id = model_id_of(session, model)
         session.execute(select(ModelRow.id).where(ModelRow.id == model_id).with_for_update())
         current = session.scalar(select(VariantRow).where(VariantRow.model_id == model_id, VariantRow.is_active))
         if current is None or current.parent_id is None:

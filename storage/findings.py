@@ -7,14 +7,19 @@ than adding a second one.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, select
 
+from monitor.core.series import (
+    FindingRecord,
+    ReferenceInfo,
+    SeriesKey,
+    SeriesRun,
+    SeriesState,
+)
 from storage.db import Database
 from storage.models import (
     BaselineRow,
@@ -27,7 +32,7 @@ from storage.models import (
     VariantRow,
     utc_now,
 )
-from storage.queries import METRIC_COLUMNS, _insert, _model_id, _variant_id
+from storage.queries import METRIC_COLUMNS, dialect_insert, model_id_of, variant_id_of
 
 METRIC_NAMES = tuple(column.key for column in METRIC_COLUMNS)
 
@@ -35,99 +40,6 @@ METRIC_NAMES = tuple(column.key for column in METRIC_COLUMNS)
 # sharpens where a change began (a noisy one moved 7 runs in bench/detection_real.py).
 SAME_CHANGE_RUNS = 12
 NOT_DETECTED = "no longer detected"
-
-
-@dataclass(frozen=True, slots=True)
-class SeriesState:
-    """Where one checked series (one metric, one reading) stands now, for deciding whether a finding
-    still holds."""
-
-    current: float | None  # median of its newest runs
-    min_effect: float
-
-    def holds(self, before: float | None, change: str) -> bool:
-        """Whether the level is still at least half the minimum effect away from `before`, that way."""
-        if self.current is None or not before:
-            return False
-        rel = self.current / before - 1.0
-        return abs(rel) >= self.min_effect / 2 and (rel > 0) == (change == "up")
-
-
-@dataclass(frozen=True, slots=True)
-class SeriesKey:
-    """One benchmark series of a model: detection runs per key and metric."""
-
-    variant: str
-    device: str
-    batch_size: int
-
-    def label(self) -> str:
-        return f"{self.variant}/{self.device}/b{self.batch_size}"
-
-
-@dataclass(frozen=True, slots=True)
-class SeriesRun:
-    """One run as detection reads it."""
-
-    run_id: int
-    started_at: datetime
-    key: SeriesKey
-    status: str
-    flags: tuple[str, ...]
-    env: dict[str, Any]
-    metrics: dict[str, float | None]  # every RunMetrics figure by name
-    reference_id: int | None = None  # the frozen reference it was timed against, if any
-
-
-@dataclass(slots=True)
-class FindingRecord:
-    """A finding as stored and printed (`perfguard check --json` emits `to_json()`)."""
-
-    model: str
-    key: SeriesKey
-    metric: str
-    change: str
-    verdict: str
-    change_run_id: int
-    change_at: datetime
-    before: dict[str, Any]
-    after: dict[str, Any]
-    rel_change: float
-    p_value: float
-    samples: dict[str, Any] | None = None
-    env_diff: dict[str, Any] | None = None
-    cause: str | None = None
-    # The A/B against the reference (absolute readings); the levels of both figures (other readings).
-    confirmation: dict[str, Any] | None = None
-    diagnosis: dict[str, Any] | None = None  # profile diff of the model against its reference
-    state: str = "open"
-    resolution: str | None = None
-    first_seen: datetime | None = None
-    last_seen: datetime | None = None
-    resolved_at: datetime | None = None
-    id: int | None = None
-    reading: str = "absolute"  # the series it was found in (monitor/detection/readings.py)
-
-    def to_json(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        data.pop("key")
-        data.update(variant=self.key.variant, device=self.key.device, batch_size=self.key.batch_size)
-        for name in ("change_at", "first_seen", "last_seen", "resolved_at"):
-            value = data[name]
-            data[name] = value.isoformat() if value is not None else None
-        return data
-
-
-@dataclass(frozen=True, slots=True)
-class ReferenceInfo:
-    """The newest frozen reference of a model variant on a device."""
-
-    id: int
-    created_at: datetime
-    artifact: dict[str, Any]
-    measured: dict[str, Any] = field(default_factory=dict)
-    lost_at: datetime | None = None  # it stopped loading or reproducing its output
-    lost_reason: str | None = None
 
 
 def series_runs(db: Database, model: str, limit: int) -> list[SeriesRun]:
@@ -208,13 +120,13 @@ def accept_baselines(
 ) -> None:
     """Make the runs from each given run on the baseline of their series; resolve open findings."""
     with db.session() as session:
-        model_id = _model_id(session, model)
+        model_id = model_id_of(session, model)
         now = utc_now()
         for key, (run_id, started_at) in since.items():
             session.add(
                 BaselineRow(
                     model_id=model_id,
-                    variant_id=_variant_id(session, model_id, key.variant),
+                    variant_id=variant_id_of(session, model_id, key.variant),
                     device=key.device,
                     batch_size=key.batch_size,
                     since_run_id=run_id,
@@ -235,10 +147,11 @@ def record_env_changes(db: Database, model: str, changes: Iterable[tuple[int, da
     if not changes:
         return
     with db.session() as session:
-        model_id = _model_id(session, model)
+        model_id = model_id_of(session, model)
         rows = [{"model_id": model_id, "run_id": run_id, "at": at, "diff": diff} for run_id, at, diff in changes]
         # ON CONFLICT DO NOTHING: a check running beside another one stores each change once.
-        session.execute(_insert(session, EnvChangeRow).values(rows).on_conflict_do_nothing(index_elements=["run_id"]))
+        insert = dialect_insert(session, EnvChangeRow).values(rows)
+        session.execute(insert.on_conflict_do_nothing(index_elements=["run_id"]))
 
 
 def env_changes(db: Database, model: str) -> list[tuple[int, datetime, dict[str, Any]]]:
@@ -280,14 +193,14 @@ def sync_findings(
     """
     now = utc_now()
     with db.session() as session:
-        model_id = _model_id(session, model)
+        model_id = model_id_of(session, model)
         # One check of a model at a time writes findings (PostgreSQL row lock; SQLite's writer lock).
         session.execute(select(ModelRow.id).where(ModelRow.id == model_id).with_for_update())
         variant_ids: dict[str, int] = {}
 
         def variant_id(name: str) -> int:
             if name not in variant_ids:
-                variant_ids[name] = _variant_id(session, model_id, name)
+                variant_ids[name] = variant_id_of(session, model_id, name)
             return variant_ids[name]
 
         names = {variant_id(key.variant): key.variant for key, _, _ in checked}
@@ -401,10 +314,10 @@ def save_reference(db: Database, model: str, key: SeriesKey, artifact: dict[str,
     """Store a frozen reference of one series' model; the newest one is the one used. An empty
     `artifact` records a failed attempt (the error in `measured`)."""
     with db.session() as session:
-        model_id = _model_id(session, model)
+        model_id = model_id_of(session, model)
         row = ReferenceRow(
             model_id=model_id,
-            variant_id=_variant_id(session, model_id, key.variant),
+            variant_id=variant_id_of(session, model_id, key.variant),
             device=key.device,
             batch_size=key.batch_size,
             artifact=artifact,

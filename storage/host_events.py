@@ -14,8 +14,8 @@ from typing import Any
 
 from sqlalchemy import case, func, select
 
+from monitor.core.series import SeriesState
 from storage.db import Database
-from storage.findings import SeriesState
 from storage.models import HostEventRow, RunMetricsRow, RunRow, utc_now
 
 # How far (in time) a change may move between checks and still be the same event.

@@ -28,7 +28,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from storage.records import RUN_STATUSES
+from monitor.core.runs import RUN_STATUSES
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -68,7 +68,7 @@ class Base(DeclarativeBase):
             "pk": "pk_%(table_name)s",
         }
     )
-    type_annotation_map = {
+    type_annotation_map = {  # noqa: RUF012 - SQLAlchemy's declarative base reads it as a class attribute
         datetime: UTCDateTime(),
         float: Double(),  # explicit: the default for `float` differs between SQLAlchemy 2.0 and 2.1
         dict[str, Any]: JSON(),

@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 
 from storage.db import Database
 from storage.models import ModelRow, NotificationRow
-from storage.queries import _insert
+from storage.queries import dialect_insert
 
 NotificationKind = Literal["alert", "digest"]
 
@@ -87,7 +87,7 @@ def claim(
             for c in wanted
         ]
         inserted = session.execute(
-            _insert(session, NotificationRow).values(rows).on_conflict_do_nothing(
+            dialect_insert(session, NotificationRow).values(rows).on_conflict_do_nothing(
                 index_elements=["kind", "subject_key", "recipient"]
             ).returning(NotificationRow.id)
         ).scalars().all()

@@ -18,9 +18,22 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from monitor.core.runs import (
+    EnvFingerprint,
+    HostCondition,
+    RunMetrics,
+    RunRecord,
+    RunStatus,
+)
 from storage.db import Database
-from storage.models import ModelRow, RunMetricsRow, RunRow, RunSamplesRow, VariantRow, utc_now
-from storage.records import EnvFingerprint, HostCondition, RunMetrics, RunRecord, RunStatus
+from storage.models import (
+    ModelRow,
+    RunMetricsRow,
+    RunRow,
+    RunSamplesRow,
+    VariantRow,
+    utc_now,
+)
 from storage.samples import EncodedSamples, decode_samples, encode_samples
 
 BASELINE = "baseline"
@@ -102,8 +115,8 @@ def add_variant(
     parent: str | None = None,
 ) -> int:
     """Record a variant of a registered model (inactive), or complete one first seen in a run; its id."""
-    model_id = _model_id(session, model)
-    parent_id = _variant_id(session, model_id, parent) if parent is not None else None
+    model_id = model_id_of(session, model)
+    parent_id = variant_id_of(session, model_id, parent) if parent is not None else None
     variant_id, _ = _get_or_insert(
         session, VariantRow, {"model_id": model_id, "name": name}, {"kind": kind}
     )
@@ -117,8 +130,8 @@ def add_variant(
 
 def set_active_variant(session: Session, model: str, variant: str) -> None:
     """Make `variant` the one the model is benchmarked and served as."""
-    model_id = _model_id(session, model)
-    variant_id = _variant_id(session, model_id, variant)
+    model_id = model_id_of(session, model)
+    variant_id = variant_id_of(session, model_id, variant)
     # Deactivate first: the database allows at most one active variant per model at any moment.
     session.execute(
         update(VariantRow)
@@ -322,7 +335,7 @@ def _ensure_model(
     )
     if created:
         session.execute(
-            _insert(session, VariantRow).values(
+            dialect_insert(session, VariantRow).values(
                 model_id=model_id, name=BASELINE, kind=BASELINE, is_active=True
             )
         )
@@ -345,15 +358,15 @@ def _get_or_insert(
     if found is not None:
         return found, False
     inserted = session.scalar(
-        _insert(session, entity).values(**key, **values).on_conflict_do_nothing().returning(entity.id)
+        dialect_insert(session, entity).values(**key, **values).on_conflict_do_nothing().returning(entity.id)
     )
     if inserted is not None:
         return inserted, True
     return session.scalars(select(entity.id).where(*where)).one(), False
 
 
-def _insert(session: Session, entity: type[Any]) -> postgresql.Insert | sqlite.Insert:
-    # Both dialects spell ON CONFLICT the same way; the generic insert() has no such clause.
+def dialect_insert(session: Session, entity: type[Any]) -> postgresql.Insert | sqlite.Insert:
+    """An INSERT with ON CONFLICT, which both dialects spell the same way and the generic insert() lacks."""
     dialect = session.get_bind().dialect.name
     if dialect == "postgresql":
         return postgresql.insert(entity)
@@ -380,14 +393,16 @@ def newest_per_model(
     return select(ranked.c.id).where(ranked.c.rank <= per_model)
 
 
-def _model_id(session: Session, model: str) -> int:
+def model_id_of(session: Session, model: str) -> int:
+    """The id of a registered model; LookupError naming it otherwise."""
     model_id = session.scalar(select(ModelRow.id).where(ModelRow.name == model))
     if model_id is None:
         raise LookupError(f"model {model!r} is not registered")
     return model_id
 
 
-def _variant_id(session: Session, model_id: int, variant: str) -> int:
+def variant_id_of(session: Session, model_id: int, variant: str) -> int:
+    """The id of one of a model's variants; LookupError naming it otherwise."""
     variant_id = session.scalar(
         select(VariantRow.id).where(VariantRow.model_id == model_id, VariantRow.name == variant)
     )

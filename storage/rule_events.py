@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from storage.db import Database
 from storage.models import ModelRow, RuleEventRow
-from storage.queries import _model_id, newest_per_model
+from storage.queries import model_id_of, newest_per_model
 
 EventOutcome = Literal["alert", "requantize", "prune", "error", "timeout"]
 FIRED_OUTCOMES = ("alert", "requantize", "prune")  # a decision that went through, as opposed to a failure
@@ -79,7 +79,7 @@ def fire(
     SQLite's writer lock), so concurrent evaluations see each other's events.
     """
     with db.session() as session:
-        model_id = _model_id(session, model)
+        model_id = model_id_of(session, model)
         session.execute(select(ModelRow.id).where(ModelRow.id == model_id).with_for_update())
         fired = (RuleEventRow.model_id == model_id) & (RuleEventRow.rule == rule) & RuleEventRow.outcome.in_(
             FIRED_OUTCOMES
@@ -87,8 +87,11 @@ def fire(
         last = session.scalar(select(func.max(RuleEventRow.created_at)).where(fired))
         answered: set[str] = set()
         if keys:
-            answered = {k for k in session.scalars(select(RuleEventRow.key).where(fired, RuleEventRow.key.in_(set(keys))))
-                        if k is not None}
+            answered = {
+                k
+                for k in session.scalars(select(RuleEventRow.key).where(fired, RuleEventRow.key.in_(set(keys))))
+                if k is not None
+            }
         chosen = admit(RuleMemory(last, frozenset(answered)))
         return _add(session, model_id, model, rule, chosen, now)
 
@@ -96,7 +99,7 @@ def fire(
 def record(db: Database, model: str, rule: str, new: Sequence[NewRuleEvent], now: datetime) -> list[RuleEvent]:
     """Store events as they are (a rule's failure: it has no memory to consult); the stored ones."""
     with db.session() as session:
-        return _add(session, _model_id(session, model), model, rule, new, now)
+        return _add(session, model_id_of(session, model), model, rule, new, now)
 
 
 def link_action(db: Database, event_id: int, action_id: int) -> None:
@@ -108,8 +111,13 @@ def link_action(db: Database, event_id: int, action_id: int) -> None:
 
 
 def events(
-    db: Database, model: str | None = None, limit: int = 100, outcome: str | None = None, *,
-    models: Sequence[str] | None = None, per_model: int | None = None,
+    db: Database,
+    model: str | None = None,
+    limit: int = 100,
+    outcome: str | None = None,
+    *,
+    models: Sequence[str] | None = None,
+    per_model: int | None = None,
 ) -> list[RuleEvent]:
     """The newest `limit` rule events (of one model, or all; of one outcome, or all), newest first; with
     `models`, the newest `per_model` of each of them."""
@@ -135,8 +143,16 @@ def _add(
     session: Session, model_id: int, model: str, rule: str, new: Sequence[NewRuleEvent], now: datetime
 ) -> list[RuleEvent]:
     rows = [
-        RuleEventRow(model_id=model_id, rule=rule, key=e.key, outcome=e.outcome, reason=e.reason,
-                     details=dict(e.details), finding_id=e.finding_id, created_at=now)
+        RuleEventRow(
+            model_id=model_id,
+            rule=rule,
+            key=e.key,
+            outcome=e.outcome,
+            reason=e.reason,
+            details=dict(e.details),
+            finding_id=e.finding_id,
+            created_at=now,
+        )
         for e in new
     ]
     session.add_all(rows)
@@ -146,7 +162,14 @@ def _add(
 
 def _event(row: RuleEventRow, model: str) -> RuleEvent:
     return RuleEvent(
-        id=row.id, model=model, rule=row.rule, outcome=row.outcome,  # type: ignore[arg-type]
-        reason=row.reason, key=row.key, details=row.details, finding_id=row.finding_id,
-        action_id=row.action_id, created_at=row.created_at,
+        id=row.id,
+        model=model,
+        rule=row.rule,
+        outcome=row.outcome,  # type: ignore[arg-type]
+        reason=row.reason,
+        key=row.key,
+        details=row.details,
+        finding_id=row.finding_id,
+        action_id=row.action_id,
+        created_at=row.created_at,
     )

@@ -13,10 +13,10 @@ from datetime import UTC, datetime
 
 from sqlalchemy import String, Text, cast, func, select, type_coerce
 
+from monitor.core.runs import FLAG_CONTENDED
+from monitor.core.series import SeriesKey
 from storage.db import Database
-from storage.findings import SeriesKey
 from storage.models import ModelRow, RunMetricsRow, RunRow, VariantRow
-from storage.records import FLAG_CONTENDED
 
 # The figures a report charts, tabulates or checks against an SLO, in RunMetrics units.
 CHARTED = (

@@ -9,11 +9,12 @@ from typing import Any
 import numpy as np
 
 from monitor.config import LoadedConfig, load_config
+from monitor.core.actions import ActionRecord
+from monitor.core.runs import EnvFingerprint, HostCondition, RunMetrics, RunRecord
 from monitor.detection.check import check_models
-from storage.actions import ActionRecord, record_action
+from storage.actions import record_action
 from storage.db import Database
 from storage.queries import save_runs
-from storage.records import EnvFingerprint, HostCondition, RunMetrics, RunRecord
 from tests.cli_helpers import tiny_model, write_config
 
 START = datetime(2026, 11, 1, 0, 0, tzinfo=UTC)

@@ -16,10 +16,16 @@ import numpy as np
 import pytest
 
 from monitor.config import LoadedConfig, load_config
+from monitor.core.runs import EnvFingerprint, RunMetrics, RunRecord
 from storage.db import Database
 from storage.queries import save_runs
-from storage.records import EnvFingerprint, RunMetrics, RunRecord
-from tests.cli_helpers import FAST_HARNESS, TESTS_DIR, tiny_model, toml_value, write_config
+from tests.cli_helpers import (
+    FAST_HARNESS,
+    TESTS_DIR,
+    tiny_model,
+    toml_value,
+    write_config,
+)
 from tests.storage_helpers import T0
 
 MODEL = "m"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from storage.records import (
+from monitor.core.runs import (
     FLAG_CONTENDED,
     FLAG_UNSTABLE,
     EnvFingerprint,

@@ -5,13 +5,15 @@ from __future__ import annotations
 import pytest
 
 from monitor.config import load_config
+from monitor.core.actions import ActionRecord, Promotion
+from monitor.core.series import FindingRecord, SeriesKey, SeriesState
 from monitor.registry import active_variant
-from monitor.service.jobs import fall_back_from_damaged_weights
+from monitor.service.followup import fall_back_from_damaged_weights
 from storage import actions as store
 from storage import queries
-from storage.actions import ActionRecord, NothingToRollBack, Promotion
+from storage.actions import NothingToRollBack
 from storage.db import Database
-from storage.findings import FindingRecord, SeriesKey, SeriesState, findings, sync_findings
+from storage.findings import findings, sync_findings
 from tests.cli_helpers import tiny_model, write_config
 from tests.storage_helpers import T0, full_record
 

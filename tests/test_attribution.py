@@ -10,14 +10,19 @@ from pathlib import Path
 import pytest
 
 from monitor.config import LoadedConfig, load_config
-from monitor.detection.attribution import MAX_ATTEMPTS, attribute, confirm_pending, ensure_references
+from monitor.core.series import FindingRecord, SeriesKey
+from monitor.detection.attribution import (
+    MAX_ATTEMPTS,
+    attribute,
+    confirm_pending,
+    ensure_references,
+)
 from monitor.detection.check import check_model
-from monitor.service.benchmark import benchmark_models
 from monitor.harness.worker_pool import WorkerPool
+from monitor.service.benchmark import benchmark_models
+from reports.render import cause_text
 from storage import findings as store
 from storage.db import Database
-from reports.render import cause_text
-from storage.findings import FindingRecord, SeriesKey
 from storage.queries import save_runs
 from tests.cli_helpers import TESTS_DIR, tiny_model, write_config
 from tests.storage_helpers import T0

@@ -16,7 +16,15 @@ import pytest
 from PIL import Image
 
 from reports import charts
-from reports.charts import ChartSpec, Line, Marker, describe, render_chart, render_many, sparkline
+from reports.charts import (
+    ChartSpec,
+    Line,
+    Marker,
+    describe,
+    render_chart,
+    render_many,
+    sparkline,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 T0 = datetime(2026, 1, 1, tzinfo=UTC)

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from cli_helpers import FAST_HARNESS, CliResult, perfguard, tiny_model, write_config
 
 MIN_SAMPLES = FAST_HARNESS["min_samples"]

@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cli_helpers import config_text, perfguard, tiny_model, write_config
 from click.testing import CliRunner
 
-from cli_helpers import config_text, perfguard, tiny_model, write_config
 from monitor.cli import main
 from monitor.config import ConfigError, load_config
 

@@ -2,31 +2,30 @@
 
 from __future__ import annotations
 
-import os
 import json
+import os
 import signal
 import socket
 import subprocess
-import urllib.error
-import urllib.request
-import sys
 import textwrap
 import threading
 import time
+import urllib.error
+import urllib.request
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import psutil
 import pytest
+from cli_helpers import PERFGUARD, free_port
 
 from monitor.config import load_config
+from monitor.core.series import SeriesKey
 from monitor.service.http import MAX_CONNECTIONS, RunMetricsExporter, serve
 from storage import queries
 from storage.db import Database
 from storage.lease import DatabaseLease
 from tests.net_helpers import TcpProxy
-
-from cli_helpers import PERFGUARD, free_port
 
 TESTS = Path(__file__).resolve().parent
 
@@ -419,8 +418,9 @@ def test_a_database_outage_turns_health_red_and_loses_no_run(tmp_path, pg_schema
 def test_after_each_run_the_daemon_detects_changes_and_freezes_a_reference(tmp_path):
     import dataclasses
 
-    from storage import findings as store
     from storage_helpers import full_record
+
+    from storage import findings as store
 
     port = free_port()
     config = write_config(tmp_path, QUICK_MODEL.format(name="fast", every="2s"), port=port, confirm=True)
@@ -451,7 +451,7 @@ def test_after_each_run_the_daemon_detects_changes_and_freezes_a_reference(tmp_p
     assert finding.change_run_id == len(history) + 1  # the daemon's first run
     assert finding.cause is None  # only regressions are attributed
     with Database.open(load_config(config).storage_url()) as db:
-        reference = store.latest_reference(db, "fast", store.SeriesKey("baseline", "cpu", 4))
+        reference = store.latest_reference(db, "fast", SeriesKey("baseline", "cpu", 4))
     assert reference is not None and reference.artifact["kind"] == "torchscript"
 
 

@@ -9,7 +9,12 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from monitor.service.lock import DaemonAlreadyRunning, DaemonLock, database_identity, lock_path
+from monitor.service.lock import (
+    DaemonAlreadyRunning,
+    DaemonLock,
+    database_identity,
+    lock_path,
+)
 from storage.db import Database
 from storage.lease import DatabaseLease
 

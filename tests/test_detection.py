@@ -7,9 +7,15 @@ import math
 import numpy as np
 import pytest
 
-from monitor.detection.changepoints import DetectionOptions, detect_changes, hampel, neighbourhood_median, noise_scale
+from monitor.core.metrics import WATCHED, verdict
+from monitor.detection.changepoints import (
+    DetectionOptions,
+    detect_changes,
+    hampel,
+    neighbourhood_median,
+    noise_scale,
+)
 from monitor.detection.confirm import bootstrap_interval, confirms
-from monitor.detection.metrics import WATCHED, verdict
 
 LEVEL = 10.0
 

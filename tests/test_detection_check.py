@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-
 from datetime import timedelta
 from pathlib import Path
 
@@ -11,14 +10,20 @@ import numpy as np
 import pytest
 
 from monitor.config import LoadedConfig, load_config
+from monitor.core.runs import (
+    FLAG_CONTENDED,
+    EnvFingerprint,
+    HostCondition,
+    RunMetrics,
+    RunRecord,
+)
+from monitor.core.series import FindingRecord, SeriesKey, SeriesState
 from monitor.detection.attribution import judge
 from monitor.detection.baseline import NoRunsError, accept
 from monitor.detection.check import check_model
 from storage import findings as store
 from storage.db import Database
-from storage.findings import FindingRecord, SeriesKey
 from storage.queries import save_runs
-from storage.records import FLAG_CONTENDED, EnvFingerprint, HostCondition, RunMetrics, RunRecord
 from tests.cli_helpers import perfguard, tiny_model, write_config
 from tests.storage_helpers import T0
 
@@ -282,7 +287,7 @@ def test_a_blip_and_the_real_step_after_it_are_two_findings(db: Database) -> Non
     its own A/B), not the blip's reopened with the blip's cause."""
     store_series(db, levels(17, [(40, 1.0)]))
     order = {run_id: run_id - 1 for run_id in range(1, 41)}
-    checked = {(KEY, "latency_ms_p50", "absolute"): store.SeriesState(1.0, 0.05)}
+    checked = {(KEY, "latency_ms_p50", "absolute"): SeriesState(1.0, 0.05)}
     blip = dataclasses.replace(finding(rel=0.15), change_run_id=30)
     (stored,) = store.sync_findings(db, MODEL, [blip], checked, order)
     store.set_cause(db, stored.id, "environment", {"why": "the blip"})
@@ -306,7 +311,7 @@ def test_a_later_slowdown_is_judged_against_the_last_ab_not_the_freeze(db: Datab
     reference = store.latest_reference(db, MODEL, KEY)
     assert reference is not None and reference.id == key_ref
     order = {run_id: run_id - 1 for run_id in range(1, 41)}
-    checked = {(KEY, "latency_ms_p50", "absolute"): store.SeriesState(2.2, 0.05)}
+    checked = {(KEY, "latency_ms_p50", "absolute"): SeriesState(2.2, 0.05)}
     widened = dataclasses.replace(finding(rel=0.9), change_run_id=20, change_at=T0 + timedelta(minutes=200))
     later = dataclasses.replace(finding(rel=0.2, before=1.9), change_run_id=32, change_at=T0 + timedelta(minutes=320))
     first, second = sorted(store.sync_findings(db, MODEL, [widened, later], checked, order), key=lambda f: f.change_at)

@@ -12,7 +12,12 @@ import time
 from pathlib import Path
 
 from monitor.harness.device_lock import device_lock, lock_path
-from monitor.harness.protocol import BenchmarkJob, InputTensor, SamplingSettings, Subject
+from monitor.harness.protocol import (
+    BenchmarkJob,
+    InputTensor,
+    SamplingSettings,
+    Subject,
+)
 from monitor.harness.runner import run_worker
 from tests.cli_helpers import PERFGUARD, TESTS_DIR, tiny_model, write_config
 

@@ -8,16 +8,16 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from cli_helpers import free_port, perfguard, tiny_model, write_config
 from click.testing import CliRunner, Result
+from storage_helpers import full_record
 
 from monitor.cli import main
-from monitor.import_check import missing
+from monitor.core.import_paths import missing
+from monitor.core.runs import RunRecord
 from monitor.user_errors import EXIT_UNREACHABLE, EXIT_USAGE, explain
 from storage import queries
 from storage.db import Database, DatabaseNotFound
-from storage.records import RunRecord
-from cli_helpers import free_port, perfguard, tiny_model, write_config
-from storage_helpers import full_record
 
 DOWN_URL = "postgresql+psycopg://postgres@127.0.0.1:1/test"  # nothing listens on port 1
 

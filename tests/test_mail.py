@@ -26,7 +26,14 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP as SMTPServer
 from aiosmtpd.smtp import AuthResult, Envelope, LoginPassword, Session
 
-from reports.mail import Delivery, InlineImage, SmtpSettings, build_message, inline_css, send
+from reports.mail import (
+    Delivery,
+    InlineImage,
+    SmtpSettings,
+    build_message,
+    inline_css,
+    send,
+)
 from tests.cli_helpers import free_port
 
 SENDER = "Perfguard <perfguard@example.com>"

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from monitor.config import OptimizeConfig
-from monitor.optimize import catalog, diagnosis
+from monitor.core import catalog
+from monitor.optimize import diagnosis
 from monitor.optimize.decision import CandidateNumbers, best, judge
 
 SETTINGS = OptimizeConfig()

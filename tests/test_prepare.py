@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from monitor.config import load_config
-from monitor.service.benchmark import benchmark_models
 from monitor.harness.worker_pool import WorkerPool
+from monitor.service.benchmark import benchmark_models
 from storage.db import Database
 from tests.cli_helpers import TESTS_DIR, tiny_model, write_config
 

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from examples import models
-from monitor.optimize import prune
+from monitor.transforms import prune
 
 
 def parameter_count(model: nn.Module) -> int:

@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 
 from monitor.config import LoadedConfig, load_config
+from monitor.core.runs import EnvFingerprint, HostCondition, RunMetrics, RunRecord
+from monitor.core.series import SeriesKey
 from monitor.detection.check import check_model, check_models
 from storage import findings as store
 from storage import host_events
 from storage.db import Database
-from storage.findings import SeriesKey
 from storage.queries import history, register_model, save_runs
-from storage.records import EnvFingerprint, HostCondition, RunMetrics, RunRecord
 from tests.cli_helpers import tiny_model, write_config
 from tests.storage_helpers import T0
 

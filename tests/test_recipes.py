@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 from examples import models
-from monitor.optimize import recipes
-from monitor.optimize.catalog import CATALOG, RECIPES
+from monitor.core.catalog import CATALOG, RECIPES
+from monitor.transforms import recipes
 
 EXACT = ["channels_last"]
 APPROXIMATE = ["dynamic_int8", "static_int8", "bf16"]

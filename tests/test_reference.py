@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from monitor.core.runs import EnvFingerprint, HostCondition
 from monitor.harness.protocol import (
     REFERENCE_LABEL,
     ArtifactRef,
@@ -24,7 +25,6 @@ from monitor.harness.protocol import (
 from monitor.harness.reference import CHECK_FILE
 from monitor.harness.runner import WorkerOutcome, run_worker, to_records
 from monitor.harness.worker_pool import WorkerPool
-from storage.records import EnvFingerprint, HostCondition
 
 TESTS = Path(__file__).parent
 REPO = TESTS.parent

@@ -14,14 +14,14 @@ import pytest
 import torch
 
 from monitor.config import LoadedConfig, load_config
+from monitor.core.series import SeriesKey
 from monitor.detection.attribution import ensure_references
 from monitor.detection.check import check_models
 from monitor.harness.host_probe import HostSpeedProbe
-from monitor.service.benchmark import benchmark_models
 from monitor.harness.worker_pool import WorkerPool
+from monitor.service.benchmark import benchmark_models
 from storage import findings as store
 from storage.db import Database
-from storage.findings import SeriesKey
 from storage.queries import history, save_runs
 from tests.cli_helpers import TESTS_DIR, tiny_model, write_config
 
@@ -124,7 +124,7 @@ def test_a_reference_that_no_longer_reproduces_its_output_is_lost(tmp_path: Path
         saved = torch.load(check, weights_only=True)
         saved["outputs"] = saved["outputs"] * 1.5
         torch.save(saved, check)
-        from monitor.harness.reference import sha256_of
+        from monitor.harness.artifacts import sha256_of
         from storage.models import ReferenceRow
 
         with check.open("rb") as handle, db.session() as session:

@@ -18,13 +18,25 @@ import pytest
 from aiosmtpd.controller import Controller
 
 from monitor.service.mailer import Mailer
-from monitor.service.reporting import ReportKeeper, digest_slot, send_alerts, send_digests
+from monitor.service.reporting import (
+    ReportKeeper,
+    digest_slot,
+    send_alerts,
+    send_digests,
+)
 from storage import notifications
 from storage.db import Database
 from tests.cli_helpers import free_port, perfguard
 from tests.net_helpers import black_hole
 from tests.report_helpers import history_runs, make_fleet, report_config, seed
-from tests.test_mail import PASSWORD, USER, Authenticator, server_tls, start_server, tls_files  # noqa: F401 - fixtures
+from tests.test_mail import (  # noqa: F401 - fixtures
+    PASSWORD,
+    USER,
+    Authenticator,
+    server_tls,
+    start_server,
+    tls_files,
+)
 
 EVIL = "<script>alert(1)</script>"
 
@@ -267,8 +279,8 @@ def test_a_mail_server_that_never_answers_holds_up_neither_the_runs_nor_a_stop(t
         with db:
             keeper = ReportKeeper()
             started = time.monotonic()
-            keeper.after_runs(db, loaded, "seed-cnn")
-            keeper.after_runs(db, loaded, "seed-cnn")
+            keeper.publish(db, loaded, "seed-cnn")
+            keeper.publish(db, loaded, "seed-cnn")
             returned = time.monotonic() - started
             deadline = time.monotonic() + 60
             while not (keeper.mailer.busy_since is not None and held) and time.monotonic() < deadline:

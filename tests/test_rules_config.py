@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from monitor.config import ConfigError, load_config
+from monitor.config import ConfigError
+from monitor.service.loading import load_service_config
 from rules.discovery import configured_rules
 from tests.cli_helpers import perfguard, tiny_model, write_config
 from tests.rules_helpers import MODEL, rules_toml
@@ -21,7 +22,7 @@ def config_with(tmp_path: Path, rules: list[dict[str, Any]]) -> Path:
 def errors(tmp_path: Path, rules: list[dict[str, Any]]) -> list[str]:
     path = config_with(tmp_path, rules)
     with pytest.raises(ConfigError) as caught:
-        load_config(path)
+        load_service_config(path)
     prefix = f"{path}: "
     assert all(line.startswith(prefix) for line in caught.value.lines)
     return [line[len(prefix):] for line in caught.value.lines]
@@ -97,7 +98,7 @@ def test_commands_exit_2_before_opening_the_database(tmp_path: Path, command: li
 
 
 def test_a_good_entry_gets_defaults_params_and_labels(tmp_path: Path) -> None:
-    loaded = load_config(config_with(tmp_path, [
+    loaded = load_service_config(config_with(tmp_path, [
         {"use": "latency_drift", "params": {"min_change": 1, "actions": ["alert"]}, "models": [MODEL]},
         {"use": "slo_breach", "priority": 3, "cooldown": "90m", "timeout_s": 2.5},
         {"use": "latency_drift"},

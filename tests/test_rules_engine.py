@@ -23,7 +23,13 @@ from storage import rule_events
 from storage.db import Database
 from storage.models import ActionRow, VariantRow
 from tests.cli_helpers import perfguard
-from tests.rules_helpers import MODEL, install_plugins, plugins_on_path, rules_config, store_steps
+from tests.rules_helpers import (
+    MODEL,
+    install_plugins,
+    plugins_on_path,
+    rules_config,
+    store_steps,
+)
 from tests.storage_helpers import T0
 
 NOW = T0 + timedelta(days=2)

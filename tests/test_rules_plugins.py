@@ -15,7 +15,14 @@ from rules.engine import evaluate_model
 from storage.db import Database
 from storage.queries import save_runs
 from tests.cli_helpers import TESTS_DIR, perfguard, tiny_model, write_config
-from tests.rules_helpers import MODEL, install_plugins, plugins_on_path, rules_config, rules_toml, run
+from tests.rules_helpers import (
+    MODEL,
+    install_plugins,
+    plugins_on_path,
+    rules_config,
+    rules_toml,
+    run,
+)
 from tests.storage_helpers import T0
 
 TEAM_ORIGIN = "team-rules 1.2.0"

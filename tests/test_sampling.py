@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from monitor.core.runs import FLAG_CONTENDED, FLAG_UNSTABLE
 from monitor.harness.collectors import CpuContentionProbe
 from monitor.harness.protocol import SamplingSettings
 from monitor.harness.sampling import (
@@ -24,7 +25,6 @@ from monitor.harness.sampling import (
     median_ci,
     warm_up,
 )
-from storage.records import FLAG_CONTENDED, FLAG_UNSTABLE
 
 # Real spins against the wall clock, and CPU hogs that would slow a parallel test process's benchmarks.
 pytestmark = pytest.mark.timing

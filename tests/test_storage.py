@@ -13,7 +13,9 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 from sqlalchemy import event, func, inspect, select
 from sqlalchemy.exc import IntegrityError
+from storage_helpers import T0, full_record
 
+from monitor.core.runs import FLAG_CONTENDED, RunMetrics, RunRecord, RunStatus
 from storage.db import Database
 from storage.models import ModelRow, RunMetricsRow, RunRow, RunSamplesRow, VariantRow
 from storage.queries import (
@@ -28,9 +30,7 @@ from storage.queries import (
     save_runs,
     set_active_variant,
 )
-from storage.records import FLAG_CONTENDED, RunMetrics, RunRecord, RunStatus
 from storage.samples import decode_samples, encode_samples
-from storage_helpers import T0, full_record
 
 
 def row_counts(db: Database) -> dict[str, int]:

@@ -9,10 +9,10 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from sqlalchemy import create_engine
+from storage_helpers import full_record
 
 from storage.db import Database
 from storage.queries import history, load_samples, save_run
-from storage_helpers import full_record
 
 CEST = timezone(timedelta(hours=2))
 

@@ -1,4 +1,5 @@
-"""Does `package.module:callable` point at something, found without running any of it?
+"""Import paths (`package.module:attr`): whether one points at something, found without running any
+of it (config validation), and the object it names (the worker, which does run it).
 
 A misspelt factory would otherwise pass the config and show up only as failed runs. Importing the
 module to check would run the user's code (and torch) in the command-line process, so the module is
@@ -14,8 +15,10 @@ import functools
 import importlib.util
 import os
 import sys
+from collections.abc import Callable
 from importlib.machinery import ModuleSpec, PathFinder
 from pathlib import Path
+from typing import Any
 
 
 def missing(import_path: str, search: list[str]) -> str | None:
@@ -84,3 +87,14 @@ def _top_level_names(tree: ast.Module) -> set[str] | None:
                 for child in getattr(node, field, []):
                     pending.extend(child.body if isinstance(child, ast.ExceptHandler) else [child])
     return names
+
+
+def resolve(path: str) -> Callable[..., Any]:
+    """'package.module:attr.sub' -> the object; errors name the path."""
+    module_name, _, attr = path.partition(":")
+    obj: Any = importlib.import_module(module_name)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise TypeError(f"{path} is not callable")
+    return obj

@@ -30,16 +30,16 @@ from pathlib import Path
 from typing import Any
 
 from monitor.config import LoadedConfig, ModelConfig
+from monitor.core.series import FindingRecord, ReferenceInfo, SeriesKey
 from monitor.detection.check import detection_options
+from monitor.harness.artifacts import damaged
 from monitor.harness.protocol import REFERENCE_LABEL, ArtifactRef, BenchmarkJob
-from monitor.harness.reference import damaged
 from monitor.harness.runner import WorkerOutcome, run_worker
 from monitor.harness.worker_pool import WorkerPool
 from monitor.registry import PlannedBenchmark, UnknownModelError, plan_active
 from storage import findings as store
 from storage import queries
 from storage.db import Database
-from storage.findings import FindingRecord, SeriesKey
 
 log = logging.getLogger(__name__)
 
@@ -115,22 +115,38 @@ def _note_refrozen(db: Database, model: str, key: SeriesKey, lost_id: int, new_i
     """Findings left unattributed by a damaged reference say which reference replaced it, and when."""
     for finding in store.findings(db, model):
         c = finding.confirmation or {}
-        if finding.id is not None and finding.key == key and c.get("reference_lost") and c.get("reference_id") == lost_id:
-            store.set_cause(db, finding.id, finding.cause, {**c, "refrozen_as": new_id,
-                                                            "refrozen_at": datetime.now(UTC).isoformat()})
-
-
+        if (
+            finding.id is not None
+            and finding.key == key
+            and c.get("reference_lost")
+            and c.get("reference_id") == lost_id
+        ):
+            store.set_cause(
+                db,
+                finding.id,
+                finding.cause,
+                {**c, "refrozen_as": new_id, "refrozen_at": datetime.now(UTC).isoformat()},
+            )
 
 
 def freeze_reference(
-    db: Database, loaded: LoadedConfig, planned: PlannedBenchmark, key: SeriesKey, cancel: threading.Event | None = None,
+    db: Database,
+    loaded: LoadedConfig,
+    planned: PlannedBenchmark,
+    key: SeriesKey,
+    cancel: threading.Event | None = None,
     pool: WorkerPool | None = None,
 ) -> int | None:
     """Freeze the model of one series now and store the reference; None (logged) when it fails."""
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
     folder = (
-        loaded.base_dir / loaded.config.detection.artifact_dir / planned.model.name / key.variant
-        / key.device.replace(":", "_") / f"b{key.batch_size}" / stamp
+        loaded.base_dir
+        / loaded.config.detection.artifact_dir
+        / planned.model.name
+        / key.variant
+        / key.device.replace(":", "_")
+        / f"b{key.batch_size}"
+        / stamp
     )
     job = replace(planned.job, mode="freeze", freeze_dir=str(folder))
     outcome = _run(loaded, planned, job, cancel, pool)
@@ -167,7 +183,10 @@ def freeze_reference(
 
 
 def attribute(
-    db: Database, loaded: LoadedConfig, finding: FindingRecord, cancel: threading.Event | None = None,
+    db: Database,
+    loaded: LoadedConfig,
+    finding: FindingRecord,
+    cancel: threading.Event | None = None,
     pool: WorkerPool | None = None,
 ) -> Attribution | None:
     """A/B the current model against its reference for a latency finding; None without a reference."""
@@ -175,7 +194,9 @@ def attribute(
     if reference is not None and (not reference.artifact or reference.lost_at is not None):
         reference = None  # the last freeze failed, or the copy no longer loads
     try:
-        planned = next((p for p in plan_active(db, loaded, [finding.model]) if p.job.batch_size == finding.key.batch_size), None)
+        planned = next(
+            (p for p in plan_active(db, loaded, [finding.model]) if p.job.batch_size == finding.key.batch_size), None
+        )
     except UnknownModelError:  # stored, but no longer configured: nothing to time it with
         planned = None
     if reference is None or planned is None or planned.job.device != finding.key.device:
@@ -197,12 +218,18 @@ def attribute(
         return Attribution(None, numbers)
     result = outcome.result
     measured = last_measurement(db, finding, reference)
-    return judge(finding, measured, result.comparison or {}, {
-        s.label: s.metrics.latency_ms_p50 for s in result.subjects
-    }, reference.id, _min_effect(loaded, planned.model, finding.metric), reference.artifact.get("kind", ""))
+    return judge(
+        finding,
+        measured,
+        result.comparison or {},
+        {s.label: s.metrics.latency_ms_p50 for s in result.subjects},
+        reference.id,
+        _min_effect(loaded, planned.model, finding.metric),
+        reference.artifact.get("kind", ""),
+    )
 
 
-def last_measurement(db: Database, finding: FindingRecord, reference: store.ReferenceInfo) -> dict[str, Any]:
+def last_measurement(db: Database, finding: FindingRecord, reference: ReferenceInfo) -> dict[str, Any]:
     """What the model and its copy measured when the level before `finding` was set.
 
     That is the freeze, unless an earlier regression of the series, still open, was A/B-timed against
@@ -211,16 +238,24 @@ def last_measurement(db: Database, finding: FindingRecord, reference: store.Refe
     blamed again for every later slowdown, whatever caused it.
     """
     earlier = [
-        f for f in store.findings(db, finding.model, state="open")
-        if f.key == finding.key and f.metric == finding.metric and f.id != finding.id
-        and f.change_at < finding.change_at and f.confirmation
-        and f.confirmation.get("reference_id") == reference.id and f.confirmation.get("ratio")
+        f
+        for f in store.findings(db, finding.model, state="open")
+        if f.key == finding.key
+        and f.metric == finding.metric
+        and f.id != finding.id
+        and f.change_at < finding.change_at
+        and f.confirmation
+        and f.confirmation.get("reference_id") == reference.id
+        and f.confirmation.get("ratio")
     ]
     if not earlier:
         return reference.measured
     latest = max(earlier, key=lambda f: f.change_at).confirmation or {}
-    return {"ratio": latest.get("ratio"), "reference_p50_ms": latest.get("reference_p50_ms"),
-            "from_finding": latest.get("finding_id")}
+    return {
+        "ratio": latest.get("ratio"),
+        "reference_p50_ms": latest.get("reference_p50_ms"),
+        "from_finding": latest.get("finding_id"),
+    }
 
 
 def judge(
@@ -272,8 +307,13 @@ def judge(
         model_interval is None or model_interval[0] < 0 < model_interval[1] or abs(model_change) < min_effect / 2
     )
     env_same_way = env_change is not None and (env_change > 0) == (finding.rel_change > 0)
-    if (model_flat and env_same_way and env_change is not None and abs(env_change) >= min_effect
-            and _log_share(env_change, finding.rel_change) >= 0.5):
+    if (
+        model_flat
+        and env_same_way
+        and env_change is not None
+        and abs(env_change) >= min_effect
+        and _log_share(env_change, finding.rel_change) >= 0.5
+    ):
         if kind == "state_dict":
             # Such a copy freezes the weights only; its code comes from the factory, so a code
             # regression would slow it down too and pass for a host change.
@@ -288,7 +328,10 @@ def _log_share(change: float, total: float) -> float:
 
 
 def confirm_pending(
-    db: Database, loaded: LoadedConfig, findings: list[FindingRecord], cancel: threading.Event | None = None,
+    db: Database,
+    loaded: LoadedConfig,
+    findings: list[FindingRecord],
+    cancel: threading.Event | None = None,
     pool: WorkerPool | None = None,
 ) -> list[FindingRecord]:
     """Attribute each open p50 regression among `findings` that has no cause yet; return those judged.
@@ -317,12 +360,16 @@ def confirm_pending(
             store.set_cause(db, finding.id, None, numbers)
             finding.confirmation = numbers
             if lost:
-                log.warning("finding %d (%s): its reference %s was damaged, so nothing can attribute it; a new "
-                            "reference is frozen at the next stable point: %s", finding.id, finding.model,
-                            numbers.get("reference_id"), numbers["reference_lost"])
+                log.warning(
+                    "finding %d (%s): its reference %s was damaged, so nothing can attribute it; a new "
+                    "reference is frozen at the next stable point: %s",
+                    finding.id,
+                    finding.model,
+                    numbers.get("reference_id"),
+                    numbers["reference_lost"],
+                )
             else:
-                log.warning("finding %d (%s): the A/B did not run: %s", finding.id, finding.model,
-                            numbers.get("error"))
+                log.warning("finding %d (%s): the A/B did not run: %s", finding.id, finding.model, numbers.get("error"))
             continue
         store.set_cause(db, finding.id, verdict.cause, verdict.confirmation)
         finding.cause, finding.confirmation = verdict.cause, verdict.confirmation
@@ -349,7 +396,10 @@ def series_key(db: Database, planned: PlannedBenchmark) -> SeriesKey | None:
 
 
 def _run(
-    loaded: LoadedConfig, planned: PlannedBenchmark, job: BenchmarkJob, cancel: threading.Event | None,
+    loaded: LoadedConfig,
+    planned: PlannedBenchmark,
+    job: BenchmarkJob,
+    cancel: threading.Event | None,
     pool: WorkerPool | None,
 ) -> WorkerOutcome:
     return run_worker(
@@ -365,6 +415,3 @@ def _run(
 
 def _min_effect(loaded: LoadedConfig, model: ModelConfig, metric: str) -> float:
     return detection_options(loaded, model, metric).min_effect
-
-
-

@@ -14,13 +14,13 @@ from datetime import datetime
 import numpy as np
 
 from monitor.config import LoadedConfig
+from monitor.core.series import SeriesKey, SeriesRun
 from monitor.detection.changepoints import detect_changes
 from monitor.detection.check import detection_options
 from monitor.detection.readings import series_readings
 from monitor.detection.series import read_series
 from storage import findings as store
 from storage.db import Database
-from storage.findings import SeriesKey, SeriesRun
 
 
 @dataclass(frozen=True, slots=True)

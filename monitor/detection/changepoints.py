@@ -26,10 +26,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import numpy as np
+
+from monitor.detection.confirm import confirm_with_samples
+from monitor.detection.points import ChangePoint
 from monitor.detection.scipy_stats import stats
 
 CLIP = 3.5  # noise units a point may sit from its neighbourhood's median before it counts as an outlier
@@ -63,21 +66,6 @@ class DetectionOptions:
     min_baseline: int = 10  # points before a change that establish the old level
 
 
-@dataclass(frozen=True, slots=True)
-class ChangePoint:
-    """A shift that starts at `index` (the first point of the new level) in the series given."""
-
-    index: int
-    direction: Literal["up", "down"]
-    before: float  # median of the segment before
-    after: float  # median of the segment after
-    rel_change: float  # after / before - 1
-    p_value: float  # scan-corrected p-value of the split's t statistic
-    t_stat: float
-    samples_p_value: float | None = None  # confirmation from raw samples, when given
-    samples_interval: tuple[float, float] | None = None  # 95 % interval of the relative change
-
-
 def detect_changes(
     values: Sequence[float],
     samples: Sequence[Sequence[float] | None] | None = None,
@@ -102,8 +90,6 @@ def detect_changes(
     found.sort(key=lambda c: c.index)
     points = [_reindex(c, int(keep[c.index])) for c in found]
     if samples is not None and points:
-        from monitor.detection.confirm import confirm_with_samples
-
         points[-1] = confirm_with_samples(points[-1], x, samples, points[:-1])  # of the median
     return points
 
@@ -282,8 +268,6 @@ def _judge(
 
 
 def _reindex(change: ChangePoint, index: int) -> ChangePoint:
-    from dataclasses import replace
-
     return replace(change, index=index)
 
 

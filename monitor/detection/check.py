@@ -22,16 +22,28 @@ from typing import Any
 import numpy as np
 
 from monitor.config import LoadedConfig, ModelConfig
-from monitor.detection.changepoints import ChangePoint, DetectionOptions, detect_changes, in_effect, step_at
+from monitor.core.metrics import WATCHED, verdict
+from monitor.core.series import (
+    FindingRecord,
+    ReferenceInfo,
+    SeriesKey,
+    SeriesRun,
+    SeriesState,
+)
+from monitor.detection.changepoints import (
+    DetectionOptions,
+    detect_changes,
+    in_effect,
+    step_at,
+)
 from monitor.detection.confirm import confirm_with_samples, confirms
 from monitor.detection.host import check_hosts
-from monitor.detection.metrics import WATCHED, verdict
+from monitor.detection.points import ChangePoint
 from monitor.detection.readings import HOST, Reading, series_readings
 from monitor.detection.series import figures, level, read_series
 from storage import findings as store
 from storage import host_events as host_store
 from storage.db import Database
-from storage.findings import FindingRecord, SeriesKey, SeriesRun, SeriesState
 from storage.host_events import HostEventRecord
 from storage.queries import list_models, load_samples
 
@@ -59,10 +71,8 @@ class CheckResult:
 def check_models(db: Database, loaded: LoadedConfig, names: Sequence[str] | None = None) -> CheckResult:
     """Run detection for the named models (default: every configured or stored model)."""
     configured = {m.name: m for m in loaded.config.models}
-    if names:
-        models = list(names)
-    else:
-        models = list(configured) + [m.name for m in list_models(db) if m.name not in configured]
+    stored = [] if names else [m.name for m in list_models(db) if m.name not in configured]
+    models = list(names) if names else list(configured) + stored
     result = CheckResult()
     for name in models:
         one = check_model(db, loaded, name, configured.get(name))
@@ -185,7 +195,7 @@ def _host_event(signal: str, reading: Reading, change: ChangePoint, segment: tup
     )
 
 
-def _levels(reading: Reading, segment: tuple[int, int, int], reference: store.ReferenceInfo | None) -> dict[str, Any]:
+def _levels(reading: Reading, segment: tuple[int, int, int], reference: ReferenceInfo | None) -> dict[str, Any]:
     """Both levels of a non-absolute finding: what the reading compared, and the absolute p50 it
     corrects, before and after the change (medians over the same runs)."""
     first, at, stop = segment

@@ -13,9 +13,9 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 import numpy as np
-from monitor.detection.scipy_stats import stats
 
-from monitor.detection.changepoints import ChangePoint
+from monitor.detection.points import ChangePoint
+from monitor.detection.scipy_stats import stats
 
 RUNS_PER_SIDE = 10  # the runs nearest the change on each side
 _QUANTILES = np.linspace(0.0, 1.0, 1001)  # per-run sketch, fine enough for a p99

@@ -31,9 +31,9 @@ from typing import Literal
 
 import numpy as np
 
-from monitor.detection.metrics import WATCHED
+from monitor.core.metrics import WATCHED
+from monitor.core.series import ReferenceInfo, SeriesRun
 from monitor.detection.series import SeriesView, figures
-from storage.findings import ReferenceInfo, SeriesRun
 
 ReadingName = Literal["absolute", "relative", "reference", "normalised"]
 # What the relative reading speaks for: latency, and throughput (the batch over the latency).

@@ -9,11 +9,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from monitor.config import LoadedConfig
+from monitor.core.runs import FLAG_CONTENDED
+from monitor.core.series import SeriesKey, SeriesRun
 from monitor.harness.sampling import median_ci
 from storage import findings as store
 from storage.db import Database
-from storage.findings import SeriesKey, SeriesRun
-from storage.records import FLAG_CONTENDED
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from monitor.harness import variants
+from monitor.harness.cpu_info import cpu_flags
 from monitor.harness.protocol import (
     BenchmarkJob,
     BuiltCandidate,
@@ -127,8 +128,7 @@ def _build_one(
 ) -> tuple[BuiltCandidate, Any]:
     import torch
 
-    from monitor.harness.collectors import cpu_flags
-    from monitor.optimize import recipes
+    from monitor.transforms import recipes
 
     refused = recipes.unavailable(request.recipe, job.device, cpu_flags())
     if refused is not None:

@@ -22,14 +22,14 @@ from typing import Any
 
 import psutil
 
-from storage.records import EnvFingerprint, HostCondition
+from monitor.core.runs import EnvFingerprint, HostCondition
+from monitor.harness.cpu_info import cpu_info
 
 ALLOCATOR_ENV = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_ARENA_MAX")
 # Environment variables that steer the math libraries' code paths and thread pools: a change of one
 # (MKL_CBWR, KMP_BLOCKTIME, ATEN_CPU_CAPABILITY...) is an environment change like a new torch.
 MATH_ENV_PREFIXES = ("OMP_", "MKL_", "KMP_", "GOMP_", "OPENBLAS_", "ONEDNN_", "DNNL_", "ATEN_")
 _PSI_CPU = "/proc/pressure/cpu"
-_INTERESTING_CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8", "amx_tile")
 
 
 def _read_psi_some_us() -> int | None:
@@ -179,35 +179,11 @@ def _status_kb(field: str) -> int | None:
     return None
 
 
-def _cpu_info() -> tuple[str | None, list[str]]:
-    model, flags = None, []
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                key = key.strip()
-                if key == "model name" and model is None:
-                    model = value.strip()
-                elif key == "flags" and not flags:
-                    present = set(value.split())
-                    flags = [flag for flag in _INTERESTING_CPU_FLAGS if flag in present]
-                if model and flags:
-                    break
-    except OSError:
-        pass
-    return model or platform.processor() or None, flags
-
-
-def cpu_flags() -> list[str]:
-    """The CPU features that decide which kernels (and so which optimisation recipes) pay off here."""
-    return _cpu_info()[1]
-
-
 def environment(threads: int, interop_threads: int, device: str, nvml: Nvml | None) -> EnvFingerprint:
     """Fingerprint of what the numbers depend on besides the model (gathered once per worker)."""
     import torch
 
-    cpu, flags = _cpu_info()
+    cpu, flags = cpu_info()
     gpu = driver = None
     if nvml is not None:
         gpu, driver = nvml.name, nvml.driver

@@ -35,7 +35,6 @@ import torch  # noqa: F401 - imported once here, so that no forked worker import
 from monitor.harness import worker
 from monitor.harness.worker_pool import QUIT_MESSAGE, READY_MESSAGE, SPAWN_MESSAGE
 
-
 PAGE = os.sysconf("SC_PAGE_SIZE")
 PR_SET_NAME = 15
 WORKER_NAME = b"perfguard-work"  # what ps and top show for a forked worker (its command line is the server's)

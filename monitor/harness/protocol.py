@@ -10,7 +10,7 @@ answers with an `ArtifactRef` to it, which later jobs name in `Subject.artifact`
 A "single" job with a `reference` (a scheduled run of a series that has one) times that copy beside
 its model and reports the ratio in the model's metrics (`rel_to_reference`); with `probe`, the
 host-speed probe rides along (host_probe.py). A "candidates" job builds optimised candidates of its
-first subject (monitor/optimize/recipes.py), saves each, and times them interleaved with it; a
+first subject (monitor/transforms/recipes.py), saves each, and times them interleaved with it; a
 "profile" job profiles each subject's operators; a "prepare" job runs a model's prepare step, untimed.
 """
 
@@ -21,7 +21,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from storage.records import EnvFingerprint, HostCondition, RunMetrics
+from monitor.core.runs import EnvFingerprint, HostCondition, RunMetrics
 
 
 @dataclass(slots=True)

@@ -21,7 +21,6 @@ Runs inside the worker only; torch is imported inside the functions so importing
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import tempfile
 import warnings
@@ -29,6 +28,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from monitor.harness.artifacts import ArtifactError, open_verified, sha256_of
 from monitor.harness.protocol import ArtifactKind, ArtifactRef
 
 FILE_NAMES: dict[ArtifactKind, str] = {
@@ -41,11 +41,6 @@ CHECK_FILE = "reference.check.pt"  # the example inputs and the copy's outputs o
 # scale): exported graphs may decompose ops and TorchScript may fuse them, which reorders float math.
 TOLERANCE = {"float64": 1e-7, "float32": 1e-4, "complex64": 1e-4, "float16": 1e-2, "bfloat16": 2e-2}
 REASON_CHARS = 240
-HASH_CHUNK = 2**20
-
-
-class ArtifactError(RuntimeError):
-    """A reference artifact that is missing, altered or otherwise refused."""
 
 
 class TraceRefused(RuntimeError):
@@ -170,39 +165,6 @@ def _write_check(folder: Path, args: tuple[Any, ...], kwargs: dict[str, Any], co
     return final, sha256
 
 
-# How open_verified words its refusals; `damaged` reads them back from a stored error or reason.
-MISSING = "is missing"
-MISMATCH = "does not match its recorded sha256"
-
-
-def damaged(text: str | None) -> bool:
-    """Whether an error text says a file was changed or removed on disk (open_verified's refusal),
-    not that it failed to load or to reproduce its output."""
-    return bool(text) and (MISMATCH in text or f" {MISSING}" in text)
-
-
-@contextlib.contextmanager
-def open_verified(path: Path, sha256: str | None, what: str) -> Iterator[IO[bytes]]:
-    """The file open for reading, positioned at its start, once its bytes hash to `sha256`.
-
-    One handle is hashed and then read, so the file cannot be swapped in between; a missing file or
-    another hash is an ArtifactError naming `what` and the path.
-    """
-    try:
-        handle = path.open("rb")
-    except FileNotFoundError:
-        raise ArtifactError(f"{what} {path} {MISSING}") from None
-    with handle:
-        found = sha256_of(handle)
-        if found != sha256:
-            raise ArtifactError(
-                f"{what} {path} {MISMATCH} (expected {sha256}, "
-                f"found {found}): it was altered or corrupted; refusing to load it"
-            )
-        handle.seek(0)
-        yield handle
-
-
 def _load(kind: ArtifactKind, handle: IO[bytes], factory: str, device: str) -> Any:
     import torch
 
@@ -212,7 +174,7 @@ def _load(kind: ArtifactKind, handle: IO[bytes], factory: str, device: str) -> A
         with _jit_warnings():
             return torch.jit.load(handle, map_location=device).eval()
     if kind == "state_dict":
-        from monitor.harness.worker import resolve
+        from monitor.core.import_paths import resolve
 
         state = torch.load(handle, map_location=device, weights_only=True)
         module = resolve(factory)().to(device)
@@ -276,7 +238,7 @@ def _mismatch(actual: Any, expected: Any) -> str | None:
     got, want = tree_leaves(actual), tree_leaves(expected)
     if len(got) != len(want):
         return f"the copy returns {len(got)} outputs, the model {len(want)}"
-    for i, (g, w) in enumerate(zip(got, want)):
+    for i, (g, w) in enumerate(zip(got, want, strict=True)):
         if not isinstance(w, torch.Tensor):
             if g != w:
                 return f"output {i} is {g!r}, the model's is {w!r}"
@@ -299,13 +261,6 @@ def _device_of(model: Any) -> str:
     for tensor in (*model.parameters(), *model.buffers()):
         return str(tensor.device)
     return "cpu"
-
-
-def sha256_of(handle: IO[bytes]) -> str:
-    digest = hashlib.sha256()
-    while chunk := handle.read(HASH_CHUNK):
-        digest.update(chunk)
-    return digest.hexdigest()
 
 
 def short_reason(exc: BaseException) -> str:

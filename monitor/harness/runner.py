@@ -28,10 +28,10 @@ from typing import IO, Any
 
 import psutil
 
+from monitor.core.runs import EnvFingerprint, RunRecord, RunStatus
 from monitor.harness.device_lock import LockWaitCancelled, device_lock
 from monitor.harness.protocol import BenchmarkJob, SubjectResult, WorkerResult
 from monitor.harness.worker_pool import ForkedWorker, ForkServerError, WorkerPool
-from storage.records import EnvFingerprint, RunRecord, RunStatus
 
 log = logging.getLogger(__name__)
 
@@ -222,7 +222,7 @@ def _start(env: dict[str, str], cwd: Path | None, pool: WorkerPool | None) -> tu
             return pool.start(env, cwd)
         except ForkServerError as exc:
             log.warning("starting a fresh worker instead: %s", exc)
-    stderr = tempfile.TemporaryFile()
+    stderr = tempfile.TemporaryFile()  # noqa: SIM115 - the worker's handle owns it and closes it
     proc = subprocess.Popen(
         [sys.executable, "-m", "monitor.harness.worker"],
         stdin=subprocess.PIPE,

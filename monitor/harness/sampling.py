@@ -24,8 +24,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from monitor.core.runs import (
+    FLAG_CONTENDED,
+    FLAG_UNSTABLE,
+    FLAG_WARMUP_UNSETTLED,
+    RunMetrics,
+)
 from monitor.harness.protocol import SamplingSettings
-from storage.records import FLAG_CONTENDED, FLAG_UNSTABLE, FLAG_WARMUP_UNSETTLED, RunMetrics
 
 Z95 = 1.959963984540054
 BLOCK_TARGET_NS = 50_000_000  # one sampling block: long enough to amortise checks, short to re-take
@@ -302,9 +307,9 @@ def interleaved_sample(
     deadline = time.perf_counter() + settings.max_time_s
     progress("warmup", 0)
     warm_total = settings.max_time_s * settings.warmup_fraction
-    warmups = [warm_up(run, warm_total * w) for (_, run), w in zip(runs, weights)]
+    warmups = [warm_up(run, warm_total * w) for (_, run), w in zip(runs, weights, strict=True)]
     sizes = [min(100_000, max(1, round(BLOCK_TARGET_NS * w / max(warm.estimate_ns, 1))))
-             for warm, w in zip(warmups, weights)]
+             for warm, w in zip(warmups, weights, strict=True)]
     if window is not None:
         window.start()
     sampling_start = time.perf_counter()
@@ -353,7 +358,7 @@ def interleaved_sample(
             break
     sampling_s = time.perf_counter() - sampling_start
     measured = window.stop() if window is not None else None
-    executed = [len(k) + len(d) for k, d in zip(kept, discarded)]
+    executed = [len(k) + len(d) for k, d in zip(kept, discarded, strict=True)]
     subjects = []
     for i in range(len(runs)):
         samples = kept[i]
@@ -392,15 +397,17 @@ def interleaved_sample(
 
 def _ratio_ci_rel(medians: list[float], ref_medians: list[float]) -> float:
     """Half-width of the 95 % CI of the median per-round ratio, relative to it (inf before MIN_BLOCKS)."""
-    per_round = [m / r for m, r in zip(medians, ref_medians) if r > 0]
+    per_round = [m / r for m, r in zip(medians, ref_medians, strict=True) if r > 0]
     return ci_rel(per_round) if len(per_round) >= MIN_BLOCKS else math.inf
 
 
-def _share(measured: dict[str, Any] | None, executed: list[int], kept: list[list[int]], i: int) -> dict[str, Any] | None:
+def _share(
+    measured: dict[str, Any] | None, executed: list[int], kept: list[list[int]], i: int
+) -> dict[str, Any] | None:
     """A subject's part of a window shared by all subjects: energy split by time spent running."""
     if measured is None or measured.get("energy_j") is None:
         return measured
-    spent = [n * statistics.fmean(k) if k else 0.0 for n, k in zip(executed, kept)]
+    spent = [n * statistics.fmean(k) if k else 0.0 for n, k in zip(executed, kept, strict=True)]
     total = sum(spent)
     share = spent[i] / total if total else 1 / len(spent)
     return {**measured, "energy_j": measured["energy_j"] * share}
@@ -418,7 +425,7 @@ def _paired_ratio(clean: RoundPair, every: RoundPair) -> dict[str, Any]:
     """
     busy = len(clean[0]) < MIN_SAMPLES_FLOOR and len(every[0]) > len(clean[0])
     subject, reference = every if busy else clean
-    pairs = [(m, r) for m, r in zip(subject, reference) if r > 0]
+    pairs = [(m, r) for m, r in zip(subject, reference, strict=True) if r > 0]
     if not pairs:
         return {"ratio_p50": None, "ratio_ci95": None, "ratio_pooled": None, "rounds": 0, "contended": busy}
     per_round = sorted(m / r for m, r in pairs)

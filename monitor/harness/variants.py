@@ -13,15 +13,16 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from monitor.core import catalog
+from monitor.harness.artifacts import open_verified, sha256_of
 from monitor.harness.protocol import VariantSpec
-from monitor.harness.reference import open_verified, sha256_of
 
 
 def build_variant(model: Any, spec: VariantSpec, args: tuple[Any, ...], kwargs: dict[str, Any], device: str) -> Any:
     """The variant `spec` of the freshly built `model` (already on `device`), ready to call."""
     import torch
 
-    from monitor.optimize import catalog, recipes
+    from monitor.transforms import recipes
 
     for step in spec.steps:
         model = recipes.structure(step.recipe, model, args, kwargs, step.params)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import faulthandler
-import importlib
 import json
 import math
 import os
@@ -25,7 +24,17 @@ import traceback
 from collections.abc import Callable
 from typing import IO, Any
 
-from monitor.harness import candidates, collectors, host_probe, profiling, reference, sampling, variants
+from monitor.core.import_paths import resolve
+from monitor.core.runs import EnvFingerprint, HostCondition, RunMetrics
+from monitor.harness import (
+    candidates,
+    collectors,
+    host_probe,
+    profiling,
+    reference,
+    sampling,
+    variants,
+)
 from monitor.harness.protocol import (
     REFERENCE_LABEL,
     ArtifactRef,
@@ -36,7 +45,6 @@ from monitor.harness.protocol import (
     SubjectResult,
     WorkerResult,
 )
-from storage.records import EnvFingerprint, HostCondition, RunMetrics
 
 
 class Channel:
@@ -56,17 +64,6 @@ class Channel:
             return
         self._last_progress = now
         self.send({"event": "progress", "phase": phase, "samples": samples})
-
-
-def resolve(path: str) -> Callable[..., Any]:
-    """'package.module:attr.sub' -> the object; errors name the path."""
-    module_name, _, attr = path.partition(":")
-    obj: Any = importlib.import_module(module_name)
-    for part in attr.split("."):
-        obj = getattr(obj, part)
-    if not callable(obj):
-        raise TypeError(f"{path} is not callable")
-    return obj
 
 
 def build_inputs(
@@ -163,7 +160,8 @@ def _build_candidates(current: Prepared, job: BenchmarkJob) -> tuple[list[Any], 
     subject = current.subject
     inputs = [(current.args, current.kwargs)]
     if subject.inputs_factory is None:
-        inputs += [build_inputs(subject, job.batch_size, job.device, seed) for seed in range(1, candidates.FIDELITY_BATCHES)]
+        seeds = range(1, candidates.FIDELITY_BATCHES)
+        inputs += [build_inputs(subject, job.batch_size, job.device, seed) for seed in seeds]
     calibration: list[tuple[Any, ...]] | None
     if subject.eval:
         calibration = []
@@ -320,31 +318,42 @@ def run_job(job: BenchmarkJob, channel: Channel) -> WorkerResult:
             split = [MODEL_SHARE, 1.0 - MODEL_SHARE] if len(runs) == 2 else [1.0] * len(runs)
             shares = [rest * s for s in split] + [host_probe.SHARE] * len(probes)
             stop = sampling.StopRule(absolute=(), ratios=(1,)) if len(runs) > 1 else sampling.StopRule(absolute=(0,))
-        inter = sampling.interleaved_sample(runs + probes, job.sampling, contention, channel.progress, nvml,
-                                            shares=shares, stop=stop)
+        inter = sampling.interleaved_sample(
+            runs + probes, job.sampling, contention, channel.progress, nvml, shares=shares, stop=stop
+        )
         sampled_all = inter.subjects[: len(runs)]
         comparison = inter.comparison if len(runs) > 1 and job.reference is None else None
         pressure = sampled_all[0].contention_pct if contention.has_psi else None
         host = watch.finish(inter.contended_rounds, pressure)
         channel.progress("collect", len(sampled_all[0].samples_ns))
-        results = [_subject_result(p, s, job) for p, s in zip(prepared, sampled_all)]
+        results = [_subject_result(p, s, job) for p, s in zip(prepared, sampled_all, strict=True)]
         if job.reference is not None and len(results) > 1:
             _relative_metrics(results[0].metrics, inter, results.pop())
-        for (label, _), sampled in zip(probes, inter.subjects[len(runs) :]):
+        for (label, _), sampled in zip(probes, inter.subjects[len(runs) :], strict=True):
             value = statistics.median(sampled.samples_ns) / 1e6 if sampled.samples_ns else None
             setattr(results[0].metrics, PROBE_FIELDS[label], value)
         if job.mode == "candidates":  # after peak_rss_mb was read: this resets the process's peak
-            for p, result in zip(prepared, results):
+            for p, result in zip(prepared, results, strict=False):  # a reference's copy has no result
                 result.details["forward_peak_mb"] = collectors.forward_peak_mb(p.call, job.device)
     if nvml is not None:
         nvml.close()
-    return WorkerResult(env=env, host=host, subjects=results, comparison=comparison, frozen=frozen, built=built,
-                        reference_error=reference_error)
+    return WorkerResult(
+        env=env,
+        host=host,
+        subjects=results,
+        comparison=comparison,
+        frozen=frozen,
+        built=built,
+        reference_error=reference_error,
+    )
 
 
 MODEL_SHARE = 0.6  # of a relative round (less the probe's), the model's; the rest is its reference's
-PROBE_FIELDS = {host_probe.LABELS["blas"]: "probe_blas_ms", host_probe.LABELS["python"]: "probe_python_ms",
-                "probe.cuda": "probe_cuda_ms"}
+PROBE_FIELDS = {
+    host_probe.LABELS["blas"]: "probe_blas_ms",
+    host_probe.LABELS["python"]: "probe_python_ms",
+    "probe.cuda": "probe_cuda_ms",
+}
 CUDA_PROBE_SIZE = 1024
 
 

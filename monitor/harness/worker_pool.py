@@ -199,7 +199,7 @@ class WorkerPool:
         server = self._server(key)
         stdin_r, stdin_w = os.pipe()
         stdout_r, stdout_w = os.pipe()
-        stderr = tempfile.TemporaryFile()
+        stderr = tempfile.TemporaryFile()  # noqa: SIM115 - returned with the worker, which closes it
         try:
             pid, status = server.fork(folder, stdin_r, stdout_w, stderr.fileno())
         except ForkServerError:

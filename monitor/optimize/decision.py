@@ -99,9 +99,9 @@ def judge(numbers: CandidateNumbers, settings: OptimizeConfig) -> Verdict:
     elif not numbers.fidelity["value"] <= settings.relative_error_tolerance:
         reasons.append(f"output relative error {numbers.fidelity['value']:.4f} over the tolerance "
                        f"{settings.relative_error_tolerance:g}")
-    if numbers.size_mb is not None and numbers.current_size_mb is not None:
-        if numbers.size_mb > numbers.current_size_mb * SIZE_SLACK:
-            reasons.append(f"model grows from {numbers.current_size_mb:.2f} to {numbers.size_mb:.2f} MiB")
+    grown = numbers.size_mb is not None and numbers.current_size_mb is not None
+    if grown and numbers.size_mb > numbers.current_size_mb * SIZE_SLACK:
+        reasons.append(f"model grows from {numbers.current_size_mb:.2f} to {numbers.size_mb:.2f} MiB")
     peak, current_peak = numbers.forward_peak_mb, numbers.current_forward_peak_mb
     if peak is not None and current_peak is not None and peak > current_peak * FORWARD_SLACK + FORWARD_SLACK_MB:
         reasons.append(f"one call takes {peak:.1f} MiB beyond the model, against {current_peak:.1f} MiB")

@@ -13,7 +13,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
-from monitor.optimize.catalog import RecipeSpec
+from monitor.core.catalog import RecipeSpec
 
 # Operator families by name; the first match wins.
 FAMILIES: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -65,7 +65,9 @@ def compare(current: Sequence[dict[str, Any]], reference: Sequence[dict[str, Any
                 for op, us in sorted(now.items(), key=lambda kv: -kv[1])[:MAX_LISTED]],
     }
     if reference is None:
-        diagnosis["summary"] = "busiest: " + ", ".join(f"{t['op']} {100 * t['share']:.0f} %" for t in diagnosis["top"][:3])
+        diagnosis["summary"] = "busiest: " + ", ".join(
+            f"{t['op']} {100 * t['share']:.0f} %" for t in diagnosis["top"][:3]
+        )
         return diagnosis
     then = _by_op(reference)
     total_then = sum(then.values()) or 1.0
@@ -77,16 +79,20 @@ def compare(current: Sequence[dict[str, Any]], reference: Sequence[dict[str, Any
             continue
         if before and us / before - 1.0 < GROWN:
             continue
-        new_shapes = sorted({r["shapes"] for r in current if r["op"] == op and (op, r["shapes"]) not in seen_shapes and r["shapes"]})
-        grown.append({
-            "op": op,
-            "family": family(op),
-            "before_us": round(before, 1),
-            "after_us": round(us, 1),
-            "change": None if not before else round(us / before - 1.0, 4),
-            "new": not before,
-            "new_shapes": new_shapes[:MAX_LISTED],
-        })
+        new_shapes = sorted(
+            {r["shapes"] for r in current if r["op"] == op and (op, r["shapes"]) not in seen_shapes and r["shapes"]}
+        )
+        grown.append(
+            {
+                "op": op,
+                "family": family(op),
+                "before_us": round(before, 1),
+                "after_us": round(us, 1),
+                "change": None if not before else round(us / before - 1.0, 4),
+                "new": not before,
+                "new_shapes": new_shapes[:MAX_LISTED],
+            }
+        )
     grown.sort(key=lambda g: g["after_us"] - g["before_us"], reverse=True)
     grown = grown[:MAX_LISTED]
     growth_by_family: dict[str, float] = defaultdict(float)

@@ -5,9 +5,10 @@ hook that told it about the promotion."""
 from __future__ import annotations
 
 from monitor.config import LoadedConfig
-from monitor.harness.reference import damaged
+from monitor.core.actions import ActionRecord, Promotion
+from monitor.harness.artifacts import damaged
 from monitor.optimize.search import notify
-from storage.actions import ActionRecord, Promotion, active_spec
+from storage.actions import active_spec
 from storage.actions import rollback as record_rollback
 from storage.db import Database
 
@@ -28,5 +29,5 @@ def roll_back(db: Database, loaded: LoadedConfig, model: str, trigger: str = "cl
 
 def damaged_weights(error: str | None) -> bool:
     """A run that failed because the variant's weights file changed or vanished on disk
-    (harness/variants.py and reference.open_verified say so in these words)."""
+    (harness/variants.py and artifacts.open_verified say so in these words)."""
     return damaged(error) and "weights of variant" in (error or "")

@@ -28,7 +28,10 @@ from pathlib import Path
 from typing import Any
 
 from monitor.config import LoadedConfig, OptimizeConfig, PromotionHook
-from monitor.harness.collectors import cpu_flags
+from monitor.core import catalog
+from monitor.core.actions import ActionRecord, Promotion
+from monitor.core.series import FindingRecord
+from monitor.harness.cpu_info import cpu_flags
 from monitor.harness.protocol import (
     REFERENCE_LABEL,
     ArtifactRef,
@@ -39,15 +42,13 @@ from monitor.harness.protocol import (
 )
 from monitor.harness.runner import WorkerOutcome, run_worker
 from monitor.harness.worker_pool import WorkerPool
-from monitor.optimize import catalog, diagnosis
+from monitor.optimize import diagnosis
 from monitor.optimize.decision import CandidateNumbers, Verdict, best, judge
 from monitor.registry import PlannedBenchmark, plan_active
 from storage import actions as store
-from storage import queries
 from storage import findings as findings_store
-from storage.actions import ActionRecord, Promotion
+from storage import queries
 from storage.db import Database
-from storage.findings import FindingRecord
 
 log = logging.getLogger(__name__)
 
@@ -171,13 +172,17 @@ def diagnose(
     key = planned.key
     reference = findings_store.latest_reference(db, planned.model.name, key)
     if reference is not None and reference.artifact:
-        subjects.append(replace(current, label=REFERENCE_LABEL, eval=None, artifact=ArtifactRef.from_dict(reference.artifact)))
-    outcome = _run(loaded, planned, replace(planned.job, mode="profile", subjects=subjects), len(subjects), cancel,
-                   pool)
+        artifact = ArtifactRef.from_dict(reference.artifact)
+        subjects.append(replace(current, label=REFERENCE_LABEL, eval=None, artifact=artifact))
+    outcome = _run(
+        loaded, planned, replace(planned.job, mode="profile", subjects=subjects), len(subjects), cancel, pool
+    )
     result = outcome.result
     if outcome.status != "ok" or result is None or result.profiles is None:
         flags = list(outcome.env.cpu_flags) if outcome.env is not None else cpu_flags()
-        return Profiled(finding.diagnosis if finding else None, flags, (outcome.error or outcome.status).splitlines()[0])
+        return Profiled(
+            finding.diagnosis if finding else None, flags, (outcome.error or outcome.status).splitlines()[0]
+        )
     found = diagnosis.compare(result.profiles[CURRENT_LABEL], result.profiles.get(REFERENCE_LABEL))
     found["series"] = key.label()
     if reference is not None and reference.artifact:
@@ -206,8 +211,12 @@ def choose_recipes(
     applied = {step.recipe for step in current.steps}
     allowed = set(settings.recipes) if settings.recipes is not None else None
     specs = [
-        s for s in catalog.CATALOG
-        if s.action == request.action and s.by_default and kind in s.devices and s.name not in applied
+        s
+        for s in catalog.CATALOG
+        if s.action == request.action
+        and s.by_default
+        and kind in s.devices
+        and s.name not in applied
         and (allowed is None or s.name in allowed)
         and (not s.cpu_flags or kind != "cpu" or any(f in cpu_flags for f in s.cpu_flags))
         and (s.needs is None or importlib.util.find_spec(s.needs) is not None)
@@ -223,10 +232,17 @@ def measured(result: WorkerResult, batch_size: int) -> list[CandidateNumbers]:
     numbers = []
     for built in result.built or []:
         n = CandidateNumbers(
-            label=built.label, recipe=built.recipe, error=built.error, variant=built.variant,
-            fidelity=built.fidelity, build_s=built.build_s, details={**built.details, "batch_size": batch_size},
-            current_p50_ms=current.latency_ms_p50, current_p99_ms=current.latency_ms_p99,
-            current_size_mb=current.model_size_mb, current_accuracy=current.accuracy,
+            label=built.label,
+            recipe=built.recipe,
+            error=built.error,
+            variant=built.variant,
+            fidelity=built.fidelity,
+            build_s=built.build_s,
+            details={**built.details, "batch_size": batch_size},
+            current_p50_ms=current.latency_ms_p50,
+            current_p99_ms=current.latency_ms_p99,
+            current_size_mb=current.model_size_mb,
+            current_accuracy=current.accuracy,
             current_forward_peak_mb=subjects[CURRENT_LABEL].details.get("forward_peak_mb"),
         )
         timed = subjects.get(built.label)
@@ -246,23 +262,40 @@ def measured(result: WorkerResult, batch_size: int) -> list[CandidateNumbers]:
 
 def notify(hook: PromotionHook, record: ActionRecord, promotion: Promotion) -> None:
     """Tell a serving system about the new active variant; a failure is logged, never raised."""
-    payload = {"model": record.model, "variant": promotion.name, "previous": record.from_variant,
-               "action_id": record.id, "weights_path": promotion.spec.get("weights_path"),
-               "weights_sha256": promotion.spec.get("weights_sha256"), "spec": promotion.spec}
+    payload = {
+        "model": record.model,
+        "variant": promotion.name,
+        "previous": record.from_variant,
+        "action_id": record.id,
+        "weights_path": promotion.spec.get("weights_path"),
+        "weights_sha256": promotion.spec.get("weights_sha256"),
+        "spec": promotion.spec,
+    }
     body = json.dumps(payload).encode()
     try:
         if hook.command is not None:
-            env = {**os.environ, "PERFGUARD_MODEL": record.model, "PERFGUARD_VARIANT": promotion.name,
-                   "PERFGUARD_WEIGHTS": str(promotion.spec.get("weights_path") or ""),
-                   "PERFGUARD_ACTION_ID": str(record.id)}
-            done = subprocess.run(hook.command, input=body, env=env, capture_output=True, timeout=hook.timeout_s,
-                                  check=False)
+            env = {
+                **os.environ,
+                "PERFGUARD_MODEL": record.model,
+                "PERFGUARD_VARIANT": promotion.name,
+                "PERFGUARD_WEIGHTS": str(promotion.spec.get("weights_path") or ""),
+                "PERFGUARD_ACTION_ID": str(record.id),
+            }
+            done = subprocess.run(
+                hook.command, input=body, env=env, capture_output=True, timeout=hook.timeout_s, check=False
+            )
             if done.returncode != 0:
-                log.warning("promotion hook %s exited %d: %s", hook.command[0], done.returncode,
-                            done.stderr.decode(errors="replace")[-500:])
+                log.warning(
+                    "promotion hook %s exited %d: %s",
+                    hook.command[0],
+                    done.returncode,
+                    done.stderr.decode(errors="replace")[-500:],
+                )
         else:
             assert hook.url is not None
-            request = urllib.request.Request(hook.url, data=body, headers={"Content-Type": "application/json"})
+            request = urllib.request.Request(  # noqa: S310 - the configured hook URL
+                hook.url, data=body, headers={"Content-Type": "application/json"}
+            )
             with urllib.request.urlopen(request, timeout=hook.timeout_s) as reply:  # noqa: S310 - configured URL
                 reply.read()
     except Exception as exc:  # noqa: BLE001 - the promotion is committed; a hook's failure must not undo it
@@ -292,10 +325,25 @@ def _run_candidates(
     wanted = [CandidateRequest(s.name, s.name, dict((request.params or {}).get(s.name, {}))) for s in specs]
     # Each subject gets about as many samples as a scheduled run of the model alone would.
     sampling = replace(planned.job.sampling, max_time_s=planned.job.sampling.max_time_s * (1 + len(wanted)) / 2)
-    job = replace(planned.job, mode="candidates", subjects=subjects, candidates=wanted, candidates_dir=str(folder),
-                  train=planned.model.train, fidelity=settings.fidelity, sampling=sampling)
-    return _run(loaded, planned, job, 1 + len(wanted), cancel, pool,
-                extra_s=COMPILE_ALLOWANCE_S * sum(s.compiles for s in specs))
+    job = replace(
+        planned.job,
+        mode="candidates",
+        subjects=subjects,
+        candidates=wanted,
+        candidates_dir=str(folder),
+        train=planned.model.train,
+        fidelity=settings.fidelity,
+        sampling=sampling,
+    )
+    return _run(
+        loaded,
+        planned,
+        job,
+        1 + len(wanted),
+        cancel,
+        pool,
+        extra_s=COMPILE_ALLOWANCE_S * sum(s.compiles for s in specs),
+    )
 
 
 def _confirm_elsewhere(
@@ -317,21 +365,39 @@ def _confirm_elsewhere(
         for planned in others:
             current = replace(planned.job.subjects[0], label=CURRENT_LABEL)
             assert choice.numbers.variant is not None
-            candidate = replace(current, label=choice.numbers.label, variant=VariantSpec.from_dict(choice.numbers.variant))
+            candidate = replace(
+                current, label=choice.numbers.label, variant=VariantSpec.from_dict(choice.numbers.variant)
+            )
             compiles = catalog.recipe(choice.numbers.recipe).compiles
-            outcome = _run(loaded, planned, replace(planned.job, mode="ab", subjects=[current, candidate]), 2, cancel,
-                           pool, extra_s=COMPILE_ALLOWANCE_S if compiles else 0.0)
+            outcome = _run(
+                loaded,
+                planned,
+                replace(planned.job, mode="ab", subjects=[current, candidate]),
+                2,
+                cancel,
+                pool,
+                extra_s=COMPILE_ALLOWANCE_S if compiles else 0.0,
+            )
             compared: dict[str, Any] = {}
             if outcome.status == "ok" and outcome.result is not None:
                 compared = (outcome.result.comparison or {}).get(choice.numbers.label) or {}
             ratio, interval = compared.get("ratio_p50"), compared.get("ratio_ci95")
-            checks.append({"batch_size": planned.job.batch_size, "ratio_p50": ratio, "ratio_ci95": interval,
-                           "error": None if ratio is not None else (outcome.error or "no interleaved rounds").splitlines()[0]})
+            checks.append(
+                {
+                    "batch_size": planned.job.batch_size,
+                    "ratio_p50": ratio,
+                    "ratio_ci95": interval,
+                    "error": None if ratio is not None else (outcome.error or "no interleaved rounds").splitlines()[0],
+                }
+            )
         choice.numbers.details["other_batch_sizes"] = checks
         # Slower means measurably slower: the whole interval above 1 (or, with too few rounds for one,
         # the ratio itself); a tie at another batch size does not cost the gain where it was measured.
-        slower = [c for c in checks if c["ratio_p50"] is None
-                  or (c["ratio_ci95"][0] > 1.0 if c["ratio_ci95"] else c["ratio_p50"] > 1.0)]
+        slower = [
+            c
+            for c in checks
+            if c["ratio_p50"] is None or (c["ratio_ci95"][0] > 1.0 if c["ratio_ci95"] else c["ratio_p50"] > 1.0)
+        ]
         if not slower:
             return choice
         choice.accepted = False

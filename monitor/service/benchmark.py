@@ -18,13 +18,13 @@ from typing import Any
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from monitor.config import LoadedConfig
+from monitor.core.runs import RunRecord
 from monitor.harness.protocol import VariantSpec
 from monitor.harness.runner import WorkerOutcome, run_worker, to_records
 from monitor.harness.worker_pool import WorkerPool
 from monitor.registry import PlannedBenchmark, active_variant, plan, series_references
 from storage import findings, queries
 from storage.db import Database
-from storage.records import RunRecord
 
 log = logging.getLogger(__name__)
 

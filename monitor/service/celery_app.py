@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import os
 
-from monitor.config import DEFAULT_CONFIG_NAME, ConfigError, load_config
+from monitor.config import DEFAULT_CONFIG_NAME, ConfigError
 from monitor.service.fleet import make_app, register_task
+from monitor.service.loading import load_service_config
 
 try:
-    loaded = load_config(os.environ.get("PERFGUARD_CONFIG", DEFAULT_CONFIG_NAME))
+    loaded = load_service_config(os.environ.get("PERFGUARD_CONFIG", DEFAULT_CONFIG_NAME))
 except ConfigError as exc:
     raise SystemExit("perfguard: " + "; ".join(exc.lines)) from None
 if loaded.config.executor.kind != "celery":

@@ -23,13 +23,15 @@ from typing import Any
 
 from sqlalchemy import text
 
-from monitor.config import ConfigError, LoadedConfig, load_config
+from monitor.config import ConfigError, LoadedConfig
+from monitor.core.runs import RunRecord
 from monitor.harness.protocol import VariantSpec
 from monitor.harness.worker_pool import WorkerPool
 from monitor.service.benchmark import BenchmarkProgress, benchmark_models
 from monitor.service.executors import make_executor
+from monitor.service.followup import follow_up
 from monitor.service.http import RunMetricsExporter, serve
-from monitor.service.jobs import after_runs
+from monitor.service.loading import load_service_config
 from monitor.service.lock import DaemonLock, daemon_holder
 from monitor.service.reporting import ReportKeeper, report_dir
 from monitor.service.scheduler import BenchmarkScheduler, next_due
@@ -41,7 +43,6 @@ from storage import host_events, queries
 from storage.db import Database
 from storage.host_events import HostEventRecord
 from storage.lease import DatabaseLease
-from storage.records import RunRecord
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +105,7 @@ class Daemon:
         daemon_config = loaded.config.daemon
         self.executor = make_executor(loaded.config.executor, self.run_model)
         self.scheduler = BenchmarkScheduler(self.dispatch, daemon_config.misfire_grace_s)
-        self._seen_runs: dict[str, datetime] | None = None  # model -> newest run start seen (fleet runs arrive by storage)
+        self._seen_runs: dict[str, datetime] | None = None
         self.exporter = RunMetricsExporter()
         self.spool = RunSpool(loaded.base_dir / daemon_config.spool_dir)
         self.variants: dict[str, VariantSpec] = {}  # model -> active variant, last seen in the database
@@ -146,7 +147,9 @@ class Daemon:
             "database_error": problem,
             "last_successful_run": self.last_success.isoformat() if self.last_success else None,
             "spooled_runs": len(self.spool.files()),
-            "next_runs": {name: when.isoformat() if when else None for name, when in self.scheduler.next_runs().items()},
+            "next_runs": {
+                name: when.isoformat() if when else None for name, when in self.scheduler.next_runs().items()
+            },
         }
 
     def problems(self, now: datetime | None = None) -> list[str]:
@@ -159,8 +162,10 @@ class Daemon:
         if not self.lease.held and not self._waiting_for_database:
             found.append("the database lock went with its connection: taken again when the database answers")
         if self.spool.held:
-            found.append(f"{len(self.spool.held)} run(s) held in memory: neither the database nor the spool "
-                         f"({self.spool.folder}) could take them")
+            found.append(
+                f"{len(self.spool.held)} run(s) held in memory: neither the database nor the spool "
+                f"({self.spool.folder}) could take them"
+            )
         try:
             free = shutil.disk_usage(self.spool.folder).free
             if free < MIN_FREE_BYTES:
@@ -170,8 +175,9 @@ class Daemon:
         for rule in self.rules.built():
             for model, thread in list(rule.hung.items()):
                 if thread.is_alive():  # a plugin that never returned holds a thread (and maybe a core)
-                    found.append(f"rule {rule.label} on {model}: still running past its time limit of "
-                                 f"{rule.timeout_s:g} s")
+                    found.append(
+                        f"rule {rule.label} on {model}: still running past its time limit of {rule.timeout_s:g} s"
+                    )
         models = self.loaded.config.models
         # However the schedule falls, every other model may run once before this one: past that, the
         # daemon is stuck (a hung job, a starved scheduler), not busy.
@@ -181,8 +187,9 @@ class Daemon:
             # What fell due before this daemon started counts from the start (it was not running).
             due = max(next_due(model.schedule, last), self._started) if last is not None else self._started
             if (now - due).total_seconds() > queue_s:
-                found.append(f"{model.name}: overdue, no run finished since {last or 'the start'} "
-                             f"(due {due:%Y-%m-%d %H:%M} UTC)")
+                found.append(
+                    f"{model.name}: overdue, no run finished since {last or 'the start'} (due {due:%Y-%m-%d %H:%M} UTC)"
+                )
         return found
 
     def seed_metrics(self) -> None:
@@ -222,35 +229,45 @@ class Daemon:
             if name not in {m.name for m in loaded.config.models}:
                 return
             try:
-                records = benchmark_models(loaded, self.db, [name], LogProgress(self), cancel=self.cancel,
-                                           store=self.spool.store, known_variants=self.variants,
-                                           prepared=self.prepared, stopping=self.stop_requested,
-                                           pool=self.workers)
+                records = benchmark_models(
+                    loaded,
+                    self.db,
+                    [name],
+                    LogProgress(self),
+                    cancel=self.cancel,
+                    store=self.spool.store,
+                    known_variants=self.variants,
+                    prepared=self.prepared,
+                    stopping=self.stop_requested,
+                    pool=self.workers,
+                )
             except Exception:
                 log.exception("benchmark of %s failed to run or store", name)
                 return
             try:
-                self.after_runs(loaded, name, records)
+                self.follow_up(loaded, name, records)
             except Exception:
                 log.exception("change detection for %s failed", name)
             if not self.stopping():
-                self.reports.after_runs(self.db, loaded, name)
+                self.reports.publish(self.db, loaded, name)
         finally:
             with self._idle:
                 self._active -= 1
                 self._idle.notify_all()
 
-    def after_runs(self, loaded: LoadedConfig, name: str, records: list[RunRecord]) -> None:
-        """After a model's runs: detection, reference, attribution, rules (monitor/service/jobs.py),
+    def follow_up(self, loaded: LoadedConfig, name: str, records: list[RunRecord]) -> None:
+        """After a model's runs: detection, reference, attribution, rules (monitor/service/followup.py),
         and the open findings to /metrics."""
         if self.stopping():
             return
-        done = after_runs(self.db, loaded, name, records, self.rules.get(loaded), self.cancel, self.workers)
+        done = follow_up(self.db, loaded, [name], self.rules.get(loaded), records=records, cancel=self.cancel,
+                         pool=self.workers)
         if done.check is not None:
             self.exporter.observe_findings(name, done.check.findings)
             self.exporter.observe_host_events(
-                {**dict.fromkeys(done.check.hosts, 0), **_open_per_host(done.check.host_events)})
-        if done.response is not None and done.response.actions:
+                {**dict.fromkeys(done.check.hosts, 0), **_open_per_host(done.check.host_events)}
+            )
+        if done.actions:
             self.exporter.observe_findings(name, findings_store.findings(self.db, name))
 
     def watch_fleet_runs(self) -> None:
@@ -272,7 +289,7 @@ class Daemon:
                     self.note_run(record)
             self.exporter.observe_findings(name, findings_store.findings(self.db, name))
             self.exporter.observe_host_events(host_events.open_event_counts(self.db))
-            self.reports.after_runs(self.db, self.loaded, name)
+            self.reports.publish(self.db, self.loaded, name)
 
     def stopping(self) -> bool:
         return self.stop_requested.is_set() or self.cancel.is_set()
@@ -282,12 +299,15 @@ class Daemon:
             self.loaded.config.models, queries.last_run_times(self.db), self.loaded.config.daemon.misfire_grace_s
         )
         email = self.loaded.config.email
-        self.scheduler.sync_cron_task(ReportKeeper.DIGEST_JOB, email.digest_cron if email else None,
-                                      lambda: self.reports.digest(self.db, self.loaded))
+        self.scheduler.sync_cron_task(
+            ReportKeeper.DIGEST_JOB,
+            email.digest_cron if email else None,
+            lambda: self.reports.digest(self.db, self.loaded),
+        )
 
     def reload(self) -> None:
         try:
-            loaded = load_config(self.loaded.path)
+            loaded = load_service_config(self.loaded.path)
         except ConfigError as exc:
             self.refuse_config(str(exc))
             return
@@ -320,8 +340,13 @@ class Daemon:
         site = report_dir(self.loaded) if self.loaded.config.reports.refresh else None
         # Serving first: while the database is away at start, /livez answers and /healthz says why
         # the daemon is not ready, instead of the process failing (and a supervisor looping on it).
-        self._http = serve(self.loaded.config.daemon.listen, self.exporter, self.health, site,
-                           alive=lambda: self._waiting_for_database or self.scheduler.running)
+        self._http = serve(
+            self.loaded.config.daemon.listen,
+            self.exporter,
+            self.health,
+            site,
+            alive=lambda: self._waiting_for_database or self.scheduler.running,
+        )
         listen = self.loaded.config.daemon.listen
         log.info("health and metrics on http://%s/healthz and /metrics", listen)
         started = leased = False
@@ -344,8 +369,11 @@ class Daemon:
         self.scheduler.start()
         if site is not None and self.reports.refresh(self.db, self.loaded) is not None:
             log.info("report on http://%s/ (files in %s)", listen, site)
-        log.info("perfguard daemon started: %d model(s), database %s", len(self.loaded.config.models),
-                 self.db.display_location())
+        log.info(
+            "perfguard daemon started: %d model(s), database %s",
+            len(self.loaded.config.models),
+            self.db.display_location(),
+        )
         while not self.stop_requested.wait(CONFIG_POLL_S):
             if not self.keep_lease():
                 break
@@ -394,8 +422,11 @@ class Daemon:
                 if explain(exc).code != EXIT_UNREACHABLE:
                     raise  # a damaged file does not mend by waiting: said in one line by the command
                 if not warned:
-                    log.warning("the database cannot be reached, waiting for it (checked every %g s): %s",
-                                CONFIG_POLL_S, first_line(exc))
+                    log.warning(
+                        "the database cannot be reached, waiting for it (checked every %g s): %s",
+                        CONFIG_POLL_S,
+                        first_line(exc),
+                    )
                     warned = True
             if self.stop_requested.wait(CONFIG_POLL_S):
                 return False
@@ -496,18 +527,28 @@ def daemon_report(loaded: LoadedConfig, db: Database | None) -> dict[str, Any]:
             next_run, source = now.isoformat(), "schedule"
         else:
             next_run, source = max(now, next_due(model.schedule, last.started_at)).isoformat(), "schedule"
-        models.append({
-            "model": model.name,
-            "last_run": None if last is None else {
-                "run_id": last.run_id, "started_at": last.started_at.isoformat(), "batch_size": last.batch_size,
-                "status": last.status, "error": last.error_summary or None,
-            },
-            "next_run": next_run,
-            "next_run_source": source,
-        })
+        models.append(
+            {
+                "model": model.name,
+                "last_run": None
+                if last is None
+                else {
+                    "run_id": last.run_id,
+                    "started_at": last.started_at.isoformat(),
+                    "batch_size": last.batch_size,
+                    "status": last.status,
+                    "error": last.error_summary or None,
+                },
+                "next_run": next_run,
+                "next_run_source": source,
+            }
+        )
     return {
-        "daemon": {"running": holder is not None, "holder": holder,
-                   "endpoint": f"http://{listen}" if holder is not None else None},
+        "daemon": {
+            "running": holder is not None,
+            "holder": holder,
+            "endpoint": f"http://{listen}" if holder is not None else None,
+        },
         "database": db.display_location() if db is not None else f"{loaded.sqlite_path()} (not created yet)",
         "models": models,
     }

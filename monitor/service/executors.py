@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from monitor.config import ExecutorConfig, ModelConfig
+from monitor.service.fleet import enqueue, job_key, make_app
 
 log = logging.getLogger(__name__)
 
@@ -28,14 +29,14 @@ class Executor(ABC):
     def submit(self, model: ModelConfig, due: datetime) -> None:
         """Called on a scheduler thread when a model's run falls due."""
 
-    def poll(self) -> None:
+    def poll(self) -> None:  # noqa: B027 - optional: nothing to retry by default
         """Called every couple of seconds from the daemon's main loop: retry what waits."""
 
     def health(self) -> dict[str, Any]:
         """What `/healthz` reports about it; `healthy` False turns the endpoint red."""
         return {"kind": "local", "healthy": True}
 
-    def shutdown(self) -> None:
+    def shutdown(self) -> None:  # noqa: B027 - optional: nothing to release by default
         """Called once when the daemon stops."""
 
 
@@ -53,8 +54,6 @@ class CeleryExecutor(Executor):
     """Enqueues each due run on its hardware-class queue; keeps runs the broker could not take."""
 
     def __init__(self, config: ExecutorConfig, app: Any | None = None):
-        from monitor.service.fleet import make_app
-
         self.config = config
         self.app = app if app is not None else make_app(config)
         self._lock = threading.Lock()
@@ -79,8 +78,6 @@ class CeleryExecutor(Executor):
                 return  # still away: the others wait too
 
     def _try(self, model: ModelConfig, due: datetime) -> bool:
-        from monitor.service.fleet import enqueue, job_key
-
         try:
             job = enqueue(self.app, model, job_key(model.name, due), self.config)
         except Exception as exc:  # noqa: BLE001 - any broker or connection error: the run waits

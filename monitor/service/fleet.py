@@ -21,6 +21,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from monitor.config import ExecutorConfig, LoadedConfig, ModelConfig
+from monitor.service.fleet_worker import FleetJobs
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -32,7 +33,7 @@ TASK = "perfguard.benchmark"
 
 def make_app(executor: ExecutorConfig) -> Celery:
     """A Celery app for the fleet's broker, configured for benchmarks (the same on both sides)."""
-    from celery import Celery
+    from celery import Celery  # noqa: PLC0415 - the fleet extra is optional
 
     app = Celery("perfguard", broker=executor.broker, set_as_current=False)
     app.conf.update(
@@ -106,8 +107,6 @@ def run_fleet_worker(loaded: LoadedConfig, queue: str, *, name: str | None = Non
 
 def register_task(app: Celery, loaded: LoadedConfig, queue: str) -> Any:
     """The benchmark task as this worker runs it (its own config: models, database, harness)."""
-    from monitor.service.jobs import FleetJobs
-
     jobs = FleetJobs(loaded, queue)
 
     @app.task(name=TASK)

@@ -1,81 +1,23 @@
-"""One model's scheduled run and what follows it, wherever it runs: in the daemon (local executor)
-or in a fleet worker (Celery executor). Both benchmark, store, then check the new history, freeze the
-reference, attribute new regressions and let the rules act, on the hardware that ran the model."""
+"""A fleet worker's side of a scheduled run (Celery executor): benchmark the model, store each series
+once, then follow up (monitor/service/followup.py) on the hardware that ran it, as the daemon does for
+its own runs."""
 
 from __future__ import annotations
 
 import logging
 import os
 import socket
-import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from monitor.config import LoadedConfig
-from monitor.detection.attribution import confirm_pending, ensure_references, references_wanted
-from monitor.detection.check import CheckResult, check_models
 from monitor.harness.worker_pool import WorkerPool
-from monitor.optimize.rollback import damaged_weights, roll_back
 from monitor.service.benchmark import benchmark_models
-from monitor.service.respond import Response, respond
+from monitor.service.followup import follow_up
 from rules.discovery import ConfiguredRule, configured_rules
-from storage.actions import NothingToRollBack
 from storage.db import Database
-from storage.queries import BASELINE
-from storage.records import RunRecord
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(slots=True)
-class AfterRuns:
-    """What followed a model's runs: the check, and the rules' response (None when not evaluated)."""
-
-    check: CheckResult | None = None
-    response: Response | None = None
-
-
-def after_runs(
-    db: Database,
-    loaded: LoadedConfig,
-    name: str,
-    records: list[RunRecord],
-    rules: list[ConfiguredRule],
-    cancel: threading.Event,
-    pool: WorkerPool | None = None,
-) -> AfterRuns:
-    """After a model's runs: detect changes, freeze its reference once, attribute new regressions,
-    then evaluate the rules and run the actions they decide (monitor/service/respond.py)."""
-    done = AfterRuns()
-    fall_back_from_damaged_weights(db, loaded, name, records)
-    if not any(r.status == "ok" and r.run_id is not None for r in records) or cancel.is_set():
-        return done
-    done.check = check_models(db, loaded, [name])
-    if references_wanted(loaded) and not cancel.is_set():
-        ensure_references(db, loaded, [name], cancel, pool)
-    if loaded.config.detection.confirm and not cancel.is_set():
-        confirm_pending(db, loaded, done.check.findings, cancel, pool)
-    if loaded.config.rules and not cancel.is_set():
-        new = {f.id for f in done.check.new if f.id is not None}
-        done.response = respond(db, loaded, name, done.check.findings, new, rules, cancel, pool=pool)
-    return done
-
-
-def fall_back_from_damaged_weights(db: Database, loaded: LoadedConfig, name: str, records: list[RunRecord]) -> None:
-    """The active variant's weights failed their check: every run of it would fail until someone
-    rolls back by hand, so roll back now (the rollback is an action: its alert goes out) and the next
-    run measures the previous variant."""
-    damaged = next((r for r in records if r.status == "failed" and r.variant != BASELINE
-                    and damaged_weights(r.error)), None)
-    if damaged is None:
-        return
-    why = f"the weights of variant {damaged.variant} failed their check (run {damaged.run_id})"
-    try:
-        record = roll_back(db, loaded, name, trigger="integrity", why=why)
-    except NothingToRollBack:
-        return
-    log.error("%s: %s; rolled back to %s (action %s)", name, why, record.to_variant, record.id)
 
 
 class FleetJobs:
@@ -114,7 +56,7 @@ class FleetJobs:
         if self._rules is None:
             self._rules = configured_rules(loaded.config)
         try:
-            after_runs(db, loaded, model, records, self._rules, threading.Event(), self.pool())
+            follow_up(db, loaded, [model], self._rules, records=records, pool=self.pool())
         except Exception:
             log.exception("the follow-up of %s's runs failed (the runs are stored)", model)
         log.info("job %s done on %s: runs %s", key, self.queue, [r.run_id for r in records])

@@ -20,8 +20,8 @@ from urllib.parse import unquote, urlsplit
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from storage.findings import FindingRecord
-from storage.records import RUN_STATUSES, RunRecord
+from monitor.core.runs import RUN_STATUSES, RunRecord
+from monitor.core.series import FindingRecord
 
 log = logging.getLogger(__name__)
 
@@ -184,10 +184,10 @@ def serve(
             except (BrokenPipeError, ConnectionResetError, TimeoutError):
                 pass  # the client went away or stalled: nothing to answer, nothing to log
 
-        def do_GET(self) -> None:  # noqa: N802 - the http.server API
+        def do_GET(self) -> None:
             self._answer(send_body=True)
 
-        def do_HEAD(self) -> None:  # noqa: N802 - the http.server API
+        def do_HEAD(self) -> None:
             self._answer(send_body=False)
 
         def _answer(self, send_body: bool) -> None:

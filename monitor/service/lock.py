@@ -63,7 +63,7 @@ class DaemonLock:
         self._file: IO[str] | None = None
 
     def __enter__(self) -> DaemonLock:
-        handle = open(self.path, "a+", encoding="utf-8")  # noqa: SIM115 - held until __exit__
+        handle = open(self.path, "a+", encoding="utf-8")
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -25,16 +25,32 @@ from pathlib import Path
 from apscheduler.triggers.cron import CronTrigger
 
 from monitor.config import EmailConfig, LoadedConfig
+from monitor.core.actions import ActionRecord
+from monitor.core.series import FindingRecord
 from monitor.service.mailer import Mailer
 from reports.charts import ChartDrawer
-from reports.data import FleetReport, ModelView, ReportedModel, fleet, gather, lead_first, recent_host_events
+from reports.data import (
+    FleetReport,
+    ModelView,
+    ReportedModel,
+    fleet,
+    gather,
+    lead_first,
+    recent_host_events,
+)
 from reports.mail import Delivery, SmtpSettings, build_message, send
-from reports.render import IMAGE_DIR, RenderedEmail, Site, render_alert, render_digest, write_site
+from reports.render import (
+    IMAGE_DIR,
+    RenderedEmail,
+    Site,
+    render_alert,
+    render_digest,
+    write_site,
+)
 from storage import findings as findings_store
 from storage import notifications, queries
-from storage.actions import ActionRecord, actions
+from storage.actions import actions
 from storage.db import Database
-from storage.findings import FindingRecord
 from storage.notifications import Claim
 from storage.rule_events import RuleEvent, events
 
@@ -299,7 +315,7 @@ class ReportKeeper:
         report = fleet(list(self._views.values()), db.display_location(), recent_host_events(db))
         return write_site(report, report_dir(loaded), workers=1, only=[model])
 
-    def after_runs(self, db: Database, loaded: LoadedConfig, model: str) -> None:
+    def publish(self, db: Database, loaded: LoadedConfig, model: str) -> None:
         """Refresh the report, then hand the model's alerts to the mail thread (never sent here: this
         is the thread that runs benchmarks)."""
         self.refresh(db, loaded, model)

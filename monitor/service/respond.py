@@ -16,15 +16,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from monitor.config import LoadedConfig
+from monitor.core.actions import ActionRecord
+from monitor.core.series import FindingRecord
 from monitor.harness.worker_pool import WorkerPool
 from monitor.optimize.search import OptimizeRequest, diagnose, optimize
 from monitor.registry import PlannedBenchmark, plan_active
 from rules.discovery import ConfiguredRule
 from rules.engine import Evaluation, evaluate_model
 from storage import rule_events
-from storage.actions import ActionRecord
 from storage.db import Database
-from storage.findings import FindingRecord
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ def respond(
         )
         try:
             record = optimize(db, loaded, request, cancel, pool)
-        except Exception:  # noqa: BLE001 - one failed action must not stop the daemon's other work
+        except Exception:
             log.exception("the %s action for %s (rule %s) failed", decision.action, model, fired.rule)
             failed.add(decision.action)  # not retried for the next decision of this evaluation
             continue

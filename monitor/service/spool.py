@@ -21,9 +21,9 @@ from pathlib import Path
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
+from monitor.core.runs import RunRecord
 from storage import queries
 from storage.db import Database
-from storage.records import RunRecord
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
+import torch.nn.functional as F  # noqa: N812 - torch's own spelling
 from torch import fx, nn
 from torch.nn.utils import prune as torch_prune
 
@@ -65,7 +65,7 @@ def find_pairs(model: nn.Module) -> tuple[list[PrunablePair], dict[str, str]]:
     """
     try:
         graph = fx.symbolic_trace(model).graph
-    except Exception as exc:  # noqa: BLE001 - fx fails in many ways on untraceable Python; all mean the same
+    except Exception as exc:
         raise PruneError(
             f"torch.fx cannot trace {type(model).__name__}, so its layer pairs cannot be found: "
             f"{type(exc).__name__}: {exc}"

@@ -24,8 +24,8 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_map
 
-from monitor.optimize import prune
-from monitor.optimize.catalog import device_kind, recipe
+from monitor.core.catalog import device_kind, recipe
+from monitor.transforms import prune
 
 # User params each recipe takes, with their defaults; a recipe not listed takes none.
 DEFAULT_PARAMS: dict[str, dict[str, Any]] = {
@@ -244,7 +244,7 @@ def _prepare_fx(model: nn.Module, args: tuple, backend: str) -> nn.Module:
     try:
         with _quantization_warnings():
             return prepare_fx(model.eval(), get_default_qconfig_mapping(backend), example_inputs=tuple(args))
-    except Exception as exc:  # noqa: BLE001 - fx fails in many ways on untraceable Python; all mean the same
+    except Exception as exc:
         raise RecipeError(
             f"static_int8: torch.fx cannot trace {type(model).__name__} for graph-mode quantization "
             f"({type(exc).__name__}: {exc}); try dynamic_int8, which needs no trace"

@@ -13,8 +13,8 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, Field
 
+from monitor.core.series import FindingRecord
 from rules.api import ActionKind, Decision, RuleContext
-from storage.findings import FindingRecord
 
 
 def _distinct(values: list[Any]) -> list[Any]:

@@ -7,7 +7,7 @@ from typing import Annotated
 
 from pydantic import AfterValidator, Field
 
-from monitor.optimize.catalog import RECIPES
+from monitor.core.catalog import RECIPES
 from rules.api import Decision, Rule, RuleContext, RuleParams
 from rules.builtin.common import ActionList, finding_decisions, one_of, open_regressions
 

@@ -17,9 +17,9 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, Field
 
 from monitor.config import SLO_MAX_METRICS, SLO_MIN_METRICS
+from monitor.core.runs import FLAG_CONTENDED, RunRecord
 from rules.api import Decision, Rule, RuleContext, RuleParams
 from rules.builtin.common import ActionList, figure, one_of, unit
-from storage.records import FLAG_CONTENDED, RunRecord
 
 # How far back to read when a breach is older than the runs in the context (its start names it).
 MAX_LOOKBACK_RUNS = 5000

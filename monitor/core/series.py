@@ -1,0 +1,102 @@
+"""Series and findings as every layer passes them: a series key, a run as detection reads it, a
+finding, a frozen reference. Storage persists them, detection makes them, rules and reports read them."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesState:
+    """Where one checked series (one metric, one reading) stands now, for deciding whether a finding
+    still holds."""
+
+    current: float | None  # median of its newest runs
+    min_effect: float
+
+    def holds(self, before: float | None, change: str) -> bool:
+        """Whether the level is still at least half the minimum effect away from `before`, that way."""
+        if self.current is None or not before:
+            return False
+        rel = self.current / before - 1.0
+        return abs(rel) >= self.min_effect / 2 and (rel > 0) == (change == "up")
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesKey:
+    """One benchmark series of a model: detection runs per key and metric."""
+
+    variant: str
+    device: str
+    batch_size: int
+
+    def label(self) -> str:
+        return f"{self.variant}/{self.device}/b{self.batch_size}"
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesRun:
+    """One run as detection reads it."""
+
+    run_id: int
+    started_at: datetime
+    key: SeriesKey
+    status: str
+    flags: tuple[str, ...]
+    env: dict[str, Any]
+    metrics: dict[str, float | None]  # every RunMetrics figure by name
+    reference_id: int | None = None  # the frozen reference it was timed against, if any
+
+
+@dataclass(slots=True)
+class FindingRecord:
+    """A finding as stored and printed (`perfguard check --json` emits `to_json()`)."""
+
+    model: str
+    key: SeriesKey
+    metric: str
+    change: str
+    verdict: str
+    change_run_id: int
+    change_at: datetime
+    before: dict[str, Any]
+    after: dict[str, Any]
+    rel_change: float
+    p_value: float
+    samples: dict[str, Any] | None = None
+    env_diff: dict[str, Any] | None = None
+    cause: str | None = None
+    # The A/B against the reference (absolute readings); the levels of both figures (other readings).
+    confirmation: dict[str, Any] | None = None
+    diagnosis: dict[str, Any] | None = None  # profile diff of the model against its reference
+    state: str = "open"
+    resolution: str | None = None
+    first_seen: datetime | None = None
+    last_seen: datetime | None = None
+    resolved_at: datetime | None = None
+    id: int | None = None
+    reading: str = "absolute"  # the series it was found in (monitor/detection/readings.py)
+
+    def to_json(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data.pop("key")
+        data.update(variant=self.key.variant, device=self.key.device, batch_size=self.key.batch_size)
+        for name in ("change_at", "first_seen", "last_seen", "resolved_at"):
+            value = data[name]
+            data[name] = value.isoformat() if value is not None else None
+        return data
+
+
+@dataclass(frozen=True, slots=True)
+class ReferenceInfo:
+    """The newest frozen reference of a model variant on a device."""
+
+    id: int
+    created_at: datetime
+    artifact: dict[str, Any]
+    measured: dict[str, Any] = field(default_factory=dict)
+    lost_at: datetime | None = None  # it stopped loading or reproducing its output
+    lost_reason: str | None = None
