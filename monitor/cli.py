@@ -263,7 +263,7 @@ def models(config_path: Path, as_json: bool) -> None:
     if database is not None:
         with database as db:
             stored = {m.name: m for m in queries.list_models(db)}
-    rows = []
+    rows: list[dict[str, Any]] = []
     for model in loaded.config.models:
         info = stored.get(model.name)
         rows.append(
@@ -665,7 +665,7 @@ def optimize(
     from monitor.optimize.search import optimize as run_optimize
 
     if list_recipes:
-        rows = [
+        rows: list[dict[str, Any]] = [
             {
                 "name": s.name,
                 "action": s.action,

@@ -24,6 +24,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import ErrorDetails
 
 from monitor.core.catalog import RECIPES
 from monitor.core.import_paths import missing
@@ -650,7 +651,7 @@ def _model_name(raw: dict[str, Any], loc: list[Any]) -> str | None:
     return None
 
 
-def _message(error: dict[str, Any], raw: dict[str, Any], loc: list[Any]) -> str:
+def _message(error: ErrorDetails, raw: dict[str, Any], loc: list[Any]) -> str:
     if error["type"] == "extra_forbidden":
         allowed = _allowed_keys(loc[:-1])
         hint = difflib.get_close_matches(str(loc[-1]), allowed, n=1)

@@ -631,10 +631,10 @@ def _decimate(x: np.ndarray, y: np.ndarray, max_points: int) -> tuple[np.ndarray
     idx = np.empty((buckets, 2), dtype=np.intp)
     idx[:, 0] = base + np.minimum(imin, imax)
     idx[:, 1] = base + np.maximum(imin, imax)
-    idx = np.minimum(idx, n - 1).ravel()
-    out_y = y[idx]
+    flat = np.minimum(idx, n - 1).ravel()
+    out_y = y[flat]
     out_y[np.repeat(missing.all(axis=1), 2)] = np.nan
-    return x[idx], out_y
+    return x[flat], out_y
 
 
 # --------------------------------------------------------------------------------------------
@@ -656,7 +656,7 @@ def sparkline(
     image of the same size.
     """
     scale = 2  # drawn at twice the size, then averaged down 2x2: anti-aliasing Pillow lines lack
-    rgb = ImageColor.getcolor(color, "RGB")
+    rgb = ImageColor.getrgb(color)[:3]
     # The background is the line's own colour, fully transparent: averaging then only blends alpha,
     # so edges get no pale fringe on dark backgrounds, and the PNG holds one colour (~1 KB).
     image = Image.new("RGBA", (width * scale, height * scale), (*rgb, 0))

@@ -115,7 +115,7 @@ class FleetReport:
     host_events: list[HostEventRecord] = field(default_factory=list)  # open first, then recent ones
 
     def counts(self) -> dict[str, int]:
-        counts = {status: 0 for status in STATUS_ORDER}
+        counts: dict[str, int] = dict.fromkeys(STATUS_ORDER, 0)
         for view in self.models:
             counts[view.status] += 1
         return counts

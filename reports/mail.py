@@ -118,6 +118,43 @@ def build_message(
     multipart/related. Raises ValueError for anything that would arrive broken (an
     image the HTML needs but lacks, an attachment nobody references) or that could
     inject headers."""
+    extra = _checked_headers(subject, sender, to, headers)
+    inlined = inline_css(html)
+    _check_images(images, _cid_references(inlined))
+
+    message = EmailMessage(policy=email.policy.SMTP)
+    message["Subject"] = subject
+    message["From"] = sender
+    message["To"] = ", ".join(to)
+    message["Date"] = email.utils.formatdate(localtime=False)
+    message["Message-ID"] = email.utils.make_msgid(domain=_domain_of(sender))
+    # RFC 3834: a machine wrote it; vacation responders and ticket systems must not answer it.
+    message["Auto-Submitted"] = "auto-generated"
+    for name, value in extra.items():
+        message[name] = value
+
+    # quoted-printable keeps every line short and ASCII, whatever relay sits in between.
+    message.set_content(text, subtype="plain", charset="utf-8", cte="quoted-printable")
+    message.add_alternative(inlined, subtype="html", charset="utf-8", cte="quoted-printable")
+    if images:
+        html_part = list(message.iter_parts())[1]
+        assert isinstance(html_part, EmailMessage)
+        for image in images:
+            html_part.add_related(
+                image.data,
+                maintype="image",
+                subtype=image.subtype,
+                cid=f"<{image.cid}>",
+                disposition="inline",
+                filename=image.filename,
+            )
+    return message
+
+
+def _checked_headers(
+    subject: str, sender: str, to: Sequence[str], headers: Mapping[str, str] | None
+) -> dict[str, str]:
+    """The extra headers, once every header value is safe (no line breaks, no reserved name)."""
     if isinstance(to, str):
         raise ValueError("to must be a sequence of addresses, not one string")
     if not to:
@@ -136,7 +173,11 @@ def build_message(
         if lowered in _RESERVED_HEADERS or lowered.startswith("content-"):
             raise ValueError(f"header {name!r} is set by build_message and cannot be overridden")
         _check_header_value(name, value)
+    return extra
 
+
+def _check_images(images: Sequence[InlineImage], referenced: set[str]) -> None:
+    """Each image well named and used by the HTML, and each image the HTML uses given."""
     by_cid: dict[str, InlineImage] = {}
     for image in images:
         if not image.cid or any(c in image.cid for c in "<>\r\n \t"):
@@ -148,9 +189,6 @@ def build_message(
         if image.filename is not None:
             _check_header_value("filename", image.filename)
         by_cid[image.cid] = image
-
-    inlined = inline_css(html)
-    referenced = _cid_references(inlined)
     missing = sorted(referenced - by_cid.keys())
     if missing:
         raise ValueError(f"the HTML references cid:{', cid:'.join(missing)} but no such image was given")
@@ -159,34 +197,6 @@ def build_message(
         raise ValueError(
             f"image cid {', '.join(unreferenced)} is not referenced by the HTML (a dangling attachment)"
         )
-
-    message = EmailMessage(policy=email.policy.SMTP)
-    message["Subject"] = subject
-    message["From"] = sender
-    message["To"] = ", ".join(to)
-    message["Date"] = email.utils.formatdate(localtime=False)
-    message["Message-ID"] = email.utils.make_msgid(domain=_domain_of(sender))
-    # RFC 3834: a machine wrote it; vacation responders and ticket systems must not answer it.
-    message["Auto-Submitted"] = "auto-generated"
-    for name, value in extra.items():
-        message[name] = value
-
-    # quoted-printable keeps every line short and ASCII, whatever relay sits in between.
-    message.set_content(text, subtype="plain", charset="utf-8", cte="quoted-printable")
-    message.add_alternative(inlined, subtype="html", charset="utf-8", cte="quoted-printable")
-    if images:
-        html_part = message.get_payload()[1]
-        assert isinstance(html_part, EmailMessage)
-        for image in images:
-            html_part.add_related(
-                image.data,
-                maintype="image",
-                subtype=image.subtype,
-                cid=f"<{image.cid}>",
-                disposition="inline",
-                filename=image.filename,
-            )
-    return message
 
 
 def send(
@@ -212,7 +222,6 @@ def send(
     if settings.username and settings.security == "none":
         log.warning("SMTP credentials for %s:%d will be sent without TLS", settings.host, settings.port)
 
-    error = None
     for attempt in range(1, settings.attempts + 1):
         try:
             refused = _send_once(message, settings, context)

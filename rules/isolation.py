@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
-from typing import Any
+from typing import Any, cast
 
 from monitor.core.runs import RunRecord
 from rules.api import Rule, RuleContext
@@ -76,18 +76,18 @@ def finish_calls(calls: Sequence[IsolatedCall]) -> None:
     pending = {call.conn: call for call in calls if call.conn is not None}
     while pending:
         now = time.monotonic()
-        for call in [c for c in pending.values() if c.deadline <= now]:
+        for conn, call in [(k, c) for k, c in pending.items() if c.deadline <= now]:
             _kill(call)
             call.outcome = "timeout"
             call.error = f"no answer within its time limit of {call.timeout_s:g} s; its process was killed"
-            del pending[call.conn]
+            del pending[conn]
         if not pending:
             break
         ready = wait(list(pending), timeout=max(0.0, min(c.deadline for c in pending.values()) - now))
-        for conn in ready:
-            call = pending[conn]  # type: ignore[index]
+        for ready_conn in cast(list[Connection], ready):  # wait() returns what it was given
+            call = pending[ready_conn]
             if _receive(call):
-                del pending[call.conn]
+                del pending[ready_conn]
     for call in calls:
         if call.conn is not None and call.process is not None:
             call.conn.close()

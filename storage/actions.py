@@ -77,14 +77,14 @@ def record_action(db: Database, action: ActionRecord, promotion: Promotion | Non
                 promotion = None
         if promotion is not None:
             name = unused_variant_name(session, action.model, promotion.name)
-            row = VariantRow(
+            variant = VariantRow(
                 model_id=model_id, name=name, kind=promotion.kind,
                 artifact_path=promotion.spec.get("weights_path"),
                 params={"spec": {**promotion.spec, "name": name}, "numbers": promotion.numbers}, parent_id=from_id,
             )
-            session.add(row)
+            session.add(variant)
             session.flush()
-            to_id = row.id
+            to_id = variant.id
             set_active_variant(session, action.model, name)
             _resolve_findings(session, from_id, f"variant {name} promoted")
             action.to_variant = name

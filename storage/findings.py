@@ -214,31 +214,11 @@ def sync_findings(
         )
         matched: set[int] = set()
         for finding in detected:
-            key = finding.key
-            row = _match(candidates, matched, variant_id(key.variant), finding, run_order)
+            row = _match(candidates, matched, variant_id(finding.key.variant), finding, run_order)
             if row is None:
-                row = FindingRow(
-                    model_id=model_id,
-                    variant_id=variant_id(key.variant),
-                    device=key.device,
-                    batch_size=key.batch_size,
-                    metric=finding.metric,
-                    reading=finding.reading,
-                    change=finding.change,
-                    verdict=finding.verdict,
-                    first_seen=now,
-                )
+                row = _new_row(model_id, variant_id(finding.key.variant), finding, now)
                 session.add(row)
-            row.state, row.resolution, row.resolved_at = "open", None, None
-            row.change_run_id = finding.change_run_id
-            row.change_at = finding.change_at
-            row.before, row.after = finding.before, finding.after
-            row.rel_change, row.p_value = finding.rel_change, finding.p_value
-            row.samples = finding.samples if finding.samples is not None else row.samples
-            row.env_diff = finding.env_diff
-            if finding.cause is not None:
-                row.cause, row.confirmation = finding.cause, finding.confirmation
-            row.last_seen = now
+            _update(row, finding, now)
             session.flush()
             matched.add(row.id)
         for row in candidates:
@@ -250,6 +230,28 @@ def sync_findings(
                 row.state, row.resolution, row.resolved_at = "resolved", NOT_DETECTED, now
         session.flush()
     return findings(db, model)
+
+
+def _new_row(model_id: int, variant_id: int, finding: FindingRecord, now: datetime) -> FindingRow:
+    key = finding.key
+    return FindingRow(model_id=model_id, variant_id=variant_id, device=key.device, batch_size=key.batch_size,
+                      metric=finding.metric, reading=finding.reading, change=finding.change,
+                      verdict=finding.verdict, first_seen=now)
+
+
+def _update(row: FindingRow, finding: FindingRecord, now: datetime) -> None:
+    """The stored finding as this check sees it: open, where the change began and how big it is;
+    raw-sample figures and a cause kept when this check brings none."""
+    row.state, row.resolution, row.resolved_at = "open", None, None
+    row.change_run_id = finding.change_run_id
+    row.change_at = finding.change_at
+    row.before, row.after = finding.before, finding.after
+    row.rel_change, row.p_value = finding.rel_change, finding.p_value
+    row.samples = finding.samples if finding.samples is not None else row.samples
+    row.env_diff = finding.env_diff
+    if finding.cause is not None:
+        row.cause, row.confirmation = finding.cause, finding.confirmation
+    row.last_seen = now
 
 
 def _match(

@@ -44,17 +44,18 @@ class DatabaseLease:
         if self.held:
             return None
         conn = self._db.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        kept = False
         try:
             # Who holds it reads from pg_stat_activity: say who we are before anyone asks.
             conn.execute(text("SELECT set_config('application_name', :name, false)"), {"name": self.holder[:63]})
             taken = conn.execute(text("SELECT pg_try_advisory_lock(:cls, hashtext(current_database() || '.' || "
                                       "current_schema()))"), {"cls": _LEASE_CLASS}).scalar_one()
             if taken:
-                self._conn, conn = conn, None
+                self._conn, kept = conn, True
                 return None
             return self._current_holder(conn)
         finally:
-            if conn is not None:
+            if not kept:
                 conn.close()
 
     def alive(self) -> bool:

@@ -33,7 +33,7 @@ RETRY_FIRST = timedelta(minutes=1)
 
 def retry_wait(passes: int) -> timedelta:
     """How long a failed notification waits after its `passes`-th pass before the next one."""
-    return RETRY_FIRST * 2 ** max(passes - 1, 0)
+    return RETRY_FIRST * int(2 ** max(passes - 1, 0))
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,7 +23,6 @@ from monitor.core.runs import (
     HostCondition,
     RunMetrics,
     RunRecord,
-    RunStatus,
 )
 from storage.db import Database
 from storage.models import (
@@ -78,7 +77,7 @@ class TrendPoint:
     run_id: int
     started_at: datetime
     variant: str
-    status: RunStatus
+    status: str  # a RunStatus
     flags: tuple[str, ...]
     latency_ms_p50: float | None
     latency_ms_p90: float | None
@@ -177,7 +176,8 @@ def save_runs(db: Database, records: Sequence[RunRecord]) -> list[int]:
 def _save_runs(db: Database, records: Sequence[RunRecord]) -> list[int]:
     keys = [r.idempotency_key for r in records if r.idempotency_key is not None]
     with db.session() as session:
-        stored: dict[str | None, int] = dict(_stored_run_ids(session, keys))
+        stored: dict[str | None, int] = {}
+        stored.update(_stored_run_ids(session, keys))
         model_ids: dict[str, int] = {}
         variant_ids: dict[tuple[str, str], int] = {}
         rows = []

@@ -97,4 +97,5 @@ def resolve(path: str) -> Callable[..., Any]:
         obj = getattr(obj, part)
     if not callable(obj):
         raise TypeError(f"{path} is not callable")
-    return obj
+    function: Callable[..., Any] = obj
+    return function

@@ -290,15 +290,7 @@ def judge(
     model_change = r0 / r1 - 1.0
     # The model's interval from the ratio's: a wider one makes "no model change" harder to claim.
     model_interval = [r0 / ci[1] - 1.0, r0 / ci[0] - 1.0] if ci else None
-    # How much slower the frozen copy runs now than when it was frozen, both times timed interleaved
-    # with a live model (like with like); else against the series' old level, less the copy's overhead.
-    ref_now = p50s.get(REFERENCE_LABEL)
-    ref_then = measured.get("reference_p50_ms")
-    before = finding.before.get("median")
-    if ref_now and ref_then:
-        env_change = ref_now / ref_then - 1.0
-    else:
-        env_change = (ref_now / r0) / before - 1.0 if ref_now and before else None
+    env_change = _environment_change(finding, measured, p50s.get(REFERENCE_LABEL), r0)
     numbers.update(model_change=model_change, model_change_ci95=model_interval, environment_change=env_change)
     same_way = (model_change > 0) == (finding.rel_change > 0)
     if same_way and abs(model_change) >= min_effect and _log_share(model_change, finding.rel_change) >= 0.5:
@@ -307,19 +299,26 @@ def judge(
         model_interval is None or model_interval[0] < 0 < model_interval[1] or abs(model_change) < min_effect / 2
     )
     env_same_way = env_change is not None and (env_change > 0) == (finding.rel_change > 0)
-    if (
-        model_flat
-        and env_same_way
-        and env_change is not None
-        and abs(env_change) >= min_effect
-        and _log_share(env_change, finding.rel_change) >= 0.5
-    ):
+    if (model_flat and env_same_way and env_change is not None and abs(env_change) >= min_effect
+            and _log_share(env_change, finding.rel_change) >= 0.5):
         if kind == "state_dict":
             # Such a copy freezes the weights only; its code comes from the factory, so a code
             # regression would slow it down too and pass for a host change.
             return Attribution("unknown", {**numbers, "why": "both slowed down, but the copy holds weights only"})
         return Attribution("environment", {**numbers, "why": "the frozen copy slowed down as much"})
     return Attribution("unknown", {**numbers, "why": "neither the model nor the reference explains it"})
+
+
+def _environment_change(
+    finding: FindingRecord, measured: dict[str, Any], ref_now: float | None, r0: float
+) -> float | None:
+    """How much slower the frozen copy runs now than when it was frozen, both times timed interleaved
+    with a live model (like with like); else against the series' old level, less the copy's overhead."""
+    ref_then = measured.get("reference_p50_ms")
+    before = finding.before.get("median")
+    if ref_now and ref_then:
+        return float(ref_now / ref_then - 1.0)
+    return (ref_now / r0) / before - 1.0 if ref_now and before else None
 
 
 def _log_share(change: float, total: float) -> float:

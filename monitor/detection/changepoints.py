@@ -67,7 +67,7 @@ class DetectionOptions:
 
 
 def detect_changes(
-    values: Sequence[float],
+    values: Sequence[float] | np.ndarray,
     samples: Sequence[Sequence[float] | None] | None = None,
     options: DetectionOptions = DetectionOptions(),
 ) -> list[ChangePoint]:
@@ -107,7 +107,7 @@ def neighbourhood_median(y: np.ndarray) -> np.ndarray:
         return np.full(n, float(np.median(y))) if n else y.copy()
     wide = np.median(np.lib.stride_tricks.sliding_window_view(y, _WIDE), axis=1)
     half = _WIDE // 2
-    centre = wide[np.clip(np.arange(n) - half, 0, n - _WIDE)]
+    centre: np.ndarray = wide[np.clip(np.arange(n) - half, 0, n - _WIDE)]
     centre[n - half :] = float(np.median(y[-_NARROW:]))
     return centre
 

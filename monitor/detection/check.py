@@ -40,7 +40,7 @@ from monitor.detection.confirm import confirm_with_samples, confirms
 from monitor.detection.host import check_hosts
 from monitor.detection.points import ChangePoint
 from monitor.detection.readings import HOST, Reading, series_readings
-from monitor.detection.series import figures, level, read_series
+from monitor.detection.series import SeriesView, figures, level, read_series
 from storage import findings as store
 from storage import host_events as host_store
 from storage.db import Database
@@ -99,7 +99,7 @@ def check_model(db: Database, loaded: LoadedConfig, model: str, config: ModelCon
     host_signals: dict[str, HostSignal] = {}
     env_count = 0
     for view in views:
-        key, usable = view.key, view.usable
+        key = view.key
         changes = environment_changes(view.runs)
         store.record_env_changes(db, model, changes)
         env_count += len(changes)
@@ -121,38 +121,52 @@ def check_model(db: Database, loaded: LoadedConfig, model: str, config: ModelCon
             signal = f"{model} {key.label()} reference"
             if reading.name == "reference":
                 host_signals[signal] = HostSignal(str(reading.runs[-1].env.get("host") or "unknown"), state)
-            for i, change in enumerate(points):
-                if not in_effect(change, points, values, options) or not reading.counts(change.index):
-                    continue
-                quantile = WATCHED[metric].sample_quantile
-                if reading.name == "absolute" and quantile is not None and change is points[-1]:
-                    change = _confirm(db, usable, values, change, points[:-1], quantile)
-                start = points[i - 1].index if i else 0
-                stop = points[i + 1].index if i + 1 < len(points) else len(values)
-                env_diff = _env_diff(view.current, reading.runs, change.index, env_at)
-                cause = reading.cause(env_diff, reference)
-                segment = (max(start, change.index - BEFORE_RUNS), change.index, stop)
-                if cause == HOST:  # the host's: a host event when it slowed down (speeding up ends one)
-                    if change.direction == "up":
-                        host_signals[signal].events.append(_host_event(signal, reading, change, segment))
-                    continue
-                finding = _finding(model, key, metric, reading, (start, stop), change, env_diff)
-                finding.cause = cause
-                finding.confirmation = _levels(reading, segment, reference) if reading.name != "absolute" else None
-                detected.append(finding)
+            found, events = _changes(db, model, view, reading, points, options, env_at, reference)
+            detected += found
+            if events:
+                host_signals[signal].events += events
     known = {f.id for f in store.findings(db, model)}
     stored = store.sync_findings(db, model, detected, checked, order)
     for signal, seen in host_signals.items():  # also when nothing was seen: an event that is over resolves
         host_store.sync_host_events(db, seen.host, {signal: seen.state}, seen.events)
     new = [f for f in stored if f.id not in known]
     for finding in new:
-        log.info(
-            "finding: %s %s %s %+.1f%% (%s, %s reading, cause %s) from run %d",
-            model, finding.key.label(), finding.metric, 100 * finding.rel_change, finding.verdict, finding.reading,
-            finding.cause or "-", finding.change_run_id,
-        )
+        log.info("finding: %s %s %s %+.1f%% (%s, %s reading, cause %s) from run %d", model, finding.key.label(),
+                 finding.metric, 100 * finding.rel_change, finding.verdict, finding.reading, finding.cause or "-",
+                 finding.change_run_id)
     hosts = {str(r.env["host"]) for view in views for r in view.runs[-1:] if r.env.get("host")}
     return CheckResult(findings=stored, new=new, env_changes=env_count, hosts=hosts)
+
+
+def _changes(
+    db: Database, model: str, view: SeriesView, reading: Reading, points: list[ChangePoint],
+    options: DetectionOptions, env_at: dict[int, dict[str, Any]], reference: ReferenceInfo | None,
+) -> tuple[list[FindingRecord], list[HostEventRecord]]:
+    """The change points of one reading that are in effect, as findings (each with its cause), or as
+    events of the host when the reading says the host changed."""
+    values, metric, key = reading.values, reading.metric, view.key
+    found: list[FindingRecord] = []
+    events: list[HostEventRecord] = []
+    for i, change in enumerate(points):
+        if not in_effect(change, points, values, options) or not reading.counts(change.index):
+            continue
+        quantile = WATCHED[metric].sample_quantile
+        if reading.name == "absolute" and quantile is not None and change is points[-1]:
+            change = _confirm(db, view.usable, values, change, points[:-1], quantile)
+        start = points[i - 1].index if i else 0
+        stop = points[i + 1].index if i + 1 < len(points) else len(values)
+        env_diff = _env_diff(view.current, reading.runs, change.index, env_at)
+        cause = reading.cause(env_diff, reference)
+        segment = (max(start, change.index - BEFORE_RUNS), change.index, stop)
+        if cause == HOST:  # the host's: a host event when it slowed down (speeding up ends one)
+            if change.direction == "up":
+                events.append(_host_event(f"{model} {key.label()} reference", reading, change, segment))
+            continue
+        finding = _finding(model, key, metric, reading, (start, stop), change, env_diff)
+        finding.cause = cause
+        finding.confirmation = _levels(reading, segment, reference) if reading.name != "absolute" else None
+        found.append(finding)
+    return found, events
 
 
 def _with_env_steps(
@@ -250,8 +264,9 @@ def detection_options(
     cannot move), the config's, then the model's override."""
     settings = loaded.config.detection
     default = WATCHED[metric].min_effect
-    if reading == "relative" and WATCHED[metric].relative_min_effect is not None:
-        default = WATCHED[metric].relative_min_effect
+    relative = WATCHED[metric].relative_min_effect
+    if reading == "relative" and relative is not None:
+        default = relative
     effect = settings.min_effect.get(metric, default)
     alpha = settings.alpha
     if config is not None:

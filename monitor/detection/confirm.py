@@ -39,8 +39,8 @@ def confirm_with_samples(
     """
     start = earlier[-1].index if earlier else 0
     finite = np.isfinite(values)
-    before = [samples[i] for i in range(start, change.index) if finite[i] and samples[i]]
-    after = [samples[i] for i in range(change.index, len(values)) if finite[i] and samples[i]]
+    before = [run for i in range(start, change.index) if finite[i] and (run := samples[i])]
+    after = [run for i in range(change.index, len(values)) if finite[i] and (run := samples[i])]
     before, after = before[-RUNS_PER_SIDE:], after[:RUNS_PER_SIDE]
     if not before or not after:
         return change

@@ -32,8 +32,7 @@ class SeriesView:
 
 def figures(runs: list[SeriesRun], metric: str) -> np.ndarray:
     """One figure of each run, NaN where a run has none."""
-    return np.array([np.nan if r.metrics.get(metric) is None else float(r.metrics[metric]) for r in runs],
-                    dtype=float)
+    return np.array([np.nan if (value := r.metrics.get(metric)) is None else value for r in runs], dtype=float)
 
 
 def level(values: np.ndarray) -> dict[str, float | int]:

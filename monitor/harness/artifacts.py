@@ -25,7 +25,7 @@ MISMATCH = "does not match its recorded sha256"
 def damaged(text: str | None) -> bool:
     """Whether an error text says a file was changed or removed on disk (open_verified's refusal),
     not that it failed to load or to reproduce its output."""
-    return bool(text) and (MISMATCH in text or f" {MISSING}" in text)
+    return text is not None and (MISMATCH in text or f" {MISSING}" in text)
 
 
 @contextlib.contextmanager

@@ -148,11 +148,11 @@ def forward_peak_mb(call: Callable[[], Any], device: str) -> float | None:
 
         dev = torch.device(device)
         torch.cuda.synchronize(dev)
-        base = torch.cuda.memory_allocated(dev)
+        allocated = torch.cuda.memory_allocated(dev)
         torch.cuda.reset_peak_memory_stats(dev)
         call()
         torch.cuda.synchronize(dev)
-        return (torch.cuda.max_memory_allocated(dev) - base) / 2**20
+        return (torch.cuda.max_memory_allocated(dev) - allocated) / 2**20
     gc.collect()
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
@@ -286,7 +286,7 @@ class Nvml:
         self._thread = threading.Thread(target=self._poll, name="perfguard-nvml", daemon=True)
         self._thread.start()
 
-    def stop(self) -> dict[str, float | None]:
+    def stop(self) -> dict[str, Any]:
         """Mean utilisation and power over the window, and the energy spent (J)."""
         self._elapsed = time.perf_counter() - self._t0
         energy1 = self._energy_mj()

@@ -11,7 +11,8 @@ _INTERESTING_CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_
 
 def cpu_info() -> tuple[str | None, list[str]]:
     """The CPU's model name (None if unknown) and which of the flags that matter here it has."""
-    model, flags = None, []
+    model: str | None = None
+    flags: list[str] = []
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
             for line in f:

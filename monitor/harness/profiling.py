@@ -55,7 +55,7 @@ def _least_disturbed(profiles: list[list[dict[str, Any]]]) -> list[dict[str, Any
 
 
 def _busy(row: dict[str, Any]) -> float:
-    return row["self_us"] + row["self_device_us"]
+    return float(row["self_us"] + row["self_device_us"])
 
 
 def profile_ops(call: Callable[[], Any], device: str) -> list[dict[str, Any]]:

@@ -277,27 +277,31 @@ def _supervise(
                 return
             except subprocess.TimeoutExpired:
                 pass
-        if memory_limit_mb is not None and peak > memory_limit_mb:
-            outcome.status = "failed"
-            outcome.killed_for = "memory"
-            outcome.error = (
-                f"memory limit exceeded: worker resident memory reached {peak:.0f} MB, "
-                f"over memory_limit_mb={memory_limit_mb:g} (phase: {outcome.phase})"
-            )
+        if _past_a_limit(outcome, peak, memory_limit_mb, cancel, deadline, timeout_s):
             return
-        if cancel is not None and cancel.is_set():
-            outcome.status = "failed"
-            outcome.killed_for = "cancelled"
-            outcome.error = f"aborted: the benchmark was cancelled (phase: {outcome.phase})"
-            return
-        if time.monotonic() >= deadline:
-            outcome.status = "timeout"
-            outcome.killed_for = "timeout"
-            outcome.error = (
-                f"timed out after {timeout_s:g} s in phase '{outcome.phase}' "
-                f"({outcome.samples_seen} samples taken)"
-            )
-            return
+
+
+def _past_a_limit(
+    outcome: WorkerOutcome, peak: float, memory_limit_mb: float | None, cancel: threading.Event | None,
+    deadline: float, timeout_s: float,
+) -> bool:
+    """Whether the worker must be killed now (over its memory, cancelled, past its time), saying why
+    in `outcome`."""
+    if memory_limit_mb is not None and peak > memory_limit_mb:
+        outcome.status, outcome.killed_for = "failed", "memory"
+        outcome.error = (f"memory limit exceeded: worker resident memory reached {peak:.0f} MB, "
+                         f"over memory_limit_mb={memory_limit_mb:g} (phase: {outcome.phase})")
+        return True
+    if cancel is not None and cancel.is_set():
+        outcome.status, outcome.killed_for = "failed", "cancelled"
+        outcome.error = f"aborted: the benchmark was cancelled (phase: {outcome.phase})"
+        return True
+    if time.monotonic() >= deadline:
+        outcome.status, outcome.killed_for = "timeout", "timeout"
+        outcome.error = (f"timed out after {timeout_s:g} s in phase '{outcome.phase}' "
+                         f"({outcome.samples_seen} samples taken)")
+        return True
+    return False
 
 
 def _apply(event: dict[str, Any] | None, outcome: WorkerOutcome, progress: ProgressCallback | None) -> None:

@@ -297,102 +297,143 @@ def interleaved_sample(
     `min_samples` kept, or at the budget. The comparison gives, for each subject after the first, the
     ratio of its median to the first's and a 95 % CI from the per-round ratios.
     """
-    weights = [1.0] * len(runs) if shares is None else [float(s) for s in shares]
-    if len(weights) != len(runs) or min(weights) <= 0:
-        raise ValueError("one positive share per subject")
-    weights = [w / sum(weights) for w in weights]
     watched = stop.watched(len(runs))
     counted = stop.counted(len(runs))
     absolute = watched if stop.absolute is None else stop.absolute
     deadline = time.perf_counter() + settings.max_time_s
     progress("warmup", 0)
-    warm_total = settings.max_time_s * settings.warmup_fraction
-    warmups = [warm_up(run, warm_total * w) for (_, run), w in zip(runs, weights, strict=True)]
-    sizes = [min(100_000, max(1, round(BLOCK_TARGET_NS * w / max(warm.estimate_ns, 1))))
-             for warm, w in zip(warmups, weights, strict=True)]
+    warmups, sizes = _warm_up_all(runs, settings, shares)
     if window is not None:
         window.start()
     sampling_start = time.perf_counter()
-    kept: list[list[int]] = [[] for _ in runs]
-    discarded: list[list[int]] = [[] for _ in runs]
-    medians: list[list[float]] = [[] for _ in runs]
-    every: list[list[float]] = [[] for _ in runs]  # every round's block medians, contended or not
-    rounds = contended = 0
-    others_weighted = kept_wall = 0.0
-    all_weighted = all_wall = 0.0  # every block: what a run with no clean block reports
+    state = _Rounds.of(len(runs))
     reason = "budget"
     next_check = settings.min_samples
     while True:
         order = list(range(len(runs)))
-        if rounds % 2:
+        if state.rounds % 2:
             order.reverse()
         token = probe.begin()
         t0 = time.perf_counter()
         timings = {i: runs[i][1](sizes[i]) for i in order}
         wall = time.perf_counter() - t0
-        others = probe.end(token)
-        rounds += 1
-        all_weighted += others * wall
-        all_wall += wall
-        for i, block in timings.items():
-            every[i].append(statistics.median(block))
-        if others > settings.contention_cpu_pct:
-            contended += 1
-            for i, block in timings.items():
-                discarded[i] += block
-        else:
-            others_weighted += others * wall
-            kept_wall += wall
-            for i, block in timings.items():
-                kept[i] += block
-                medians[i].append(statistics.median(block))
-        least = min(len(kept[i]) for i in counted)
+        state.add(timings, probe.end(token), wall, settings.contention_cpu_pct)
+        least = min(len(state.kept[i]) for i in counted)
         progress("sampling", least)
         if least >= next_check:
             next_check = max(least + 1, int(least * 1.1))
-            precise = all(block_ci_rel(kept[i], medians[i]) <= settings.target_ci_rel for i in absolute)
-            if precise and all(_ratio_ci_rel(medians[i], medians[0]) <= settings.target_ci_rel for i in stop.ratios):
+            if state.precise(settings.target_ci_rel, absolute, stop.ratios):
                 reason = "ci"
                 break
         if time.perf_counter() >= deadline:
             break
     sampling_s = time.perf_counter() - sampling_start
     measured = window.stop() if window is not None else None
-    executed = [len(k) + len(d) for k, d in zip(kept, discarded, strict=True)]
-    subjects = []
-    for i in range(len(runs)):
-        samples = kept[i]
-        short_of_clean = contended > 0 and len(samples) < settings.min_samples
+    subjects = [state.sampled(i, warmups[i], reason, settings, stop, absolute, sampling_s, measured)
+                for i in range(len(runs))]
+    result = Interleaved(subjects, state.rounds, state.contended, {}, state.medians, state.every)
+    result.comparison = {runs[i][0]: result.ratio(i, 0) for i in range(1, len(runs)) if i in watched}
+    return result
+
+
+def _warm_up_all(
+    runs: Sequence[tuple[str, Callable[[int], list[int]]]], settings: SamplingSettings, shares: Sequence[float] | None
+) -> tuple[list[Warmup], list[int]]:
+    """Each subject warmed up within its share of the warm-up budget, and its block size: the calls
+    that fill its share of a round."""
+    weights = [1.0] * len(runs) if shares is None else [float(s) for s in shares]
+    if len(weights) != len(runs) or min(weights) <= 0:
+        raise ValueError("one positive share per subject")
+    weights = [w / sum(weights) for w in weights]
+    warm_total = settings.max_time_s * settings.warmup_fraction
+    warmups = [warm_up(run, warm_total * w) for (_, run), w in zip(runs, weights, strict=True)]
+    sizes = [min(100_000, max(1, round(BLOCK_TARGET_NS * w / max(warm.estimate_ns, 1))))
+             for warm, w in zip(warmups, weights, strict=True)]
+    return warmups, sizes
+
+
+@dataclass(slots=True)
+class _Rounds:
+    """What the rounds of an interleaved sample gave so far: each subject's kept and discarded timings
+    and block medians, and how busy the rest of the host was while they ran."""
+
+    kept: list[list[int]]
+    discarded: list[list[int]]
+    medians: list[list[float]]  # the kept rounds' block medians
+    every: list[list[float]]  # every round's block medians, contended or not
+    rounds: int = 0
+    contended: int = 0
+    others_weighted: float = 0.0  # others' CPU % x wall time, over the kept rounds
+    kept_wall: float = 0.0
+    all_weighted: float = 0.0  # ...and over every round: what a run with no clean block reports
+    all_wall: float = 0.0
+
+    @classmethod
+    def of(cls, count: int) -> _Rounds:
+        return cls([[] for _ in range(count)], [[] for _ in range(count)], [[] for _ in range(count)],
+                   [[] for _ in range(count)])
+
+    def add(self, timings: dict[int, list[int]], others: float, wall: float, contention_cpu_pct: float) -> None:
+        """One round: kept, or discarded whole when others used more CPU than allowed meanwhile."""
+        self.rounds += 1
+        self.all_weighted += others * wall
+        self.all_wall += wall
+        for i, block in timings.items():
+            self.every[i].append(statistics.median(block))
+        if others > contention_cpu_pct:
+            self.contended += 1
+            for i, block in timings.items():
+                self.discarded[i] += block
+            return
+        self.others_weighted += others * wall
+        self.kept_wall += wall
+        for i, block in timings.items():
+            self.kept[i] += block
+            self.medians[i].append(statistics.median(block))
+
+    def precise(self, target: float, absolute: Sequence[int], ratios: Sequence[int]) -> bool:
+        """Whether what steers the stop is known to ±target: the `absolute` subjects' medians and the
+        `ratios` subjects' ratios to the first."""
+        return all(block_ci_rel(self.kept[i], self.medians[i]) <= target for i in absolute) and all(
+            _ratio_ci_rel(self.medians[i], self.medians[0]) <= target for i in ratios
+        )
+
+    def contention_pct(self) -> float:
+        if self.kept_wall:
+            return self.others_weighted / self.kept_wall
+        return self.all_weighted / self.all_wall if self.all_wall else 0.0
+
+    def sampled(
+        self, i: int, warmup: Warmup, reason: str, settings: SamplingSettings, stop: StopRule,
+        absolute: Sequence[int], sampling_s: float, measured: dict[str, Any] | None,
+    ) -> Sampled:
+        """Subject `i`'s samples and their precision, flagged as the rounds went."""
+        executed = [len(k) + len(d) for k, d in zip(self.kept, self.discarded, strict=True)]
+        samples = self.kept[i]
+        short_of_clean = self.contended > 0 and len(samples) < settings.min_samples
         if len(samples) < MIN_SAMPLES_FLOOR:
-            samples = samples + discarded[i]  # nothing clean enough to keep: report what ran, flagged
+            samples = samples + self.discarded[i]  # nothing clean enough to keep: report what ran, flagged
             ci = ci_rel(samples) if len(samples) >= MIN_SAMPLES_FLOOR else math.inf
         else:
             # Fewer than MIN_BLOCKS blocks: the drift is unknown, so is the precision (inf: unstable).
-            ci = block_ci_rel(samples, medians[i])
+            ci = block_ci_rel(samples, self.medians[i])
+        ci_for_flag = ci
         if i == 0 and stop.ratios:  # a relative reading is as precise as its ratios (and median, if asked)
             steering = [ci] if 0 in absolute else []
-            ci_for_flag = max(steering + [_ratio_ci_rel(medians[j], medians[0]) for j in stop.ratios])
-        else:
-            ci_for_flag = ci
-        subjects.append(
-            Sampled(
-                samples_ns=samples,
-                warmup=warmups[i],
-                stop_reason=reason,
-                ci_rel=ci,
-                blocks=rounds,
-                contended_blocks=contended,
-                executed=executed[i],
-                sampling_s=sampling_s,
-                window=_share(measured, executed, kept, i),
-                contention_pct=(others_weighted / kept_wall if kept_wall
-                                else all_weighted / all_wall if all_wall else 0.0),
-                flags=_flags(warmups[i], reason, ci_for_flag, settings.target_ci_rel, short_of_clean),
-            )
+            ci_for_flag = max(steering + [_ratio_ci_rel(self.medians[j], self.medians[0]) for j in stop.ratios])
+        return Sampled(
+            samples_ns=samples,
+            warmup=warmup,
+            stop_reason=reason,
+            ci_rel=ci,
+            blocks=self.rounds,
+            contended_blocks=self.contended,
+            executed=executed[i],
+            sampling_s=sampling_s,
+            window=_share(measured, executed, self.kept, i),
+            contention_pct=self.contention_pct(),
+            flags=_flags(warmup, reason, ci_for_flag, settings.target_ci_rel, short_of_clean),
         )
-    result = Interleaved(subjects, rounds, contended, {}, medians, every)
-    result.comparison = {runs[i][0]: result.ratio(i, 0) for i in range(1, len(runs)) if i in watched}
-    return result
 
 
 def _ratio_ci_rel(medians: list[float], ref_medians: list[float]) -> float:

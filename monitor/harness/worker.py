@@ -257,6 +257,40 @@ def run_job(job: BenchmarkJob, channel: Channel) -> WorkerResult:
             sys.path.insert(0, entry)
     if job.mode == "prepare":
         return prepare(job, channel)
+    nvml, env, sync = _start(job, channel)
+    try:
+        channel.progress("setup", 0)
+        # Factories run with autograd on: one may train or fine-tune before returning its model.
+        prepared = [Prepared(subject, job) for subject in job.subjects]
+        if job.mode == "profile":
+            return _profile(prepared, job, channel, env)
+        frozen = built = None
+        if job.mode == "freeze":
+            channel.progress("freeze", 0)
+            frozen, copy = _freeze(prepared[0], job)  # outside inference_mode: export traces as autograd would
+            prepared.append(copy)
+        elif job.mode == "candidates":
+            channel.progress("build", 0)
+            built, timed = _build_candidates(prepared[0], job)  # outside inference_mode: a train hook needs autograd
+            prepared.extend(timed)
+        reference_error = None
+        if job.reference is not None:
+            channel.progress("reference", 0)
+            loaded_copy, reference_error = _load_reference(prepared[0], job)
+            if loaded_copy is not None:
+                prepared.append(loaded_copy)
+        host, results, comparison = _measure(prepared, job, channel, nvml, sync)
+    finally:
+        if nvml is not None:
+            nvml.close()
+    return WorkerResult(env=env, host=host, subjects=results, comparison=comparison, frozen=frozen, built=built,
+                        reference_error=reference_error)
+
+
+def _start(
+    job: BenchmarkJob, channel: Channel
+) -> tuple[collectors.Nvml | None, EnvFingerprint, Callable[[], None] | None]:
+    """Threads, the GPU and NVML set up as the job asks; what the parent is told first: the environment."""
     import torch
 
     if job.threads:
@@ -265,40 +299,34 @@ def run_job(job: BenchmarkJob, channel: Channel) -> WorkerResult:
     nvml = collectors.Nvml.open(job.device)
     env = collectors.environment(torch.get_num_threads(), torch.get_num_interop_threads(), job.device, nvml)
     channel.send({"event": "started", "env": env.to_dict(), "pid": os.getpid()})
+    if not job.device.startswith("cuda"):
+        return nvml, env, None
+    device = torch.device(job.device)
+    torch.cuda.set_device(device.index if device.index is not None else 0)  # "cuda" means cuda:0
+    return nvml, env, torch.cuda.synchronize
 
-    sync = None
-    if job.device.startswith("cuda"):
-        device = torch.device(job.device)
-        torch.cuda.set_device(device.index if device.index is not None else 0)  # "cuda" means cuda:0
-        sync = torch.cuda.synchronize
 
-    channel.progress("setup", 0)
-    # Factories run with autograd on: one may train or fine-tune before returning its model.
-    prepared = [Prepared(subject, job) for subject in job.subjects]
-    frozen = built = profiles = None
-    if job.mode == "freeze":
-        channel.progress("freeze", 0)
-        frozen, copy = _freeze(prepared[0], job)  # outside inference_mode: export traces as autograd would
-        prepared.append(copy)
-    elif job.mode == "candidates":
-        channel.progress("build", 0)
-        built, timed = _build_candidates(prepared[0], job)  # outside inference_mode: a train hook needs autograd
-        prepared.extend(timed)
-    elif job.mode == "profile":
-        channel.progress("profile", 0)
-        watch = collectors.HostWatch()
-        watch.start()
-        with torch.inference_mode():
-            profiles = profiling.profile_subjects({p.subject.label: p.call for p in prepared}, job.device)
-        if nvml is not None:
-            nvml.close()
-        return WorkerResult(env=env, host=watch.finish(0, None), subjects=[], profiles=profiles)
-    reference_error = None
-    if job.reference is not None:
-        channel.progress("reference", 0)
-        copy, reference_error = _load_reference(prepared[0], job)
-        if copy is not None:
-            prepared.append(copy)
+def _profile(prepared: list[Prepared], job: BenchmarkJob, channel: Channel, env: EnvFingerprint) -> WorkerResult:
+    """Where each subject's time goes, by operator (for the diagnosis), instead of timing it."""
+    import torch
+
+    channel.progress("profile", 0)
+    watch = collectors.HostWatch()
+    watch.start()
+    with torch.inference_mode():
+        profiles = profiling.profile_subjects({p.subject.label: p.call for p in prepared}, job.device)
+    return WorkerResult(env=env, host=watch.finish(0, None), subjects=[], profiles=profiles)
+
+
+def _measure(
+    prepared: list[Prepared], job: BenchmarkJob, channel: Channel, nvml: collectors.Nvml | None,
+    sync: Callable[[], None] | None,
+) -> tuple[HostCondition, list[SubjectResult], dict[str, Any] | None]:
+    """Time the subjects interleaved (with the host probe on a scheduled run); the host's condition
+    meanwhile, each subject's result (a reference folded into the model's relative figures), and the
+    comparison of candidates."""
+    import torch
+
     with torch.inference_mode():
         if sync is not None:
             torch.cuda.reset_peak_memory_stats()
@@ -307,17 +335,7 @@ def run_job(job: BenchmarkJob, channel: Channel) -> WorkerResult:
         watch.start()
         runs = [(p.subject.label, sampling.block_runner(p.call, sync)) for p in prepared]
         probes = _probe_runs(job, sync) if job.probe and job.mode in ("single", "freeze") else []
-        shares: list[float] | None = None
-        stop = sampling.StopRule()
-        if job.reference is not None or probes:
-            # A scheduled run: what detection reads steers the stop (the ratio to the reference when
-            # there is one, else the model's median); the probe rides along. The model gets 3/5 of
-            # the rest: its timings are stored as its percentiles too, and must reach min_samples,
-            # which binds for slow models; the ratio's interval is only 2 % wider than at 1/2.
-            rest = 1.0 - host_probe.SHARE * len(probes)
-            split = [MODEL_SHARE, 1.0 - MODEL_SHARE] if len(runs) == 2 else [1.0] * len(runs)
-            shares = [rest * s for s in split] + [host_probe.SHARE] * len(probes)
-            stop = sampling.StopRule(absolute=(), ratios=(1,)) if len(runs) > 1 else sampling.StopRule(absolute=(0,))
+        shares, stop = _sampling_plan(job, len(runs), len(probes))
         inter = sampling.interleaved_sample(
             runs + probes, job.sampling, contention, channel.progress, nvml, shares=shares, stop=stop
         )
@@ -335,17 +353,22 @@ def run_job(job: BenchmarkJob, channel: Channel) -> WorkerResult:
         if job.mode == "candidates":  # after peak_rss_mb was read: this resets the process's peak
             for p, result in zip(prepared, results, strict=False):  # a reference's copy has no result
                 result.details["forward_peak_mb"] = collectors.forward_peak_mb(p.call, job.device)
-    if nvml is not None:
-        nvml.close()
-    return WorkerResult(
-        env=env,
-        host=host,
-        subjects=results,
-        comparison=comparison,
-        frozen=frozen,
-        built=built,
-        reference_error=reference_error,
-    )
+    return host, results, comparison
+
+
+def _sampling_plan(job: BenchmarkJob, runs: int, probes: int) -> tuple[list[float] | None, sampling.StopRule]:
+    """Each subject's share of the budget and when to stop. A scheduled run: what detection reads
+    steers the stop (the ratio to the reference when there is one, else the model's median); the
+    probe rides along. The model gets 3/5 of the rest: its timings are stored as its percentiles too,
+    and must reach min_samples, which binds for slow models; the ratio's interval is only 2 % wider
+    than at 1/2."""
+    if job.reference is None and not probes:
+        return None, sampling.StopRule()
+    rest = 1.0 - host_probe.SHARE * probes
+    split = [MODEL_SHARE, 1.0 - MODEL_SHARE] if runs == 2 else [1.0] * runs
+    shares = [rest * s for s in split] + [host_probe.SHARE] * probes
+    stop = sampling.StopRule(absolute=(), ratios=(1,)) if runs > 1 else sampling.StopRule(absolute=(0,))
+    return shares, stop
 
 
 MODEL_SHARE = 0.6  # of a relative round (less the probe's), the model's; the rest is its reference's

@@ -71,41 +71,60 @@ def judge(numbers: CandidateNumbers, settings: OptimizeConfig) -> Verdict:
     """Whether one candidate is really better than the current variant, and why not if it is not."""
     if numbers.error is not None:
         return Verdict(numbers, False, [f"could not be built or measured: {numbers.error.splitlines()[-1]}"])
-    reasons = []
+    reasons = [why for why in (_speed(numbers, settings), _quality(numbers, settings)) if why]
+    reasons += _footprint(numbers)
+    return Verdict(numbers, not reasons, reasons)
+
+
+def _speed(numbers: CandidateNumbers, settings: OptimizeConfig) -> str | None:
+    """Why the candidate is not measurably faster by `min_speedup`, or None if it is."""
     ratio, ci = numbers.ratio_p50, numbers.ratio_ci95
-    needed = 1.0 / (1.0 + settings.min_speedup)
     if ratio is None:
-        reasons.append("no interleaved rounds to compare latency")
-    elif ratio > needed:
-        reasons.append(f"latency {1 / ratio:.2f}x, below the required {1 + settings.min_speedup:.2f}x")
-    elif ci is None:
-        reasons.append("too few interleaved rounds for a 95 % interval of the latency ratio")
-    elif ci[1] >= 1.0:
-        reasons.append(f"latency gain not significant (ratio 95 % CI {ci[0]:.3f}-{ci[1]:.3f} includes 1)")
+        return "no interleaved rounds to compare latency"
+    if ratio > 1.0 / (1.0 + settings.min_speedup):
+        return f"latency {1 / ratio:.2f}x, below the required {1 + settings.min_speedup:.2f}x"
+    if ci is None:
+        return "too few interleaved rounds for a 95 % interval of the latency ratio"
+    if ci[1] >= 1.0:
+        return f"latency gain not significant (ratio 95 % CI {ci[0]:.3f}-{ci[1]:.3f} includes 1)"
+    return None
+
+
+def _quality(numbers: CandidateNumbers, settings: OptimizeConfig) -> str | None:
+    """Why the candidate's answers are not good enough: accuracy on eval data when both have it,
+    else the fidelity of its outputs to the current variant's; None when they are."""
     if numbers.accuracy is not None and numbers.current_accuracy is not None:
         drop = numbers.current_accuracy - numbers.accuracy
-        if not drop <= settings.accuracy_tolerance:
-            reasons.append(f"accuracy {numbers.accuracy:.4f} vs {numbers.current_accuracy:.4f}: "
-                           f"drop {drop:.4f} over the tolerance {settings.accuracy_tolerance:g}")
-    elif numbers.fidelity is None:
-        reasons.append("no accuracy or output fidelity measured")
-    elif numbers.fidelity.get("non_finite"):
-        reasons.append("the output has NaN or infinite values")
-    elif numbers.fidelity["kind"] == "top1":
-        disagreement = 1.0 - numbers.fidelity["agreement"]
-        if not disagreement <= settings.top1_tolerance:
-            reasons.append(f"top-1 agreement with the current variant {numbers.fidelity['agreement']:.4f}: "
-                           f"{disagreement:.4f} disagree, over the tolerance {settings.top1_tolerance:g}")
-    elif not numbers.fidelity["value"] <= settings.relative_error_tolerance:
-        reasons.append(f"output relative error {numbers.fidelity['value']:.4f} over the tolerance "
-                       f"{settings.relative_error_tolerance:g}")
-    grown = numbers.size_mb is not None and numbers.current_size_mb is not None
-    if grown and numbers.size_mb > numbers.current_size_mb * SIZE_SLACK:
-        reasons.append(f"model grows from {numbers.current_size_mb:.2f} to {numbers.size_mb:.2f} MiB")
+        if drop <= settings.accuracy_tolerance:
+            return None
+        return (f"accuracy {numbers.accuracy:.4f} vs {numbers.current_accuracy:.4f}: "
+                f"drop {drop:.4f} over the tolerance {settings.accuracy_tolerance:g}")
+    fidelity = numbers.fidelity
+    if fidelity is None:
+        return "no accuracy or output fidelity measured"
+    if fidelity.get("non_finite"):
+        return "the output has NaN or infinite values"
+    if fidelity["kind"] == "top1":
+        disagreement = 1.0 - fidelity["agreement"]
+        if disagreement <= settings.top1_tolerance:
+            return None
+        return (f"top-1 agreement with the current variant {fidelity['agreement']:.4f}: "
+                f"{disagreement:.4f} disagree, over the tolerance {settings.top1_tolerance:g}")
+    if fidelity["value"] <= settings.relative_error_tolerance:
+        return None
+    return f"output relative error {fidelity['value']:.4f} over the tolerance {settings.relative_error_tolerance:g}"
+
+
+def _footprint(numbers: CandidateNumbers) -> list[str]:
+    """Why the candidate costs more memory than the current variant: on disk, or per call."""
+    reasons = []
+    size, current_size = numbers.size_mb, numbers.current_size_mb
+    if size is not None and current_size is not None and size > current_size * SIZE_SLACK:
+        reasons.append(f"model grows from {current_size:.2f} to {size:.2f} MiB")
     peak, current_peak = numbers.forward_peak_mb, numbers.current_forward_peak_mb
     if peak is not None and current_peak is not None and peak > current_peak * FORWARD_SLACK + FORWARD_SLACK_MB:
         reasons.append(f"one call takes {peak:.1f} MiB beyond the model, against {current_peak:.1f} MiB")
-    return Verdict(numbers, not reasons, reasons)
+    return reasons
 
 
 def best(verdicts: Sequence[Verdict]) -> Verdict | None:

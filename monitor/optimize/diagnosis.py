@@ -72,7 +72,7 @@ def compare(current: Sequence[dict[str, Any]], reference: Sequence[dict[str, Any
     then = _by_op(reference)
     total_then = sum(then.values()) or 1.0
     seen_shapes = {(r["op"], r["shapes"]) for r in reference}
-    grown = []
+    grown: list[dict[str, Any]] = []
     for op, us in now.items():
         before = then.get(op, 0.0)
         if us - before < SIGNIFICANT * total_then:

@@ -93,10 +93,8 @@ def optimize(
     # Named recipes decide the kind (a prune recipe prunes whatever the request says).
     kind = catalog.RECIPES[request.recipes[0]].action if request.recipes and not unknown else (
         request.action or "requantize")
-    record = ActionRecord(
-        model=model.name, kind=kind, trigger=request.trigger, status="failed", reason="",
-        from_variant=current.name, finding_id=request.finding.id if request.finding else None,
-    )
+    record = ActionRecord(model=model.name, kind=kind, trigger=request.trigger, status="failed", reason="",
+                          from_variant=current.name, finding_id=request.finding.id if request.finding else None)
     if unknown:
         record.status = "rejected"
         record.reason = f"unknown recipe {unknown[0]!r}; known: {', '.join(catalog.RECIPES)}"
@@ -121,22 +119,7 @@ def optimize(
         return store.record_action(db, record)
     verdicts = [judge(n, settings) for n in measured(outcome.result, primary.job.batch_size)]
     chosen = _confirm_elsewhere(loaded, series, primary, verdicts, cancel, pool)
-    record.candidates = [v.to_json() for v in verdicts]
-    promotion = None
-    if chosen is None:
-        record.status = "rejected"
-        record.reason = "no candidate was really better: " + "; ".join(
-            f"{v.numbers.label}: {', '.join(v.reasons)}" for v in verdicts
-        )
-    else:
-        n = chosen.numbers
-        record.status = "dry_run" if dry_run else "accepted"
-        record.reason = (f"{n.recipe}: {n.speedup:.2f}x faster at batch {primary.job.batch_size} "
-                         f"(p50 {n.current_p50_ms:.4g} -> {n.p50_ms:.4g} ms), {_quality(n)}")
-        if not dry_run:
-            assert n.variant is not None
-            promotion = Promotion(name=f"{current.name}+{n.recipe}", kind=kind, spec=n.variant,
-                                  numbers=chosen.to_json())
+    promotion = _decide(record, verdicts, chosen, dry_run, primary.job.batch_size, current)
     try:
         record = store.record_action(db, record, promotion)
     finally:
@@ -148,6 +131,29 @@ def optimize(
         notify(settings.on_promote, record, replace(promotion, name=record.to_variant,
                                                      spec={**promotion.spec, "name": record.to_variant}))
     return record
+
+
+def _decide(
+    record: ActionRecord, verdicts: list[Verdict], chosen: Verdict | None, dry_run: bool, batch_size: int,
+    current: VariantSpec,
+) -> Promotion | None:
+    """The action's outcome from its candidates' verdicts: rejected with every reason, or accepted
+    (a dry run promotes nothing) with the variant to promote."""
+    record.candidates = [v.to_json() for v in verdicts]
+    if chosen is None:
+        record.status = "rejected"
+        record.reason = "no candidate was really better: " + "; ".join(
+            f"{v.numbers.label}: {', '.join(v.reasons)}" for v in verdicts
+        )
+        return None
+    n = chosen.numbers
+    record.status = "dry_run" if dry_run else "accepted"
+    record.reason = (f"{n.recipe}: {n.speedup:.2f}x faster at batch {batch_size} "
+                     f"(p50 {n.current_p50_ms:.4g} -> {n.p50_ms:.4g} ms), {_quality(n)}")
+    if dry_run:
+        return None
+    assert n.variant is not None
+    return Promotion(name=f"{current.name}+{n.recipe}", kind=record.kind, spec=n.variant, numbers=chosen.to_json())
 
 
 @dataclass(slots=True)
@@ -361,7 +367,7 @@ def _confirm_elsewhere(
     others = [p for p in series if p is not primary]
     remaining = [v for v in verdicts if v.accepted]
     while (choice := best(remaining)) is not None:
-        checks = []
+        checks: list[dict[str, Any]] = []
         for planned in others:
             current = replace(planned.job.subjects[0], label=CURRENT_LABEL)
             assert choice.numbers.variant is not None

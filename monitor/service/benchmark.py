@@ -114,24 +114,58 @@ def benchmark_models(
     stopping: threading.Event | None = None,
     pool: WorkerPool | None = None,
 ) -> list[RunRecord]:
-    """Run the named models (all when empty) and store each run; the stored records, in order.
+    """Run the named models (all when empty), each as its active variant, and store each run; the
+    stored records, in order.
 
-    `cancel` aborts the benchmark in flight; `stopping` only keeps the next series from starting (a
-    stop request lets the running one finish within the stop timeout, but starts nothing new).
-
-    Each model is benchmarked as its active variant (an optimised one once an action promoted it).
-    Once `cancel` is set, the worker in flight is aborted (and stored as such) and no other starts.
-    `store` saves one run, setting its `run_id` (the daemon's may spool it instead, leaving it None).
-    `known_variants` (model -> active variant) is kept up to date from the database and, when the
-    database is unreachable, used instead of it, so that the benchmark still runs and is spooled.
-    With `idempotency_key` (a fleet job's), each series' run is stored under that key and the series,
-    and a series already stored under it (the job was redelivered) is not benchmarked again;
-    `details` are added to each run's details (e.g. which worker ran it). A model with a `prepare`
-    step has it run first, once per `prepared` set (the caller's: the daemon keeps one for its life;
-    without one, once per call), untimed; its cost goes into the details of the model's next run.
-    Workers are forked from the caller's `pool` when it gives one (worker_pool.py), else spawned.
+    `cancel` aborts the worker in flight (stored as such) and starts no other; `stopping` only keeps
+    the next series from starting. `store` saves one run, setting its `run_id` (the daemon's may spool
+    it instead). `known_variants` (model -> active variant) is kept up to date and used while the
+    database is unreachable, so that runs still happen and are spooled. With `idempotency_key` (a
+    fleet job's) each series is stored under that key and not benchmarked again when already stored
+    (a redelivered job); `details` go into each run's. A `prepare` step runs once per `prepared` set
+    (the daemon keeps one for its life), untimed, its cost in the next run's details. Workers are
+    forked from `pool` when given (worker_pool.py), else spawned.
     """
     progress = progress or BenchmarkProgress()
+    planned = _plan(loaded, db, names, known_variants)
+    stored: list[RunRecord] = []
+    preparer = _Preparer(loaded, set() if prepared is None else prepared, cancel, pool)
+    keys = [f"{idempotency_key}/{p.key.label()}" for p in planned] if idempotency_key is not None else []
+    done = queries.stored_run_ids(db, keys) if keys else {}
+    for index, item in enumerate(planned):
+        if any(event is not None and event.is_set() for event in (cancel, stopping)):
+            if index:
+                log.info("stopping: %d series of %s not started", len(planned) - index, item.model.name)
+            break
+        series_key = f"{idempotency_key}/{item.key.label()}" if idempotency_key is not None else None
+        if series_key in done:
+            log.info("%s: already stored as run %d (a redelivered job)", series_key, done[series_key])
+            continue
+        progress.begin(index, len(planned), item)
+        report, failure = preparer.before(item)
+        if failure is not None:
+            outcome = failure  # every series of the model fails with the step's error
+        else:
+            outcome = run_worker(item.job, timeout_s=item.timeout_s, memory_limit_mb=item.memory_limit_mb,
+                                 pin_allocator=loaded.config.harness.pin_allocator, cwd=loaded.base_dir,
+                                 progress=progress.update, cancel=cancel, pool=pool)
+        for record in to_records(item.job, outcome, item.key.variant):
+            _describe(record, item, series_key, details, report)
+            store(db, record)
+            _note_lost_reference(db, item, record)
+            if record.status != "ok":
+                log.info("run %s of %s (batch %d) %s: %s", record.run_id, record.model,
+                         record.batch_size, record.status, record.error_summary)
+            progress.end(record)
+            stored.append(record)
+    return stored
+
+
+def _plan(
+    loaded: LoadedConfig, db: Database, names: list[str] | None, known_variants: dict[str, VariantSpec] | None
+) -> list[PlannedBenchmark]:
+    """The series to run, each as its model's active variant with its reference; with
+    `known_variants`, kept up to date and used instead while the database is unreachable."""
     variants = known_variants if known_variants is not None else {}
     references = None
     try:
@@ -145,63 +179,43 @@ def benchmark_models(
             raise
         log.warning("database unavailable before benchmarking, using the last known variants: %s",
                     str(exc).splitlines()[0])
-    planned = plan(loaded, names, variants, references)
-    stored: list[RunRecord] = []
-    prepared = set() if prepared is None else prepared
-    preparing: dict[str, tuple[dict[str, Any] | None, WorkerOutcome | None]] = {}
-    done: dict[str, int] = {}
-    if idempotency_key is not None:
-        done = queries.stored_run_ids(db, [f"{idempotency_key}/{p.key.label()}" for p in planned])
-    for index, item in enumerate(planned):
-        if any(event is not None and event.is_set() for event in (cancel, stopping)):
-            if index:
-                log.info("stopping: %d series of %s not started", len(planned) - index, item.model.name)
-            break
-        series_key = f"{idempotency_key}/{item.key.label()}" if idempotency_key is not None else None
-        if series_key in done:
-            log.info("%s: already stored as run %d (a redelivered job), not benchmarked again", series_key,
-                     done[series_key])
-            continue
-        progress.begin(index, len(planned), item)
-        update: Callable[[str, int], None] = progress.update
-        step = item.model.prepare
-        if step is not None and f"{item.model.name}:{step}" not in prepared and item.model.name not in preparing:
-            preparing[item.model.name] = prepare_model(loaded, item, cancel, pool)
-            if preparing[item.model.name][1] is None:
-                prepared.add(f"{item.model.name}:{step}")
-        report, failure = preparing.get(item.model.name, (None, None))
-        if failure is not None:
-            outcome = failure  # every series of the model fails with the step's error
-        else:
-            outcome = run_worker(
-                item.job,
-                timeout_s=item.timeout_s,
-                memory_limit_mb=item.memory_limit_mb,
-                pin_allocator=loaded.config.harness.pin_allocator,
-                cwd=loaded.base_dir,
-                progress=update,
-                cancel=cancel,
-                pool=pool,
-            )
+    return plan(loaded, names, variants, references)
+
+
+class _Preparer:
+    """Each model's prepare step, run before its first series once per `prepared` set (the caller's);
+    its report goes with that series' run only, its failure with every series of the model."""
+
+    def __init__(self, loaded: LoadedConfig, prepared: set[str], cancel: threading.Event | None,
+                 pool: WorkerPool | None) -> None:
+        self.loaded, self.prepared, self.cancel, self.pool = loaded, prepared, cancel, pool
+        self.results: dict[str, tuple[dict[str, Any] | None, WorkerOutcome | None]] = {}
+
+    def before(self, item: PlannedBenchmark) -> tuple[dict[str, Any] | None, WorkerOutcome | None]:
+        """(report, failure) of the step before this series: None, None when there is nothing to say."""
+        name, step = item.model.name, item.model.prepare
+        if step is not None and f"{name}:{step}" not in self.prepared and name not in self.results:
+            self.results[name] = prepare_model(self.loaded, item, self.cancel, self.pool)
+            if self.results[name][1] is None:
+                self.prepared.add(f"{name}:{step}")
+        report, failure = self.results.get(name, (None, None))
         if report is not None:
-            preparing[item.model.name] = (None, failure)  # the report goes with this series' run only
-        for record in to_records(item.job, outcome, item.key.variant):
-            if report is not None:
-                record.details["prepare"] = report
-            # Every run carries a key: a store retried after its commit (a reply lost with the
-            # connection, a crash between the spool's commit and its unlink) finds it instead of
-            # storing it twice. A fleet job's key is the job's; a local run's is its own.
-            record.idempotency_key = series_key or f"run:{uuid.uuid4().hex}"
-            if details:
-                record.details.update(details)
-            if record.status == "ok" and "measurement" not in record.details:
-                record.details["measurement"] = {"basis": "absolute",
-                                                 "why": item.absolute_why or "the database was unavailable"}
-            store(db, record)
-            _note_lost_reference(db, item, record)
-            if record.status != "ok":
-                log.info("run %s of %s (batch %d) %s: %s", record.run_id, record.model,
-                            record.batch_size, record.status, record.error_summary)
-            progress.end(record)
-            stored.append(record)
-    return stored
+            self.results[name] = (None, failure)
+        return report, failure
+
+
+def _describe(record: RunRecord, item: PlannedBenchmark, series_key: str | None, details: dict[str, Any] | None,
+              report: dict[str, Any] | None) -> None:
+    """What a run's record carries besides its numbers: the prepare step's report, its key, the
+    caller's details, and on what basis it was measured."""
+    if report is not None:
+        record.details["prepare"] = report
+    # Every run carries a key: a store retried after its commit (a reply lost with the connection, a
+    # crash between the spool's commit and its unlink) finds it instead of storing it twice. A fleet
+    # job's key is the job's; a local run's is its own.
+    record.idempotency_key = series_key or f"run:{uuid.uuid4().hex}"
+    if details:
+        record.details.update(details)
+    if record.status == "ok" and "measurement" not in record.details:
+        record.details["measurement"] = {"basis": "absolute",
+                                         "why": item.absolute_why or "the database was unavailable"}

@@ -173,10 +173,10 @@ class Daemon:
         except OSError as exc:
             found.append(f"the spool folder cannot be checked: {exc}")
         for rule in self.rules.built():
-            for model, thread in list(rule.hung.items()):
+            for hung_model, thread in list(rule.hung.items()):
                 if thread.is_alive():  # a plugin that never returned holds a thread (and maybe a core)
                     found.append(
-                        f"rule {rule.label} on {model}: still running past its time limit of {rule.timeout_s:g} s"
+                        f"rule {rule.label} on {hung_model}: still running past its time limit of {rule.timeout_s:g} s"
                     )
         models = self.loaded.config.models
         # However the schedule falls, every other model may run once before this one: past that, the
@@ -520,7 +520,8 @@ def daemon_report(loaded: LoadedConfig, db: Database | None) -> dict[str, Any]:
     now = datetime.now(UTC)
     models = []
     for model in loaded.config.models:
-        [last] = (queries.history(db, model.name, limit=1) if db is not None else []) or [None]
+        newest = queries.history(db, model.name, limit=1) if db is not None else []
+        last = newest[0] if newest else None
         if model.name in live_next:
             next_run, source = live_next[model.name], "daemon"
         elif last is None:

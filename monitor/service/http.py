@@ -12,6 +12,7 @@ import json
 import logging
 import threading
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -111,35 +112,6 @@ IDLE_TIMEOUT_S = 30.0
 MAX_CONNECTIONS = 32  # handler threads at once; a connection past them is answered 503 and closed
 
 
-class _BoundedServer(ThreadingHTTPServer):
-    """One thread per connection, but never more than MAX_CONNECTIONS: idle or trickling clients
-    (each held up to IDLE_TIMEOUT_S) cannot make the daemon grow a thread per socket. A connection
-    past the bound gets a short 503 from the accepting thread, without a thread of its own."""
-
-    daemon_threads = True
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        if not self._slots.acquire(blocking=False):
-            try:
-                request.sendall(b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
-                                b"Content-Length: 5\r\nRetry-After: 1\r\nConnection: close\r\n\r\nbusy\n")
-            except OSError:
-                pass
-            self.shutdown_request(request)
-            return
-        super().process_request(request, client_address)
-
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            self._slots.release()
-
-
 def site_file(site: Path, url_path: str) -> Path | None:
     """The report file an URL path names, or None: only .html and .png files inside `site`, no
     hidden files, no way out of the folder (`..`, symlinks, encoded slashes)."""
@@ -161,71 +133,116 @@ def site_file(site: Path, url_path: str) -> Path | None:
     return resolved
 
 
+class _BoundedServer(ThreadingHTTPServer):
+    """One thread per connection, but never more than MAX_CONNECTIONS: idle or trickling clients
+    (each held up to IDLE_TIMEOUT_S) cannot make the daemon grow a thread per socket. A connection
+    past the bound gets a short 503 from the accepting thread, without a thread of its own."""
+
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], endpoints: Endpoints) -> None:
+        super().__init__(address, _Handler)
+        self.endpoints = endpoints
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            try:
+                request.sendall(b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
+                                b"Content-Length: 5\r\nRetry-After: 1\r\nConnection: close\r\n\r\nbusy\n")
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    status: int
+    content_type: str
+    body: bytes
+    cache: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoints:
+    """What the daemon serves: `/metrics`; `/healthz` (also `/readyz`), readiness: can runs be taken
+    and kept now; `/livez`, liveness: the process serves and its scheduler runs, nothing else (no
+    database query), so a database outage makes an orchestrator stop routing, not restart the daemon
+    and lose what it holds for later; and with `site`, the report written there at `/`."""
+
+    exporter: RunMetricsExporter
+    health: Callable[[], dict[str, Any]]
+    alive: Callable[[], bool]
+    site: Path | None = None
+
+    def answer(self, path: str) -> Reply:
+        if path == "/metrics":
+            return Reply(200, CONTENT_TYPE_LATEST, generate_latest(self.exporter.registry))
+        if path == "/livez":
+            ok = self.alive()
+            return Reply(200 if ok else 503, "application/json", json.dumps({"alive": ok}).encode())
+        if path in ("/healthz", "/readyz"):
+            report = self.health()
+            return Reply(200 if report["healthy"] else 503, "application/json",
+                         json.dumps(report, default=str).encode())
+        found = site_file(self.site, path) if self.site is not None else None
+        if found is not None:
+            try:
+                return Reply(200, SITE_TYPES[found.suffix], found.read_bytes(), cache="no-cache")
+            except OSError:  # replaced or removed by a refresh between the lookup and the read
+                return Reply(404, "text/plain", b"not found\n")
+        hint = b"not found: try " + (b"/, " if self.site else b"") + b"/healthz, /livez or /metrics\n"
+        return Reply(404, "text/plain", hint)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    # An idle or trickling client gives up its thread after this long (a socket timeout on every
+    # read and write), instead of holding one thread per open connection forever.
+    timeout = IDLE_TIMEOUT_S
+    server: _BoundedServer
+
+    def handle(self) -> None:
+        try:
+            super().handle()
+        except (BrokenPipeError, ConnectionResetError, TimeoutError):
+            pass  # the client went away or stalled: nothing to answer, nothing to log
+
+    def do_GET(self) -> None:
+        self._reply(self.server.endpoints.answer(self.path), send_body=True)
+
+    def do_HEAD(self) -> None:
+        self._reply(self.server.endpoints.answer(self.path), send_body=False)
+
+    def _reply(self, reply: Reply, send_body: bool) -> None:
+        self.send_response(reply.status)
+        self.send_header("Content-Type", reply.content_type)
+        self.send_header("Content-Length", str(len(reply.body)))
+        self.send_header("X-Content-Type-Options", "nosniff")
+        if reply.cache:
+            self.send_header("Cache-Control", reply.cache)
+        self.end_headers()
+        if send_body:
+            self.wfile.write(reply.body)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - scrapes are not news
+        log.debug("http: " + format, *args)
+
+
 def serve(
     listen: str, exporter: RunMetricsExporter, health: Callable[[], dict[str, Any]], site: Path | None = None,
     alive: Callable[[], bool] = lambda: True,
 ) -> ThreadingHTTPServer:
-    """Start the endpoint on `host:port` in a background thread; the server (call shutdown() to stop).
-    With `site`, the report written there is served at `/`.
-
-    `/healthz` (also `/readyz`) is readiness: can runs be taken and kept now. `/livez` is liveness:
-    the process serves and its scheduler runs, nothing else (no database query), so a database outage
-    makes an orchestrator stop routing, not restart the daemon and lose what it holds for later."""
+    """Start the endpoints (`Endpoints`) on `host:port` in a background thread; the server (call
+    shutdown() to stop)."""
     host, _, port = listen.rpartition(":")
-
-    class Handler(BaseHTTPRequestHandler):
-        # An idle or trickling client gives up its thread after this long (a socket timeout on every
-        # read and write), instead of holding one thread per open connection forever.
-        timeout = IDLE_TIMEOUT_S
-
-        def handle(self) -> None:
-            try:
-                super().handle()
-            except (BrokenPipeError, ConnectionResetError, TimeoutError):
-                pass  # the client went away or stalled: nothing to answer, nothing to log
-
-        def do_GET(self) -> None:
-            self._answer(send_body=True)
-
-        def do_HEAD(self) -> None:
-            self._answer(send_body=False)
-
-        def _answer(self, send_body: bool) -> None:
-            if self.path == "/metrics":
-                self._reply(200, CONTENT_TYPE_LATEST, generate_latest(exporter.registry), send_body)
-            elif self.path == "/livez":
-                ok = alive()
-                self._reply(200 if ok else 503, "application/json", json.dumps({"alive": ok}).encode(), send_body)
-            elif self.path in ("/healthz", "/readyz"):
-                report = health()
-                body = json.dumps(report, default=str).encode()
-                self._reply(200 if report["healthy"] else 503, "application/json", body, send_body)
-            elif site is not None and (found := site_file(site, self.path)) is not None:
-                try:
-                    body = found.read_bytes()
-                except OSError:  # replaced or removed by a refresh between the lookup and the read
-                    self._reply(404, "text/plain", b"not found\n", send_body)
-                    return
-                self._reply(200, SITE_TYPES[found.suffix], body, send_body, cache="no-cache")
-            else:
-                hint = b"not found: try " + (b"/, " if site else b"") + b"/healthz, /livez or /metrics\n"
-                self._reply(404, "text/plain", hint, send_body)
-
-        def _reply(self, code: int, content_type: str, body: bytes, send_body: bool = True,
-                   cache: str | None = None) -> None:
-            self.send_response(code)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            self.send_header("X-Content-Type-Options", "nosniff")
-            if cache:
-                self.send_header("Cache-Control", cache)
-            self.end_headers()
-            if send_body:
-                self.wfile.write(body)
-
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - scrapes are not news
-            log.debug("http: " + format, *args)
-
-    server = _BoundedServer((host.strip("[]") or "127.0.0.1", int(port)), Handler)
+    server = _BoundedServer((host.strip("[]") or "127.0.0.1", int(port)), Endpoints(exporter, health, alive, site))
     threading.Thread(target=server.serve_forever, name="perfguard-http", daemon=True).start()
     return server

@@ -41,7 +41,7 @@ def database_identity(storage_url: str) -> str:
         return "sqlite:" + os.path.realpath(os.path.expanduser(database))
     host = url.host or "localhost"
     try:  # one address per server: localhost and 127.0.0.1 are the same one
-        host = sorted(info[4][0] for info in socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP))[0]
+        host = sorted(str(info[4][0]) for info in socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP))[0]
     except (OSError, IndexError):
         pass
     backend = url.get_backend_name()

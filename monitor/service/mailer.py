@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 log = logging.getLogger(__name__)
 
-Task = Callable[[], None]
+Task = Callable[[], object]  # what it returns is not used
 
 
 class Mailer:

@@ -39,7 +39,7 @@ def next_due(schedule: Schedule, last_run: datetime) -> datetime:
     if schedule.interval_s is not None:
         return last_run + timedelta(seconds=schedule.interval_s)
     assert schedule.cron is not None
-    due = CronTrigger.from_crontab(schedule.cron, timezone=UTC).get_next_fire_time(None, last_run)
+    due: datetime | None = CronTrigger.from_crontab(schedule.cron, timezone=UTC).get_next_fire_time(None, last_run)
     assert due is not None
     return due
 
@@ -134,4 +134,4 @@ class BenchmarkScheduler:
 
     @property
     def running(self) -> bool:
-        return self._scheduler.running
+        return bool(self._scheduler.running)

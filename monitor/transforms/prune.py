@@ -237,7 +237,9 @@ def _batch_norm(user: fx.Node, modules: dict[str, nn.Module], producer: nn.Modul
         return None
     module = modules[str(user.target)]
     norm_type = nn.BatchNorm2d if kind == "conv" else nn.BatchNorm1d
-    if isinstance(module, norm_type) and module.num_features == producer.weight.shape[0]:
+    weight = producer.weight
+    assert isinstance(weight, torch.Tensor)
+    if isinstance(module, norm_type) and module.num_features == weight.shape[0]:
         return str(user.target)
     return None
 
@@ -267,6 +269,7 @@ def _shrink(modules: dict[str, nn.Module], pairs: list[PrunablePair], kept: dict
             _set_width(producer, out=len(indices))
             for name in pair.norms:
                 norm = modules[name]
+                assert isinstance(norm, nn.modules.batchnorm._BatchNorm)  # _batch_norm found it so
                 for tensor_name in ("weight", "bias", "running_mean", "running_var"):
                     _select(norm, tensor_name, 0, indices)
                 norm.num_features = len(indices)
@@ -291,7 +294,7 @@ def _set_width(module: nn.Module, out: int | None = None, into: int | None = Non
     if isinstance(module, nn.Linear):
         module.out_features = out if out is not None else module.out_features
         module.in_features = into if into is not None else module.in_features
-    else:
+    elif isinstance(module, nn.Conv2d):
         module.out_channels = out if out is not None else module.out_channels
         module.in_channels = into if into is not None else module.in_channels
 

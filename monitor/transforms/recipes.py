@@ -18,7 +18,7 @@ import shutil
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -209,7 +209,7 @@ def _dynamic_int8(model: nn.Module, args: tuple, kwargs: dict, params: dict[str,
     if isinstance(model, nn.Linear):
         model = Holder(model)  # quantize_dynamic swaps children only, never the module it is given
     with _quantization_warnings():
-        quantized = torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
+        quantized: nn.Module = torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
     if any(isinstance(m, nn.MultiheadAttention) for m in quantized.modules()):
         return WithoutMhaFastpath(quantized)
     return quantized
@@ -237,7 +237,7 @@ def _static_int8_structure(model: nn.Module, args: tuple, kwargs: dict, params: 
     return _convert_fx(_prepare_fx(model, args, params.get("backend", STATIC_INT8_BACKEND)))
 
 
-def _prepare_fx(model: nn.Module, args: tuple, backend: str) -> nn.Module:
+def _prepare_fx(model: nn.Module, args: tuple, backend: str) -> torch.fx.GraphModule:
     from torch.ao.quantization import get_default_qconfig_mapping
     from torch.ao.quantization.quantize_fx import prepare_fx
 
@@ -251,7 +251,7 @@ def _prepare_fx(model: nn.Module, args: tuple, backend: str) -> nn.Module:
         ) from exc
 
 
-def _convert_fx(prepared: nn.Module) -> nn.Module:
+def _convert_fx(prepared: torch.fx.GraphModule) -> nn.Module:
     from torch.ao.quantization.quantize_fx import convert_fx
 
     with _quantization_warnings():
@@ -266,11 +266,12 @@ def _bf16(model: nn.Module, args: tuple, kwargs: dict, params: dict[str, Any]) -
 
 
 def _channels_last(model: nn.Module, args: tuple, kwargs: dict, params: dict[str, Any]) -> nn.Module:
-    return ChannelsLast(model.to(memory_format=torch.channels_last))
+    # Module.to takes memory_format; torch's own stub does not say so.
+    return ChannelsLast(model.to(memory_format=torch.channels_last))  # type: ignore[call-overload]
 
 
 def _compile(model: nn.Module, args: tuple, kwargs: dict, params: dict[str, Any]) -> nn.Module:
-    return torch.compile(model)
+    return cast(nn.Module, torch.compile(model))  # an OptimizedModule, typed as any callable
 
 
 def _torchao_int8(model: nn.Module, args: tuple, kwargs: dict, params: dict[str, Any]) -> nn.Module:
@@ -292,7 +293,7 @@ def _torchao_int8(model: nn.Module, args: tuple, kwargs: dict, params: dict[str,
 
 def _torchao_int8_compile(model: nn.Module, args: tuple, kwargs: dict, params: dict[str, Any]) -> nn.Module:
     # Eager, torchao int8 is slower than fp32; compiled it is the fastest CPU Linear recipe measured.
-    return torch.compile(_torchao_int8(model, args, kwargs, params))
+    return cast(nn.Module, torch.compile(_torchao_int8(model, args, kwargs, params)))
 
 
 def _fp16(model: nn.Module, args: tuple, kwargs: dict, params: dict[str, Any]) -> nn.Module:
