@@ -28,7 +28,7 @@ from pydantic_core import ErrorDetails
 
 from monitor.core.catalog import RECIPES
 from monitor.core.import_paths import missing
-from monitor.core.metrics import WATCHED
+from monitor.core.metrics import SLO_MAX_METRICS, SLO_MIN_METRICS, WATCHED
 
 DEFAULT_CONFIG_NAME = "perfguard.toml"
 STORAGE_URL_ENV = "PERFGUARD_STORAGE_URL"
@@ -41,13 +41,6 @@ _IMPORT_PATH = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*(\.
 _DEVICE = re.compile(r"^(cpu|cuda(:\d+)?)$")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-
-# SLO keys name a stored metric; "higher is better" metrics are bounded from below.
-SLO_MAX_METRICS = (
-    "latency_ms_p50", "latency_ms_p90", "latency_ms_p99", "latency_ms_mean", "peak_rss_mb",
-    "cuda_peak_mem_mb", "model_size_mb", "gpu_power_w", "energy_j_per_inference",
-)
-SLO_MIN_METRICS = ("throughput_per_s", "accuracy")
 
 
 class ConfigError(Exception):
@@ -278,6 +271,7 @@ class ModelConfig(_Strict):
     eval: ImportPath | None = None
     schedule: Schedule = Schedule(every="1h")
     owners: list[str] = []
+    tags: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:\-]*$", max_length=60)]] = []
     slo: dict[str, float] = {}
     max_time_s: float = Field(default=10.0, gt=0)
     timeout_s: float | None = Field(default=None, gt=0)

@@ -9,20 +9,20 @@ hysteresis (one action per `Decision.key`), the time limit, recording every deci
 the optimisation actions, which keep a candidate only if the harness proves it better.
 
 Everything here is plain data: a rule cannot reach the database or the scheduler, so a bug in one
-cannot corrupt history or stop the service.
+cannot corrupt history or stop the service. Importing this module loads no database, no config and no
+torch: a rule sees a model as a `ModelView`, which stays the same when the config file changes shape.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from monitor.config import ModelConfig
 from monitor.core.runs import RunRecord
 from monitor.core.series import FindingRecord
 
@@ -66,10 +66,34 @@ class Decision:
 
 
 @dataclass(frozen=True, slots=True)
+class ModelView:
+    """What a rule sees of a model: its name, device, batch sizes (one series each), owners, SLOs
+    (metric -> bound, as in the config) and tags."""
+
+    name: str
+    device: str = "cpu"
+    batch_sizes: tuple[int, ...] = ()
+    owners: tuple[str, ...] = ()
+    slo: Mapping[str, float] = field(default_factory=dict)
+    tags: tuple[str, ...] = ()
+
+    @property
+    def series_batch_sizes(self) -> tuple[int, ...]:
+        """`batch_sizes` under the name rules written against the config's model know."""
+        return self.batch_sizes
+
+    def __getattr__(self, name: str) -> Any:
+        # Only for names the view lacks: a rule written against the whole config gets this, not a bare
+        # AttributeError, as its recorded error.
+        raise AttributeError(f"RuleContext.model has no {name!r}: a rule sees a model's name, device, batch_sizes, "
+                             f"owners, slo and tags (rules.api.ModelView)")
+
+
+@dataclass(frozen=True, slots=True)
 class RuleContext:
     """What a rule may read about one model, at one moment. Read-only; built fresh for each call.
 
-    - `model`: the model's config (owners, SLOs, schedule, batch sizes).
+    - `model`: the model as rules see it (`ModelView`: name, device, batch sizes, owners, SLOs, tags).
     - `runs`: recent stored runs of the active variant, all batch sizes, newest first (failed ones too).
     - `findings`: the model's open findings from detection (all series).
     - `new_findings`: ids of the findings this check opened (a subset of `findings`).
@@ -79,7 +103,7 @@ class RuleContext:
     - `history(limit, batch_size)`: older runs of the model, newest first, read on demand.
     """
 
-    model: ModelConfig
+    model: ModelView
     runs: Sequence[RunRecord]
     findings: Sequence[FindingRecord]
     active_variant: str

@@ -25,7 +25,7 @@ from typing import Any, Literal
 from monitor.config import LoadedConfig
 from monitor.core.runs import RunRecord
 from monitor.core.series import FindingRecord
-from rules.api import Decision, RuleContext
+from rules.api import Decision, ModelView, RuleContext
 from rules.discovery import ConfiguredRule, configured_rules
 from rules.isolation import IsolatedCall, finish_calls, start_call
 from storage import queries
@@ -178,7 +178,8 @@ def build_context(
         return tuple(queries.history(db, model, limit=min(max(1, limit), MAX_HISTORY_RUNS), batch_size=batch_size))
 
     return RuleContext(
-        model=config,
+        model=ModelView(name=config.name, device=config.device, batch_sizes=tuple(config.series_batch_sizes),
+                        owners=tuple(config.owners), slo=dict(config.slo), tags=tuple(config.tags)),
         runs=tuple(r for r in recent if r.variant == variant),
         findings=tuple(open_findings),
         active_variant=variant,

@@ -4,6 +4,9 @@
 from __future__ import annotations
 
 import ast
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -29,3 +32,13 @@ def test_every_function_of_the_production_code_is_under_60_lines() -> None:
     found = functions()
     assert len(found) > 500  # the walk found the code
     assert [(where, lines) for where, lines in found if lines > MAX_LINES] == []
+
+
+def test_the_rule_plugin_contract_imports_no_database_config_or_torch() -> None:
+    """A team's plugin imports rules.api: what that loads is what every rule pays for."""
+    code = "import json, sys, rules.api, rules.builtin; print(json.dumps(sorted(sys.modules)))"
+    loaded = set(json.loads(subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                                           check=True).stdout))
+    assert "rules.api" in loaded
+    heavy = {"sqlalchemy", "alembic", "torch", "monitor.config", "storage", "storage.db", "apscheduler"}
+    assert loaded & heavy == set()

@@ -180,6 +180,36 @@ def test_a_plugin_that_cannot_travel_to_its_process_is_an_error_not_a_crash(db: 
     assert failure.outcome == "error" and failure.reason.startswith("cannot be sent to its process")
 
 
+class _Sees(Rule):
+    """A rule that alerts with what it saw of the model (and of a field only the config has)."""
+
+    name = "sees"
+    description = "reports the model view"
+
+    def evaluate(self, context: RuleContext) -> Sequence[Decision]:
+        m = context.model
+        try:
+            m.schedule  # noqa: B018 - the config's, not the view's
+            beyond = "schedule seen"
+        except AttributeError as exc:
+            beyond = str(exc)
+        return [Decision("alert", "seen", details={"view": [m.name, m.device, list(m.series_batch_sizes),
+                                                            list(m.owners), dict(m.slo), list(m.tags)],
+                                                   "beyond": beyond})]
+
+
+def test_a_rule_sees_a_view_of_the_model_and_a_clear_error_for_what_only_the_config_has(
+    db: Database, tmp_path: Path
+) -> None:
+    loaded = rules_config(tmp_path, [], batch_sizes=[2, 8], owners=["vision@example.com"],
+                          slo={"latency_ms_p99": 5.0}, tags=["vision", "tier:1"])
+    checked = latency_regression(db, loaded)
+    [seen] = evaluate(db, loaded, checked, configured=[configured("sees", _Sees(_Sees.Params()))]).fired
+    assert seen.decision.details["view"] == [MODEL, "cpu", [2, 8], ["vision@example.com"],
+                                             {"latency_ms_p99": 5.0}, ["vision", "tier:1"]]
+    assert "RuleContext.model has no 'schedule'" in seen.decision.details["beyond"]
+
+
 def test_rules_run_by_priority_then_config_order(db: Database, tmp_path: Path) -> None:
     loaded = rules_config(tmp_path, [])
     checked = latency_regression(db, loaded)

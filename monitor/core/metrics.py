@@ -37,3 +37,12 @@ WATCHED: dict[str, WatchedMetric] = {
 def verdict(metric: str, change: Literal["up", "down"]) -> Literal["regression", "improvement"]:
     """A change of `metric` in direction `change`, judged."""
     return "regression" if WATCHED[metric].worse == change else "improvement"
+
+
+# What an SLO may bound, by stored metric: from above (a latency, memory, power), or from below
+# ("higher is better").
+SLO_MAX_METRICS = (
+    "latency_ms_p50", "latency_ms_p90", "latency_ms_p99", "latency_ms_mean", "peak_rss_mb",
+    "cuda_peak_mem_mb", "model_size_mb", "gpu_power_w", "energy_j_per_inference",
+)
+SLO_MIN_METRICS = ("throughput_per_s", "accuracy")

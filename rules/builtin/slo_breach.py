@@ -16,7 +16,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Field
 
-from monitor.config import SLO_MAX_METRICS, SLO_MIN_METRICS
+from monitor.core.metrics import SLO_MAX_METRICS, SLO_MIN_METRICS
 from monitor.core.runs import FLAG_CONTENDED, RunRecord
 from rules.api import Decision, Rule, RuleContext, RuleParams
 from rules.builtin.common import ActionList, figure, one_of, unit
