@@ -11,7 +11,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import event, inspect
 
-from storage.db import MIGRATIONS_DIR, Database
+from storage.db import MIGRATIONS_DIR, SCHEMA_HEAD, Database
 from storage.models import Base
 
 TABLES = {"models", "variants", "runs", "run_metrics", "run_samples", "findings", "actions", "rule_events",
@@ -65,6 +65,14 @@ def test_upgrade_at_head_changes_nothing_and_only_reads_the_version(empty_db: Da
     assert any("ALEMBIC_VERSION" in s for s in statements)
     assert not [s for s in statements if s.startswith(("CREATE", "ALTER", "DROP", "INSERT", "UPDATE"))]
     assert current_revisions(empty_db) == (head_revision(),)
+
+
+def test_the_schema_head_opens_check_against_is_alembics_head(tmp_path) -> None:
+    """An open reads the stamped revision and compares it with SCHEMA_HEAD, without loading Alembic;
+    a new migration must move SCHEMA_HEAD with it, or every open would try to migrate."""
+    assert SCHEMA_HEAD == head_revision()
+    with Database.open(f"sqlite:///{tmp_path / 'new.db'}") as db:
+        assert db.revisions() == {SCHEMA_HEAD}
 
 
 def test_migrated_schema_matches_the_orm_exactly(empty_db: Database) -> None:

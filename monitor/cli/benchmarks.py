@@ -160,7 +160,7 @@ def worker(config_path: Path, queue: str, name: str | None) -> None:
 @json_option
 def status(config_path: Path, as_json: bool) -> None:
     """Is a daemon running on this database; each model's last run and next scheduled run."""
-    from monitor.service.daemon import daemon_report
+    from monitor.service.status import daemon_report
 
     loaded = load(config_path)
     database = open_stored(loaded)

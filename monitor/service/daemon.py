@@ -8,13 +8,11 @@ scheduler's per-device threads, each in its own worker process; this process nev
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import signal
 import threading
 import time
-import urllib.request
 from datetime import UTC, datetime
 from http.server import ThreadingHTTPServer
 from pathlib import Path
@@ -32,7 +30,7 @@ from monitor.service.executors import make_executor
 from monitor.service.followup import follow_up
 from monitor.service.http import RunMetricsExporter, serve
 from monitor.service.loading import load_service_config
-from monitor.service.lock import DaemonLock, daemon_holder
+from monitor.service.lock import DaemonLock
 from monitor.service.reporting import ReportKeeper, report_dir
 from monitor.service.scheduler import BenchmarkScheduler, next_due
 from monitor.service.spool import UNAVAILABLE, RunSpool
@@ -502,54 +500,3 @@ def run_daemon(loaded: LoadedConfig) -> int:
     return daemon.exit_code
 
 
-def daemon_report(loaded: LoadedConfig, db: Database | None) -> dict[str, Any]:
-    """What `perfguard status` shows: is a daemon running here, and per model its last and next run.
-
-    The next run comes from the running daemon's /healthz when it answers, else from the schedule
-    and the last stored run (what a daemon started now would do).
-    """
-    holder = daemon_holder(loaded.storage_url())
-    listen = loaded.config.daemon.listen
-    live_next: dict[str, str | None] = {}
-    if holder is not None:
-        try:
-            with urllib.request.urlopen(f"http://{listen}/healthz", timeout=2) as reply:
-                live_next = json.loads(reply.read())["next_runs"]
-        except (OSError, ValueError, KeyError):
-            live_next = {}
-    now = datetime.now(UTC)
-    models = []
-    for model in loaded.config.models:
-        newest = queries.history(db, model.name, limit=1) if db is not None else []
-        last = newest[0] if newest else None
-        if model.name in live_next:
-            next_run, source = live_next[model.name], "daemon"
-        elif last is None:
-            next_run, source = now.isoformat(), "schedule"
-        else:
-            next_run, source = max(now, next_due(model.schedule, last.started_at)).isoformat(), "schedule"
-        models.append(
-            {
-                "model": model.name,
-                "last_run": None
-                if last is None
-                else {
-                    "run_id": last.run_id,
-                    "started_at": last.started_at.isoformat(),
-                    "batch_size": last.batch_size,
-                    "status": last.status,
-                    "error": last.error_summary or None,
-                },
-                "next_run": next_run,
-                "next_run_source": source,
-            }
-        )
-    return {
-        "daemon": {
-            "running": holder is not None,
-            "holder": holder,
-            "endpoint": f"http://{listen}" if holder is not None else None,
-        },
-        "database": db.display_location() if db is not None else f"{loaded.sqlite_path()} (not created yet)",
-        "models": models,
-    }
