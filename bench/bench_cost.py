@@ -32,8 +32,8 @@ from monitor.harness.runner import run_worker, worker_environment  # noqa: E402
 
 CASES = [
     ("small_mlp (b4)", "bench_models:small_mlp", [4, 256]),
-    ("mlp (b32)", "examples.models:mlp", [32, 1024]),
-    ("seed-cnn (b32)", "examples.models:seed_cnn", [32, 3, 32, 32]),
+    ("mlp (b32)", "monitor.examples.models:mlp", [32, 1024]),
+    ("seed-cnn (b32)", "monitor.examples.models:seed_cnn", [32, 3, 32, 32]),
 ]
 
 FIXED_LOOP = """

@@ -40,7 +40,7 @@ from storage.queries import save_run, save_runs
 MODEL_TOML = """
 [[models]]
 name = "m{i:03d}"
-factory = "examples.models:mlp"
+factory = "monitor.examples.models:mlp"
 inputs = [{{ shape = [32, 1024] }}]
 schedule = {{ every = "1h" }}
 """

@@ -28,15 +28,15 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = {
-    "seed-cnn": ("examples.models:seed_cnn", [32, 3, 32, 32]),
-    "mlp": ("examples.models:mlp", [32, 1024]),
+    "seed-cnn": ("monitor.examples.models:seed_cnn", [32, 3, 32, 32]),
+    "mlp": ("monitor.examples.models:mlp", [32, 1024]),
 }
 
 TUB_SCRIPT = """
 import json, sys, torch
 import torch.utils.benchmark as tb
 sys.path.insert(0, {root!r})
-from examples.models import {fn}
+from monitor.examples.models import {fn}
 model = {fn}().eval()
 x = torch.randn({shape})
 with torch.inference_mode():

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from examples.models import encoder  # noqa: E402
+from monitor.examples.models import encoder  # noqa: E402
 
 
 def per_call_ms(call: Callable[[], Any], calls: int = 6) -> float:

@@ -8,9 +8,9 @@ For each model, one `perfguard optimize` action (the library call `optimize()`, 
 it, with `dry_run = true` so each model is judged from its baseline) tries every recipe that can run
 on this machine, named explicitly so that the ones perfguard would not try by default (eager torchao,
 L1 unstructured pruning) are measured and judged too:
-- `mlp`: examples.models:mlp (1024-1024-1024-10, batch 32), no eval data: output relative error;
+- `mlp`: monitor.examples.models:mlp (1024-1024-1024-10, batch 32), no eval data: output relative error;
 - `seed-cnn`: the trained seed CNN at batch 32, accuracy on its held-out digits;
-- `encoder`: examples.models:encoder, BERT-base-sized (12 x 768, 85 M parameters), input 8 x 128 x 768,
+- `encoder`: monitor.examples.models:encoder, BERT-base-sized (12 x 768, 85 M parameters), input 8 x 128 x 768,
   relative error of the output.
 Every candidate is timed interleaved with the baseline in one worker (A/B), with perfguard's default
 acceptance rule (>= 10 % faster with a 95 % interval that excludes no change, accuracy within 0.01
@@ -41,14 +41,14 @@ from storage.db import Database  # noqa: E402
 CPU_RECIPES = ["dynamic_int8", "static_int8", "bf16", "channels_last", "compile", "torchao_int8",
                "torchao_int8_compile", "prune_structured", "prune_l1_unstructured"]
 MODELS: dict[str, dict[str, Any]] = {
-    "mlp": {"factory": "examples.models:mlp", "shape": [32, 1024], "max_time_s": 6.0,
+    "mlp": {"factory": "monitor.examples.models:mlp", "shape": [32, 1024], "max_time_s": 6.0,
             "recipes": ["dynamic_int8", "static_int8", "bf16", "compile", "torchao_int8", "torchao_int8_compile",
                         "prune_structured", "prune_l1_unstructured"],
             "extra": 'optimize = { fidelity = "relative_error" }'},
-    "seed-cnn": {"factory": "examples.models:seed_cnn", "shape": [32, 3, 32, 32], "max_time_s": 6.0,
-                 "eval": "examples.models:seed_cnn_eval",
+    "seed-cnn": {"factory": "monitor.examples.models:seed_cnn", "shape": [32, 3, 32, 32], "max_time_s": 6.0,
+                 "eval": "monitor.examples.models:seed_cnn_eval",
                  "recipes": ["static_int8", "channels_last", "compile", "bf16", "dynamic_int8", "prune_structured"]},
-    "encoder": {"factory": "examples.models:encoder", "shape": [8, 128, 768], "max_time_s": 30.0,
+    "encoder": {"factory": "monitor.examples.models:encoder", "shape": [8, 128, 768], "max_time_s": 30.0,
                 "recipes": ["bf16", "dynamic_int8", "compile", "torchao_int8", "torchao_int8_compile"],
                 "extra": 'optimize = { fidelity = "relative_error" }'},
 }

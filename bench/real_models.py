@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from examples.models import seeded_mlp
+from monitor.examples.models import seeded_mlp
 
 IO_WIDTH = 512
 HIDDEN = 1024

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from examples.models import seeded_mlp
+from monitor.examples.models import seeded_mlp
 
 SEED = 0
 

@@ -73,7 +73,7 @@ def seed(work: Path, models: int, runs: int) -> Path:
     folder.mkdir(parents=True)
     lines = ['[storage]\nurl = "sqlite:///fleet.db"\n[detection]\nconfirm = false\n']
     for m in range(models):
-        lines.append(f'[[models]]\nname = "model-{m:03d}"\nfactory = "examples.models:mlp"\n'
+        lines.append(f'[[models]]\nname = "model-{m:03d}"\nfactory = "monitor.examples.models:mlp"\n'
                      f'inputs = [{{ shape = [32, 1024] }}]\nowners = ["team-{m % 5}@example.com"]\n'
                      f'slo = {{ latency_ms_p99 = {2 + 0.1 * m:.1f} }}\n')
     config.write_text("\n".join(lines))

@@ -38,8 +38,8 @@ from monitor.harness.worker_pool import WorkerPool  # noqa: E402
 
 MODELS = {
     "tiny": ("workloads:tiny", [4, 16], [str(ROOT / "tests")]),
-    "mlp": ("examples.models:mlp", [32, 1024], []),
-    "seed-cnn": ("examples.models:seed_cnn", [32, 3, 32, 32], []),  # trained and cached by its first run
+    "mlp": ("monitor.examples.models:mlp", [32, 1024], []),
+    "seed-cnn": ("monitor.examples.models:seed_cnn", [32, 3, 32, 32], []),  # trained and cached by its first run
 }
 
 

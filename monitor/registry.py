@@ -2,7 +2,7 @@
 
 A model with `batch_sizes` gives one job (one stored series) per batch size; each size replaces the
 first dimension of every example input. Factory paths resolve in the worker, against the config's
-folder first, so `examples.models:seed_cnn` works from a checkout without installing anything.
+folder first, so a module beside the config (`my_model:build` for examples/my_model.py) needs no install.
 """
 
 from __future__ import annotations

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from examples import models
+from monitor.examples import models
+from tests.cli_helpers import perfguard
 
 
 @dataclass(frozen=True)
@@ -136,3 +137,21 @@ def test_mlp_has_the_same_weights_every_time_and_leaves_global_rng_alone() -> No
     first, second = models.mlp().state_dict(), models.mlp().state_dict()
     assert torch.equal(torch.random.get_rng_state(), rng_before)
     assert all(torch.equal(first[name], second[name]) for name in first)
+
+
+def test_the_bring_your_own_model_example_runs_from_its_folder_with_nothing_installed(tmp_path: Path) -> None:
+    """examples/perfguard.toml names `my_model:build` beside it: run from another folder, it resolves
+    there, stores a run per batch size with its accuracy, and `history` reads them back."""
+    folder = tmp_path / "example"
+    folder.mkdir()
+    source = Path(__file__).resolve().parent.parent / "examples"
+    (folder / "my_model.py").write_text((source / "my_model.py").read_text())
+    config = folder / "perfguard.toml"
+    config.write_text((source / "perfguard.toml").read_text().replace("max_time_s = 2 ", "max_time_s = 0.3 "))
+    ran = perfguard("run", "--json", config=config, cwd=tmp_path)
+    assert ran.returncode == 0, ran.stderr
+    runs = ran.json()
+    assert [(r["model"], r["batch_size"], r["status"]) for r in runs] == [("my-model", 1, "ok"), ("my-model", 32, "ok")]
+    assert all(r["metrics"]["accuracy"] == pytest.approx(0.5, abs=0.1) for r in runs)
+    shown = perfguard("history", "my-model", config=config, cwd=tmp_path)
+    assert shown.returncode == 0 and "my-model" in shown.stdout, shown.stderr

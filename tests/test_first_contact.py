@@ -203,7 +203,7 @@ def test_import_paths_are_found_without_running_the_module(tmp_path: Path):
     assert "defines no 'buld'" in (missing("teampkg.models:buld", search) or "")
     assert "no module named 'teampkg.modles'" in (missing("teampkg.modles:build", search) or "")
     assert missing("teampkg.star:anything", search) is None  # `import *`: the worker will say
-    assert missing("examples.models:seed_cnn", []) is None  # an installed package
+    assert missing("monitor.examples.models:seed_cnn", []) is None  # an installed package
 
 
 def test_a_missing_extra_names_what_to_install():

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from examples import models
+from monitor.examples import models
 from monitor.transforms import prune
 
 

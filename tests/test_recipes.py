@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from examples import models
+from monitor.examples import models
 from monitor.core.catalog import CATALOG, RECIPES
 from monitor.transforms import recipes
 

@@ -75,7 +75,7 @@ def only_the_artifact(folder: Path, name: str) -> None:
     assert sorted(p.name for p in folder.iterdir()) == sorted([name, CHECK_FILE])
 
 
-@pytest.mark.parametrize(("factory", "width"), [("workloads:tiny", 16), ("examples.models:mlp", 1024)])
+@pytest.mark.parametrize(("factory", "width"), [("workloads:tiny", 16), ("monitor.examples.models:mlp", 1024)])
 def test_a_plain_model_is_frozen_as_a_torchscript_trace_and_timed_beside_itself(frozen, factory, width):
     freeze_job, outcome = frozen(factory, width)
     result = ok_result(outcome)

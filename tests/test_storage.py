@@ -177,20 +177,20 @@ def test_reopening_an_existing_database_keeps_its_runs(db_url: str) -> None:
 
 def test_registered_model_gets_an_active_baseline_and_updates_in_place(db: Database) -> None:
     with db.session() as session:
-        model_id = register_model(session, "seed-cnn", "examples.models:seed_cnn", "cpu")
+        model_id = register_model(session, "seed-cnn", "monitor.examples.models:seed_cnn", "cpu")
     with db.session() as session:
-        assert register_model(session, "seed-cnn", "examples.models:seed_cnn_v2", "cuda") == model_id
+        assert register_model(session, "seed-cnn", "monitor.examples.models:seed_cnn_v2", "cuda") == model_id
         assert active_variant(session, "seed-cnn") == "baseline"
 
     (model,) = list_models(db)
-    assert (model.name, model.factory, model.device) == ("seed-cnn", "examples.models:seed_cnn_v2", "cuda")
+    assert (model.name, model.factory, model.device) == ("seed-cnn", "monitor.examples.models:seed_cnn_v2", "cuda")
     assert model.active_variant == "baseline"
     assert model.updated_at > model.created_at
 
 
 def test_switching_the_active_variant_keeps_exactly_one_active(db: Database) -> None:
     with db.session() as session:
-        register_model(session, "seed-cnn", "examples.models:seed_cnn", "cpu")
+        register_model(session, "seed-cnn", "monitor.examples.models:seed_cnn", "cpu")
         add_variant(
             session, "seed-cnn", "int8", "quantize_static",
             artifact_path="/artifacts/seed-cnn-int8.pt", params={"backend": "x86"}, parent="baseline",
@@ -206,7 +206,7 @@ def test_switching_the_active_variant_keeps_exactly_one_active(db: Database) -> 
 
 def test_the_database_itself_refuses_a_second_active_variant(db: Database) -> None:
     with db.session() as session:
-        model_id = register_model(session, "seed-cnn", "examples.models:seed_cnn", "cpu")
+        model_id = register_model(session, "seed-cnn", "monitor.examples.models:seed_cnn", "cpu")
 
     with pytest.raises(IntegrityError), db.session() as session:
         session.add(VariantRow(model_id=model_id, name="fp16", kind="autocast", is_active=True))

@@ -225,7 +225,7 @@ DRIFT_VERSION_FILE = "model_version.txt"
 def drifting_mlp() -> nn.Module:
     """A 512-wide MLP classifier whose hidden layer grows from 512 to 2048 units once the file
     `model_version.txt` in the working folder (the config's) says 2: a new checkpoint that is slower."""
-    from examples.models import seeded_mlp
+    from monitor.examples.models import seeded_mlp
 
     try:
         version = int(open(DRIFT_VERSION_FILE).read().strip())

@@ -1,4 +1,4 @@
-"""Example models that perfguard benchmarks out of the box, named in a config as "examples.models:NAME".
+"""Example models that perfguard benchmarks out of the box, named in a config as "monitor.examples.models:NAME".
 
 `seed_cnn` is the small CNN from the common PyTorch tutorial, trained on bundled digits so that
 accuracy checks have something real to guard; `mlp` is a plain fixed-weight network for pure speed.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -19,10 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
+import torch.nn.functional as F  # noqa: N812 - torch's own spelling
 from torch import nn
 
-from examples import digits
+from monitor.examples import digits
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,8 @@ class SimpleCNN(nn.Module):
         x = self.pool(F.relu(self.conv2(x)))
         x = torch.flatten(x, 1)
         x = F.relu(self.fc1(x))
-        return self.fc2(x)
+        logits: torch.Tensor = self.fc2(x)
+        return logits
 
 
 @dataclass(frozen=True)
@@ -144,7 +146,8 @@ def _write_atomically(state: dict[str, torch.Tensor], path: Path) -> None:
 def _load_cached(path: Path) -> dict[str, torch.Tensor] | None:
     """The cached state_dict, or None when there is none or it cannot be read (then we retrain)."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        state: dict[str, torch.Tensor] = torch.load(path, map_location="cpu", weights_only=True)
+        return state
     except FileNotFoundError:
         return None
     except (RuntimeError, EOFError, pickle.UnpicklingError) as error:
@@ -192,7 +195,7 @@ def seeded_mlp(widths: list[int], seed: int) -> nn.Sequential:
     # fork_rng keeps the fixed seed from resetting the random stream of whoever builds the model.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        for i, (n_in, n_out) in enumerate(zip(widths, widths[1:])):
+        for i, (n_in, n_out) in enumerate(itertools.pairwise(widths)):
             if i:
                 layers.append(nn.ReLU())
             layers.append(nn.Linear(n_in, n_out))

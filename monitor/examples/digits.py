@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
+import torch.nn.functional as F  # noqa: N812 - torch's own spelling
 
 IMAGE_SIZE = 32
 CHANNELS = 3
@@ -40,8 +40,8 @@ def load_split() -> DigitsSplit:
     """The fixed stratified 80/20 split of scikit-learn's bundled digits."""
     # Imported here so that the MLP example, and anything that only imports this package, works
     # without the optional scikit-learn dependency.
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
+    from sklearn.datasets import load_digits  # noqa: PLC0415
+    from sklearn.model_selection import train_test_split  # noqa: PLC0415
 
     digits = load_digits()
     train_x, held_x, train_y, held_y = train_test_split(

@@ -1,1 +1,0 @@
-"""Example models bundled with perfguard: the seed CNN and an MLP."""
