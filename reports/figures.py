@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
+from monitor.core.metrics import WATCHED_LATENCY
 from monitor.core.series import FindingRecord
 from reports.charts import ChartSpec, Line, Marker, describe
 from reports.data import ModelView, SeriesView
@@ -21,7 +22,6 @@ SHORT = {
     "energy_j_per_inference": "energy", "rel_to_reference": "vs reference", "probe_blas_ms": "BLAS probe",
     "probe_python_ms": "Python probe",
 }
-LATENCY = ("latency_ms_p50", "latency_ms_p99")
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +94,7 @@ def latency_chart(view: ModelView, series: SeriesView) -> NamedChart:
         Line("p90", series.values("latency_ms_p90"), emphasis=False),
         Line("p99", series.values("latency_ms_p99"), emphasis=False),
     ]
-    findings = [f for f in _series_findings(view, series) if f.metric in LATENCY]
+    findings = [f for f in _series_findings(view, series) if f.metric in WATCHED_LATENCY]
     limit = view.model.slo.get("latency_ms_p99", view.model.slo.get("latency_ms_p50"))
     highest = max((v for v in series.values("latency_ms_p99") if v is not None), default=None)
     if limit is not None and highest is not None and limit > SLO_SHOWN_WITHIN * highest:

@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from reports import charts
 from reports.charts import (
     ChartSpec,
     Line,
     Marker,
     describe,
+    drawing,
     render_chart,
     render_many,
     sparkline,
@@ -271,8 +271,8 @@ def test_render_many_pool_matches_serial(tmp_path: Path, monkeypatch: pytest.Mon
             pools.append(kwargs)
             super().__init__(*args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(charts, "ProcessPoolExecutor", CountingPool)
-    monkeypatch.setattr(charts, "_POOL_THRESHOLD", 8)  # the real threshold is tuned for big reports
+    monkeypatch.setattr(drawing, "ProcessPoolExecutor", CountingPool)
+    monkeypatch.setattr(drawing, "_POOL_THRESHOLD", 8)  # the real threshold is tuned for big reports
     specs = _many(12)
     serial = render_many(specs, tmp_path / "serial", workers=1)
     assert pools == []

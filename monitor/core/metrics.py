@@ -33,6 +33,13 @@ WATCHED: dict[str, WatchedMetric] = {
     )
 }
 
+# Every latency figure a run stores, and those of them detection watches.
+LATENCY_METRICS = ("latency_ms_p50", "latency_ms_p90", "latency_ms_p99", "latency_ms_mean")
+WATCHED_LATENCY = tuple(name for name in WATCHED if name in LATENCY_METRICS)
+# What a relative reading (the model against its frozen reference) speaks for: latency, and
+# throughput (the batch over the latency); a memory or accuracy figure is the model's alone.
+RELATIVE_METRICS = tuple(m.name for m in WATCHED.values() if m.relative_min_effect is not None)
+
 
 def verdict(metric: str, change: Literal["up", "down"]) -> Literal["regression", "improvement"]:
     """A change of `metric` in direction `change`, judged."""

@@ -31,13 +31,11 @@ from typing import Literal
 
 import numpy as np
 
-from monitor.core.metrics import WATCHED
+from monitor.core.metrics import RELATIVE_METRICS, WATCHED
 from monitor.core.series import ReferenceInfo, SeriesRun
 from monitor.detection.series import SeriesView, figures
 
 ReadingName = Literal["absolute", "relative", "reference", "normalised"]
-# What the relative reading speaks for: latency, and throughput (the batch over the latency).
-LATENCY_METRICS = ("latency_ms_p50", "latency_ms_p99", "throughput_per_s")
 HOST = "host"  # a change that is the host's: recorded as a host event, not a finding
 ANCHOR_RUNS = 5  # runs whose figures scale a reading when its reference recorded none at freeze time
 
@@ -73,7 +71,7 @@ def series_readings(view: SeriesView, reference: ReferenceInfo | None) -> list[R
     readings = latency_readings(view, reference)
     readings += [
         Reading("absolute", metric, view.usable, view.values(metric))
-        for metric in WATCHED if metric not in LATENCY_METRICS
+        for metric in WATCHED if metric not in RELATIVE_METRICS
     ]
     return readings
 
@@ -95,7 +93,7 @@ def latency_readings(view: SeriesView, reference: ReferenceInfo | None) -> list[
             before = runs[0].started_at
             return [
                 *(Reading("absolute", metric, view.usable, view.values(metric), changes_before=before)
-                  for metric in LATENCY_METRICS),
+                  for metric in RELATIVE_METRICS),
                 Reading("relative", "latency_ms_p50", runs, p50),
                 Reading("relative", "latency_ms_p99", runs, p99),
                 Reading("relative", "throughput_per_s", runs, batch * 1000.0 / p50),
@@ -112,7 +110,7 @@ def latency_readings(view: SeriesView, reference: ReferenceInfo | None) -> list[
                 Reading("normalised", "latency_ms_p99", runs, figures(runs, "latency_ms_p99") * scale),
                 Reading("normalised", "throughput_per_s", runs, batch * 1000.0 / p50),
             ]
-    return [Reading("absolute", metric, view.usable, view.values(metric)) for metric in LATENCY_METRICS]
+    return [Reading("absolute", metric, view.usable, view.values(metric)) for metric in RELATIVE_METRICS]
 
 
 def _anchor(reference: ReferenceInfo, runs: list[SeriesRun], figure: str) -> float:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from monitor.config import LoadedConfig
 from monitor.core.actions import ActionRecord
+from monitor.core.metrics import LATENCY_METRICS
 from monitor.core.series import FindingRecord
 from monitor.harness.worker_pool import WorkerPool
 from monitor.optimize.search import OptimizeRequest, diagnose, optimize
@@ -28,7 +29,6 @@ from storage.db import Database
 
 log = logging.getLogger(__name__)
 
-LATENCY_METRICS = ("latency_ms_p50", "latency_ms_p90", "latency_ms_p99", "latency_ms_mean")
 
 
 @dataclass(slots=True)

@@ -8,15 +8,14 @@ from typing import Annotated
 from pydantic import AfterValidator, Field
 
 from monitor.core.catalog import RECIPES
+from monitor.core.metrics import WATCHED_LATENCY
 from rules.api import Decision, Rule, RuleContext, RuleParams
 from rules.builtin.common import ActionList, finding_decisions, one_of, open_regressions
 
-LATENCY_METRICS = ("latency_ms_p50", "latency_ms_p99")  # the latency metrics detection watches
-
 
 class LatencyDriftParams(RuleParams):
-    metrics: Annotated[list[str], AfterValidator(one_of(LATENCY_METRICS, "latency metric"))] = Field(
-        default=list(LATENCY_METRICS), min_length=1, description="latency metrics whose regressions count")
+    metrics: Annotated[list[str], AfterValidator(one_of(WATCHED_LATENCY, "latency metric"))] = Field(
+        default=list(WATCHED_LATENCY), min_length=1, description="latency metrics whose regressions count")
     min_change: float = Field(default=0.05, gt=0, description="smallest relative rise acted on (0.05 = 5 %)")
     actions: ActionList = Field(default=["alert", "requantize"], description="what to ask for")
     act_on_environment: bool = Field(
