@@ -23,19 +23,16 @@ from sqlalchemy import text
 
 from monitor.config import ConfigError, LoadedConfig
 from monitor.core.runs import RunRecord
-from monitor.harness.protocol import VariantSpec
 from monitor.harness.worker_pool import WorkerPool
-from monitor.service.benchmark import BenchmarkProgress, benchmark_models
 from monitor.service.executors import make_executor
-from monitor.service.followup import follow_up
 from monitor.service.http import RunMetricsExporter, serve
 from monitor.service.loading import load_service_config
+from monitor.service.local_runs import BuiltRules, LocalRuns, RunEnded, RunEvent
 from monitor.service.lock import DaemonLock
 from monitor.service.reporting import ReportKeeper, report_dir
 from monitor.service.scheduler import BenchmarkScheduler, next_due
 from monitor.service.spool import UNAVAILABLE, RunSpool
 from monitor.user_errors import EXIT_UNREACHABLE, explain, first_line
-from rules.discovery import ConfiguredRule, configured_rules
 from storage import findings as findings_store
 from storage import host_events, queries
 from storage.db import Database
@@ -51,44 +48,6 @@ CONFIG_POLL_S = 2.0
 NEVER = datetime.min.replace(tzinfo=UTC)
 
 
-class LogProgress(BenchmarkProgress):
-    """One log line per stored run (model, batch size, run id, outcome), and the run to /metrics."""
-
-    def __init__(self, daemon: Daemon):
-        self._daemon = daemon
-
-    def end(self, record: RunRecord) -> None:
-        self._daemon.note_run(record, stored=record.run_id is not None)
-        if record.run_id is None:
-            log.warning("run of %s (batch %d, %s) spooled until the database is back", record.model,
-                        record.batch_size, record.status)
-            return
-        if record.status == "ok":
-            log.info("run %s stored: model=%s batch=%d status=ok p50_ms=%.4g flags=%s", record.run_id,
-                     record.model, record.batch_size, record.metrics.latency_ms_p50 or 0.0,
-                     ",".join(record.flags) or "-")
-        else:
-            log.warning("run %s stored: model=%s batch=%d status=%s error=%s", record.run_id,
-                        record.model, record.batch_size, record.status, record.error_summary)
-
-
-class BuiltRules:
-    """The configured rules, built once per loaded config (a reload builds them anew)."""
-
-    def __init__(self) -> None:
-        self._for: LoadedConfig | None = None
-        self._rules: list[ConfiguredRule] = []
-
-    def get(self, loaded: LoadedConfig) -> list[ConfiguredRule]:
-        if loaded is not self._for:
-            self._rules, self._for = configured_rules(loaded.config), loaded
-        return self._rules
-
-    def built(self) -> list[ConfiguredRule]:
-        """The rules built so far, building none (for /healthz, on the HTTP thread)."""
-        return list(self._rules)
-
-
 class Daemon:
     """The running service: config, database, scheduler, and the signals that steer them."""
 
@@ -98,19 +57,18 @@ class Daemon:
         self.stop_requested = threading.Event()
         self.reload_requested = threading.Event()
         self.cancel = threading.Event()  # set when a stop has waited long enough: aborts workers
-        self._active = 0
-        self._idle = threading.Condition()
         daemon_config = loaded.config.daemon
-        self.executor = make_executor(loaded.config.executor, self.run_model)
         self.scheduler = BenchmarkScheduler(self.dispatch, daemon_config.misfire_grace_s)
         self._seen_runs: dict[str, datetime] | None = None
         self.exporter = RunMetricsExporter()
         self.spool = RunSpool(loaded.base_dir / daemon_config.spool_dir)
-        self.variants: dict[str, VariantSpec] = {}  # model -> active variant, last seen in the database
-        self.prepared: set[str] = set()  # models whose prepare step ran in this daemon's life
         self.workers = WorkerPool()  # warm workers: a run does not import torch again
         self.rules = BuiltRules()
         self.reports = ReportKeeper()
+        # The local executor's jobs; they tell this daemon what happened through `on_run_event`.
+        self.local = LocalRuns(lambda: self.loaded, db, self.spool.store, self.workers, self.reports,
+                               self.stop_requested, self.cancel, self.rules, listeners=[self.on_run_event])
+        self.executor = make_executor(loaded.config.executor, self.local.run)
         self.last_success: datetime | None = None
         self._last_finished: dict[str, datetime] = {}  # model -> its newest run's end (any status)
         self._started = datetime.now(UTC)
@@ -216,50 +174,13 @@ class Daemon:
         log.info("run of %s due", name)  # when the schedule fired; "stored" says when the run ended
         self.executor.submit(model, datetime.now(UTC))
 
-    def run_model(self, name: str) -> None:
-        """One scheduled job: benchmark one model (all its batch sizes), store the runs, check them."""
-        if self.stop_requested.is_set():
+    def on_run_event(self, event: RunEvent) -> None:
+        """A local run ended (to /metrics and /healthz) or was followed up (its findings to /metrics)."""
+        if isinstance(event, RunEnded):
+            self.note_run(event.record, stored=event.record.run_id is not None)
+            _log_run(event.record)
             return
-        with self._idle:
-            self._active += 1
-        try:
-            loaded = self.loaded  # a reload swaps it; this run keeps the config it started with
-            if name not in {m.name for m in loaded.config.models}:
-                return
-            try:
-                records = benchmark_models(
-                    loaded,
-                    self.db,
-                    [name],
-                    LogProgress(self),
-                    cancel=self.cancel,
-                    store=self.spool.store,
-                    known_variants=self.variants,
-                    prepared=self.prepared,
-                    stopping=self.stop_requested,
-                    pool=self.workers,
-                )
-            except Exception:
-                log.exception("benchmark of %s failed to run or store", name)
-                return
-            try:
-                self.follow_up(loaded, name, records)
-            except Exception:
-                log.exception("change detection for %s failed", name)
-            if not self.stopping():
-                self.reports.publish(self.db, loaded, name)
-        finally:
-            with self._idle:
-                self._active -= 1
-                self._idle.notify_all()
-
-    def follow_up(self, loaded: LoadedConfig, name: str, records: list[RunRecord]) -> None:
-        """After a model's runs: detection, reference, attribution, rules (monitor/service/followup.py),
-        and the open findings to /metrics."""
-        if self.stopping():
-            return
-        done = follow_up(self.db, loaded, [name], self.rules.get(loaded), records=records, cancel=self.cancel,
-                         pool=self.workers)
+        name, done = event.model, event.done
         if done.check is not None:
             self.exporter.observe_findings(name, done.check.findings)
             self.exporter.observe_host_events(
@@ -288,9 +209,6 @@ class Daemon:
             self.exporter.observe_findings(name, findings_store.findings(self.db, name))
             self.exporter.observe_host_events(host_events.open_event_counts(self.db))
             self.reports.publish(self.db, self.loaded, name)
-
-    def stopping(self) -> bool:
-        return self.stop_requested.is_set() or self.cancel.is_set()
 
     def sync_schedule(self) -> None:
         self.scheduler.sync(
@@ -441,8 +359,7 @@ class Daemon:
         log.info("stopping: no new benchmarks; waiting up to %g s for the one in flight", timeout)
         self.scheduler.pause()
         self.reports.close()  # never waits for a mail server; unsent alerts go out after the restart
-        with self._idle:
-            finished = self._idle.wait_for(lambda: self._active == 0, timeout=timeout)
+        finished = self.local.wait_idle(timeout)
         if not finished:
             log.warning("stop timeout reached: aborting the benchmark in flight")
         # Also aborts a job that slipped in between the pause and the wait, instead of waiting for it.
@@ -455,6 +372,19 @@ class Daemon:
         if self._http is not None:
             self._http.shutdown()
         log.info("perfguard daemon stopped")
+
+
+def _log_run(record: RunRecord) -> None:
+    """One log line per run: model, batch size, run id, outcome."""
+    if record.run_id is None:
+        log.warning("run of %s (batch %d, %s) spooled until the database is back", record.model,
+                    record.batch_size, record.status)
+    elif record.status == "ok":
+        log.info("run %s stored: model=%s batch=%d status=ok p50_ms=%.4g flags=%s", record.run_id,
+                 record.model, record.batch_size, record.metrics.latency_ms_p50 or 0.0, ",".join(record.flags) or "-")
+    else:
+        log.warning("run %s stored: model=%s batch=%d status=%s error=%s", record.run_id,
+                    record.model, record.batch_size, record.status, record.error_summary)
 
 
 def _open_per_host(events: list[HostEventRecord]) -> dict[str, int]:
