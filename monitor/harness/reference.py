@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from monitor.core.import_paths import resolve
 from monitor.harness.artifacts import ArtifactError, open_verified, sha256_of
 from monitor.harness.protocol import ArtifactKind, ArtifactRef
 
@@ -174,8 +175,6 @@ def _load(kind: ArtifactKind, handle: IO[bytes], factory: str, device: str) -> A
         with _jit_warnings():
             return torch.jit.load(handle, map_location=device).eval()
     if kind == "state_dict":
-        from monitor.core.import_paths import resolve
-
         state = torch.load(handle, map_location=device, weights_only=True)
         module = resolve(factory)().to(device)
         module.load_state_dict(state)
