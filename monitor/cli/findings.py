@@ -11,7 +11,6 @@ from monitor.cli.app import main
 from monitor.cli.common import config_option, json_option, known_model, load, open_db, print_json
 from monitor.cli.tables import follow_up_json, follow_up_text, format_table
 from monitor.harness.worker_pool import WorkerPool
-from monitor.registry import plan_active
 from monitor.user_errors import EXIT_FAILED
 
 
@@ -80,22 +79,16 @@ def baseline() -> None:
 @click.option("--note", help="Why the new level is intended (kept with the baseline).")
 def baseline_accept(config_path: Path, as_json: bool, model: str, note: str | None) -> None:
     """After an intended change: make MODEL's current level its baseline and freeze a new reference."""
-    from monitor.detection import attribution
-    from monitor.detection.baseline import NoRunsError, accept
+    from monitor.detection.baseline import NoRunsError
+    from monitor.service.baselines import accept_baseline
 
     loaded = load(config_path)
     with open_db(loaded, create=False) as db, WorkerPool() as pool:
         try:
-            segments = accept(db, loaded, model, note)
+            done = accept_baseline(db, loaded, model, note, pool)
         except NoRunsError as exc:
             raise click.UsageError(str(exc)) from None
-        references = []
-        if model in {m.name for m in loaded.config.models}:
-            accepted = {s.key for s in segments}
-            for planned in plan_active(db, loaded, [model]):
-                key = attribution.series_key(db, planned)
-                if key in accepted:
-                    references.append(attribution.freeze_reference(db, loaded, planned, key, pool=pool))
+    segments, references = done.segments, done.references
     if as_json:
         print_json(
             {
@@ -121,6 +114,6 @@ def baseline_accept(config_path: Path, as_json: bool, model: str, note: str | No
                 [[s.key.label(), s.run_id, s.started_at.strftime("%Y-%m-%d %H:%M:%S"), s.runs] for s in segments],
             )
         )
-    if any(r is None for r in references):
+    if not done.all_frozen:
         click.echo("warning: a reference could not be frozen (see the log)", err=True)
         sys.exit(EXIT_FAILED)
