@@ -329,7 +329,8 @@ def interleaved_sample(
             break
     sampling_s = time.perf_counter() - sampling_start
     measured = window.stop() if window is not None else None
-    subjects = [state.sampled(i, warmups[i], reason, settings, stop, absolute, sampling_s, measured)
+    executed = state.executed()
+    subjects = [state.sampled(i, warmups[i], reason, settings, stop, absolute, sampling_s, measured, executed)
                 for i in range(len(runs))]
     result = Interleaved(subjects, state.rounds, state.contended, {}, state.medians, state.every)
     result.comparison = {runs[i][0]: result.ratio(i, 0) for i in range(1, len(runs)) if i in watched}
@@ -403,12 +404,16 @@ class _Rounds:
             return self.others_weighted / self.kept_wall
         return self.all_weighted / self.all_wall if self.all_wall else 0.0
 
+    def executed(self) -> list[int]:
+        """Each subject's calls while sampling, kept or not."""
+        return [len(k) + len(d) for k, d in zip(self.kept, self.discarded, strict=True)]
+
     def sampled(
         self, i: int, warmup: Warmup, reason: str, settings: SamplingSettings, stop: StopRule,
-        absolute: Sequence[int], sampling_s: float, measured: dict[str, Any] | None,
+        absolute: Sequence[int], sampling_s: float, measured: dict[str, Any] | None, executed: list[int],
     ) -> Sampled:
-        """Subject `i`'s samples and their precision, flagged as the rounds went."""
-        executed = [len(k) + len(d) for k, d in zip(self.kept, self.discarded, strict=True)]
+        """Subject `i`'s samples and their precision, flagged as the rounds went; `executed`: every
+        subject's calls (`executed()`), which the measured window is shared by."""
         samples = self.kept[i]
         short_of_clean = self.contended > 0 and len(samples) < settings.min_samples
         if len(samples) < MIN_SAMPLES_FLOOR:

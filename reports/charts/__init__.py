@@ -7,7 +7,7 @@ callers that only want `describe` or `sparkline`.
 
 A report draws a few hundred charts, so drawing is tuned (about 13 ms a chart on a slow 2-core
 machine, against ~60 ms for a plain matplotlib figure): each thread refills one figure instead of
-building new ones, and all text is drawn by Pillow, see `_Painter`.
+building new ones, and all text is drawn by Pillow, see `_Painter` in render.py.
 
 A rendered chart is named by `ChartSpec.key()`, a digest of everything drawn, and the PNG bytes are
 deterministic, so `render_many` can skip every chart whose file already exists.
