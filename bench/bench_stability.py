@@ -79,7 +79,7 @@ def perfguard_p50(config: Path, model: str) -> float:
 
 def ab_ratio(model: str, reference: str, max_time_s: float, threads: int | None) -> float:
     from monitor.harness.protocol import (
-        BenchmarkJob,
+        CompareJob,
         InputTensor,
         SamplingSettings,
         Subject,
@@ -90,8 +90,8 @@ def ab_ratio(model: str, reference: str, max_time_s: float, threads: int | None)
         Subject(label=name, factory=MODELS[name][0], inputs=[InputTensor(MODELS[name][1])])
         for name in (reference, model)
     ]
-    job = BenchmarkJob(model=model, subjects=subjects, batch_size=32, threads=threads, mode="ab",
-                       sampling=SamplingSettings(max_time_s=max_time_s), sys_path=[str(ROOT)])
+    job = CompareJob(model=model, subjects=subjects, batch_size=32, threads=threads,
+                     sampling=SamplingSettings(max_time_s=max_time_s), sys_path=[str(ROOT)])
     outcome = run_worker(job, timeout_s=300)
     if outcome.result is None:
         raise SystemExit(f"A/B run of {model} failed:\n{outcome.error}")

@@ -48,7 +48,7 @@ sys.path.insert(0, str(ROOT))
 
 from monitor.detection.changepoints import DetectionOptions, detect_changes, in_effect  # noqa: E402
 from monitor.harness.protocol import (  # noqa: E402
-    BenchmarkJob,
+    CompareJob,
     InputTensor,
     SamplingSettings,
     Subject,
@@ -137,8 +137,8 @@ def _interleaved_once(family: str, max_time: float) -> float:
     inputs, original, new, _ = FAMILIES[family]
     subjects = [Subject("old", factory(original), [InputTensor(inputs)]),
                 Subject("new", factory(new), [InputTensor(inputs)])]
-    job = BenchmarkJob(model=family, subjects=subjects, batch_size=inputs[0], threads=2, mode="ab",
-                       sampling=SamplingSettings(max_time_s=max_time), sys_path=[str(ROOT)])
+    job = CompareJob(model=family, subjects=subjects, batch_size=inputs[0], threads=2,
+                     sampling=SamplingSettings(max_time_s=max_time), sys_path=[str(ROOT)])
     outcome = run_worker(job, timeout_s=600, cwd=ROOT)
     if outcome.result is None:
         raise RuntimeError(f"the A/B of {family} failed: {outcome.error}")

@@ -14,10 +14,11 @@ import pytest
 from monitor.config import load_config
 from monitor.harness import runner
 from monitor.harness.protocol import (
-    BenchmarkJob,
     InputTensor,
     SamplingSettings,
     Subject,
+    WorkerJob,
+    make_job,
 )
 from monitor.harness.runner import ALLOCATOR_PINS, run_worker, to_records
 from monitor.service.benchmark import benchmark_models
@@ -31,11 +32,11 @@ QUICK = SamplingSettings(max_time_s=0.5, min_samples=20)
 HOG_BUDGET = SamplingSettings(max_time_s=10, min_samples=20)
 
 
-def job(factory: str, *, mode: str = "single", subjects: list[Subject] | None = None, **kw) -> BenchmarkJob:
+def job(factory: str, *, mode: str = "single", subjects: list[Subject] | None = None, **kw) -> WorkerJob:
     subjects = subjects or [Subject(label="baseline", factory=f"workloads:{factory}", inputs=[InputTensor([4, 16])])]
-    return BenchmarkJob(
-        model=factory, subjects=subjects, batch_size=4, sampling=kw.pop("sampling", QUICK),
-        sys_path=[str(TESTS)], mode=mode, **kw,
+    return make_job(
+        mode, model=factory, subjects=subjects, batch_size=4, sampling=kw.pop("sampling", QUICK),
+        sys_path=[str(TESTS)], **kw,
     )
 
 

@@ -16,11 +16,13 @@ from monitor.core.runs import EnvFingerprint, HostCondition
 from monitor.harness.protocol import (
     REFERENCE_LABEL,
     ArtifactRef,
-    BenchmarkJob,
     InputTensor,
     SamplingSettings,
     Subject,
+    WorkerJob,
     WorkerResult,
+    make_job,
+    read_job,
 )
 from monitor.harness.reference import CHECK_FILE
 from monitor.harness.runner import WorkerOutcome, run_worker, to_records
@@ -30,17 +32,18 @@ TESTS = Path(__file__).parent
 REPO = TESTS.parent
 # These tests check the plumbing, not the noise rules: keep every round, even on a busy host.
 QUICK = SamplingSettings(max_time_s=0.4, min_samples=20, contention_cpu_pct=1e9)
-Frozen = tuple[BenchmarkJob, WorkerOutcome]
+Frozen = tuple[WorkerJob, WorkerOutcome]
 
 
 def subject(factory: str, width: int = 16, **kw) -> Subject:
     return Subject(label=kw.pop("label", "baseline"), factory=factory, inputs=[InputTensor([4, width])], **kw)
 
 
-def job(subjects: list[Subject], *, mode: str = "single", freeze_dir: Path | None = None) -> BenchmarkJob:
-    return BenchmarkJob(
-        model="m", subjects=subjects, batch_size=4, threads=1, sampling=QUICK,
-        sys_path=[str(TESTS), str(REPO)], mode=mode, freeze_dir=None if freeze_dir is None else str(freeze_dir),
+def job(subjects: list[Subject], *, mode: str = "single", freeze_dir: Path | str | None = None) -> WorkerJob:
+    extra = {"freeze_dir": None if freeze_dir is None else str(freeze_dir)} if mode == "freeze" else {}
+    return make_job(
+        mode, model="m", subjects=subjects, batch_size=4, threads=1, sampling=QUICK,
+        sys_path=[str(TESTS), str(REPO)], **extra,
     )
 
 
@@ -224,10 +227,10 @@ def test_artifact_refs_survive_the_json_protocol():
     ref = ArtifactRef(kind="state_dict", path="/refs/m/reference.state.pt", sha256="ab" * 32,
                       factory="pkg.mod:build", torch_version="2.13.0+cpu", fallbacks=["exported: why"])
     ab = job([subject("pkg.mod:build", label="current"), subject("pkg.mod:build", artifact=ref)], mode="ab")
-    back = BenchmarkJob.from_json(ab.to_json())
+    back = read_job(ab.to_json())
     assert back == ab and back.subjects[0].artifact is None and back.subjects[1].artifact == ref
     freezing = job([subject("pkg.mod:build")], mode="freeze", freeze_dir=Path("/refs/m"))
-    assert BenchmarkJob.from_json(freezing.to_json()) == freezing and freezing.freeze_dir == "/refs/m"
+    assert read_job(freezing.to_json()) == freezing and freezing.freeze_dir == "/refs/m"
     result = WorkerResult(env=EnvFingerprint(torch="2.13.0+cpu"), host=HostCondition(), subjects=[], frozen=ref)
     event = json.loads(json.dumps(result.to_event()))
     assert WorkerResult.from_event(event).frozen == ref

@@ -33,7 +33,7 @@ from monitor.config import LoadedConfig, ModelConfig
 from monitor.core.series import FindingRecord, ReferenceInfo, SeriesKey
 from monitor.detection.check import detection_options
 from monitor.harness.artifacts import damaged
-from monitor.harness.protocol import REFERENCE_LABEL, ArtifactRef, BenchmarkJob
+from monitor.harness.protocol import REFERENCE_LABEL, ArtifactRef, CompareJob, FreezeJob, WorkerJob
 from monitor.harness.runner import WorkerOutcome, run_worker
 from monitor.harness.worker_pool import WorkerPool
 from monitor.registry import PlannedBenchmark, UnknownModelError, plan_active
@@ -148,7 +148,7 @@ def freeze_reference(
         / f"b{key.batch_size}"
         / stamp
     )
-    job = replace(planned.job, mode="freeze", freeze_dir=str(folder))
+    job = planned.job.as_job(FreezeJob, freeze_dir=str(folder), probe=planned.job.probe)
     outcome = _run(loaded, planned, job, cancel, pool)
     result = outcome.result
     ratio = ((result.comparison if result is not None else None) or {}).get(REFERENCE_LABEL, {})
@@ -206,7 +206,7 @@ def attribute(
         replace(live, label=CURRENT_LABEL),
         replace(live, label=REFERENCE_LABEL, eval=None, artifact=ArtifactRef.from_dict(reference.artifact)),
     ]
-    outcome = _run(loaded, planned, replace(planned.job, mode="ab", subjects=subjects), cancel, pool)
+    outcome = _run(loaded, planned, planned.job.as_job(CompareJob, subjects=subjects), cancel, pool)
     if outcome.status != "ok" or outcome.result is None:
         error = outcome.error or outcome.status
         numbers: dict[str, Any] = {"error": error, "reference_id": reference.id}
@@ -397,7 +397,7 @@ def series_key(db: Database, planned: PlannedBenchmark) -> SeriesKey | None:
 def _run(
     loaded: LoadedConfig,
     planned: PlannedBenchmark,
-    job: BenchmarkJob,
+    job: WorkerJob,
     cancel: threading.Event | None,
     pool: WorkerPool | None,
 ) -> WorkerOutcome:

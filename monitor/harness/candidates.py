@@ -21,9 +21,9 @@ from typing import Any
 from monitor.harness import variants
 from monitor.harness.cpu_info import cpu_flags
 from monitor.harness.protocol import (
-    BenchmarkJob,
     BuiltCandidate,
     CandidateRequest,
+    CandidatesJob,
     RecipeStep,
     VariantSpec,
 )
@@ -84,7 +84,7 @@ def _first_tensor(output: Any) -> Any:
 
 
 def build_all(
-    job: BenchmarkJob,
+    job: CandidatesJob,
     current_model: Any,
     inputs: list[tuple[tuple[Any, ...], dict[str, Any]]],
     calibration: list[tuple[Any, ...]] | None,
@@ -97,7 +97,6 @@ def build_all(
     """
     import torch
 
-    assert job.candidates_dir is not None
     base = job.subjects[0].variant or VariantSpec(name="baseline")
     # no_grad, not inference_mode: a model that caches something on its first call must not keep an
     # inference tensor that a train hook would later refuse to backpropagate through.
@@ -117,7 +116,7 @@ def build_all(
 
 
 def _build_one(
-    job: BenchmarkJob,
+    job: CandidatesJob,
     request: CandidateRequest,
     base: VariantSpec,
     current_model: Any,
@@ -143,7 +142,7 @@ def _build_one(
     module.eval()
     with torch.inference_mode():
         built_out = [module(*a, **k) for a, k in inputs]
-    folder = Path(job.candidates_dir or ".") / request.label
+    folder = Path(job.candidates_dir) / request.label
     digest = variants.save_weights(module, folder / "weights.pt")
     spec = VariantSpec(
         name=request.label,

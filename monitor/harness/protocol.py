@@ -1,9 +1,9 @@
 """What the parent sends the worker and what the worker sends back, as JSON lines.
 
-The runner writes one `BenchmarkJob` to the worker's stdin; the worker answers on its own protocol
-channel (its original stdout; model code printing goes to stderr) with events: `started` (the
-environment, sent before any model code runs so even a crash has it), `progress`, and one `result`.
-Plain dataclasses so both sides, which share no process, agree on one shape.
+The runner writes one job (a `Job` subclass per mode) to the worker's stdin; the worker answers on
+its own protocol channel (its original stdout; model code printing goes to stderr) with events:
+`started` (the environment, sent before any model code runs so even a crash has it), `progress`, and
+one `result`. Plain dataclasses so both sides, which share no process, agree on one shape.
 
 A job in "freeze" mode also writes a frozen reference copy of its model to disk (see reference.py) and
 answers with an `ArtifactRef` to it, which later jobs name in `Subject.artifact` to time that copy.
@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal, TypeVar
 
 from monitor.core.runs import EnvFingerprint, HostCondition, RunMetrics
 
@@ -145,15 +145,19 @@ class SamplingSettings:
     warmup_fraction: float = 0.3  # of max_time_s, at most, spent warming up
 
 
-@dataclass(slots=True)
-class BenchmarkJob:
-    """One worker's task: time one subject, or several interleaved (A/B), at one batch size.
+JobT = TypeVar("JobT", bound="Job")
 
-    "freeze" builds the single subject from its factory, freezes it into `freeze_dir`, and times the
-    live model and the reloaded copy interleaved: the ratio is the copy's baseline cost relative to
-    the model, against which a later A/B of the two tells a host change from a model regression.
+
+@dataclass(slots=True, kw_only=True)
+class Job:
+    """What every worker task shares: the model's subjects, at one batch size, on one device.
+
+    Each mode is its own subclass with only the fields it uses; `mode` names it on the wire and the
+    worker dispatches on the type (worker.RUNNERS). `as_job` turns a planned scheduled run into
+    another mode's job of the same model, keeping what they share.
     """
 
+    mode: ClassVar[str]
     model: str
     subjects: list[Subject]
     batch_size: int
@@ -161,50 +165,123 @@ class BenchmarkJob:
     threads: int | None = None
     sampling: SamplingSettings = field(default_factory=SamplingSettings)
     sys_path: list[str] = field(default_factory=list)
-    mode: Literal["single", "ab", "freeze", "candidates", "profile", "prepare"] = "single"
-    freeze_dir: str | None = None
-    # "candidates" mode: what to build, where to save it, the fine-tune hook, how to judge fidelity.
-    candidates: list[CandidateRequest] = field(default_factory=list)
-    candidates_dir: str | None = None
-    train: str | None = None
-    fidelity: Literal["auto", "top1", "relative_error"] = "auto"
-    # A scheduled run measures relatively: its frozen reference (the database's id and the copy to load)
-    # is timed interleaved with the first subject, and the host-speed probe beside both (host_probe.py).
+
+    def shared(self) -> dict[str, Any]:
+        """The fields every mode has, as keyword arguments."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(Job)}
+
+    def as_job(self, kind: type[JobT], **fields: Any) -> JobT:
+        return kind(**{**self.shared(), **fields})
+
+    def to_json(self) -> str:
+        return json.dumps({"mode": self.mode, **dataclasses.asdict(self)})
+
+
+@dataclass(slots=True, kw_only=True)
+class BenchmarkJob(Job):
+    """A scheduled run: time one subject (or several, each alone in its series).
+
+    With a `reference` (the series' frozen copy, loaded from its artifact) the copy is timed
+    interleaved with the first subject and the run reads relatively; with `probe` the host-speed
+    probe rides along (host_probe.py).
+    """
+
+    mode: ClassVar[str] = "single"
     reference: Subject | None = None
-    reference_id: int | None = None
-    probe: bool = False  # in "single" and "freeze" modes; others time no probe
-    # "prepare" mode: the model's prepare step (a callable's import path), run untimed in a worker of
-    # its own before the model's benchmarks, so that what it does never lands in a measured window.
-    prepare: str | None = None
+    reference_id: int | None = None  # the database's id of `reference`
+    probe: bool = False
 
     def __post_init__(self) -> None:
-        if (self.mode == "prepare") != (self.prepare is not None):
-            raise ValueError("a prepare job, and only a prepare job, names the prepare step")
-        if self.reference is not None and (self.mode != "single" or self.reference.artifact is None):
+        if self.reference is not None and self.reference.artifact is None:
             raise ValueError("a reference is timed beside a single subject and is loaded from its artifact")
-        if self.mode == "candidates" and (self.candidates_dir is None or len(self.subjects) != 1):
-            raise ValueError("a candidates job takes one subject (the current variant) and candidates_dir")
-        if self.mode != "freeze":
-            return
-        if self.freeze_dir is None:
+
+
+@dataclass(slots=True, kw_only=True)
+class CompareJob(Job):
+    """An A/B: time the subjects interleaved and compare each with the first."""
+
+    mode: ClassVar[str] = "ab"
+
+
+@dataclass(slots=True, kw_only=True)
+class FreezeJob(Job):
+    """Build the single subject from its factory, freeze it into `freeze_dir`, and time the live model
+    and the reloaded copy interleaved: the ratio is the copy's baseline cost relative to the model,
+    against which a later A/B of the two tells a host change from a model regression."""
+
+    mode: ClassVar[str] = "freeze"
+    freeze_dir: str
+    probe: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.freeze_dir:
             raise ValueError("a freeze job needs freeze_dir")
         if len(self.subjects) != 1 or self.subjects[0].artifact is not None:
             raise ValueError("a freeze job takes one subject, built from its factory")
         if self.subjects[0].label == REFERENCE_LABEL:
             raise ValueError(f"the label {REFERENCE_LABEL!r} is the frozen copy's; give the model another")
 
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self))
 
-    @classmethod
-    def from_json(cls, text: str) -> BenchmarkJob:
-        data = json.loads(text)
-        subjects = [Subject.from_dict(s) for s in data.pop("subjects")]
-        reference = data.pop("reference", None)
-        sampling = SamplingSettings(**data.pop("sampling"))
-        candidates = [CandidateRequest(**c) for c in data.pop("candidates", [])]
-        return cls(**data, subjects=subjects, sampling=sampling, candidates=candidates,
-                   reference=None if reference is None else Subject.from_dict(reference))
+@dataclass(slots=True, kw_only=True)
+class CandidatesJob(Job):
+    """Build optimised candidates of the one subject (the current variant), save each under
+    `candidates_dir`, and time them interleaved with it; `train` is the fine-tune hook, `fidelity`
+    how to compare their outputs with the current variant's."""
+
+    mode: ClassVar[str] = "candidates"
+    candidates_dir: str
+    candidates: list[CandidateRequest] = field(default_factory=list)
+    train: str | None = None
+    fidelity: Literal["auto", "top1", "relative_error"] = "auto"
+
+    def __post_init__(self) -> None:
+        if not self.candidates_dir or len(self.subjects) != 1:
+            raise ValueError("a candidates job takes one subject (the current variant) and candidates_dir")
+
+
+@dataclass(slots=True, kw_only=True)
+class ProfileJob(Job):
+    """Profile each subject's operators (where its time goes) instead of timing it."""
+
+    mode: ClassVar[str] = "profile"
+
+
+@dataclass(slots=True, kw_only=True)
+class PrepareJob(Job):
+    """Run the model's prepare step (a callable's import path) untimed, in a worker of its own before
+    the model's benchmarks, so that what it does never lands in a measured window."""
+
+    mode: ClassVar[str] = "prepare"
+    prepare: str
+
+    def __post_init__(self) -> None:
+        if self.subjects:
+            raise ValueError("a prepare job times nothing: it takes no subjects")
+
+
+WorkerJob = BenchmarkJob | CompareJob | FreezeJob | CandidatesJob | ProfileJob | PrepareJob
+JOB_TYPES: dict[str, type[WorkerJob]] = {
+    kind.mode: kind for kind in (BenchmarkJob, CompareJob, FreezeJob, CandidatesJob, ProfileJob, PrepareJob)
+}
+
+
+def make_job(mode: str, **fields: Any) -> WorkerJob:
+    """The job of the named mode; a ValueError names an unknown one."""
+    if mode not in JOB_TYPES:
+        raise ValueError(f"unknown worker job mode {mode!r}; known: {', '.join(JOB_TYPES)}")
+    return JOB_TYPES[mode](**fields)
+
+
+def read_job(text: str) -> WorkerJob:
+    """A job from the JSON `Job.to_json` wrote."""
+    data = json.loads(text)
+    data["subjects"] = [Subject.from_dict(s) for s in data["subjects"]]
+    data["sampling"] = SamplingSettings(**data["sampling"])
+    if data.get("reference") is not None:
+        data["reference"] = Subject.from_dict(data["reference"])
+    if "candidates" in data:
+        data["candidates"] = [CandidateRequest(**c) for c in data["candidates"]]
+    return make_job(data.pop("mode"), **data)
 
 
 @dataclass(slots=True)

@@ -30,7 +30,7 @@ import psutil
 
 from monitor.core.runs import EnvFingerprint, RunRecord, RunStatus
 from monitor.harness.device_lock import LockWaitCancelled, device_lock
-from monitor.harness.protocol import BenchmarkJob, SubjectResult, WorkerResult
+from monitor.harness.protocol import BenchmarkJob, CompareJob, FreezeJob, SubjectResult, WorkerJob, WorkerResult
 from monitor.harness.worker_pool import ForkedWorker, ForkServerError, WorkerPool
 
 log = logging.getLogger(__name__)
@@ -133,7 +133,7 @@ def _read_events(stdout: IO[bytes], events: queue.Queue[dict[str, Any] | None]) 
 
 
 def run_worker(
-    job: BenchmarkJob,
+    job: WorkerJob,
     *,
     timeout_s: float,
     memory_limit_mb: float | None = None,
@@ -164,7 +164,7 @@ def run_worker(
 
 
 def _run_locked(
-    job: BenchmarkJob,
+    job: WorkerJob,
     timeout_s: float,
     memory_limit_mb: float | None,
     pin_allocator: bool,
@@ -349,7 +349,7 @@ def _exit_reason(returncode: int | None) -> str:
     return "worker exited without a result"
 
 
-def to_records(job: BenchmarkJob, outcome: WorkerOutcome, variant: str) -> list[RunRecord]:
+def to_records(job: WorkerJob, outcome: WorkerOutcome, variant: str) -> list[RunRecord]:
     """One run record per subject; a failed worker gives one failed record for the job.
 
     A freeze job gives one record, the live model's under `variant`, with the copy it wrote in
@@ -373,7 +373,7 @@ def to_records(job: BenchmarkJob, outcome: WorkerOutcome, variant: str) -> list[
         record.metrics.peak_rss_mb = outcome.peak_rss_mb
         return [record]
     records = []
-    subjects = outcome.result.subjects[:1] if job.mode == "freeze" else outcome.result.subjects
+    subjects = outcome.result.subjects[:1] if isinstance(job, FreezeJob) else outcome.result.subjects
     for subject in subjects:
         details = dict(subject.details)
         if outcome.lock_wait_s:
@@ -382,12 +382,12 @@ def to_records(job: BenchmarkJob, outcome: WorkerOutcome, variant: str) -> list[
             details["comparison"] = outcome.result.comparison
         if outcome.result.frozen is not None:
             details["frozen"] = outcome.result.frozen.to_dict()
-        if job.reference is not None:
+        if isinstance(job, BenchmarkJob) and job.reference is not None:
             details["measurement"] = _measurement(job, outcome.result, subject)
         records.append(
             RunRecord(
                 model=job.model,
-                variant=subject.label if job.mode == "ab" else variant,
+                variant=subject.label if isinstance(job, CompareJob) else variant,
                 device=job.device,
                 batch_size=job.batch_size,
                 status="ok",
@@ -399,10 +399,17 @@ def to_records(job: BenchmarkJob, outcome: WorkerOutcome, variant: str) -> list[
                 flags=subject.flags,
                 details=details,
                 samples_ms=subject.samples_ms,
-                reference_id=job.reference_id if subject.metrics.rel_to_reference is not None else None,
+                reference_id=_reference_id(job, subject),
             )
         )
     return records
+
+
+def _reference_id(job: WorkerJob, subject: SubjectResult) -> int | None:
+    """The reference a subject's relative figures were read against, if they were."""
+    if isinstance(job, BenchmarkJob) and subject.metrics.rel_to_reference is not None:
+        return job.reference_id
+    return None
 
 
 def _measurement(job: BenchmarkJob, result: WorkerResult, subject: SubjectResult) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """The benchmark worker: runs in its own spawned process, the only place torch is imported.
 
-Started by runner.py as `python -m monitor.harness.worker`, it reads one BenchmarkJob on stdin and
+Started by runner.py as `python -m monitor.harness.worker`, it reads one job on stdin and
 answers with JSON events on its original stdout (see protocol.py). Anything the model prints goes to
 stderr, which the runner keeps for the error text of a failed run. A crash, hang or memory blow-up
 here cannot take the parent with it; the runner turns it into a stored failed run.
@@ -21,7 +21,9 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import IO, Any
 
 from monitor.core.import_paths import resolve
@@ -39,11 +41,19 @@ from monitor.harness.protocol import (
     REFERENCE_LABEL,
     ArtifactRef,
     BenchmarkJob,
+    CandidatesJob,
+    CompareJob,
+    FreezeJob,
     InputTensor,
+    Job,
+    PrepareJob,
     PrepareReport,
+    ProfileJob,
     Subject,
     SubjectResult,
+    WorkerJob,
     WorkerResult,
+    read_job,
 )
 
 
@@ -124,7 +134,7 @@ class Prepared:
     """
 
     def __init__(
-        self, subject: Subject, job: BenchmarkJob, model: Any = None,
+        self, subject: Subject, job: Job, model: Any = None,
         inputs: tuple[tuple[Any, ...], dict[str, Any]] | None = None,
     ):
         self.subject = subject
@@ -145,9 +155,8 @@ class Prepared:
         self.call: Callable[[], Any] = lambda: self.model(*args, **kwargs)
 
 
-def _freeze(live: Prepared, job: BenchmarkJob) -> tuple[ArtifactRef, Prepared]:
+def _freeze(live: Prepared, job: FreezeJob) -> tuple[ArtifactRef, Prepared]:
     """Freeze the live model, then load the copy back as a subject of its own, timed beside it."""
-    assert job.freeze_dir is not None
     frozen = reference.freeze(live.model, live.args, live.kwargs, job.freeze_dir, live.subject.factory)
     # No accuracy for the copy: it is specialised to the example inputs' shapes, and the eval batches
     # have their own (an exported program refuses any other batch size).
@@ -155,7 +164,7 @@ def _freeze(live: Prepared, job: BenchmarkJob) -> tuple[ArtifactRef, Prepared]:
     return frozen, Prepared(copy, job)
 
 
-def _build_candidates(current: Prepared, job: BenchmarkJob) -> tuple[list[Any], list[Prepared]]:
+def _build_candidates(current: Prepared, job: CandidatesJob) -> tuple[list[Any], list[Prepared]]:
     """Build the job's candidates of the current variant; their reports and the ones to time."""
     subject = current.subject
     inputs = [(current.args, current.kwargs)]
@@ -208,7 +217,7 @@ def _relative_metrics(metrics: RunMetrics, inter: sampling.Interleaved, ref: Sub
         metrics.rel_p99_to_reference = metrics.latency_ms_p99 / ref.metrics.latency_ms_p99
 
 
-def _subject_result(prepared: Prepared, sampled: sampling.Sampled, job: BenchmarkJob) -> SubjectResult:
+def _subject_result(prepared: Prepared, sampled: sampling.Sampled, job: Job) -> SubjectResult:
     import torch
 
     metrics: RunMetrics = sampling.latency_metrics(sampled.samples_ns, job.batch_size)
@@ -237,10 +246,29 @@ def _subject_result(prepared: Prepared, sampled: sampling.Sampled, job: Benchmar
     )
 
 
-def prepare(job: BenchmarkJob, channel: Channel) -> WorkerResult:
+@dataclass(slots=True)
+class Session:
+    """What a timing job set up before any model code ran: NVML (closed when the job ends), the
+    environment the parent was told, and the CUDA synchronise each timed call ends with."""
+
+    nvml: collectors.Nvml | None
+    env: EnvFingerprint
+    sync: Callable[[], None] | None
+
+
+@dataclass(slots=True)
+class Timing:
+    """What one interleaved measurement gave: the host's condition, each subject's result, and the
+    ratios of the others to the first (None when one subject, or a reference, was timed)."""
+
+    host: HostCondition
+    results: list[SubjectResult]
+    comparison: dict[str, Any] | None
+
+
+def run_prepare(job: PrepareJob, channel: Channel) -> WorkerResult:
     """Run the model's prepare step (a download, a training, a cache to fill), timed as a whole and
     nothing else: its cost is reported, and the benchmarks after it find the work done."""
-    assert job.prepare is not None
     env = EnvFingerprint(python=platform.python_version(), host=socket.gethostname())
     channel.send({"event": "started", "env": env.to_dict(), "pid": os.getpid()})
     channel.progress("prepare", 0)
@@ -251,45 +279,88 @@ def prepare(job: BenchmarkJob, channel: Channel) -> WorkerResult:
     return WorkerResult(env=env, host=HostCondition(), subjects=[], prepared=report)
 
 
-def run_job(job: BenchmarkJob, channel: Channel) -> WorkerResult:
-    for entry in reversed(job.sys_path):
-        if entry not in sys.path:
-            sys.path.insert(0, entry)
-    if job.mode == "prepare":
-        return prepare(job, channel)
-    nvml, env, sync = _start(job, channel)
-    try:
-        channel.progress("setup", 0)
-        # Factories run with autograd on: one may train or fine-tune before returning its model.
-        prepared = [Prepared(subject, job) for subject in job.subjects]
-        if job.mode == "profile":
-            return _profile(prepared, job, channel, env)
-        frozen = built = None
-        if job.mode == "freeze":
-            channel.progress("freeze", 0)
-            frozen, copy = _freeze(prepared[0], job)  # outside inference_mode: export traces as autograd would
-            prepared.append(copy)
-        elif job.mode == "candidates":
-            channel.progress("build", 0)
-            built, timed = _build_candidates(prepared[0], job)  # outside inference_mode: a train hook needs autograd
-            prepared.extend(timed)
+def run_benchmark(job: BenchmarkJob, channel: Channel) -> WorkerResult:
+    """A scheduled run: the model, with its frozen reference beside it when the job names one."""
+    with _session(job, channel) as session:
+        prepared = _prepare_subjects(job, channel)
         reference_error = None
         if job.reference is not None:
             channel.progress("reference", 0)
             loaded_copy, reference_error = _load_reference(prepared[0], job)
             if loaded_copy is not None:
                 prepared.append(loaded_copy)
-        host, results, comparison = _measure(prepared, job, channel, nvml, sync)
-    finally:
-        if nvml is not None:
-            nvml.close()
-    return WorkerResult(env=env, host=host, subjects=results, comparison=comparison, frozen=frozen, built=built,
-                        reference_error=reference_error)
+        timing = _measure(prepared, job, channel, session, probe=job.probe, relative=job.reference is not None)
+    return WorkerResult(env=session.env, host=timing.host, subjects=timing.results, reference_error=reference_error)
 
 
-def _start(
-    job: BenchmarkJob, channel: Channel
-) -> tuple[collectors.Nvml | None, EnvFingerprint, Callable[[], None] | None]:
+def run_compare(job: CompareJob, channel: Channel) -> WorkerResult:
+    """An A/B of the job's subjects, each compared with the first."""
+    with _session(job, channel) as session:
+        timing = _measure(_prepare_subjects(job, channel), job, channel, session)
+    return WorkerResult(env=session.env, host=timing.host, subjects=timing.results, comparison=timing.comparison)
+
+
+def run_freeze(job: FreezeJob, channel: Channel) -> WorkerResult:
+    """Freeze the model, then time it beside the reloaded copy."""
+    with _session(job, channel) as session:
+        prepared = _prepare_subjects(job, channel)
+        channel.progress("freeze", 0)
+        frozen, copy = _freeze(prepared[0], job)  # outside inference_mode: export traces as autograd would
+        timing = _measure([*prepared, copy], job, channel, session, probe=job.probe)
+    return WorkerResult(env=session.env, host=timing.host, subjects=timing.results, comparison=timing.comparison,
+                        frozen=frozen)
+
+
+def run_candidates(job: CandidatesJob, channel: Channel) -> WorkerResult:
+    """Build the candidates of the current variant, then time them interleaved with it."""
+    with _session(job, channel) as session:
+        prepared = _prepare_subjects(job, channel)
+        channel.progress("build", 0)
+        built, timed = _build_candidates(prepared[0], job)  # outside inference_mode: a train hook needs autograd
+        timing = _measure([*prepared, *timed], job, channel, session, forward_peak=True)
+    return WorkerResult(env=session.env, host=timing.host, subjects=timing.results, comparison=timing.comparison,
+                        built=built)
+
+
+def run_profile(job: ProfileJob, channel: Channel) -> WorkerResult:
+    """Where each subject's time goes, by operator (for the diagnosis), instead of timing it."""
+    import torch
+
+    with _session(job, channel) as session:
+        prepared = _prepare_subjects(job, channel)
+        channel.progress("profile", 0)
+        watch = collectors.HostWatch()
+        watch.start()
+        with torch.inference_mode():
+            profiles = profiling.profile_subjects({p.subject.label: p.call for p in prepared}, job.device)
+    return WorkerResult(env=session.env, host=watch.finish(0, None), subjects=[], profiles=profiles)
+
+
+RUNNERS: dict[type[Job], Callable[[Any, Channel], WorkerResult]] = {
+    PrepareJob: run_prepare,
+    BenchmarkJob: run_benchmark,
+    CompareJob: run_compare,
+    FreezeJob: run_freeze,
+    CandidatesJob: run_candidates,
+    ProfileJob: run_profile,
+}
+
+
+def run_job(job: WorkerJob, channel: Channel) -> WorkerResult:
+    for entry in reversed(job.sys_path):
+        if entry not in sys.path:
+            sys.path.insert(0, entry)
+    return RUNNERS[type(job)](job, channel)
+
+
+def _prepare_subjects(job: Job, channel: Channel) -> list[Prepared]:
+    channel.progress("setup", 0)
+    # Factories run with autograd on: one may train or fine-tune before returning its model.
+    return [Prepared(subject, job) for subject in job.subjects]
+
+
+@contextmanager
+def _session(job: Job, channel: Channel) -> Iterator[Session]:
     """Threads, the GPU and NVML set up as the job asks; what the parent is told first: the environment."""
     import torch
 
@@ -297,36 +368,30 @@ def _start(
         torch.set_num_threads(job.threads)
     torch.set_num_interop_threads(1)
     nvml = collectors.Nvml.open(job.device)
-    env = collectors.environment(torch.get_num_threads(), torch.get_num_interop_threads(), job.device, nvml)
-    channel.send({"event": "started", "env": env.to_dict(), "pid": os.getpid()})
-    if not job.device.startswith("cuda"):
-        return nvml, env, None
-    device = torch.device(job.device)
-    torch.cuda.set_device(device.index if device.index is not None else 0)  # "cuda" means cuda:0
-    return nvml, env, torch.cuda.synchronize
-
-
-def _profile(prepared: list[Prepared], job: BenchmarkJob, channel: Channel, env: EnvFingerprint) -> WorkerResult:
-    """Where each subject's time goes, by operator (for the diagnosis), instead of timing it."""
-    import torch
-
-    channel.progress("profile", 0)
-    watch = collectors.HostWatch()
-    watch.start()
-    with torch.inference_mode():
-        profiles = profiling.profile_subjects({p.subject.label: p.call for p in prepared}, job.device)
-    return WorkerResult(env=env, host=watch.finish(0, None), subjects=[], profiles=profiles)
+    try:
+        env = collectors.environment(torch.get_num_threads(), torch.get_num_interop_threads(), job.device, nvml)
+        channel.send({"event": "started", "env": env.to_dict(), "pid": os.getpid()})
+        sync = None
+        if job.device.startswith("cuda"):
+            device = torch.device(job.device)
+            torch.cuda.set_device(device.index if device.index is not None else 0)  # "cuda" means cuda:0
+            sync = torch.cuda.synchronize
+        yield Session(nvml, env, sync)
+    finally:
+        if nvml is not None:
+            nvml.close()
 
 
 def _measure(
-    prepared: list[Prepared], job: BenchmarkJob, channel: Channel, nvml: collectors.Nvml | None,
-    sync: Callable[[], None] | None,
-) -> tuple[HostCondition, list[SubjectResult], dict[str, Any] | None]:
-    """Time the subjects interleaved (with the host probe on a scheduled run); the host's condition
-    meanwhile, each subject's result (a reference folded into the model's relative figures), and the
-    comparison of candidates."""
+    prepared: list[Prepared], job: Job, channel: Channel, session: Session, *, probe: bool = False,
+    relative: bool = False, forward_peak: bool = False,
+) -> Timing:
+    """Time the subjects interleaved (with the host probe when `probe`); with `relative`, the last
+    subject is the model's reference, folded into the first's relative figures; with `forward_peak`,
+    each subject's peak memory of one call is measured after the timing."""
     import torch
 
+    sync = session.sync
     with torch.inference_mode():
         if sync is not None:
             torch.cuda.reset_peak_memory_stats()
@@ -334,35 +399,35 @@ def _measure(
         watch = collectors.HostWatch()
         watch.start()
         runs = [(p.subject.label, sampling.block_runner(p.call, sync)) for p in prepared]
-        probes = _probe_runs(job, sync) if job.probe and job.mode in ("single", "freeze") else []
-        shares, stop = _sampling_plan(job, len(runs), len(probes))
+        probes = _probe_runs(job, sync) if probe else []
+        shares, stop = _sampling_plan(relative, len(runs), len(probes))
         inter = sampling.interleaved_sample(
-            runs + probes, job.sampling, contention, channel.progress, nvml, shares=shares, stop=stop
+            runs + probes, job.sampling, contention, channel.progress, session.nvml, shares=shares, stop=stop
         )
         sampled_all = inter.subjects[: len(runs)]
-        comparison = inter.comparison if len(runs) > 1 and job.reference is None else None
+        comparison = inter.comparison if len(runs) > 1 and not relative else None
         pressure = sampled_all[0].contention_pct if contention.has_psi else None
         host = watch.finish(inter.contended_rounds, pressure)
         channel.progress("collect", len(sampled_all[0].samples_ns))
         results = [_subject_result(p, s, job) for p, s in zip(prepared, sampled_all, strict=True)]
-        if job.reference is not None and len(results) > 1:
+        if relative and len(results) > 1:
             _relative_metrics(results[0].metrics, inter, results.pop())
         for (label, _), sampled in zip(probes, inter.subjects[len(runs) :], strict=True):
             value = statistics.median(sampled.samples_ns) / 1e6 if sampled.samples_ns else None
             setattr(results[0].metrics, PROBE_FIELDS[label], value)
-        if job.mode == "candidates":  # after peak_rss_mb was read: this resets the process's peak
-            for p, result in zip(prepared, results, strict=False):  # a reference's copy has no result
+        if forward_peak:  # after peak_rss_mb was read: this resets the process's peak
+            for p, result in zip(prepared, results, strict=True):
                 result.details["forward_peak_mb"] = collectors.forward_peak_mb(p.call, job.device)
-    return host, results, comparison
+    return Timing(host, results, comparison)
 
 
-def _sampling_plan(job: BenchmarkJob, runs: int, probes: int) -> tuple[list[float] | None, sampling.StopRule]:
+def _sampling_plan(relative: bool, runs: int, probes: int) -> tuple[list[float] | None, sampling.StopRule]:
     """Each subject's share of the budget and when to stop. A scheduled run: what detection reads
     steers the stop (the ratio to the reference when there is one, else the model's median); the
     probe rides along. The model gets 3/5 of the rest: its timings are stored as its percentiles too,
     and must reach min_samples, which binds for slow models; the ratio's interval is only 2 % wider
     than at 1/2."""
-    if job.reference is None and not probes:
+    if not relative and not probes:
         return None, sampling.StopRule()
     rest = 1.0 - host_probe.SHARE * probes
     split = [MODEL_SHARE, 1.0 - MODEL_SHARE] if runs == 2 else [1.0] * runs
@@ -380,7 +445,7 @@ PROBE_FIELDS = {
 CUDA_PROBE_SIZE = 1024
 
 
-def _probe_runs(job: BenchmarkJob, sync: Callable[[], None] | None) -> list[tuple[str, Callable[[int], list[int]]]]:
+def _probe_runs(job: Job, sync: Callable[[], None] | None) -> list[tuple[str, Callable[[int], list[int]]]]:
     """The host-speed probe's block runners; on CUDA also a fixed matrix product on the GPU (its
     clocks and temperature drift too), synchronised like the model's calls."""
     import torch
@@ -419,7 +484,7 @@ def main() -> int:
     channel = Channel(os.fdopen(os.dup(1), "w", encoding="utf-8"))
     os.dup2(2, 1)
     try:
-        job = BenchmarkJob.from_json(sys.stdin.read())
+        job = read_job(sys.stdin.read())
         result = run_job(job, channel)
     except Exception as exc:  # noqa: BLE001 - reported to the runner as the run's error, then exit 1
         traceback.print_exc()

@@ -35,9 +35,12 @@ from monitor.harness.cpu_info import cpu_flags
 from monitor.harness.protocol import (
     REFERENCE_LABEL,
     ArtifactRef,
-    BenchmarkJob,
     CandidateRequest,
+    CandidatesJob,
+    CompareJob,
+    ProfileJob,
     VariantSpec,
+    WorkerJob,
     WorkerResult,
 )
 from monitor.harness.runner import WorkerOutcome, run_worker
@@ -181,7 +184,7 @@ def diagnose(
         artifact = ArtifactRef.from_dict(reference.artifact)
         subjects.append(replace(current, label=REFERENCE_LABEL, eval=None, artifact=artifact))
     outcome = _run(
-        loaded, planned, replace(planned.job, mode="profile", subjects=subjects), len(subjects), cancel, pool
+        loaded, planned, planned.job.as_job(ProfileJob, subjects=subjects), len(subjects), cancel, pool
     )
     result = outcome.result
     if outcome.status != "ok" or result is None or result.profiles is None:
@@ -331,9 +334,8 @@ def _run_candidates(
     wanted = [CandidateRequest(s.name, s.name, dict((request.params or {}).get(s.name, {}))) for s in specs]
     # Each subject gets about as many samples as a scheduled run of the model alone would.
     sampling = replace(planned.job.sampling, max_time_s=planned.job.sampling.max_time_s * (1 + len(wanted)) / 2)
-    job = replace(
-        planned.job,
-        mode="candidates",
+    job = planned.job.as_job(
+        CandidatesJob,
         subjects=subjects,
         candidates=wanted,
         candidates_dir=str(folder),
@@ -378,7 +380,7 @@ def _confirm_elsewhere(
             outcome = _run(
                 loaded,
                 planned,
-                replace(planned.job, mode="ab", subjects=[current, candidate]),
+                planned.job.as_job(CompareJob, subjects=[current, candidate]),
                 2,
                 cancel,
                 pool,
@@ -436,7 +438,7 @@ def _remove_unkept(folder: Path, kept: Verdict | None) -> None:
 def _run(
     loaded: LoadedConfig,
     planned: PlannedBenchmark,
-    job: BenchmarkJob,
+    job: WorkerJob,
     models: int,
     cancel: threading.Event | None,
     pool: WorkerPool | None,

@@ -12,14 +12,13 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import replace
 from typing import Any
 
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from monitor.config import LoadedConfig
 from monitor.core.runs import RunRecord
-from monitor.harness.protocol import VariantSpec
+from monitor.harness.protocol import PrepareJob, VariantSpec
 from monitor.harness.runner import WorkerOutcome, run_worker, to_records
 from monitor.harness.worker_pool import WorkerPool
 from monitor.registry import PlannedBenchmark, active_variant, plan, series_references
@@ -71,7 +70,7 @@ def prepare_model(
     (its report, the failed outcome its series are stored with)."""
     step = planned.model.prepare
     assert step is not None
-    job = replace(planned.job, subjects=[], mode="prepare", prepare=step, reference=None, reference_id=None)
+    job = planned.job.as_job(PrepareJob, subjects=[], prepare=step)
     outcome = run_worker(job, timeout_s=planned.timeout_s, memory_limit_mb=planned.memory_limit_mb,
                          pin_allocator=loaded.config.harness.pin_allocator, cwd=loaded.base_dir, cancel=cancel,
                          pool=pool)
