@@ -10,6 +10,7 @@ variant that stops being active are resolved: its series is no longer benchmarke
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 from sqlalchemy import select, update
@@ -71,9 +72,9 @@ def record_action(db: Database, action: ActionRecord, promotion: Promotion | Non
             if active is None or active.id != from_id:
                 # A rollback or another action changed the model while this one measured: its numbers
                 # compare with a variant that is no longer served, so it must not replace that one.
-                action.status = "failed"
-                action.reason += (f"; not promoted: the active variant became "
-                                  f"{active.name if active else 'none'} while the action ran")
+                action = replace(action, status="failed", reason=action.reason + (
+                    f"; not promoted: the active variant became {active.name if active else 'none'} "
+                    "while the action ran"))
                 promotion = None
         if promotion is not None:
             name = unused_variant_name(session, action.model, promotion.name)
@@ -87,7 +88,7 @@ def record_action(db: Database, action: ActionRecord, promotion: Promotion | Non
             to_id = variant.id
             set_active_variant(session, action.model, name)
             _resolve_findings(session, from_id, f"variant {name} promoted")
-            action.to_variant = name
+            action = replace(action, to_variant=name)
         elif action.to_variant is not None:
             to_id = variant_id_of(session, model_id, action.to_variant)
         row = ActionRow(
@@ -97,8 +98,7 @@ def record_action(db: Database, action: ActionRecord, promotion: Promotion | Non
         )
         session.add(row)
         session.flush()
-        action.id, action.created_at = row.id, row.created_at
-    return action
+        return replace(action, id=row.id, created_at=row.created_at)
 
 
 def rollback(db: Database, model: str, trigger: str = "cli", why: str | None = None) -> ActionRecord:

@@ -200,11 +200,7 @@ def _save_runs(db: Database, records: Sequence[RunRecord]) -> list[int]:
         session.add_all(rows)
         session.flush()
         new_ids = iter(row.id for row in rows)
-        run_ids = [stored[r.idempotency_key] if r.idempotency_key in stored else next(new_ids) for r in records]
-    # Only now: a record carries an id only once its run is committed.
-    for record, run_id in zip(records, run_ids, strict=True):
-        record.run_id = run_id
-    return run_ids
+        return [stored[r.idempotency_key] if r.idempotency_key in stored else next(new_ids) for r in records]
 
 
 def stored_run_ids(db: Database, keys: Sequence[str]) -> dict[str, int]:

@@ -14,8 +14,8 @@ from monitor.core.runs import EnvFingerprint, HostCondition, RunMetrics, RunReco
 from monitor.detection.check import check_models
 from storage.actions import record_action
 from storage.db import Database
-from storage.queries import save_runs
 from tests.cli_helpers import tiny_model, write_config
+from tests.storage_helpers import saved
 
 START = datetime(2026, 11, 1, 0, 0, tzinfo=UTC)
 
@@ -56,10 +56,11 @@ def report_config(tmp_path: Path, models: list[dict[str, Any]], extra: str = "")
                                     storage_url=f"sqlite:///{tmp_path / 'perfguard.db'}"))
 
 
-def seed(db: Database, loaded: LoadedConfig, runs: list[RunRecord]) -> None:
-    """Store the runs and run detection over them, as the daemon would."""
-    save_runs(db, runs)
+def seed(db: Database, loaded: LoadedConfig, runs: list[RunRecord]) -> list[RunRecord]:
+    """Store the runs and run detection over them, as the daemon would; the runs as stored."""
+    stored = saved(db, runs)
     check_models(db, loaded)
+    return stored
 
 
 def rejected_action(db: Database, model: str, finding_id: int | None = None) -> ActionRecord:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
 from monitor.core.runs import (
@@ -12,6 +14,8 @@ from monitor.core.runs import (
     RunMetrics,
     RunRecord,
 )
+from storage.db import Database
+from storage.queries import save_runs
 
 T0 = datetime(2026, 11, 22, 10, 0, 0, 123456, tzinfo=UTC)
 
@@ -55,3 +59,9 @@ def full_record(model: str = "seed-cnn", *, minute: int = 0, batch_size: int = 3
         },  # fmt: skip
         samples_ms=[0.41, 0.4100000000000001, 0.39, 0.9, 1e-9],
     )
+
+
+def saved(db: Database, records: Sequence[RunRecord]) -> list[RunRecord]:
+    """Store the records; each as stored, with its run id (records are frozen: storing one does not
+    change it)."""
+    return [dataclasses.replace(r, run_id=i) for r, i in zip(records, save_runs(db, records), strict=True)]

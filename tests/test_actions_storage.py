@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from monitor.config import load_config
@@ -77,13 +79,12 @@ def test_names_of_new_variants_never_repeat(db: Database) -> None:
 
 def test_promotion_resolves_the_open_findings_of_the_variant_it_replaces(db: Database) -> None:
     record = full_record("m")
-    queries.save_run(db, record)
-    assert record.run_id is not None
+    run_id = queries.save_run(db, record)
     key = SeriesKey("baseline", "cpu", 32)
     found = FindingRecord(model="m", key=key, metric="latency_ms_p50", change="up", verdict="regression",
-                          change_run_id=record.run_id, change_at=T0, before={"median": 1.0}, after={"median": 2.0},
+                          change_run_id=run_id, change_at=T0, before={"median": 1.0}, after={"median": 2.0},
                           rel_change=1.0, p_value=1e-6)
-    (stored,) = sync_findings(db, "m", [found], {(key, "latency_ms_p50", "absolute"): SeriesState(2.0, 0.05)}, {record.run_id: 0})
+    (stored,) = sync_findings(db, "m", [found], {(key, "latency_ms_p50", "absolute"): SeriesState(2.0, 0.05)}, {run_id: 0})
     assert stored.id is not None
     store.set_diagnosis(db, stored.id, {"summary": "aten::addmm +300 %"})
     store.record_action(db, action(), Promotion("baseline+dynamic_int8", "requantize", SPEC, {}))
@@ -110,10 +111,11 @@ def test_damaged_weights_of_the_active_variant_roll_it_back_with_an_alertable_ac
     registered(db)
     store.record_action(db, action(), Promotion("baseline+dynamic_int8", "requantize", SPEC, {}))
     loaded = load_config(write_config(tmp_path / "c.toml", [tiny_model("m")], storage_url=db_url))
-    failed = full_record("m")
-    failed.variant, failed.status, failed.run_id = "baseline+dynamic_int8", "failed", 7
-    failed.error = ("ArtifactError: weights of variant 'baseline+dynamic_int8' /artifacts/w.pt does not match "
-                    "its recorded sha256 (expected abab..., found 0101...)")
+    failed = dataclasses.replace(
+        full_record("m"), variant="baseline+dynamic_int8", status="failed", run_id=7,
+        error=("ArtifactError: weights of variant 'baseline+dynamic_int8' /artifacts/w.pt does not match "
+               "its recorded sha256 (expected abab..., found 0101...)"),
+    )
     fall_back_from_damaged_weights(db, loaded, "m", [failed])
     with db.session(readonly=True) as session:
         assert queries.active_variant(session, "m") == "baseline"

@@ -4,6 +4,7 @@ event and never a model finding, and the probe-normalised fallback when the refe
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import timedelta
 from pathlib import Path
 
@@ -222,9 +223,8 @@ def test_a_busy_neighbour_is_a_host_event_even_where_the_probe_runs_untouched(
     runs = [relative_run(i, model=1.0, host=1.0, reference_id=reference_id, rng=rng) for i in range(40)]
     for i, run in enumerate(runs):
         busy = i >= 30
-        run.host = HostCondition(others_cpu_pct=100.0 + rng.uniform(-3, 3) if busy else rng.uniform(0, 4))
-        if busy:
-            run.flags = ["contended"]
+        host = HostCondition(others_cpu_pct=100.0 + rng.uniform(-3, 3) if busy else rng.uniform(0, 4))
+        runs[i] = dataclasses.replace(run, host=host, flags=["contended"] if busy else run.flags)
     save_runs(db, runs)
     result = check_models(db, loaded, [MODEL])
     assert not [f for f in result.findings if f.verdict == "regression"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import html.parser
 import re
 from datetime import UTC, datetime
@@ -121,7 +122,7 @@ def test_hostile_names_and_errors_are_escaped_everywhere(tmp_path: Path) -> None
     loaded = report_config(tmp_path, [{"name": "plain"}])
     with Database.open(loaded.storage_url()) as db:
         runs = history_runs(EVIL, 30, step_at=20, failed=(25,))
-        runs[25].error = f"ValueError: {EVIL}"
+        runs[25] = dataclasses.replace(runs[25], error=f"ValueError: {EVIL}")
         seed(db, loaded, [*runs, *history_runs("plain", 5)])
         site = write_report(db, loaded)
     assert set(site.pages) == {EVIL, "plain"}
@@ -183,14 +184,14 @@ def test_the_report_reads_the_same_on_every_backend(db_url: str, tmp_path: Path)
     from datetime import timedelta
 
     from storage.notifications import Claim, claim, finish, notifications
-    from storage.queries import save_runs
     from storage.trends import recent_runs
     from tests.report_helpers import START
+    from tests.storage_helpers import saved
 
     runs = history_runs("m", 12, failed=(3,)) + history_runs("m", 5, batch_size=32, start=START + timedelta(seconds=1))
-    runs[4].flags = ["contended"]
+    runs[4] = dataclasses.replace(runs[4], flags=["contended"])
     with Database.open(db_url) as db:
-        save_runs(db, runs)
+        runs = saved(db, runs)
         [got] = recent_runs(db, ["m"], per_series=10).values()
         assert len(got) == 15  # 10 of batch 8, all 5 of batch 32
         assert got == sorted(got, key=lambda r: r.started_at)
@@ -222,7 +223,7 @@ def test_the_daemons_refresh_after_one_model_rewrites_only_its_page_and_the_inde
     before = {name: path.stat().st_mtime_ns for name, path in full.pages.items()}
     index_before = full.index.read_text()
     [new] = history_runs("mlp", 1, seed=3, start=datetime.now(UTC), level=3.0)
-    seed(db, loaded, [new])
+    [new] = seed(db, loaded, [new])
     part = keeper.refresh(db, loaded, "mlp")
     assert part is not None and set(part.pages) == {"mlp"} and 0 < part.drawn <= 4
     assert {n: p.stat().st_mtime_ns for n, p in full.pages.items() if n != "mlp"} == {
@@ -264,11 +265,10 @@ def test_runs_on_a_busy_host_set_no_status_and_are_marked_not_drawn(tmp_path: Pa
     'vs baseline', and its chart marks it rather than drawing it like a clean run."""
     loaded = report_config(tmp_path, [{"name": "m", "slo": {"latency_ms_p50": 5.0}}])
     runs = history_runs("m", 12)
-    busy = runs[-1]
-    busy.flags = ["contended"]
+    busy = runs[-1] = dataclasses.replace(runs[-1], flags=["contended"])
     busy.metrics.latency_ms_p50, busy.metrics.latency_ms_p99 = 40.0, 90.0  # a neighbour's doing
     with Database.open(loaded.storage_url()) as db:
-        seed(db, loaded, runs)
+        runs = seed(db, loaded, runs)
         [view] = gather_report(db, loaded).models
     [series] = view.series
     assert view.status == "ok", view.status_reason

@@ -17,7 +17,7 @@ from storage import findings as store
 from storage.db import Database
 from storage.queries import save_runs
 from tests.rules_helpers import MODEL, rules_config, run, store_steps
-from tests.storage_helpers import T0
+from tests.storage_helpers import T0, saved
 
 NOW = T0 + timedelta(days=2)
 
@@ -93,8 +93,7 @@ def test_slo_breach_fires_once_per_episode_keyed_by_its_first_breaching_run(db: 
     slo = {"latency_ms_p50": 1.2}
     save_runs(db, [run(i, latency_ms_p50=1.0) for i in range(10)])
     assert decide(db, tmp_path, slo_rule(), slo=slo)[0] == []
-    slow = [run(10 + i, latency_ms_p50=1.5) for i in range(5)]
-    save_runs(db, slow)
+    slow = saved(db, [run(10 + i, latency_ms_p50=1.5) for i in range(5)])
     (decision,), _ = decide(db, tmp_path, slo_rule(), slo=slo)
     assert decision.action == "alert" and decision.key == f"slo:latency_ms_p50:b8:{slow[0].run_id}"
     assert "median of the last 5 runs 1.5 ms is above the SLO of 1.2 ms" in decision.reason
@@ -106,8 +105,7 @@ def test_slo_breach_fires_once_per_episode_keyed_by_its_first_breaching_run(db: 
     # Recovery, then a new breach: a new episode.
     save_runs(db, [run(22 + i, latency_ms_p50=1.0) for i in range(5)])
     assert decide(db, tmp_path, slo_rule(), slo=slo)[0] == []
-    again = [run(27 + i, latency_ms_p50=1.4) for i in range(5)]
-    save_runs(db, again)
+    again = saved(db, [run(27 + i, latency_ms_p50=1.4) for i in range(5)])
     (new,), _ = decide(db, tmp_path, slo_rule(), slo=slo)
     assert new.key == f"slo:latency_ms_p50:b8:{again[0].run_id}"
 
@@ -115,8 +113,7 @@ def test_slo_breach_fires_once_per_episode_keyed_by_its_first_breaching_run(db: 
 def test_slo_breach_episode_key_holds_beyond_the_runs_in_the_context(db: Database, tmp_path: Path) -> None:
     slo = {"latency_ms_p50": 1.2}
     save_runs(db, [run(i, latency_ms_p50=1.0) for i in range(5)])
-    breach = [run(5 + i, latency_ms_p50=1.5) for i in range(260)]  # longer than RUNS_IN_CONTEXT
-    save_runs(db, breach)
+    breach = saved(db, [run(5 + i, latency_ms_p50=1.5) for i in range(260)])  # longer than RUNS_IN_CONTEXT
     (decision,), _ = decide(db, tmp_path, slo_rule(), slo=slo)
     assert decision.key == f"slo:latency_ms_p50:b8:{breach[0].run_id}"
 

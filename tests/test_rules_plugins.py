@@ -23,7 +23,7 @@ from tests.rules_helpers import (
     rules_toml,
     run,
 )
-from tests.storage_helpers import T0
+from tests.storage_helpers import T0, saved
 
 TEAM_ORIGIN = "team-rules 1.2.0"
 BROKEN_ORIGIN = "broken-rules 0.1.0"
@@ -101,8 +101,7 @@ def test_p99_guard_fires_once_per_tail_latency_episode(plugins: Path, db: Databa
     save_runs(db, [run(i, latency_ms_p50=1.0, latency_ms_p99=1.5) for i in range(5)])
     now = T0 + timedelta(days=1)
     assert evaluate_model(db, loaded, MODEL, [], [], now=now).fired == []
-    tail = [run(5 + i, latency_ms_p50=1.0, latency_ms_p99=4.0) for i in range(3)]
-    save_runs(db, tail)
+    tail = saved(db, [run(5 + i, latency_ms_p50=1.0, latency_ms_p99=4.0) for i in range(3)])
     (fired,) = evaluate_model(db, loaded, MODEL, [], [], now=now).fired
     assert fired.rule == "p99_guard" and fired.decision.key == f"p99_guard:b8:{tail[0].run_id}"
     assert fired.decision.reason.startswith(f"p99 of {MODEL} b8 is 4.0x its p50 in the last 3 runs")

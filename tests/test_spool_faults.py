@@ -20,7 +20,7 @@ TESTS = Path(__file__).resolve().parent
 # Runs in a process of its own: a file-size limit there makes every write past 64 KiB fail with EFBIG,
 # as a full disk would (ENOSPC), without touching this process's own files.
 FULL_DISK = textwrap.dedent("""
-    import json, resource, signal, sys
+    import dataclasses, json, resource, signal, sys
     sys.path.insert(0, sys.argv[2])
     from monitor.service.spool import RunSpool
     from storage.db import Database
@@ -29,8 +29,7 @@ FULL_DISK = textwrap.dedent("""
     folder = sys.argv[1]
     db = Database.open(f"sqlite:///{folder}/runs.db")
     spool = RunSpool(__import__("pathlib").Path(folder) / "spool")
-    record = full_record("m", batch_size=8)
-    record.samples_ms = [0.5] * 50_000  # a large run: its JSON cannot fit under the limit
+    record = dataclasses.replace(full_record("m", batch_size=8), samples_ms=[0.5] * 50_000)  # too large for the limit
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
     resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, hard))

@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 from sqlalchemy import event, func, inspect, select
 from sqlalchemy.exc import IntegrityError
-from storage_helpers import T0, full_record
+from storage_helpers import T0, full_record, saved
 
 from monitor.core.runs import FLAG_CONTENDED, RunMetrics, RunRecord, RunStatus
 from storage.db import Database
@@ -45,16 +45,16 @@ def test_full_run_round_trips_with_samples_and_utc_times(db: Database) -> None:
     record = full_record()
     run_id = save_run(db, record)
 
-    assert record.run_id == run_id
     (loaded,) = history(db, "seed-cnn", with_samples=True)
-    assert loaded == record
+    assert loaded == dataclasses.replace(record, run_id=run_id)
     assert loaded.started_at.tzinfo == UTC and loaded.finished_at.tzinfo == UTC
     assert load_samples(db, run_id) == record.samples_ms
 
 
 def test_times_given_in_another_zone_come_back_as_the_same_instant_in_utc(db: Database) -> None:
-    record = full_record()
-    record.started_at = datetime(2026, 11, 22, 12, 0, 5, 654321, tzinfo=timezone(timedelta(hours=2)))
+    record = dataclasses.replace(
+        full_record(), started_at=datetime(2026, 11, 22, 12, 0, 5, 654321, tzinfo=timezone(timedelta(hours=2)))
+    )
     save_run(db, record)
 
     (loaded,) = history(db, "seed-cnn")
@@ -63,12 +63,10 @@ def test_times_given_in_another_zone_come_back_as_the_same_instant_in_utc(db: Da
 
 
 def test_naive_times_are_refused_and_nothing_is_stored(db: Database) -> None:
-    record = full_record()
-    record.started_at = datetime(2026, 11, 22, 10, 0)
+    record = dataclasses.replace(full_record(), started_at=datetime(2026, 11, 22, 10, 0))
 
     with pytest.raises(Exception, match="naive datetime"):
         save_run(db, record)
-    assert record.run_id is None
     assert row_counts(db)["runs"] == 0
 
 
@@ -85,6 +83,7 @@ def test_failed_run_keeps_its_error_and_has_no_metrics_or_samples(
         started_at=T0, finished_at=T0 + timedelta(minutes=10), error=error,
     )  # fmt: skip
     run_id = save_run(db, failed)
+    failed = dataclasses.replace(failed, run_id=run_id)
 
     assert history(db, "seed-cnn") == [failed]
     (loaded,) = history(db, "seed-cnn", with_samples=True)
@@ -111,16 +110,15 @@ def test_history_is_newest_first_limited_and_filtered_by_batch_size(db: Database
 
 
 def test_runs_with_equal_start_times_keep_a_stable_newest_first_order(db: Database) -> None:
-    first, second = full_record(), full_record()
-    save_runs(db, [first, second])
+    first, second = saved(db, [full_record(), full_record()])
 
     assert [r.run_id for r in history(db, "seed-cnn")] == [second.run_id, first.run_id]
 
 
 def test_latency_trend_is_a_light_oldest_first_series_of_one_batch_size(db: Database) -> None:
     records = [full_record(minute=m) for m in range(5)]
-    records[2].flags = [FLAG_CONTENDED]
-    save_runs(db, records)
+    records[2] = dataclasses.replace(records[2], flags=[FLAG_CONTENDED])
+    records = saved(db, records)
     save_run(db, full_record(minute=9, batch_size=1))
 
     trend = latency_trend(db, "seed-cnn", batch_size=32, limit=3)
@@ -133,8 +131,7 @@ def test_latency_trend_is_a_light_oldest_first_series_of_one_batch_size(db: Data
 
 
 def test_a_run_that_fails_mid_write_leaves_nothing_and_earlier_runs_untouched(db: Database) -> None:
-    kept = full_record()
-    save_run(db, kept)
+    [kept] = saved(db, [full_record()])
     before = row_counts(db)
     assert (before["runs"], before["run_samples"]) == (1, 1)
     runs_seen_mid_write: list[int] = []
@@ -153,23 +150,20 @@ def test_a_run_that_fails_mid_write_leaves_nothing_and_earlier_runs_untouched(db
         event.remove(RunSamplesRow, "before_insert", disk_full)
 
     assert runs_seen_mid_write == [before["runs"] + 1]
-    assert doomed.run_id is None
     assert row_counts(db) == before  # not even the new model or its baseline variant
     assert history(db, "seed-cnn", with_samples=True) == [kept]
 
 
 def test_saving_an_already_stored_record_again_is_refused(db: Database) -> None:
-    record = full_record()
-    save_run(db, record)
+    [record] = saved(db, [full_record()])
 
     with pytest.raises(ValueError, match="already stored"):
         save_run(db, record)
 
 
 def test_reopening_an_existing_database_keeps_its_runs(db_url: str) -> None:
-    record = full_record()
     with Database.open(db_url) as db:
-        save_run(db, record)
+        [record] = saved(db, [full_record()])
 
     with Database.open(db_url) as db:
         assert history(db, "seed-cnn", with_samples=True) == [record]
@@ -215,8 +209,7 @@ def test_the_database_itself_refuses_a_second_active_variant(db: Database) -> No
 def test_a_run_of_an_unknown_variant_is_kept_under_an_inactive_unregistered_variant(
     db: Database,
 ) -> None:
-    record = full_record()
-    record.variant = "int8-candidate"
+    record = dataclasses.replace(full_record(), variant="int8-candidate")
     save_run(db, record)
 
     with db.session() as session:

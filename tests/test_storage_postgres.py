@@ -5,6 +5,7 @@ Everything else storage guarantees is tested on SQLite and PostgreSQL alike in t
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
@@ -22,13 +23,12 @@ def test_times_come_back_in_utc_although_the_session_answers_in_its_own_zone(pg_
     # The premise: the test session's time zone (see conftest.py) is neither UTC nor the zone given.
     with pg_db.engine.connect() as conn:
         assert conn.exec_driver_sql("SHOW timezone").scalar() == "Asia/Kolkata"
-    record = full_record()
-    record.started_at = datetime(2026, 11, 22, 12, 0, 5, 654321, tzinfo=CEST)
-    record.finished_at = record.started_at + timedelta(seconds=30)
+    started = datetime(2026, 11, 22, 12, 0, 5, 654321, tzinfo=CEST)
+    record = dataclasses.replace(full_record(), started_at=started, finished_at=started + timedelta(seconds=30))
     run_id = save_run(pg_db, record)
 
     (loaded,) = history(pg_db, "seed-cnn", with_samples=True)
-    assert loaded == record
+    assert loaded == dataclasses.replace(record, run_id=run_id)
     assert loaded.started_at.tzinfo == UTC and loaded.finished_at.tzinfo == UTC
     assert loaded.started_at == datetime(2026, 11, 22, 10, 0, 5, 654321, tzinfo=UTC)
     assert load_samples(pg_db, run_id) == record.samples_ms

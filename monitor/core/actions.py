@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Any
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class ActionRecord:
     """One optimisation decision as stored and printed (`perfguard optimize --json` emits `to_json()`)."""
 

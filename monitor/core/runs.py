@@ -109,7 +109,7 @@ class HostCondition(_JsonFields):
     cpu_pressure_pct: float | None = None  # kernel PSI: share of kept sampling time a task waited for CPU
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class RunRecord:
     """One stored run. `samples_ms` are the raw per-iteration latencies kept for later statistics."""
 

@@ -51,7 +51,7 @@ class SeriesRun:
     reference_id: int | None = None  # the frozen reference it was timed against, if any
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class FindingRecord:
     """A finding as stored and printed (`perfguard check --json` emits `to_json()`)."""
 

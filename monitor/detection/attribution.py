@@ -357,7 +357,6 @@ def confirm_pending(
             lost = bool(verdict.confirmation.get("reference_lost"))
             numbers = {**verdict.confirmation, "attempts": MAX_ATTEMPTS if lost else attempts + 1}
             store.set_cause(db, finding.id, None, numbers)
-            finding.confirmation = numbers
             if lost:
                 log.warning(
                     "finding %d (%s): its reference %s was damaged, so nothing can attribute it; a new "
@@ -371,9 +370,8 @@ def confirm_pending(
                 log.warning("finding %d (%s): the A/B did not run: %s", finding.id, finding.model, numbers.get("error"))
             continue
         store.set_cause(db, finding.id, verdict.cause, verdict.confirmation)
-        finding.cause, finding.confirmation = verdict.cause, verdict.confirmation
         log.info("finding %d (%s %s): cause %s", finding.id, finding.model, finding.metric, verdict.cause)
-        done.append(finding)
+        done.append(replace(finding, cause=verdict.cause, confirmation=verdict.confirmation))
     return done
 
 

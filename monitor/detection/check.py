@@ -15,7 +15,7 @@ from __future__ import annotations
 import bisect
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -163,9 +163,8 @@ def _changes(
                 events.append(_host_event(f"{model} {key.label()} reference", reading, change, segment))
             continue
         finding = _finding(model, key, metric, reading, (start, stop), change, env_diff)
-        finding.cause = cause
-        finding.confirmation = _levels(reading, segment, reference) if reading.name != "absolute" else None
-        found.append(finding)
+        levels = _levels(reading, segment, reference) if reading.name != "absolute" else None
+        found.append(replace(finding, cause=cause, confirmation=levels))
     return found, events
 
 

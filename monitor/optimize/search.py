@@ -99,30 +99,28 @@ def optimize(
     record = ActionRecord(model=model.name, kind=kind, trigger=request.trigger, status="failed", reason="",
                           from_variant=current.name, finding_id=request.finding.id if request.finding else None)
     if unknown:
-        record.status = "rejected"
-        record.reason = f"unknown recipe {unknown[0]!r}; known: {', '.join(catalog.RECIPES)}"
-        return store.record_action(db, record)
+        reason = f"unknown recipe {unknown[0]!r}; known: {', '.join(catalog.RECIPES)}"
+        return store.record_action(db, replace(record, status="rejected", reason=reason))
     profiled = diagnose(db, loaded, primary, request.finding, cancel, pool)
-    record.diagnosis = profiled.diagnosis
+    record = replace(record, diagnosis=profiled.diagnosis)
     if profiled.error is not None:
         # The candidates are still worth measuring; they are just not ordered by where the time goes.
         log.warning("could not profile %s, trying recipes in catalog order: %s", model.name, profiled.error)
-        record.diagnosis = {**(record.diagnosis or {}), "error": profiled.error}
+        record = replace(record, diagnosis={**(record.diagnosis or {}), "error": profiled.error})
     specs = choose_recipes(request, settings, primary.job.device, profiled.cpu_flags, profiled.diagnosis, current)
     if not specs:
-        record.status = "rejected"
-        record.reason = f"no suitable recipe for {primary.job.device} (asked: {', '.join(request.recipes) or kind})"
-        return store.record_action(db, record)
+        reason = f"no suitable recipe for {primary.job.device} (asked: {', '.join(request.recipes) or kind})"
+        return store.record_action(db, replace(record, status="rejected", reason=reason))
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
     folder = loaded.base_dir / loaded.config.detection.artifact_dir / model.name / "candidates" / stamp
     outcome = _run_candidates(loaded, primary, specs, request, settings, folder, cancel, pool)
     if outcome.status != "ok" or outcome.result is None:
-        record.reason = f"the candidates job failed: {(outcome.error or outcome.status).splitlines()[0]}"
+        reason = f"the candidates job failed: {(outcome.error or outcome.status).splitlines()[0]}"
         shutil.rmtree(folder, ignore_errors=True)
-        return store.record_action(db, record)
+        return store.record_action(db, replace(record, reason=reason))
     verdicts = [judge(n, settings) for n in measured(outcome.result, primary.job.batch_size)]
     chosen = _confirm_elsewhere(loaded, series, primary, verdicts, cancel, pool)
-    promotion = _decide(record, verdicts, chosen, dry_run, primary.job.batch_size, current)
+    record, promotion = _decide(record, verdicts, chosen, dry_run, primary.job.batch_size, current)
     try:
         record = store.record_action(db, record, promotion)
     finally:
@@ -139,24 +137,25 @@ def optimize(
 def _decide(
     record: ActionRecord, verdicts: list[Verdict], chosen: Verdict | None, dry_run: bool, batch_size: int,
     current: VariantSpec,
-) -> Promotion | None:
+) -> tuple[ActionRecord, Promotion | None]:
     """The action's outcome from its candidates' verdicts: rejected with every reason, or accepted
     (a dry run promotes nothing) with the variant to promote."""
-    record.candidates = [v.to_json() for v in verdicts]
+    record = replace(record, candidates=[v.to_json() for v in verdicts])
     if chosen is None:
-        record.status = "rejected"
-        record.reason = "no candidate was really better: " + "; ".join(
+        reason = "no candidate was really better: " + "; ".join(
             f"{v.numbers.label}: {', '.join(v.reasons)}" for v in verdicts
         )
-        return None
+        return replace(record, status="rejected", reason=reason), None
     n = chosen.numbers
-    record.status = "dry_run" if dry_run else "accepted"
-    record.reason = (f"{n.recipe}: {n.speedup:.2f}x faster at batch {batch_size} "
-                     f"(p50 {n.current_p50_ms:.4g} -> {n.p50_ms:.4g} ms), {_quality(n)}")
+    record = replace(record, status="dry_run" if dry_run else "accepted",
+                     reason=(f"{n.recipe}: {n.speedup:.2f}x faster at batch {batch_size} "
+                             f"(p50 {n.current_p50_ms:.4g} -> {n.p50_ms:.4g} ms), {_quality(n)}"))
     if dry_run:
-        return None
+        return record, None
     assert n.variant is not None
-    return Promotion(name=f"{current.name}+{n.recipe}", kind=record.kind, spec=n.variant, numbers=chosen.to_json())
+    promotion = Promotion(name=f"{current.name}+{n.recipe}", kind=record.kind, spec=n.variant,
+                          numbers=chosen.to_json())
+    return record, promotion
 
 
 @dataclass(slots=True)
@@ -200,7 +199,6 @@ def diagnose(
             found["note"] = "the reference holds weights only: a change in the model's code cannot show"
     if finding is not None and finding.id is not None:
         store.set_diagnosis(db, finding.id, found)
-        finding.diagnosis = found
     return Profiled(found, list(result.env.cpu_flags))
 
 

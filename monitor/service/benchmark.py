@@ -12,6 +12,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -44,7 +45,7 @@ class BenchmarkProgress:
 STORE_ATTEMPTS = 4
 
 
-def store_with_retries(db: Database, record: RunRecord) -> None:
+def store_with_retries(db: Database, record: RunRecord) -> RunRecord:
     """Save a run, riding out a short database outage (a restart, a lock held by another writer).
 
     A run costs a benchmark to make; giving up on the first error would throw it away. Each attempt is
@@ -52,14 +53,14 @@ def store_with_retries(db: Database, record: RunRecord) -> None:
     """
     for attempt in range(1, STORE_ATTEMPTS + 1):
         try:
-            queries.save_run(db, record)
-            return
+            return replace(record, run_id=queries.save_run(db, record))
         except OperationalError as exc:
             if attempt == STORE_ATTEMPTS:
                 raise
             log.warning("storing the run of %s failed (attempt %d of %d), retrying: %s",
                         record.model, attempt, STORE_ATTEMPTS, exc)
             time.sleep(0.5 * 2**attempt)
+    raise AssertionError("unreachable: the last attempt returns or raises")
 
 
 def prepare_model(
@@ -105,7 +106,7 @@ def benchmark_models(
     names: list[str] | None = None,
     progress: BenchmarkProgress | None = None,
     cancel: threading.Event | None = None,
-    store: Callable[[Database, RunRecord], None] = store_with_retries,
+    store: Callable[[Database, RunRecord], RunRecord] = store_with_retries,
     known_variants: dict[str, VariantSpec] | None = None,
     idempotency_key: str | None = None,
     details: dict[str, Any] | None = None,
@@ -117,13 +118,13 @@ def benchmark_models(
     stored records, in order.
 
     `cancel` aborts the worker in flight (stored as such) and starts no other; `stopping` only keeps
-    the next series from starting. `store` saves one run, setting its `run_id` (the daemon's may spool
-    it instead). `known_variants` (model -> active variant) is kept up to date and used while the
-    database is unreachable, so that runs still happen and are spooled. With `idempotency_key` (a
-    fleet job's) each series is stored under that key and not benchmarked again when already stored
-    (a redelivered job); `details` go into each run's. A `prepare` step runs once per `prepared` set
-    (the daemon keeps one for its life), untimed, its cost in the next run's details. Workers are
-    forked from `pool` when given (worker_pool.py), else spawned.
+    the next series from starting. `store` saves one run and gives it back with its `run_id` (the
+    daemon's may spool it instead, without one). `known_variants` (model -> active variant) is kept
+    up to date and used while the database is unreachable, so that runs still happen and are spooled.
+    With `idempotency_key` (a fleet job's) each series is stored under that key and not benchmarked
+    again when already stored (a redelivered job); `details` go into each run's. A `prepare` step
+    runs once per `prepared` set (the daemon keeps one for its life), untimed, its cost in the next
+    run's details. Workers are forked from `pool` when given (worker_pool.py), else spawned.
     """
     progress = progress or BenchmarkProgress()
     planned = _plan(loaded, db, names, known_variants)
@@ -148,9 +149,8 @@ def benchmark_models(
             outcome = run_worker(item.job, timeout_s=item.timeout_s, memory_limit_mb=item.memory_limit_mb,
                                  pin_allocator=loaded.config.harness.pin_allocator, cwd=loaded.base_dir,
                                  progress=progress.update, cancel=cancel, pool=pool)
-        for record in to_records(item.job, outcome, item.key.variant):
-            _describe(record, item, series_key, details, report)
-            store(db, record)
+        for made in to_records(item.job, outcome, item.key.variant):
+            record = store(db, _describe(made, item, series_key, details, report))
             _note_lost_reference(db, item, record)
             if record.status != "ok":
                 log.info("run %s of %s (batch %d) %s: %s", record.run_id, record.model,
@@ -204,17 +204,17 @@ class _Preparer:
 
 
 def _describe(record: RunRecord, item: PlannedBenchmark, series_key: str | None, details: dict[str, Any] | None,
-              report: dict[str, Any] | None) -> None:
+              report: dict[str, Any] | None) -> RunRecord:
     """What a run's record carries besides its numbers: the prepare step's report, its key, the
     caller's details, and on what basis it was measured."""
+    described = dict(record.details)
     if report is not None:
-        record.details["prepare"] = report
+        described["prepare"] = report
+    if details:
+        described.update(details)
+    if record.status == "ok" and "measurement" not in described:
+        described["measurement"] = {"basis": "absolute", "why": item.absolute_why or "the database was unavailable"}
     # Every run carries a key: a store retried after its commit (a reply lost with the connection, a
     # crash between the spool's commit and its unlink) finds it instead of storing it twice. A fleet
     # job's key is the job's; a local run's is its own.
-    record.idempotency_key = series_key or f"run:{uuid.uuid4().hex}"
-    if details:
-        record.details.update(details)
-    if record.status == "ok" and "measurement" not in record.details:
-        record.details["measurement"] = {"basis": "absolute",
-                                         "why": item.absolute_why or "the database was unavailable"}
+    return replace(record, details=described, idempotency_key=series_key or f"run:{uuid.uuid4().hex}")

@@ -80,7 +80,8 @@ def follow_up(
     if configured and (confirming or references_wanted(loaded)) and not cancel.is_set():
         ensure_references(db, loaded, configured, cancel, pool)
     if confirming and not cancel.is_set():
-        confirm_pending(db, loaded, done.check.findings, cancel, pool)
+        attributed = {f.id: f for f in confirm_pending(db, loaded, done.check.findings, cancel, pool)}
+        done.check.findings = [attributed.get(f.id, f) for f in done.check.findings]
     if rules is not None and loaded.config.rules:
         new_ids = {f.id for f in done.check.new if f.id is not None}
         stored = {m.name for m in list_models(db)}

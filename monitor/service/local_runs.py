@@ -67,7 +67,7 @@ class LocalRuns:
 
     config: Callable[[], LoadedConfig]  # the config now: a reload swaps it; a run keeps the one it began with
     db: Database
-    store: Callable[[Database, RunRecord], None]
+    store: Callable[[Database, RunRecord], RunRecord]
     pool: WorkerPool
     reports: ReportKeeper
     stop_requested: threading.Event  # no new series starts

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from monitor.config import LoadedConfig
 from monitor.core.actions import ActionRecord
@@ -112,5 +112,7 @@ def _diagnose_latency_findings(
         planned = next((p for p in series if p.key == finding.key), None)
         if planned is not None:
             profiled = diagnose(db, loaded, planned, finding, cancel, pool)
+            if finding.id is not None and profiled.error is None:
+                by_id[finding.id] = replace(finding, diagnosis=profiled.diagnosis)
             if profiled.error is not None:
                 log.warning("could not diagnose finding %d of %s: %s", finding.id, finding.model, profiled.error)

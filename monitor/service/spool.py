@@ -16,6 +16,7 @@ import tempfile
 import threading
 import time
 import uuid
+from dataclasses import replace
 from pathlib import Path
 
 from sqlalchemy.exc import DBAPIError
@@ -73,9 +74,7 @@ class RunSpool:
     def add(self, record: RunRecord) -> Path:
         """Write `record` to the spool; it gets an idempotency key first if it has none, so a flush
         that dies between its commit and its unlink does not store it twice on the next start."""
-        if record.idempotency_key is None:
-            record.idempotency_key = f"run:{uuid.uuid4().hex}"
-        return self._write(self.folder, record)
+        return self._write(self.folder, keyed(record))
 
     @staticmethod
     def _write(folder: Path, record: RunRecord) -> Path:
@@ -108,8 +107,7 @@ class RunSpool:
         for record in self.held:
             try:
                 if not self.files():
-                    queries.save_run(db, record)
-                    stored.append(record)
+                    stored.append(replace(record, run_id=queries.save_run(db, record)))
                     continue
             except UNAVAILABLE:
                 pass
@@ -124,6 +122,7 @@ class RunSpool:
         return stored
 
     def _spool_or_hold(self, record: RunRecord) -> None:
+        record = keyed(record)  # the same key whether it is spooled or held
         try:
             self.add(record)
         except OSError as exc:
@@ -136,7 +135,7 @@ class RunSpool:
         for path in self.files():
             record = RunRecord.from_storable(json.loads(path.read_text(encoding="utf-8")))
             try:
-                queries.save_run(db, record)
+                record = replace(record, run_id=queries.save_run(db, record))
             except UNAVAILABLE as exc:
                 log.warning("database still unavailable, %d run(s) wait in %s: %s",
                             len(self.files()), self.folder, str(exc).splitlines()[0])
@@ -147,9 +146,9 @@ class RunSpool:
                      record.model, record.batch_size, record.status)
         return stored
 
-    def store(self, db: Database, record: RunRecord) -> None:
+    def store(self, db: Database, record: RunRecord) -> RunRecord:
         """Store `record` now (after any that wait), or spool it, or hold it in memory when even the
-        spool cannot be written; `record.run_id` says whether it is stored."""
+        spool cannot be written; the record as it is now: its `run_id` says whether it is stored."""
         with self._lock:
             if self.held:
                 self._release_held(db)
@@ -157,9 +156,14 @@ class RunSpool:
                 self._flush(db)
             if not self.files():  # nothing waits: store now, unless the database is still away
                 try:
-                    queries.save_run(db, record)
-                    return
+                    return replace(record, run_id=queries.save_run(db, record))
                 except UNAVAILABLE as exc:
                     log.warning("database unavailable, run of %s spooled: %s", record.model,
                                 str(exc).splitlines()[0])
             self._spool_or_hold(record)  # behind any that wait, keeping the order of runs
+        return record
+
+
+def keyed(record: RunRecord) -> RunRecord:
+    """The record with an idempotency key: its own, or a new one."""
+    return record if record.idempotency_key is not None else replace(record, idempotency_key=f"run:{uuid.uuid4().hex}")
