@@ -15,13 +15,13 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from monitor.core.actions import ActionRecord
+from monitor.core.hosts import HostEventRecord
 from monitor.core.series import FindingRecord, SeriesKey
 from storage import findings as findings_store
 from storage import host_events as host_store
 from storage import queries
 from storage.actions import actions
 from storage.db import Database
-from storage.host_events import HostEventRecord
 from storage.rule_events import RuleEvent, events
 from storage.trends import INDEX, TrendRun, recent_runs
 

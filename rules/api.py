@@ -23,6 +23,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from monitor.core.diagnosis import Diagnosis
 from monitor.core.runs import RunRecord
 from monitor.core.series import FindingRecord
 
@@ -98,7 +99,7 @@ class RuleContext:
     - `findings`: the model's open findings from detection (all series).
     - `new_findings`: ids of the findings this check opened (a subset of `findings`).
     - `active_variant`: the variant being benchmarked and served.
-    - `profile`: the newest diagnosis (profile diff) of the model, if one was taken.
+    - `profile`: the newest diagnosis (profile diff: `Diagnosis`) of the model, if one was taken.
     - `now`: the time of this evaluation (aware, UTC); use it rather than the clock.
     - `history(limit, batch_size)`: older runs of the model, newest first, read on demand.
     """
@@ -109,7 +110,7 @@ class RuleContext:
     active_variant: str
     now: datetime
     new_findings: frozenset[int] = frozenset()
-    profile: dict[str, Any] | None = None
+    profile: Diagnosis | None = None
     history: Callable[[int, int | None], Sequence[RunRecord]] = lambda limit, batch_size: ()
 
     def ok_runs(self, batch_size: int | None = None) -> list[RunRecord]:

@@ -16,7 +16,8 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, aliased
 
-from monitor.core.actions import ActionRecord, Promotion
+from monitor.core.actions import ActionRecord, Promotion, Verdict
+from monitor.core.diagnosis import Diagnosis
 from storage.db import Database
 from storage.models import ActionRow, FindingRow, ModelRow, VariantRow, utc_now
 from storage.queries import (
@@ -94,7 +95,8 @@ def record_action(db: Database, action: ActionRecord, promotion: Promotion | Non
         row = ActionRow(
             model_id=model_id, kind=action.kind, trigger=action.trigger, finding_id=action.finding_id,
             from_variant_id=from_id, to_variant_id=to_id, status=action.status, reason=action.reason,
-            candidates=action.candidates, diagnosis=action.diagnosis,
+            candidates=[c.to_dict() for c in action.candidates],
+            diagnosis=action.diagnosis.to_dict() if action.diagnosis is not None else None,
         )
         session.add(row)
         session.flush()
@@ -160,20 +162,22 @@ def actions(
             ActionRecord(
                 model=name, kind=row.kind, trigger=row.trigger, status=row.status, reason=row.reason,
                 from_variant=from_name, to_variant=to_name, finding_id=row.finding_id,
-                candidates=row.candidates, diagnosis=row.diagnosis, created_at=row.created_at,
+                candidates=[Verdict.from_dict(c) for c in row.candidates],
+                diagnosis=Diagnosis.from_dict(row.diagnosis) if row.diagnosis is not None else None,
+                created_at=row.created_at,
                 rolled_back_at=row.rolled_back_at, id=row.id,
             )
             for row, name, from_name, to_name in session.execute(stmt)
         ]
 
 
-def set_diagnosis(db: Database, finding_id: int, diagnosis: dict[str, Any]) -> None:
+def set_diagnosis(db: Database, finding_id: int, diagnosis: Diagnosis) -> None:
     """Keep a finding's profile diff with it (shown by `perfguard check`, read by rules)."""
     with db.session() as session:
         row = session.get(FindingRow, finding_id)
         if row is None:
             raise KeyError(f"no finding {finding_id}")
-        row.diagnosis = diagnosis
+        row.diagnosis = diagnosis.to_dict()
 
 
 def _resolve_findings(session: Session, variant_id: int, resolution: str) -> None:

@@ -13,9 +13,12 @@ from typing import Any
 
 from sqlalchemy import func, select
 
+from monitor.core.diagnosis import Diagnosis
 from monitor.core.series import (
     FindingRecord,
+    Level,
     ReferenceInfo,
+    SampleCheck,
     SeriesKey,
     SeriesRun,
     SeriesState,
@@ -245,9 +248,9 @@ def _update(row: FindingRow, finding: FindingRecord, now: datetime) -> None:
     row.state, row.resolution, row.resolved_at = "open", None, None
     row.change_run_id = finding.change_run_id
     row.change_at = finding.change_at
-    row.before, row.after = finding.before, finding.after
+    row.before, row.after = finding.before.to_dict(), finding.after.to_dict()
     row.rel_change, row.p_value = finding.rel_change, finding.p_value
-    row.samples = finding.samples if finding.samples is not None else row.samples
+    row.samples = finding.samples.to_dict() if finding.samples is not None else row.samples
     row.env_diff = finding.env_diff
     if finding.cause is not None:
         row.cause, row.confirmation = finding.cause, finding.confirmation
@@ -371,15 +374,15 @@ def _record(row: FindingRow, model: str, variant: str) -> FindingRecord:
         verdict=row.verdict,
         change_run_id=row.change_run_id,
         change_at=row.change_at,
-        before=row.before,
-        after=row.after,
+        before=Level.from_dict(row.before),
+        after=Level.from_dict(row.after),
         rel_change=row.rel_change,
         p_value=row.p_value,
-        samples=row.samples,
+        samples=SampleCheck.from_dict(row.samples) if row.samples is not None else None,
         env_diff=row.env_diff,
         cause=row.cause,
         confirmation=row.confirmation,
-        diagnosis=row.diagnosis,
+        diagnosis=Diagnosis.from_dict(row.diagnosis) if row.diagnosis is not None else None,
         state=row.state,
         resolution=row.resolution,
         first_seen=row.first_seen,

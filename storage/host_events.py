@@ -8,13 +8,11 @@ event that is over (the signal is back near its old level) is resolved.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import datetime
-from typing import Any
 
 from sqlalchemy import case, func, select
 
-from monitor.core.series import SeriesState
+from monitor.core.hosts import HostEventRecord, ProbeRun
+from monitor.core.series import Level, SeriesState
 from storage.db import Database
 from storage.models import HostEventRow, RunMetricsRow, RunRow, utc_now
 
@@ -22,44 +20,6 @@ from storage.models import HostEventRow, RunMetricsRow, RunRow, utc_now
 SAME_EVENT_S = 6 * 3600.0
 PROBE_FIGURES = ("probe_blas_ms", "probe_python_ms", "probe_cuda_ms")
 BUSY = "others_cpu_pct"  # other processes' CPU use while a run sampled (HostCondition), % of one core
-
-
-@dataclass(slots=True)
-class HostEventRecord:
-    """A host event as stored and shown: which signal moved, how much, since which run."""
-
-    host: str
-    signal: str  # a probe figure (probe_blas_ms, ...) or "<model> <series> reference"
-    change: str  # up: slower | down: faster
-    change_run_id: int
-    change_at: datetime
-    before: dict[str, Any]
-    after: dict[str, Any]
-    rel_change: float
-    p_value: float
-    state: str = "open"
-    first_seen: datetime | None = None
-    last_seen: datetime | None = None
-    resolved_at: datetime | None = None
-    id: int | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "id": self.id, "host": self.host, "signal": self.signal, "change": self.change,
-            "change_run_id": self.change_run_id, "change_at": self.change_at.isoformat(),
-            "before": self.before, "after": self.after, "rel_change": self.rel_change, "p_value": self.p_value,
-            "state": self.state, "first_seen": _iso(self.first_seen), "last_seen": _iso(self.last_seen),
-            "resolved_at": _iso(self.resolved_at),
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class ProbeRun:
-    """One run's host-speed probe figures and how busy the host was, as host detection reads them."""
-
-    run_id: int
-    started_at: datetime
-    figures: dict[str, float | None]
 
 
 def probe_runs(db: Database, host: str, limit: int) -> list[ProbeRun]:
@@ -101,7 +61,7 @@ def sync_host_events(
                                    first_seen=now)
                 session.add(row)
             row.change_run_id, row.change_at = event.change_run_id, event.change_at
-            row.before, row.after = event.before, event.after
+            row.before, row.after = event.before.to_dict(), event.after.to_dict()
             row.rel_change, row.p_value, row.last_seen = event.rel_change, event.p_value, now
             session.flush()
             matched.add(row.id)
@@ -134,11 +94,8 @@ def open_event_counts(db: Database) -> dict[str, int]:
 def _record(row: HostEventRow) -> HostEventRecord:
     return HostEventRecord(
         host=row.host_name, signal=row.signal, change=row.change, change_run_id=row.change_run_id,
-        change_at=row.change_at, before=row.before, after=row.after, rel_change=row.rel_change,
+        change_at=row.change_at, before=Level.from_dict(row.before), after=Level.from_dict(row.after),
+        rel_change=row.rel_change,
         p_value=row.p_value, state=row.state, first_seen=row.first_seen, last_seen=row.last_seen,
         resolved_at=row.resolved_at, id=row.id,
     )
-
-
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat() if value is not None else None

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from monitor.config import LoadedConfig, load_config
-from monitor.core.actions import ActionRecord
+from monitor.core.actions import ActionRecord, Verdict
 from monitor.core.runs import EnvFingerprint, HostCondition, RunMetrics, RunRecord
 from monitor.detection.check import check_models
 from storage.actions import record_action
@@ -73,7 +73,7 @@ def rejected_action(db: Database, model: str, finding_id: int | None = None) -> 
     }
     record = ActionRecord(model=model, kind="requantize", trigger="latency_drift", status="rejected",
                           reason="no candidate was better: dynamic_int8 refused", from_variant="baseline",
-                          finding_id=finding_id, candidates=[candidate])
+                          finding_id=finding_id, candidates=[Verdict.from_dict(candidate)])
     return record_action(db, record)
 
 

@@ -7,8 +7,9 @@ import dataclasses
 import pytest
 
 from monitor.config import load_config
-from monitor.core.actions import ActionRecord, Promotion
-from monitor.core.series import FindingRecord, SeriesKey, SeriesState
+from monitor.core.actions import ActionRecord, Promotion, Verdict
+from monitor.core.diagnosis import Diagnosis
+from monitor.core.series import FindingRecord, Level, SeriesKey, SeriesState
 from monitor.registry import active_variant
 from monitor.service.followup import fall_back_from_damaged_weights
 from storage import actions as store
@@ -30,7 +31,7 @@ def registered(db: Database) -> None:
 
 def action(status: str = "accepted") -> ActionRecord:
     return ActionRecord(model="m", kind="requantize", trigger="latency_drift", status=status,
-                        reason="why", from_variant="baseline", candidates=[{"label": "dynamic_int8", "speedup": 2.5}])
+                        reason="why", from_variant="baseline", candidates=[Verdict.from_dict({"label": "dynamic_int8", "recipe": "dynamic_int8", "ratio_p50": 0.4})])
 
 
 def test_an_accepted_action_promotes_its_variant_with_the_numbers(db: Database) -> None:
@@ -42,7 +43,7 @@ def test_an_accepted_action_promotes_its_variant_with_the_numbers(db: Database) 
     assert spec.name == "baseline+dynamic_int8" and spec.steps[0].recipe == "dynamic_int8"
     assert spec.weights_sha256 == "ab" * 32
     (stored,) = store.actions(db, "m")
-    assert stored.status == "accepted" and stored.candidates == [{"label": "dynamic_int8", "speedup": 2.5}]
+    assert stored.status == "accepted" and stored.candidates == action().candidates
     assert stored.from_variant == "baseline" and stored.to_variant == "baseline+dynamic_int8"
 
 
@@ -82,15 +83,15 @@ def test_promotion_resolves_the_open_findings_of_the_variant_it_replaces(db: Dat
     run_id = queries.save_run(db, record)
     key = SeriesKey("baseline", "cpu", 32)
     found = FindingRecord(model="m", key=key, metric="latency_ms_p50", change="up", verdict="regression",
-                          change_run_id=run_id, change_at=T0, before={"median": 1.0}, after={"median": 2.0},
+                          change_run_id=run_id, change_at=T0, before=Level.from_dict({"median": 1.0}), after=Level.from_dict({"median": 2.0}),
                           rel_change=1.0, p_value=1e-6)
     (stored,) = sync_findings(db, "m", [found], {(key, "latency_ms_p50", "absolute"): SeriesState(2.0, 0.05)}, {run_id: 0})
     assert stored.id is not None
-    store.set_diagnosis(db, stored.id, {"summary": "aten::addmm +300 %"})
+    store.set_diagnosis(db, stored.id, Diagnosis(summary="aten::addmm +300 %"))
     store.record_action(db, action(), Promotion("baseline+dynamic_int8", "requantize", SPEC, {}))
     (after,) = findings(db, "m")
     assert after.state == "resolved" and after.resolution == "variant baseline+dynamic_int8 promoted"
-    assert after.diagnosis == {"summary": "aten::addmm +300 %"}
+    assert after.diagnosis == Diagnosis(summary="aten::addmm +300 %")
 
 
 def test_a_promotion_from_a_variant_no_longer_active_is_not_carried_out(db: Database) -> None:

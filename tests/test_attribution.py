@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from monitor.config import LoadedConfig, load_config
-from monitor.core.series import FindingRecord, SeriesKey
+from monitor.core.series import FindingRecord, Level, SeriesKey
 from monitor.detection.attribution import (
     MAX_ATTEMPTS,
     attribute,
@@ -45,8 +45,8 @@ def config(tmp_path: Path, name: str, **fields: object) -> LoadedConfig:
 def finding(batch: int, before_ms: float, after_ms: float) -> FindingRecord:
     return FindingRecord(
         model="m", key=SeriesKey("baseline", "cpu", batch), metric="latency_ms_p50", change="up",
-        verdict="regression", change_run_id=1, change_at=T0, before={"median": before_ms},
-        after={"median": after_ms}, rel_change=after_ms / before_ms - 1, p_value=1e-9, id=1,
+        verdict="regression", change_run_id=1, change_at=T0, before=Level.from_dict({"median": before_ms}),
+        after=Level.from_dict({"median": after_ms}), rel_change=after_ms / before_ms - 1, p_value=1e-9, id=1,
     )
 
 

@@ -17,7 +17,7 @@ from monitor.core.runs import (
     RunMetrics,
     RunRecord,
 )
-from monitor.core.series import FindingRecord, SeriesKey, SeriesState
+from monitor.core.series import FindingRecord, Level, SeriesKey, SeriesState
 from monitor.detection.attribution import judge
 from monitor.detection.baseline import NoRunsError, accept
 from monitor.detection.check import check_model
@@ -176,7 +176,8 @@ def test_the_newest_latency_change_is_confirmed_with_raw_samples(db: Database, l
 def finding(rel: float = 0.3, before: float = 1.0) -> FindingRecord:
     return FindingRecord(
         model=MODEL, key=KEY, metric="latency_ms_p50", change="up", verdict="regression", change_run_id=1,
-        change_at=T0, before={"median": before}, after={"median": before * (1 + rel)}, rel_change=rel, p_value=1e-6,
+        change_at=T0, before=Level.from_dict({"median": before}),
+        after=Level.from_dict({"median": before * (1 + rel)}), rel_change=rel, p_value=1e-6,
     )
 
 

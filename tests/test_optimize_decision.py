@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from monitor.config import OptimizeConfig
 from monitor.core import catalog
+from monitor.core.actions import CandidateNumbers, Fidelity
 from monitor.optimize import diagnosis
-from monitor.optimize.decision import CandidateNumbers, best, judge
+from monitor.optimize.decision import best, judge
 
 SETTINGS = OptimizeConfig()
 
@@ -16,13 +17,15 @@ def numbers(**fields: object) -> CandidateNumbers:
         current_p50_ms=1.0, size_mb=2.0, current_size_mb=8.0, fidelity={"kind": "top1", "agreement": 1.0},
     )
     base.update(fields)
+    if isinstance(base["fidelity"], dict):
+        base["fidelity"] = Fidelity.from_dict(base["fidelity"])
     return CandidateNumbers(**base)  # type: ignore[arg-type]
 
 
 def test_a_faster_faithful_smaller_candidate_is_accepted() -> None:
     verdict = judge(numbers(), SETTINGS)
     assert verdict.accepted and verdict.reasons == []
-    assert verdict.to_json()["speedup"] == 2.5
+    assert verdict.to_dict()["speedup"] == 2.5
 
 
 def test_a_gain_under_the_margin_is_rejected_with_its_size() -> None:

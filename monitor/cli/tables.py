@@ -6,9 +6,9 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from monitor.core import catalog
-from monitor.core.actions import ActionRecord
+from monitor.core.actions import ActionRecord, CandidateNumbers
 from monitor.core.runs import RunRecord
-from monitor.core.series import FindingRecord
+from monitor.core.series import FindingRecord, SampleCheck
 
 if TYPE_CHECKING:  # the follow-up's machinery loads with `check`, not with every command
     from monitor.service.followup import FollowUp
@@ -89,8 +89,8 @@ def findings_table(findings: Sequence[FindingRecord]) -> str:
                 f.metric,
                 f.verdict,
                 f"{100 * f.rel_change:+.1f}%",
-                f"{cell(before['median'])} [{cell(before['low'])}-{cell(before['high'])}]",
-                f"{cell(after['median'])} [{cell(after['low'])}-{cell(after['high'])}]",
+                f"{cell(before.median)} [{cell(before.low)}-{cell(before.high)}]",
+                f"{cell(after.median)} [{cell(after.low)}-{cell(after.high)}]",
                 f.change_run_id,
                 f.p_value,
                 _samples_note(f.samples),
@@ -120,12 +120,12 @@ def findings_table(findings: Sequence[FindingRecord]) -> str:
     return format_table(headers, rows)
 
 
-def _samples_note(samples: dict[str, Any] | None) -> str:
+def _samples_note(samples: SampleCheck | None) -> str:
     """Whether the raw samples confirm the change, with their 95 % interval of it."""
-    if not samples or samples.get("interval") is None:
+    if samples is None:
         return "-"
-    low, high = samples["interval"]
-    return f"{'yes' if samples.get('confirmed') else 'no'} [{100 * low:+.0f}%..{100 * high:+.0f}%]"
+    low, high = samples.interval
+    return f"{'yes' if samples.confirmed else 'no'} [{100 * low:+.0f}%..{100 * high:+.0f}%]"
 
 
 def _env_note(diff: dict[str, Any] | None) -> str:
@@ -136,19 +136,19 @@ def _env_note(diff: dict[str, Any] | None) -> str:
 
 def candidates_table(action: ActionRecord) -> str:
     """The before/after table of an optimisation: the current variant, then each candidate."""
-    first = action.candidates[0] if action.candidates else {}
-    rows = [[action.from_variant, "(current)", first.get("current_p50_ms"), first.get("current_p99_ms"), 1.0,
-             first.get("current_size_mb"), first.get("current_forward_peak_mb"), first.get("current_accuracy"),
-             "-", "current"]]
+    first = action.candidates[0].numbers if action.candidates else CandidateNumbers(label="-", recipe="-")
+    rows = [[action.from_variant, "(current)", first.current_p50_ms, first.current_p99_ms, 1.0,
+             first.current_size_mb, first.current_forward_peak_mb, first.current_accuracy, "-", "current"]]
     for c in action.candidates:
-        fidelity = c.get("fidelity") or {}
+        n, fidelity = c.numbers, c.numbers.fidelity
         quality = "-"
-        if fidelity:
-            kind_top1 = fidelity.get("kind") == "top1"
-            quality = f"top1 {fidelity['agreement']:.4f}" if kind_top1 else f"rel.err {fidelity['value']:.2e}"
-        verdict = "accepted" if c["accepted"] else "rejected: " + "; ".join(c["reasons"])
-        rows.append([c["label"], c["recipe"], c.get("p50_ms"), c.get("p99_ms"), c.get("speedup"), c.get("size_mb"),
-                     c.get("forward_peak_mb"), c.get("accuracy"), quality, verdict[:110]])
+        if fidelity is not None and fidelity.kind == "top1" and fidelity.agreement is not None:
+            quality = f"top1 {fidelity.agreement:.4f}"
+        elif fidelity is not None and fidelity.value is not None:
+            quality = f"rel.err {fidelity.value:.2e}"
+        verdict = "accepted" if c.accepted else "rejected: " + "; ".join(c.reasons)
+        rows.append([n.label, n.recipe, n.p50_ms, n.p99_ms, n.speedup, n.size_mb, n.forward_peak_mb, n.accuracy,
+                     quality, verdict[:110]])
     headers = ["variant", "recipe", "p50 ms", "p99 ms", "speed-up", "size MiB", "call MiB", "accuracy", "fidelity",
                "decision"]
     return format_table(headers, rows)
@@ -159,13 +159,13 @@ def action_report(record: ActionRecord) -> str:
     how the chosen one fared at the other batch sizes, and the decision."""
     lines = []
     if record.diagnosis:
-        lines.append(f"diagnosis: {record.diagnosis.get('summary', '-')}")
+        lines.append(f"diagnosis: {record.diagnosis.summary or '-'}")
     if record.candidates:
         lines.append(candidates_table(record))
     for c in record.candidates:
-        for other in c.get("details", {}).get("other_batch_sizes", []):
+        for other in c.numbers.details.get("other_batch_sizes", []):
             ratio = other["ratio_p50"]
-            lines.append(f"{c['label']} at batch {other['batch_size']}: "
+            lines.append(f"{c.numbers.label} at batch {other['batch_size']}: "
                          + (f"{1 / ratio:.2f}x" if ratio else f"not measured ({other['error']})"))
     lines.append(f"\naction {record.id}: {record.status}: {record.reason}")
     return "\n".join(lines)
@@ -204,7 +204,7 @@ def follow_up_text(done: FollowUp, shown: Sequence[FindingRecord]) -> tuple[list
     err: list[str] = []
     if shown:
         out.append(findings_table(shown))
-        out += [f"finding {f.id} ({f.model} {f.metric}): where the time went: {f.diagnosis.get('summary', '-')}"
+        out += [f"finding {f.id} ({f.model} {f.metric}): where the time went: {f.diagnosis.summary or '-'}"
                 for f in shown if f.diagnosis]
     else:
         err.append("no open findings")

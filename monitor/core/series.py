@@ -8,6 +8,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from monitor.core.diagnosis import Diagnosis
+from monitor.core.values import Value
+
 
 @dataclass(frozen=True, slots=True)
 class SeriesState:
@@ -23,6 +26,37 @@ class SeriesState:
             return False
         rel = self.current / before - 1.0
         return abs(rel) >= self.min_effect / 2 and (rel > 0) == (change == "up")
+
+
+@dataclass(frozen=True, slots=True)
+class Level(Value):
+    """A stretch of a series as a finding or host event keeps it: its median, the median's 95 %
+    interval, and how many runs it spans."""
+
+    median: float
+    low: float
+    high: float
+    runs: int
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Level:
+        return cls(median=data["median"], low=data.get("low", data["median"]), high=data.get("high", data["median"]),
+                   runs=data.get("runs", 0))
+
+
+@dataclass(frozen=True, slots=True)
+class SampleCheck(Value):
+    """The newest change checked against the runs' raw per-iteration samples (detection/confirm.py):
+    the 95 % interval of the relative change of the median, its p-value, and whether it confirms."""
+
+    interval: tuple[float, float]
+    p_value: float | None
+    confirmed: bool | None  # None: the samples could not decide
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SampleCheck:
+        low, high = data["interval"]
+        return cls(interval=(low, high), p_value=data.get("p_value"), confirmed=data.get("confirmed"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,16 +96,16 @@ class FindingRecord:
     verdict: str
     change_run_id: int
     change_at: datetime
-    before: dict[str, Any]
-    after: dict[str, Any]
+    before: Level
+    after: Level
     rel_change: float
     p_value: float
-    samples: dict[str, Any] | None = None
-    env_diff: dict[str, Any] | None = None
+    samples: SampleCheck | None = None
+    env_diff: dict[str, Any] | None = None  # environment field -> (old, new)
     cause: str | None = None
     # The A/B against the reference (absolute readings); the levels of both figures (other readings).
     confirmation: dict[str, Any] | None = None
-    diagnosis: dict[str, Any] | None = None  # profile diff of the model against its reference
+    diagnosis: Diagnosis | None = None  # profile diff of the model against its reference
     state: str = "open"
     resolution: str | None = None
     first_seen: datetime | None = None
@@ -81,9 +115,10 @@ class FindingRecord:
     reading: str = "absolute"  # the series it was found in (monitor/detection/readings.py)
 
     def to_json(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        data.pop("key")
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "key"}
         data.update(variant=self.key.variant, device=self.key.device, batch_size=self.key.batch_size)
+        for name in ("before", "after", "samples", "diagnosis"):
+            data[name] = data[name].to_dict() if data[name] is not None else None
         for name in ("change_at", "first_seen", "last_seen", "resolved_at"):
             value = data[name]
             data[name] = value.isoformat() if value is not None else None

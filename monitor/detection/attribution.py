@@ -282,8 +282,8 @@ def judge(
         "ratio_ci95": ci,
         "current_p50_ms": p50s.get(CURRENT_LABEL),
         "reference_p50_ms": p50s.get(REFERENCE_LABEL),
-        "before_p50_ms": finding.before.get("median"),
-        "after_p50_ms": finding.after.get("median"),
+        "before_p50_ms": finding.before.median,
+        "after_p50_ms": finding.after.median,
     }
     if not r0 or not r1:
         return Attribution("unknown", {**numbers, "why": "no usable ratio"})
@@ -315,7 +315,7 @@ def _environment_change(
     """How much slower the frozen copy runs now than when it was frozen, both times timed interleaved
     with a live model (like with like); else against the series' old level, less the copy's overhead."""
     ref_then = measured.get("reference_p50_ms")
-    before = finding.before.get("median")
+    before = finding.before.median
     if ref_now and ref_then:
         return float(ref_now / ref_then - 1.0)
     return (ref_now / r0) / before - 1.0 if ref_now and before else None

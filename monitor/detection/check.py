@@ -22,10 +22,12 @@ from typing import Any
 import numpy as np
 
 from monitor.config import LoadedConfig, ModelConfig
+from monitor.core.hosts import HostEventRecord
 from monitor.core.metrics import WATCHED, verdict
 from monitor.core.series import (
     FindingRecord,
     ReferenceInfo,
+    SampleCheck,
     SeriesKey,
     SeriesRun,
     SeriesState,
@@ -44,7 +46,6 @@ from monitor.detection.series import SeriesView, figures, level, read_series
 from storage import findings as store
 from storage import host_events as host_store
 from storage.db import Database
-from storage.host_events import HostEventRecord
 from storage.queries import list_models, load_samples
 
 log = logging.getLogger(__name__)
@@ -340,11 +341,8 @@ def _finding(
     after = level(values[start : segment[1]])
     samples = None
     if change.samples_interval is not None:
-        samples = {
-            "interval": list(change.samples_interval),
-            "p_value": change.samples_p_value,
-            "confirmed": confirms(change),
-        }
+        low, high = change.samples_interval
+        samples = SampleCheck(interval=(low, high), p_value=change.samples_p_value, confirmed=confirms(change))
     return FindingRecord(
         model=model,
         key=key,

@@ -14,12 +14,13 @@ from __future__ import annotations
 import numpy as np
 
 from monitor.config import LoadedConfig
+from monitor.core.hosts import HostEventRecord, ProbeRun
 from monitor.core.series import SeriesState
 from monitor.detection.changepoints import DetectionOptions, detect_changes, in_effect
 from monitor.detection.series import level
 from storage import host_events as store
 from storage.db import Database
-from storage.host_events import BUSY, PROBE_FIGURES, HostEventRecord, ProbeRun
+from storage.host_events import BUSY, PROBE_FIGURES
 
 # A host is worth a look when its probe moved this much; smaller moves are the host's usual drift.
 HOST_MIN_EFFECT = 0.10

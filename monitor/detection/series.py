@@ -10,7 +10,7 @@ import numpy as np
 
 from monitor.config import LoadedConfig
 from monitor.core.runs import FLAG_CONTENDED
-from monitor.core.series import SeriesKey, SeriesRun
+from monitor.core.series import Level, SeriesKey, SeriesRun
 from monitor.harness.sampling import median_ci
 from storage import findings as store
 from storage.db import Database
@@ -35,11 +35,11 @@ def figures(runs: list[SeriesRun], metric: str) -> np.ndarray:
     return np.array([np.nan if (value := r.metrics.get(metric)) is None else value for r in runs], dtype=float)
 
 
-def level(values: np.ndarray) -> dict[str, float | int]:
+def level(values: np.ndarray) -> Level:
     """A stretch of a series as findings and host events keep it: median, its 95 % interval, runs."""
     part = np.sort(values[np.isfinite(values)])
     low, high = median_ci(part.tolist())
-    return {"median": float(np.median(part)), "low": float(low), "high": float(high), "runs": int(part.size)}
+    return Level(median=float(np.median(part)), low=float(low), high=float(high), runs=int(part.size))
 
 
 def read_series(db: Database, loaded: LoadedConfig, model: str) -> list[SeriesView]:

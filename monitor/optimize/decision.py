@@ -14,57 +14,12 @@ The best accepted candidate is the one with the lowest latency ratio.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
-from typing import Any
 
 from monitor.config import OptimizeConfig
+from monitor.core.actions import CandidateNumbers, Verdict
 
 SIZE_SLACK = 1.01
 FORWARD_SLACK, FORWARD_SLACK_MB = 1.10, 1.0
-
-
-@dataclass(slots=True)
-class CandidateNumbers:
-    """What was measured of one candidate beside the current variant."""
-
-    label: str
-    recipe: str
-    ratio_p50: float | None = None
-    ratio_ci95: list[float] | None = None
-    p50_ms: float | None = None
-    p99_ms: float | None = None
-    current_p50_ms: float | None = None
-    current_p99_ms: float | None = None
-    size_mb: float | None = None
-    current_size_mb: float | None = None
-    forward_peak_mb: float | None = None  # memory one call takes beyond the loaded model
-    current_forward_peak_mb: float | None = None
-    accuracy: float | None = None
-    current_accuracy: float | None = None
-    fidelity: dict[str, Any] | None = None
-    error: str | None = None
-    variant: dict[str, Any] | None = None
-    build_s: float | None = None
-    details: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def speedup(self) -> float | None:
-        return 1.0 / self.ratio_p50 if self.ratio_p50 else None
-
-
-@dataclass(slots=True)
-class Verdict:
-    """A candidate's decision with every reason it was refused (empty when accepted)."""
-
-    numbers: CandidateNumbers
-    accepted: bool
-    reasons: list[str]
-
-    def to_json(self) -> dict[str, Any]:
-        data = asdict(self.numbers)
-        data["speedup"] = self.numbers.speedup
-        data.update(accepted=self.accepted, reasons=self.reasons)
-        return data
 
 
 def judge(numbers: CandidateNumbers, settings: OptimizeConfig) -> Verdict:
@@ -102,17 +57,19 @@ def _quality(numbers: CandidateNumbers, settings: OptimizeConfig) -> str | None:
     fidelity = numbers.fidelity
     if fidelity is None:
         return "no accuracy or output fidelity measured"
-    if fidelity.get("non_finite"):
+    if fidelity.non_finite:
         return "the output has NaN or infinite values"
-    if fidelity["kind"] == "top1":
-        disagreement = 1.0 - fidelity["agreement"]
+    if fidelity.kind == "top1" and fidelity.agreement is not None:
+        disagreement = 1.0 - fidelity.agreement
         if disagreement <= settings.top1_tolerance:
             return None
-        return (f"top-1 agreement with the current variant {fidelity['agreement']:.4f}: "
+        return (f"top-1 agreement with the current variant {fidelity.agreement:.4f}: "
                 f"{disagreement:.4f} disagree, over the tolerance {settings.top1_tolerance:g}")
-    if fidelity["value"] <= settings.relative_error_tolerance:
+    if fidelity.value is None:
+        return "no output fidelity measured"
+    if fidelity.value <= settings.relative_error_tolerance:
         return None
-    return f"output relative error {fidelity['value']:.4f} over the tolerance {settings.relative_error_tolerance:g}"
+    return f"output relative error {fidelity.value:.4f} over the tolerance {settings.relative_error_tolerance:g}"
 
 
 def _footprint(numbers: CandidateNumbers) -> list[str]:

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 from monitor.core.catalog import RecipeSpec
+from monitor.core.diagnosis import Diagnosis, GrownOp, OpTime
 
 # Operator families by name; the first match wins.
 FAMILIES: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -50,7 +52,7 @@ def shares(by_op: dict[str, float]) -> dict[str, float]:
     return {name: round(us / total, 4) for name, us in sorted(per_family.items(), key=lambda kv: -kv[1])}
 
 
-def compare(current: Sequence[dict[str, Any]], reference: Sequence[dict[str, Any]] | None) -> dict[str, Any]:
+def compare(current: Sequence[dict[str, Any]], reference: Sequence[dict[str, Any]] | None) -> Diagnosis:
     """The diagnosis: totals, grown and new operators with their new shapes, family shares.
 
     Without a reference (no frozen copy, or an optimisation asked for on demand), only the current
@@ -58,21 +60,15 @@ def compare(current: Sequence[dict[str, Any]], reference: Sequence[dict[str, Any
     """
     now = _by_op(current)
     total_now = sum(now.values())
-    diagnosis: dict[str, Any] = {
-        "total_us": round(total_now, 1),
-        "families": shares(now),
-        "top": [{"op": op, "self_us": round(us, 1), "share": round(us / (total_now or 1.0), 4)}
-                for op, us in sorted(now.items(), key=lambda kv: -kv[1])[:MAX_LISTED]],
-    }
+    top = [OpTime(op=op, self_us=round(us, 1), share=round(us / (total_now or 1.0), 4))
+           for op, us in sorted(now.items(), key=lambda kv: -kv[1])[:MAX_LISTED]]
+    busiest = Diagnosis(total_us=round(total_now, 1), families=shares(now), top=top)
     if reference is None:
-        diagnosis["summary"] = "busiest: " + ", ".join(
-            f"{t['op']} {100 * t['share']:.0f} %" for t in diagnosis["top"][:3]
-        )
-        return diagnosis
+        return replace(busiest, summary="busiest: " + ", ".join(f"{t.op} {100 * t.share:.0f} %" for t in top[:3]))
     then = _by_op(reference)
     total_then = sum(then.values()) or 1.0
     seen_shapes = {(r["op"], r["shapes"]) for r in reference}
-    grown: list[dict[str, Any]] = []
+    grown: list[GrownOp] = []
     for op, us in now.items():
         before = then.get(op, 0.0)
         if us - before < SIGNIFICANT * total_then:
@@ -82,50 +78,44 @@ def compare(current: Sequence[dict[str, Any]], reference: Sequence[dict[str, Any
         new_shapes = sorted(
             {r["shapes"] for r in current if r["op"] == op and (op, r["shapes"]) not in seen_shapes and r["shapes"]}
         )
-        grown.append(
-            {
-                "op": op,
-                "family": family(op),
-                "before_us": round(before, 1),
-                "after_us": round(us, 1),
-                "change": None if not before else round(us / before - 1.0, 4),
-                "new": not before,
-                "new_shapes": new_shapes[:MAX_LISTED],
-            }
-        )
-    grown.sort(key=lambda g: g["after_us"] - g["before_us"], reverse=True)
+        grown.append(GrownOp(
+            op=op, family=family(op), before_us=round(before, 1), after_us=round(us, 1),
+            change=None if not before else round(us / before - 1.0, 4), new=not before,
+            new_shapes=new_shapes[:MAX_LISTED],
+        ))
+    grown.sort(key=lambda g: g.after_us - g.before_us, reverse=True)
     grown = grown[:MAX_LISTED]
     growth_by_family: dict[str, float] = defaultdict(float)
     for g in grown:
-        growth_by_family[g["family"]] += g["after_us"] - g["before_us"]
-    diagnosis.update(
+        growth_by_family[g.family] += g.after_us - g.before_us
+    return replace(
+        busiest,
         reference_total_us=round(total_then, 1),
         total_change=round(total_now / total_then - 1.0, 4),
         grown=grown,
         grew_most=max(growth_by_family, key=lambda k: growth_by_family[k]) if growth_by_family else None,
         summary=summary(grown) if grown else "no operator grew beyond the noise",
     )
-    return diagnosis
 
 
-def summary(grown: Sequence[dict[str, Any]]) -> str:
+def summary(grown: Sequence[GrownOp]) -> str:
     """One line: e.g. 'aten::addmm +85 % (new shapes [32,1024] [1024,1536]), aten::relu new'."""
     parts = []
     for g in grown[:3]:
-        text = f"{g['op']} new" if g["new"] else f"{g['op']} {100 * g['change']:+.0f} %"
-        if g["new_shapes"]:
-            text += f" (new shapes {g['new_shapes'][0]})"
+        text = f"{g.op} new" if g.new or g.change is None else f"{g.op} {100 * g.change:+.0f} %"
+        if g.new_shapes:
+            text += f" (new shapes {g.new_shapes[0]})"
         parts.append(text)
     return ", ".join(parts)
 
 
-def order_recipes(specs: Sequence[RecipeSpec], diagnosis: dict[str, Any] | None) -> list[RecipeSpec]:
+def order_recipes(specs: Sequence[RecipeSpec], diagnosis: Diagnosis | None) -> list[RecipeSpec]:
     """The recipes worth trying first for where the time goes; those for a family the model barely
     uses (under 5 % of its time) are dropped, exact ones come after the ones that suit it."""
     if not diagnosis:
         return list(specs)
-    share = diagnosis.get("families", {})
-    focus = diagnosis.get("grew_most") or next(iter(share), None)
+    share = diagnosis.families
+    focus = diagnosis.grew_most or next(iter(share), None)
 
     def used(spec: RecipeSpec) -> bool:
         return not spec.suits or any(share.get(f, 0.0) >= 0.05 for f in spec.suits)

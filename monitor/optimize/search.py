@@ -29,7 +29,8 @@ from typing import Any
 
 from monitor.config import LoadedConfig, OptimizeConfig, PromotionHook
 from monitor.core import catalog
-from monitor.core.actions import ActionRecord, Promotion
+from monitor.core.actions import ActionRecord, CandidateNumbers, Fidelity, Promotion, Verdict
+from monitor.core.diagnosis import Diagnosis
 from monitor.core.series import FindingRecord
 from monitor.harness.cpu_info import cpu_flags
 from monitor.harness.protocol import (
@@ -46,7 +47,7 @@ from monitor.harness.protocol import (
 from monitor.harness.runner import WorkerOutcome, run_worker
 from monitor.harness.worker_pool import WorkerPool
 from monitor.optimize import diagnosis
-from monitor.optimize.decision import CandidateNumbers, Verdict, best, judge
+from monitor.optimize.decision import best, judge
 from monitor.registry import PlannedBenchmark, plan_active
 from storage import actions as store
 from storage import findings as findings_store
@@ -106,7 +107,7 @@ def optimize(
     if profiled.error is not None:
         # The candidates are still worth measuring; they are just not ordered by where the time goes.
         log.warning("could not profile %s, trying recipes in catalog order: %s", model.name, profiled.error)
-        record = replace(record, diagnosis={**(record.diagnosis or {}), "error": profiled.error})
+        record = replace(record, diagnosis=replace(record.diagnosis or Diagnosis(), error=profiled.error))
     specs = choose_recipes(request, settings, primary.job.device, profiled.cpu_flags, profiled.diagnosis, current)
     if not specs:
         reason = f"no suitable recipe for {primary.job.device} (asked: {', '.join(request.recipes) or kind})"
@@ -119,7 +120,7 @@ def optimize(
         shutil.rmtree(folder, ignore_errors=True)
         return store.record_action(db, replace(record, reason=reason))
     verdicts = [judge(n, settings) for n in measured(outcome.result, primary.job.batch_size)]
-    chosen = _confirm_elsewhere(loaded, series, primary, verdicts, cancel, pool)
+    verdicts, chosen = _confirm_elsewhere(loaded, series, primary, verdicts, cancel, pool)
     record, promotion = _decide(record, verdicts, chosen, dry_run, primary.job.batch_size, current)
     try:
         record = store.record_action(db, record, promotion)
@@ -140,7 +141,7 @@ def _decide(
 ) -> tuple[ActionRecord, Promotion | None]:
     """The action's outcome from its candidates' verdicts: rejected with every reason, or accepted
     (a dry run promotes nothing) with the variant to promote."""
-    record = replace(record, candidates=[v.to_json() for v in verdicts])
+    record = replace(record, candidates=list(verdicts))
     if chosen is None:
         reason = "no candidate was really better: " + "; ".join(
             f"{v.numbers.label}: {', '.join(v.reasons)}" for v in verdicts
@@ -154,13 +155,13 @@ def _decide(
         return record, None
     assert n.variant is not None
     promotion = Promotion(name=f"{current.name}+{n.recipe}", kind=record.kind, spec=n.variant,
-                          numbers=chosen.to_json())
+                          numbers=chosen.to_dict())
     return record, promotion
 
 
 @dataclass(slots=True)
 class Profiled:
-    diagnosis: dict[str, Any] | None
+    diagnosis: Diagnosis | None
     cpu_flags: list[str]
     error: str | None = None
 
@@ -191,12 +192,12 @@ def diagnose(
         return Profiled(
             finding.diagnosis if finding else None, flags, (outcome.error or outcome.status).splitlines()[0]
         )
-    found = diagnosis.compare(result.profiles[CURRENT_LABEL], result.profiles.get(REFERENCE_LABEL))
-    found["series"] = key.label()
+    found = replace(diagnosis.compare(result.profiles[CURRENT_LABEL], result.profiles.get(REFERENCE_LABEL)),
+                    series=key.label())
     if reference is not None and reference.artifact:
-        found["reference_kind"] = reference.artifact.get("kind")
-        if reference.artifact.get("kind") == "state_dict":
-            found["note"] = "the reference holds weights only: a change in the model's code cannot show"
+        kind = reference.artifact.get("kind")
+        weights_only = "the reference holds weights only: a change in the model's code cannot show"
+        found = replace(found, reference_kind=kind, note=weights_only if kind == "state_dict" else None)
     if finding is not None and finding.id is not None:
         store.set_diagnosis(db, finding.id, found)
     return Profiled(found, list(result.env.cpu_flags))
@@ -207,7 +208,7 @@ def choose_recipes(
     settings: OptimizeConfig,
     device: str,
     cpu_flags: list[str],
-    found: dict[str, Any] | None,
+    found: Diagnosis | None,
     current: VariantSpec,
 ) -> list[catalog.RecipeSpec]:
     """The recipes to try, best-suited first: asked ones as given, else the catalog's defaults for
@@ -243,7 +244,7 @@ def measured(result: WorkerResult, batch_size: int) -> list[CandidateNumbers]:
             recipe=built.recipe,
             error=built.error,
             variant=built.variant,
-            fidelity=built.fidelity,
+            fidelity=None if built.fidelity is None else Fidelity.from_dict(built.fidelity),
             build_s=built.build_s,
             details={**built.details, "batch_size": batch_size},
             current_p50_ms=current.latency_ms_p50,
@@ -255,14 +256,17 @@ def measured(result: WorkerResult, batch_size: int) -> list[CandidateNumbers]:
         timed = subjects.get(built.label)
         if built.error is None and timed is not None:
             ratio = comparison.get(built.label, {})
-            n.ratio_p50, n.ratio_ci95 = ratio.get("ratio_p50"), ratio.get("ratio_ci95")
+            interval = ratio.get("ratio_ci95")
             if ratio.get("contended"):
                 n.details["latency_contended"] = True  # compared over busy rounds: none was clean
-            n.p50_ms, n.p99_ms = timed.metrics.latency_ms_p50, timed.metrics.latency_ms_p99
-            n.size_mb, n.accuracy = timed.metrics.model_size_mb, timed.metrics.accuracy
-            n.forward_peak_mb = timed.details.get("forward_peak_mb")
+            n = replace(
+                n, ratio_p50=ratio.get("ratio_p50"), ratio_ci95=None if interval is None else tuple(interval),
+                p50_ms=timed.metrics.latency_ms_p50, p99_ms=timed.metrics.latency_ms_p99,
+                size_mb=timed.metrics.model_size_mb, accuracy=timed.metrics.accuracy,
+                forward_peak_mb=timed.details.get("forward_peak_mb"),
+            )
         elif built.error is None:
-            n.error = "built but not timed"
+            n = replace(n, error="built but not timed")
         numbers.append(n)
     return numbers
 
@@ -359,44 +363,21 @@ def _confirm_elsewhere(
     verdicts: list[Verdict],
     cancel: threading.Event | None,
     pool: WorkerPool | None,
-) -> Verdict | None:
-    """The best accepted candidate that is also not slower at the model's other batch sizes.
+) -> tuple[list[Verdict], Verdict | None]:
+    """The best accepted candidate that is also not slower at the model's other batch sizes, and
+    the verdicts with what those checks found (a candidate slower elsewhere is refused).
 
     A variant serves every batch size; int8 kernels that win at 32 can lose at 1.
     """
     others = [p for p in series if p is not primary]
+    verdicts = list(verdicts)
     remaining = [v for v in verdicts if v.accepted]
     while (choice := best(remaining)) is not None:
-        checks: list[dict[str, Any]] = []
-        for planned in others:
-            current = replace(planned.job.subjects[0], label=CURRENT_LABEL)
-            assert choice.numbers.variant is not None
-            candidate = replace(
-                current, label=choice.numbers.label, variant=VariantSpec.from_dict(choice.numbers.variant)
-            )
-            compiles = catalog.recipe(choice.numbers.recipe).compiles
-            outcome = _run(
-                loaded,
-                planned,
-                planned.job.as_job(CompareJob, subjects=[current, candidate]),
-                2,
-                cancel,
-                pool,
-                extra_s=COMPILE_ALLOWANCE_S if compiles else 0.0,
-            )
-            compared: dict[str, Any] = {}
-            if outcome.status == "ok" and outcome.result is not None:
-                compared = (outcome.result.comparison or {}).get(choice.numbers.label) or {}
-            ratio, interval = compared.get("ratio_p50"), compared.get("ratio_ci95")
-            checks.append(
-                {
-                    "batch_size": planned.job.batch_size,
-                    "ratio_p50": ratio,
-                    "ratio_ci95": interval,
-                    "error": None if ratio is not None else (outcome.error or "no interleaved rounds").splitlines()[0],
-                }
-            )
-        choice.numbers.details["other_batch_sizes"] = checks
+        checks = [_check_at(loaded, planned, choice, cancel, pool) for planned in others]
+        at = next(i for i, v in enumerate(verdicts) if v is choice)
+        remaining.remove(choice)
+        details = {**choice.numbers.details, "other_batch_sizes": checks}
+        checked = replace(choice, numbers=replace(choice.numbers, details=details))
         # Slower means measurably slower: the whole interval above 1 (or, with too few rounds for one,
         # the ratio itself); a tie at another batch size does not cost the gain where it was measured.
         slower = [
@@ -405,11 +386,36 @@ def _confirm_elsewhere(
             if c["ratio_p50"] is None or (c["ratio_ci95"][0] > 1.0 if c["ratio_ci95"] else c["ratio_p50"] > 1.0)
         ]
         if not slower:
-            return choice
-        choice.accepted = False
-        choice.reasons.append("slower or unmeasured at batch size " + ", ".join(str(c["batch_size"]) for c in slower))
-        remaining.remove(choice)
-    return None
+            verdicts[at] = checked
+            return verdicts, checked
+        why = "slower or unmeasured at batch size " + ", ".join(str(c["batch_size"]) for c in slower)
+        verdicts[at] = replace(checked, accepted=False, reasons=[*checked.reasons, why])
+    return verdicts, None
+
+
+def _check_at(
+    loaded: LoadedConfig, planned: PlannedBenchmark, choice: Verdict, cancel: threading.Event | None,
+    pool: WorkerPool | None,
+) -> dict[str, Any]:
+    """An A/B of the chosen candidate against the current variant at another batch size."""
+    current = replace(planned.job.subjects[0], label=CURRENT_LABEL)
+    assert choice.numbers.variant is not None
+    candidate = replace(current, label=choice.numbers.label, variant=VariantSpec.from_dict(choice.numbers.variant))
+    compiles = catalog.recipe(choice.numbers.recipe).compiles
+    outcome = _run(
+        loaded, planned, planned.job.as_job(CompareJob, subjects=[current, candidate]), 2, cancel, pool,
+        extra_s=COMPILE_ALLOWANCE_S if compiles else 0.0,
+    )
+    compared: dict[str, Any] = {}
+    if outcome.status == "ok" and outcome.result is not None:
+        compared = (outcome.result.comparison or {}).get(choice.numbers.label) or {}
+    ratio, interval = compared.get("ratio_p50"), compared.get("ratio_ci95")
+    return {
+        "batch_size": planned.job.batch_size,
+        "ratio_p50": ratio,
+        "ratio_ci95": interval,
+        "error": None if ratio is not None else (outcome.error or "no interleaved rounds").splitlines()[0],
+    }
 
 
 def _quality(n: CandidateNumbers) -> str:

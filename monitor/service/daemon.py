@@ -22,6 +22,7 @@ from typing import Any
 from sqlalchemy import text
 
 from monitor.config import ConfigError, LoadedConfig
+from monitor.core.hosts import HostEventRecord
 from monitor.core.runs import RunRecord
 from monitor.harness.worker_pool import WorkerPool
 from monitor.service.executors import make_executor
@@ -36,7 +37,6 @@ from monitor.user_errors import EXIT_UNREACHABLE, explain, first_line
 from storage import findings as findings_store
 from storage import host_events, queries
 from storage.db import Database
-from storage.host_events import HostEventRecord
 from storage.lease import DatabaseLease
 
 log = logging.getLogger(__name__)

@@ -56,8 +56,7 @@ def open_regressions(
         if finding.state != "open" or finding.verdict != "regression" or finding.metric not in wanted:
             continue
         if min_drop is not None:
-            before, after = finding.before.get("median"), finding.after.get("median")
-            if before is None or after is None or before - after < min_drop:
+            if finding.before.median - finding.after.median < min_drop:
                 continue
         elif abs(finding.rel_change) < min_change:
             continue
@@ -75,8 +74,8 @@ def finding_decisions(
         "metric": finding.metric,
         "series": finding.key.label(),
         "rel_change": finding.rel_change,
-        "before": finding.before.get("median"),
-        "after": finding.after.get("median"),
+        "before": finding.before.median,
+        "after": finding.after.median,
         "change_run_id": finding.change_run_id,
         "cause": finding.cause,
     }
@@ -90,7 +89,7 @@ def finding_decisions(
 def describe(context: RuleContext, finding: FindingRecord) -> str:
     """'latency_ms_p50 of mlp baseline/cpu/b32 rose 85 % (1.02 -> 1.89 ms) since run 41; cause model'."""
     verb = "rose" if finding.change == "up" else "fell"
-    before, after = finding.before.get("median"), finding.after.get("median")
+    before, after = finding.before.median, finding.after.median
     text = (
         f"{finding.metric} of {context.model.name} {finding.key.label()} {verb} "
         f"{percent(finding.rel_change)} ({figure(before)} -> {figure(after)}{unit(finding.metric)}) "
