@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from monitor.config import load_config  # noqa: E402
-from monitor.optimize.search import OptimizeRequest, optimize  # noqa: E402
+from monitor.optimize.action import OptimizeRequest, optimize  # noqa: E402
 from storage.db import Database  # noqa: E402
 
 CPU_RECIPES = ["dynamic_int8", "static_int8", "bf16", "channels_last", "compile", "torchao_int8",

@@ -7,7 +7,9 @@ folder first, so a module beside the config (`my_model:build` for examples/my_mo
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 from sqlalchemy.orm import Session
 
@@ -21,7 +23,10 @@ from monitor.harness.protocol import (
     SamplingSettings,
     Subject,
     VariantSpec,
+    WorkerJob,
 )
+from monitor.harness.runner import WorkerOutcome, run_worker
+from monitor.harness.worker_pool import WorkerPool
 from storage import actions, findings, queries
 from storage.db import Database
 
@@ -155,3 +160,30 @@ def plan_active(db: Database, loaded: LoadedConfig, names: list[str] | None = No
     with db.session(readonly=True) as session:
         variants = {name: active_variant(session, name) for name in wanted}
     return plan(loaded, names, variants)
+
+
+def run_with_limits(
+    loaded: LoadedConfig,
+    planned: PlannedBenchmark,
+    job: WorkerJob,
+    models: int,
+    cancel: threading.Event | None,
+    pool: WorkerPool | None,
+    extra_s: float = 0.0,
+    scale_memory: bool = True,
+) -> WorkerOutcome:
+    """Run another job of a planned series (an A/B, a freeze, candidates, a profile) holding `models`
+    models at once: the series' time limit scaled by it (plus `extra_s`), and its memory limit too
+    unless `scale_memory` is off."""
+    memory = planned.memory_limit_mb
+    if memory is not None and scale_memory:
+        memory *= models
+    return run_worker(
+        job,
+        timeout_s=planned.timeout_s * models + extra_s,
+        memory_limit_mb=memory,
+        pin_allocator=loaded.config.harness.pin_allocator,
+        cwd=Path(loaded.base_dir),
+        cancel=cancel,
+        pool=pool,
+    )

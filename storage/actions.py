@@ -19,7 +19,6 @@ from sqlalchemy.orm import Session, aliased
 from monitor.core.actions import ActionRecord, Promotion, Verdict
 from monitor.core.diagnosis import Diagnosis
 from storage.db import Database
-from storage.models import ActionRow, FindingRow, ModelRow, VariantRow, utc_now
 from storage.queries import (
     BASELINE,
     model_id_of,
@@ -27,6 +26,7 @@ from storage.queries import (
     set_active_variant,
     variant_id_of,
 )
+from storage.tables import ActionRow, FindingRow, ModelRow, VariantRow, utc_now
 
 
 class NothingToRollBack(LookupError):

@@ -24,7 +24,8 @@ from monitor.core.series import (
     SeriesState,
 )
 from storage.db import Database
-from storage.models import (
+from storage.queries import METRIC_COLUMNS, dialect_insert, model_id_of, variant_id_of
+from storage.tables import (
     BaselineRow,
     EnvChangeRow,
     FindingRow,
@@ -35,7 +36,6 @@ from storage.models import (
     VariantRow,
     utc_now,
 )
-from storage.queries import METRIC_COLUMNS, dialect_insert, model_id_of, variant_id_of
 
 METRIC_NAMES = tuple(column.key for column in METRIC_COLUMNS)
 

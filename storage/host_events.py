@@ -14,7 +14,7 @@ from sqlalchemy import case, func, select
 from monitor.core.hosts import HostEventRecord, ProbeRun
 from monitor.core.series import Level, SeriesState
 from storage.db import Database
-from storage.models import HostEventRow, RunMetricsRow, RunRow, utc_now
+from storage.tables import HostEventRow, RunMetricsRow, RunRow, utc_now
 
 # How far (in time) a change may move between checks and still be the same event.
 SAME_EVENT_S = 6 * 3600.0

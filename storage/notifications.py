@@ -22,8 +22,8 @@ from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 
 from storage.db import Database
-from storage.models import ModelRow, NotificationRow
 from storage.queries import dialect_insert
+from storage.tables import ModelRow, NotificationRow
 
 NotificationKind = Literal["alert", "digest"]
 

@@ -25,7 +25,8 @@ from monitor.core.runs import (
     RunRecord,
 )
 from storage.db import Database
-from storage.models import (
+from storage.samples import EncodedSamples, decode_samples, encode_samples
+from storage.tables import (
     ModelRow,
     RunMetricsRow,
     RunRow,
@@ -33,7 +34,6 @@ from storage.models import (
     VariantRow,
     utc_now,
 )
-from storage.samples import EncodedSamples, decode_samples, encode_samples
 
 BASELINE = "baseline"
 # Kind of a variant first seen in a stored run rather than recorded by `add_variant`.

@@ -17,8 +17,8 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from storage.db import Database
-from storage.models import ModelRow, RuleEventRow
 from storage.queries import model_id_of, newest_per_model
+from storage.tables import ModelRow, RuleEventRow
 
 EventOutcome = Literal["alert", "requantize", "prune", "error", "timeout"]
 FIRED_OUTCOMES = ("alert", "requantize", "prune")  # a decision that went through, as opposed to a failure

@@ -16,7 +16,7 @@ from sqlalchemy import String, Text, cast, func, select, type_coerce
 from monitor.core.runs import FLAG_CONTENDED
 from monitor.core.series import SeriesKey
 from storage.db import Database
-from storage.models import ModelRow, RunMetricsRow, RunRow, VariantRow
+from storage.tables import ModelRow, RunMetricsRow, RunRow, VariantRow
 
 # The figures a report charts, tabulates or checks against an SLO, in RunMetrics units.
 CHARTED = (

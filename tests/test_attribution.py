@@ -167,7 +167,7 @@ def test_a_damaged_reference_is_not_tried_again_and_is_frozen_anew_at_the_next_s
 def test_a_model_that_cannot_be_frozen_is_not_retried_after_every_run(tmp_path: Path, workers: WorkerPool) -> None:
     from sqlalchemy import func, select
 
-    from storage.models import ReferenceRow
+    from storage.tables import ReferenceRow
 
     loaded = config(tmp_path, "c.toml", factory="workloads:random_output")  # no copy reproduces it
     with Database.open(loaded.storage_url()) as db:

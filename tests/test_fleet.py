@@ -21,7 +21,7 @@ from sqlalchemy import select
 from monitor.config import load_config
 from monitor.service.executors import CeleryExecutor
 from storage.db import Database
-from storage.models import ModelRow, RunRow
+from storage.tables import ModelRow, RunRow
 from tests.cli_helpers import PERFGUARD, TESTS_DIR, free_port
 from tests.test_daemon import TcpProxy, http_get, start, stop, wait_for
 

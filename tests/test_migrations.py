@@ -12,7 +12,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import event, inspect
 
 from storage.db import MIGRATIONS_DIR, SCHEMA_HEAD, Database
-from storage.models import Base
+from storage.tables import Base
 
 TABLES = {"models", "variants", "runs", "run_metrics", "run_samples", "findings", "actions", "rule_events",
           "notifications"}

@@ -14,8 +14,8 @@ from monitor.config import LoadedConfig, load_config
 from monitor.detection.attribution import confirm_pending, ensure_references
 from monitor.detection.check import check_model
 from monitor.harness.worker_pool import WorkerPool
+from monitor.optimize.action import OptimizeRequest, optimize
 from monitor.optimize.rollback import damaged_weights
-from monitor.optimize.search import OptimizeRequest, optimize
 from monitor.registry import active_variant
 from monitor.service.benchmark import benchmark_models
 from monitor.service.respond import respond

@@ -15,7 +15,7 @@ import pytest
 
 from monitor.config import PromotionHook
 from monitor.core.actions import ActionRecord, Promotion
-from monitor.optimize.search import notify
+from monitor.optimize.promotion_hook import notify
 
 RECORD = ActionRecord(model="mlp", kind="requantize", trigger="latency_drift", status="accepted", reason="2.8x",
                       from_variant="baseline", to_variant="baseline+dynamic_int8", id=7)

@@ -125,7 +125,7 @@ def test_a_reference_that_no_longer_reproduces_its_output_is_lost(tmp_path: Path
         saved["outputs"] = saved["outputs"] * 1.5
         torch.save(saved, check)
         from monitor.harness.artifacts import sha256_of
-        from storage.models import ReferenceRow
+        from storage.tables import ReferenceRow
 
         with check.open("rb") as handle, db.session() as session:
             row = session.get(ReferenceRow, reference.id)

@@ -21,7 +21,7 @@ from rules.discovery import ConfiguredRule, configured_rules
 from rules.engine import Evaluation, evaluate_model
 from storage import rule_events
 from storage.db import Database
-from storage.models import ActionRow, VariantRow
+from storage.tables import ActionRow, VariantRow
 from tests.cli_helpers import perfguard
 from tests.rules_helpers import (
     MODEL,

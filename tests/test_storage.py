@@ -17,7 +17,6 @@ from storage_helpers import T0, full_record, saved
 
 from monitor.core.runs import FLAG_CONTENDED, RunMetrics, RunRecord, RunStatus
 from storage.db import Database
-from storage.models import ModelRow, RunMetricsRow, RunRow, RunSamplesRow, VariantRow
 from storage.queries import (
     active_variant,
     add_variant,
@@ -31,6 +30,7 @@ from storage.queries import (
     set_active_variant,
 )
 from storage.samples import decode_samples, encode_samples
+from storage.tables import ModelRow, RunMetricsRow, RunRow, RunSamplesRow, VariantRow
 
 
 def row_counts(db: Database) -> dict[str, int]:

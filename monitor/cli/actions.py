@@ -34,8 +34,8 @@ def optimize(config_path: Path, as_json: bool, model: str | None, recipes: tuple
     tolerance) and no bigger; the decision and every candidate's numbers are stored either way.
     """
     from monitor.core import catalog
-    from monitor.optimize.search import OptimizeError, OptimizeRequest
-    from monitor.optimize.search import optimize as run_optimize
+    from monitor.optimize.action import OptimizeError, OptimizeRequest
+    from monitor.optimize.action import optimize as run_optimize
 
     if list_recipes:
         if as_json:

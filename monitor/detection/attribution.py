@@ -26,17 +26,15 @@ import math
 import threading
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from monitor.config import LoadedConfig, ModelConfig
 from monitor.core.series import FindingRecord, ReferenceInfo, SeriesKey
 from monitor.detection.check import detection_options
 from monitor.harness.artifacts import damaged
-from monitor.harness.protocol import REFERENCE_LABEL, ArtifactRef, CompareJob, FreezeJob, WorkerJob
-from monitor.harness.runner import WorkerOutcome, run_worker
+from monitor.harness.protocol import REFERENCE_LABEL, ArtifactRef, CompareJob, FreezeJob
 from monitor.harness.worker_pool import WorkerPool
-from monitor.registry import PlannedBenchmark, UnknownModelError, plan_active
+from monitor.registry import PlannedBenchmark, UnknownModelError, plan_active, run_with_limits
 from storage import findings as store
 from storage import queries
 from storage.db import Database
@@ -149,7 +147,7 @@ def freeze_reference(
         / stamp
     )
     job = planned.job.as_job(FreezeJob, freeze_dir=str(folder), probe=planned.job.probe)
-    outcome = _run(loaded, planned, job, cancel, pool)
+    outcome = run_with_limits(loaded, planned, job, 2, cancel, pool, scale_memory=False)  # model and copy
     result = outcome.result
     ratio = ((result.comparison if result is not None else None) or {}).get(REFERENCE_LABEL, {})
     failure = None
@@ -206,7 +204,8 @@ def attribute(
         replace(live, label=CURRENT_LABEL),
         replace(live, label=REFERENCE_LABEL, eval=None, artifact=ArtifactRef.from_dict(reference.artifact)),
     ]
-    outcome = _run(loaded, planned, planned.job.as_job(CompareJob, subjects=subjects), cancel, pool)
+    job = planned.job.as_job(CompareJob, subjects=subjects)
+    outcome = run_with_limits(loaded, planned, job, 2, cancel, pool, scale_memory=False)
     if outcome.status != "ok" or outcome.result is None:
         error = outcome.error or outcome.status
         numbers: dict[str, Any] = {"error": error, "reference_id": reference.id}
@@ -390,24 +389,6 @@ def series_key(db: Database, planned: PlannedBenchmark) -> SeriesKey | None:
     except LookupError:
         return None
     return SeriesKey(variant, planned.job.device, planned.job.batch_size)
-
-
-def _run(
-    loaded: LoadedConfig,
-    planned: PlannedBenchmark,
-    job: WorkerJob,
-    cancel: threading.Event | None,
-    pool: WorkerPool | None,
-) -> WorkerOutcome:
-    return run_worker(
-        job,
-        timeout_s=planned.timeout_s * 2,  # two subjects share the worker
-        memory_limit_mb=planned.memory_limit_mb,
-        pin_allocator=loaded.config.harness.pin_allocator,
-        cwd=Path(loaded.base_dir),
-        cancel=cancel,
-        pool=pool,
-    )
 
 
 def _min_effect(loaded: LoadedConfig, model: ModelConfig, metric: str) -> float:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from monitor.config import LoadedConfig
 from monitor.core.actions import ActionRecord, Promotion
 from monitor.harness.artifacts import damaged
-from monitor.optimize.search import notify
+from monitor.optimize.promotion_hook import notify
 from storage.actions import active_spec
 from storage.actions import rollback as record_rollback
 from storage.db import Database

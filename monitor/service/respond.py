@@ -1,7 +1,7 @@
 """After a check: evaluate the model's rules and carry out what fired.
 
 Rules only decide (rules/engine.py); this step acts. A requantize or prune decision runs one
-optimisation action (monitor/optimize/search.py), linked to the rule event that asked for it; two
+optimisation action (monitor/optimize/action.py), linked to the rule event that asked for it; two
 decisions of the same kind in one evaluation (say the p50 and p99 findings of one change) run one
 action. A decision on a latency finding gets a diagnosis, the profile diff of the current model
 against its frozen reference, stored with the finding (an action takes one itself). Alerts are
@@ -20,7 +20,8 @@ from monitor.core.actions import ActionRecord
 from monitor.core.metrics import LATENCY_METRICS
 from monitor.core.series import FindingRecord
 from monitor.harness.worker_pool import WorkerPool
-from monitor.optimize.search import OptimizeRequest, diagnose, optimize
+from monitor.optimize.action import OptimizeRequest, optimize
+from monitor.optimize.diagnose import diagnose
 from monitor.registry import PlannedBenchmark, plan_active
 from rules.discovery import ConfiguredRule
 from rules.engine import Evaluation, evaluate_model

@@ -7,7 +7,7 @@ is pointed at. To write a new revision, pass a connection the same way and call
 
 from alembic import context
 
-from storage.models import Base
+from storage.tables import Base
 
 connection = context.config.attributes.get("connection")
 if connection is None:

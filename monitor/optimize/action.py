@@ -15,48 +15,39 @@ The parent never imports torch: building and timing happen in workers.
 from __future__ import annotations
 
 import importlib.util
-import json
 import logging
-import os
 import shutil
-import subprocess
 import threading
-import urllib.request
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from monitor.config import LoadedConfig, OptimizeConfig, PromotionHook
+from monitor.config import LoadedConfig, OptimizeConfig
 from monitor.core import catalog
 from monitor.core.actions import ActionRecord, CandidateNumbers, Fidelity, Promotion, Verdict
 from monitor.core.diagnosis import Diagnosis
 from monitor.core.series import FindingRecord
-from monitor.harness.cpu_info import cpu_flags
 from monitor.harness.protocol import (
-    REFERENCE_LABEL,
-    ArtifactRef,
     CandidateRequest,
     CandidatesJob,
     CompareJob,
-    ProfileJob,
     VariantSpec,
-    WorkerJob,
     WorkerResult,
 )
-from monitor.harness.runner import WorkerOutcome, run_worker
+from monitor.harness.runner import WorkerOutcome
 from monitor.harness.worker_pool import WorkerPool
 from monitor.optimize import diagnosis
 from monitor.optimize.decision import best, judge
-from monitor.registry import PlannedBenchmark, plan_active
+from monitor.optimize.diagnose import CURRENT_LABEL, diagnose
+from monitor.optimize.promotion_hook import notify
+from monitor.registry import PlannedBenchmark, plan_active, run_with_limits
 from storage import actions as store
-from storage import findings as findings_store
 from storage import queries
 from storage.db import Database
 
 log = logging.getLogger(__name__)
 
-CURRENT_LABEL = "current"
 COMPILE_ALLOWANCE_S = 180.0  # torch.compile's first call, per compiling candidate, on top of the timeout
 
 
@@ -159,48 +150,8 @@ def _decide(
     return record, promotion
 
 
-@dataclass(slots=True)
-class Profiled:
-    diagnosis: Diagnosis | None
-    cpu_flags: list[str]
-    error: str | None = None
 
 
-def diagnose(
-    db: Database,
-    loaded: LoadedConfig,
-    planned: PlannedBenchmark,
-    finding: FindingRecord | None,
-    cancel: threading.Event | None = None,
-    pool: WorkerPool | None = None,
-) -> Profiled:
-    """Profile the current variant (beside its frozen reference when the series has one) and keep
-    the diff with the finding, replacing an older one (the model may have changed since)."""
-    current = replace(planned.job.subjects[0], label=CURRENT_LABEL)
-    subjects = [current]
-    key = planned.key
-    reference = findings_store.latest_reference(db, planned.model.name, key)
-    if reference is not None and reference.artifact:
-        artifact = ArtifactRef.from_dict(reference.artifact)
-        subjects.append(replace(current, label=REFERENCE_LABEL, eval=None, artifact=artifact))
-    outcome = _run(
-        loaded, planned, planned.job.as_job(ProfileJob, subjects=subjects), len(subjects), cancel, pool
-    )
-    result = outcome.result
-    if outcome.status != "ok" or result is None or result.profiles is None:
-        flags = list(outcome.env.cpu_flags) if outcome.env is not None else cpu_flags()
-        return Profiled(
-            finding.diagnosis if finding else None, flags, (outcome.error or outcome.status).splitlines()[0]
-        )
-    found = replace(diagnosis.compare(result.profiles[CURRENT_LABEL], result.profiles.get(REFERENCE_LABEL)),
-                    series=key.label())
-    if reference is not None and reference.artifact:
-        kind = reference.artifact.get("kind")
-        weights_only = "the reference holds weights only: a change in the model's code cannot show"
-        found = replace(found, reference_kind=kind, note=weights_only if kind == "state_dict" else None)
-    if finding is not None and finding.id is not None:
-        store.set_diagnosis(db, finding.id, found)
-    return Profiled(found, list(result.env.cpu_flags))
 
 
 def choose_recipes(
@@ -271,46 +222,6 @@ def measured(result: WorkerResult, batch_size: int) -> list[CandidateNumbers]:
     return numbers
 
 
-def notify(hook: PromotionHook, record: ActionRecord, promotion: Promotion) -> None:
-    """Tell a serving system about the new active variant; a failure is logged, never raised."""
-    payload = {
-        "model": record.model,
-        "variant": promotion.name,
-        "previous": record.from_variant,
-        "action_id": record.id,
-        "weights_path": promotion.spec.get("weights_path"),
-        "weights_sha256": promotion.spec.get("weights_sha256"),
-        "spec": promotion.spec,
-    }
-    body = json.dumps(payload).encode()
-    try:
-        if hook.command is not None:
-            env = {
-                **os.environ,
-                "PERFGUARD_MODEL": record.model,
-                "PERFGUARD_VARIANT": promotion.name,
-                "PERFGUARD_WEIGHTS": str(promotion.spec.get("weights_path") or ""),
-                "PERFGUARD_ACTION_ID": str(record.id),
-            }
-            done = subprocess.run(
-                hook.command, input=body, env=env, capture_output=True, timeout=hook.timeout_s, check=False
-            )
-            if done.returncode != 0:
-                log.warning(
-                    "promotion hook %s exited %d: %s",
-                    hook.command[0],
-                    done.returncode,
-                    done.stderr.decode(errors="replace")[-500:],
-                )
-        else:
-            assert hook.url is not None
-            request = urllib.request.Request(  # noqa: S310 - the configured hook URL
-                hook.url, data=body, headers={"Content-Type": "application/json"}
-            )
-            with urllib.request.urlopen(request, timeout=hook.timeout_s) as reply:  # noqa: S310 - configured URL
-                reply.read()
-    except Exception as exc:  # noqa: BLE001 - the promotion is committed; a hook's failure must not undo it
-        log.warning("promotion hook for %s failed: %s", record.model, exc)
 
 
 def _primary(series: list[PlannedBenchmark], finding: FindingRecord | None) -> PlannedBenchmark:
@@ -345,7 +256,7 @@ def _run_candidates(
         fidelity=settings.fidelity,
         sampling=sampling,
     )
-    return _run(
+    return run_with_limits(
         loaded,
         planned,
         job,
@@ -402,7 +313,7 @@ def _check_at(
     assert choice.numbers.variant is not None
     candidate = replace(current, label=choice.numbers.label, variant=VariantSpec.from_dict(choice.numbers.variant))
     compiles = catalog.recipe(choice.numbers.recipe).compiles
-    outcome = _run(
+    outcome = run_with_limits(
         loaded, planned, planned.job.as_job(CompareJob, subjects=[current, candidate]), 2, cancel, pool,
         extra_s=COMPILE_ALLOWANCE_S if compiles else 0.0,
     )
@@ -437,25 +348,3 @@ def _remove_unkept(folder: Path, kept: Verdict | None) -> None:
             shutil.rmtree(child, ignore_errors=True)
     if not any(folder.iterdir()):
         folder.rmdir()
-
-
-def _run(
-    loaded: LoadedConfig,
-    planned: PlannedBenchmark,
-    job: WorkerJob,
-    models: int,
-    cancel: threading.Event | None,
-    pool: WorkerPool | None,
-    extra_s: float = 0.0,
-) -> WorkerOutcome:
-    """Run a job holding `models` models at once: the model's time and memory limits, scaled."""
-    memory = planned.memory_limit_mb * models if planned.memory_limit_mb is not None else None
-    return run_worker(
-        job,
-        timeout_s=planned.timeout_s * models + extra_s,
-        memory_limit_mb=memory,
-        pin_allocator=loaded.config.harness.pin_allocator,
-        cwd=Path(loaded.base_dir),
-        cancel=cancel,
-        pool=pool,
-    )
