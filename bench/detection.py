@@ -56,9 +56,11 @@ has no index: its alarm index is its time ``t``.
 
 Detectors
 ---------
-* ``perfguard``: ``monitor.detection.changepoints.detect_changes(values, options=DetectionOptions(
-  min_effect=0.015))``. The minimum effect is just under the smallest step (``--min-effect``,
-  ``--alpha``).
+* ``perfguard``: what the service runs on a series: ``monitor.detection.changepoints.detect_changes(
+  values, options=DetectionOptions(min_effect=0.015))``, then ``monitor.detection.drift.fold_drift``
+  over its steps (a creep becomes one drift; the stairs the step search cut it into are folded in).
+  A drift is an alarm of its own kind, counted once per series whatever its start index moves to.
+  The minimum effect is just under the smallest step (``--min-effect``, ``--alpha``).
 * ``otava``: Apache Otava (``pip install --no-deps apache-otava==0.8.0``; see ``--help``). It runs
   through its library entry point, ``otava.series.Series(...).analyze(AnalysisOptions())``, which
   is what ``otava analyze`` calls. The options are Otava's defaults, untuned: window_len=50,
@@ -97,10 +99,11 @@ import numpy as np
 import numpy.typing as npt
 
 from monitor.detection.changepoints import DetectionOptions, detect_changes
+from monitor.detection.drift import fold_drift
 
 Array = npt.NDArray[np.float64]
 Direction = Literal["up", "down"]
-Finder = Callable[[Array], list[tuple[int, Direction]]]
+Finder = Callable[[Array], list[tuple[int, Direction, str]]]  # (index, direction, step | drift)
 
 # --- series grid ---------------------------------------------------------------------------------
 LEVEL = 10.0
@@ -232,6 +235,7 @@ class Alarm:
     time: int
     index: int
     direction: Direction
+    kind: str = "step"  # or "drift": one steady movement, reported once (its start may move)
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,8 +256,10 @@ def perfguard_options(spec: DetectorSpec) -> DetectionOptions:
 def perfguard_finder(spec: DetectorSpec) -> Finder:
     options = perfguard_options(spec)
 
-    def find(values: Array) -> list[tuple[int, Direction]]:
-        return [(int(cp.index), cp.direction) for cp in detect_changes(values, options=options)]
+    def find(values: Array) -> list[tuple[int, Direction, str]]:
+        steps, drift = fold_drift(values, detect_changes(values, options=options), options)
+        found = [(int(cp.index), cp.direction, "step") for cp in steps]
+        return found + ([(drift.index, drift.direction, "drift")] if drift is not None else [])
 
     return find
 
@@ -261,11 +267,11 @@ def perfguard_finder(spec: DetectorSpec) -> Finder:
 def otava_finder() -> Finder:
     from otava.series import AnalysisOptions, Metric, Series
 
-    def find(values: Array) -> list[tuple[int, Direction]]:
+    def find(values: Array) -> list[tuple[int, Direction, str]]:
         n = len(values)
         series = Series("bench", None, list(range(n)), {"v": Metric()}, {"v": values.tolist()}, {})
         found = series.analyze(AnalysisOptions()).change_points["v"]
-        return [(int(cp.index), "up" if cp.forward_change_percent() >= 0 else "down") for cp in found]
+        return [(int(cp.index), "up" if cp.forward_change_percent() >= 0 else "down", "step") for cp in found]
 
     return find
 
@@ -274,9 +280,10 @@ def online_changepoints(values: Array, find: Finder) -> list[Alarm]:
     """Run `find` on every prefix after the warm-up; turn what it reports into deduplicated alarms."""
     alarms: list[Alarm] = []
     for t in range(WARMUP, len(values)):
-        for index, direction in find(values[: t + 1]):
-            if not any(a.direction == direction and abs(a.index - index) <= SAME_ALARM for a in alarms):
-                alarms.append(Alarm(t, index, direction))
+        for index, direction, kind in find(values[: t + 1]):
+            if not any(a.direction == direction and a.kind == kind and (kind == "drift" or abs(a.index - index)
+                                                                        <= SAME_ALARM) for a in alarms):
+                alarms.append(Alarm(t, index, direction, kind))
     return alarms
 
 
@@ -338,6 +345,8 @@ class SeriesScore:
     delay: int | None
     false_positives: int
     monitored_points: int
+    steps: int = 0  # step alarms raised (drift cells: the staircase, if any)
+    drifts: int = 0  # drift alarms raised
 
 
 def is_hit(alarm: Alarm, case: Case, index_is_time: bool) -> bool:
@@ -355,7 +364,8 @@ def is_hit(alarm: Alarm, case: Case, index_is_time: bool) -> bool:
 def score_series(case: Case, alarms: Sequence[Alarm], index_is_time: bool) -> SeriesScore:
     hit = next((a for a in sorted(alarms, key=lambda a: a.time) if is_hit(a, case, index_is_time)), None)
     delay = None if hit is None or case.change is None else hit.time - case.change
-    return SeriesScore(hit, delay, len(alarms) - (hit is not None), len(case.values) - WARMUP)
+    return SeriesScore(hit, delay, len(alarms) - (hit is not None), len(case.values) - WARMUP,
+                       sum(a.kind == "step" for a in alarms), sum(a.kind == "drift" for a in alarms))
 
 
 def cell_metrics(scores: Sequence[SeriesScore]) -> dict[str, float | int | None]:
@@ -382,6 +392,8 @@ def cell_metrics(scores: Sequence[SeriesScore]) -> dict[str, float | int | None]
         # drift cells: how far the level had drifted at the median delay, in %
         "median_drift_pct": None if median_delay is None else (median_delay + 1) * DRIFT_PER_RUN * 100,
         "fp_per_1000": 1000.0 * fp / points if points else 0.0,
+        "steps_per_series": sum(s.steps for s in scores) / series if series else 0.0,
+        "drifts_per_series": sum(s.drifts for s in scores) / series if series else 0.0,
     }
 
 
@@ -491,15 +503,17 @@ def report(metrics: dict[str, dict[str, dict[str, Any]]], cells: Sequence[Cell],
     out.append(f"\n## Drift cells (+{DRIFT_PER_RUN:.1%} of the level per run from index {DRIFT_START})")
     out.append("hit: an 'up' alarm at t >= drift start (index >= start - 5); d50: median points from drift "
                "start to the hit; drift: level increase at that median; other/1k: all other alarms per 1000 "
-               "monitored points (including re-alarms as the drift goes on).\n")
-    header = lead[:2] + [f"{n} {m}" for n in names for m in ("hit", "d50", "drift", "other/1k")]
+               "monitored points (including re-alarms as the drift goes on); steps, drifts: step and drift "
+               "alarms per series (a drift reported as one finding: 0 steps, 1 drift).\n")
+    header = lead[:2] + [f"{n} {m}" for n in names for m in ("hit", "d50", "drift", "other/1k", "steps", "drifts")]
     rows = []
     for cell in cells_of("drift", cells):
         row = [cell.family, f"{cell.cv:.0%}"]
         for n in names:
             m = metrics[n][cell.key]
             drift = "-" if m["median_drift_pct"] is None else f"{m['median_drift_pct']:.1f}%"
-            row += [fmt(m["recall"]), fmt_delay(m["median_delay"]), drift, fmt(m["fp_per_1000"], 1)]
+            row += [fmt(m["recall"]), fmt_delay(m["median_delay"]), drift, fmt(m["fp_per_1000"], 1),
+                    fmt(m["steps_per_series"]), fmt(m["drifts_per_series"])]
         rows.append(row)
     out.append(markdown_table(header, rows))
 
@@ -583,14 +597,15 @@ def perf_series(seed: int) -> list[tuple[list[float], list[tuple[int, Direction]
 
 
 def run_perf(spec: DetectorSpec, seed: int) -> int:
-    """Time one offline detect_changes call per series (a list of floats, as the service passes)."""
+    """Time one offline check per series as the service makes it (a list of floats, as it passes):
+    detect_changes, then fold_drift over what it found."""
     options = perfguard_options(spec)
     made = perf_series(seed)
     seconds: list[float] = []
     found = matched = 0
     for values, truth in made:
         started = time.perf_counter()
-        changes = detect_changes(values, options=options)
+        changes, _ = fold_drift(np.asarray(values), detect_changes(values, options=options), options)
         seconds.append(time.perf_counter() - started)
         found += len(changes)
         matched += sum(any(cp.direction == d and abs(cp.index - c) <= TP_INDEX_TOLERANCE for cp in changes)
@@ -598,7 +613,7 @@ def run_perf(spec: DetectorSpec, seed: int) -> int:
     total = sum(seconds)
     steps = sum(len(t) for _, t in made)
     print(f"perf: {PERF_SERIES} series x {PERF_LENGTH} points (gauss CV {PERF_CV:.0%}), "
-          f"one offline detect_changes call each, min_effect={options.min_effect}")
+          f"one offline detect_changes + fold_drift call each, min_effect={options.min_effect}")
     print(f"total {total:.3f} s, median {statistics.median(seconds) * 1e3:.1f} ms, "
           f"max {max(seconds) * 1e3:.1f} ms per series")
     print(f"true steps found (index +-{TP_INDEX_TOLERANCE}, direction): {matched} of {steps}; "
@@ -635,7 +650,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--json", type=Path, metavar="PATH", help="write all numbers as JSON to PATH")
     parser.add_argument("--perf", action="store_true",
                         help=f"only the speed check: {PERF_SERIES} x {PERF_LENGTH} points, one offline "
-                        f"detect_changes call per series, target <= {PERF_TARGET_S:g} s total")
+                        f"detect_changes + fold_drift call per series, target <= {PERF_TARGET_S:g} s total")
     args = parser.parse_args(argv)
     args.detectors = [d.strip() for d in args.detectors.split(",") if d.strip()]
     unknown = sorted(set(args.detectors) - set(DETECTORS))

@@ -18,8 +18,10 @@ method (no change point) must reproduce the published F1 of every series (mean 0
 
 Detectors, each with its defaults (no per-series tuning):
 * ``zero``: no change point.
-* ``perfguard``: ``monitor.detection.changepoints.detect_changes(values)`` with ``DetectionOptions()``.
-  A change point's index is the first point of the new level, the benchmark's convention.
+* ``perfguard``: what the service finds, with ``DetectionOptions()``: the steps of
+  ``monitor.detection.changepoints.detect_changes`` after ``monitor.detection.drift.fold_drift``, and
+  the start of the drift if there is one (a change of trend is what annotators mark). A step's index
+  is the first point of the new level, the benchmark's convention.
 * ``binseg`` / ``pelt``: ruptures (``pip install ruptures``; skipped when it is missing), cost ``l2``,
   ``min_size=2``, penalty ``3 * var(y) * log(n)`` (a BIC-like penalty on the standardised series).
 
@@ -44,7 +46,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from monitor.detection.changepoints import detect_changes  # noqa: E402
+from monitor.detection.changepoints import DetectionOptions, detect_changes  # noqa: E402
+from monitor.detection.drift import fold_drift  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "tcpd"
 MARGIN = 5
@@ -101,7 +104,10 @@ Detector = Callable[[np.ndarray], Sequence[int]]
 
 
 def perfguard(values: np.ndarray) -> list[int]:
-    return [c.index for c in detect_changes(values)]
+    """What the service finds in a series: its steps, and where its drift began (if it drifts)."""
+    options = DetectionOptions()
+    steps, drift = fold_drift(values, detect_changes(values, options=options), options)
+    return [c.index for c in steps] + ([drift.index] if drift is not None else [])
 
 
 def ruptures_detector(algorithm: str) -> Detector:

@@ -7,7 +7,7 @@ than adding a second one.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -15,6 +15,7 @@ from sqlalchemy import func, select
 
 from monitor.core.diagnosis import Diagnosis
 from monitor.core.series import (
+    Drift,
     FindingRecord,
     Level,
     ReferenceInfo,
@@ -42,6 +43,8 @@ METRIC_NAMES = tuple(column.key for column in METRIC_COLUMNS)
 # How far (in runs) a change may move between checks and still be the same finding: more history
 # sharpens where a change began (a noisy one moved 7 runs in bench/detection_real.py).
 SAME_CHANGE_RUNS = 12
+STAIR_SLACK_RUNS = 4  # a stair of a drift may begin this many runs before the drift (detection/drift.py)
+PART_OF_DRIFT = "part of a drift"  # the resolution of a step that turned out to be a stair of a creep
 NOT_DETECTED = "no longer detected"
 
 
@@ -224,6 +227,7 @@ def sync_findings(
             _update(row, finding, now)
             session.flush()
             matched.add(row.id)
+        _fold_into_drifts(candidates, matched, detected, variant_id, run_order, now)
         for row in candidates:
             if row.id in matched or row.state != "open":
                 continue
@@ -235,10 +239,29 @@ def sync_findings(
     return findings(db, model)
 
 
+def _fold_into_drifts(
+    rows: list[FindingRow], matched: set[int], detected: Sequence[FindingRecord], variant_id: Callable[[str], int],
+    order: dict[int, int], now: datetime,
+) -> None:
+    """Resolve the open steps a detected drift took in: the stairs an earlier check reported while
+    the creep was young (same series, metric, reading and direction, begun with or after the drift)."""
+    for drift in (f for f in detected if f.kind == "drift"):
+        began = order.get(drift.change_run_id)
+        for row in rows:
+            at = order.get(row.change_run_id)
+            if (row.id in matched or row.state != "open" or row.kind != "step" or began is None or at is None
+                    or at < began - STAIR_SLACK_RUNS or row.variant_id != variant_id(drift.key.variant)
+                    or (row.device, row.batch_size, row.metric, row.reading, row.change)
+                    != (drift.key.device, drift.key.batch_size, drift.metric, drift.reading, drift.change)):
+                continue
+            row.state, row.resolution, row.resolved_at = "resolved", PART_OF_DRIFT, now
+            matched.add(row.id)
+
+
 def _new_row(model_id: int, variant_id: int, finding: FindingRecord, now: datetime) -> FindingRow:
     key = finding.key
     return FindingRow(model_id=model_id, variant_id=variant_id, device=key.device, batch_size=key.batch_size,
-                      metric=finding.metric, reading=finding.reading, change=finding.change,
+                      metric=finding.metric, reading=finding.reading, kind=finding.kind, change=finding.change,
                       verdict=finding.verdict, first_seen=now)
 
 
@@ -251,6 +274,7 @@ def _update(row: FindingRow, finding: FindingRecord, now: datetime) -> None:
     row.before, row.after = finding.before.to_dict(), finding.after.to_dict()
     row.rel_change, row.p_value = finding.rel_change, finding.p_value
     row.samples = finding.samples.to_dict() if finding.samples is not None else row.samples
+    row.drift = finding.drift.to_dict() if finding.drift is not None else None
     row.env_diff = finding.env_diff
     if finding.cause is not None:
         row.cause, row.confirmation = finding.cause, finding.confirmation
@@ -260,9 +284,10 @@ def _update(row: FindingRow, finding: FindingRecord, now: datetime) -> None:
 def _match(
     rows: list[FindingRow], taken: set[int], variant_id: int, finding: FindingRecord, order: dict[int, int]
 ) -> FindingRow | None:
-    """The stored finding a detected one continues: same series, metric and direction, a size within
-    a factor of two, the nearest change start within SAME_CHANGE_RUNS runs, and not already continued
-    by another in this check."""
+    """The stored finding a detected one continues: same series, metric, direction and kind, a size
+    within a factor of two, the nearest change start within SAME_CHANGE_RUNS runs, and not already
+    continued by another in this check. A drift continues the series' open drift, however far it has
+    gone and wherever its start is now placed (a series drifts one way at a time)."""
     at = order.get(finding.change_run_id)
     best: tuple[int, FindingRow] | None = None
     for row in rows:
@@ -274,8 +299,11 @@ def _match(
             or row.metric != finding.metric
             or row.reading != finding.reading
             or row.change != finding.change
+            or row.kind != finding.kind
         ):
             continue
+        if finding.kind == "drift" and row.state == "open":
+            return row
         there = order.get(row.change_run_id)
         if at is None or there is None or abs(at - there) > SAME_CHANGE_RUNS:
             continue
@@ -390,4 +418,6 @@ def _record(row: FindingRow, model: str, variant: str) -> FindingRecord:
         resolved_at=row.resolved_at,
         id=row.id,
         reading=row.reading,
+        kind=row.kind,
+        drift=Drift.from_dict(row.drift) if row.drift is not None else None,
     )

@@ -269,6 +269,7 @@ class FindingRow(Base):
         Index("ix_findings_model_state", "model_id", "state"),
         Index("ix_findings_series", "variant_id", "device", "batch_size", "metric"),
         CheckConstraint("reading IN ('absolute', 'relative', 'reference', 'normalised')", name="reading"),
+        CheckConstraint("kind IN ('step', 'drift')", name="kind"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -277,6 +278,9 @@ class FindingRow(Base):
     device: Mapped[str] = mapped_column(String(64))
     batch_size: Mapped[int]
     metric: Mapped[str] = mapped_column(String(64))
+    # A step (a new level since change_run_id) or a drift (a steady movement since then: `drift`).
+    kind: Mapped[str] = mapped_column(String(8), default="step", server_default="step")
+    drift: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # slope per run and per day, runs
     # Which series showed it (monitor/detection/readings.py): the absolute latency, the model against
     # its frozen reference, the reference against the host probe, or the model against the probe.
     reading: Mapped[str] = mapped_column(String(16), default="absolute", server_default="absolute")

@@ -87,7 +87,7 @@ def findings_table(findings: Sequence[FindingRecord]) -> str:
                 f.model,
                 f.key.label(),
                 f.metric,
-                f.verdict,
+                f.verdict if f.drift is None else f"{f.verdict}, drift {100 * f.drift.slope_per_run:+.2f}%/run",
                 f"{100 * f.rel_change:+.1f}%",
                 f"{cell(before.median)} [{cell(before.low)}-{cell(before.high)}]",
                 f"{cell(after.median)} [{cell(after.low)}-{cell(after.high)}]",

@@ -60,6 +60,21 @@ class SampleCheck(Value):
 
 
 @dataclass(frozen=True, slots=True)
+class Drift(Value):
+    """A steady movement of a series (a drift finding's shape): how fast, relative to the level where
+    it began, per run and per day (None when the runs span no time), and over how many runs so far.
+    The finding's `rel_change` is how far it has gone in all; `change_run_id` where it began."""
+
+    slope_per_run: float
+    slope_per_day: float | None
+    runs: int
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Drift:
+        return cls(slope_per_run=data["slope_per_run"], slope_per_day=data.get("slope_per_day"), runs=data["runs"])
+
+
+@dataclass(frozen=True, slots=True)
 class SeriesKey:
     """One benchmark series of a model: detection runs per key and metric."""
 
@@ -113,11 +128,13 @@ class FindingRecord:
     resolved_at: datetime | None = None
     id: int | None = None
     reading: str = "absolute"  # the series it was found in (monitor/detection/readings.py)
+    kind: str = "step"  # step: a new level since the change run | drift: a steady movement since then
+    drift: Drift | None = None  # a drift's slope
 
     def to_json(self) -> dict[str, Any]:
         data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "key"}
         data.update(variant=self.key.variant, device=self.key.device, batch_size=self.key.batch_size)
-        for name in ("before", "after", "samples", "diagnosis"):
+        for name in ("before", "after", "samples", "diagnosis", "drift"):
             data[name] = data[name].to_dict() if data[name] is not None else None
         for name in ("change_at", "first_seen", "last_seen", "resolved_at"):
             value = data[name]

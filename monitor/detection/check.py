@@ -25,7 +25,9 @@ from monitor.config import LoadedConfig, ModelConfig
 from monitor.core.hosts import HostEventRecord
 from monitor.core.metrics import WATCHED, verdict
 from monitor.core.series import (
+    Drift,
     FindingRecord,
+    Level,
     ReferenceInfo,
     SampleCheck,
     SeriesKey,
@@ -39,6 +41,7 @@ from monitor.detection.changepoints import (
     step_at,
 )
 from monitor.detection.confirm import confirm_with_samples, confirms
+from monitor.detection.drift import DriftPoint, fold_drift
 from monitor.detection.host import check_hosts
 from monitor.detection.points import ChangePoint
 from monitor.detection.readings import HOST, Reading, series_readings
@@ -56,6 +59,7 @@ ENV_FIELDS = ("torch", "python", "cpu", "cpu_count", "gpu", "gpu_driver", "cuda"
 # Fields runs stored by earlier versions lack: their first appearance is no change.
 LATER_ENV_FIELDS = ("math_env", "cpu_capability")
 BEFORE_RUNS = 50  # at most this many runs before a change make its "before" level
+NOW_RUNS = 5  # a drift finding's "after" level: where the newest runs stand
 
 
 @dataclass(slots=True)
@@ -113,9 +117,11 @@ def check_model(db: Database, loaded: LoadedConfig, model: str, config: ModelCon
             if not np.isfinite(values).any():
                 continue
             options = detection_options(loaded, config, metric, reading.name)
-            points = detect_changes(values, options=options)
+            points, drift = detect_changes(values, options=options), None
             if reading.name == "reference":  # environment changes are known points: test each one
                 points = _with_env_steps(points, values, reading.runs, [at for _, at, _ in changes], options)
+            else:  # a creep is one drift finding, not a staircase of steps
+                points, drift = fold_drift(values, points, options)
             newest = values[points[-1].index :] if points else values
             state = SeriesState(float(np.median(newest[np.isfinite(newest)])), options.min_effect)
             checked[key, metric, reading.name] = state
@@ -124,6 +130,8 @@ def check_model(db: Database, loaded: LoadedConfig, model: str, config: ModelCon
                 host_signals[signal] = HostSignal(str(reading.runs[-1].env.get("host") or "unknown"), state)
             found, events = _changes(db, model, view, reading, points, options, env_at, reference)
             detected += found
+            if drift is not None and reading.counts(drift.index):
+                detected.append(_drift_finding(model, key, reading, drift, reference))
             if events:
                 host_signals[signal].events += events
     known = {f.id for f in store.findings(db, model)}
@@ -321,6 +329,29 @@ def _confirm(
     for i in range(max(0, change.index - 12), min(len(runs), change.index + 12)):
         samples[i] = load_samples(db, runs[i].run_id) or None
     return confirm_with_samples(change, values, samples, earlier, quantile=quantile)
+
+
+def _drift_finding(
+    model: str, key: SeriesKey, reading: Reading, drift: DriftPoint, reference: ReferenceInfo | None
+) -> FindingRecord:
+    """A drift as a finding: the level before it began against where it stands now (its newest
+    runs), how far it has gone and how fast."""
+    values, runs, start = reading.values, reading.runs, drift.index
+    begun = runs[start]
+    earlier = values[max(0, start - BEFORE_RUNS) : start]
+    if np.isfinite(earlier).sum() >= 3:
+        before = level(earlier)
+    else:  # it began with the series' stretch: its fitted start is the level before
+        before = Level(median=drift.level, low=drift.level, high=drift.level, runs=0)
+    days = (runs[-1].started_at - begun.started_at).total_seconds() / 86400.0
+    shape = Drift(slope_per_run=drift.rel_slope, slope_per_day=drift.rel_change / days if days > 0 else None,
+                  runs=drift.points)
+    return FindingRecord(
+        model=model, key=key, metric=reading.metric, change=drift.direction,
+        verdict=verdict(reading.metric, drift.direction), change_run_id=begun.run_id, change_at=begun.started_at,
+        before=before, after=level(values[-NOW_RUNS:]), rel_change=drift.rel_change, p_value=drift.p_value,
+        cause=reading.cause(None, reference), reading=reading.name, kind="drift", drift=shape,
+    )
 
 
 def _finding(

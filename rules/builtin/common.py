@@ -90,10 +90,13 @@ def describe(context: RuleContext, finding: FindingRecord) -> str:
     """'latency_ms_p50 of mlp baseline/cpu/b32 rose 85 % (1.02 -> 1.89 ms) since run 41; cause model'."""
     verb = "rose" if finding.change == "up" else "fell"
     before, after = finding.before.median, finding.after.median
+    levels = f"{figure(before)} -> {figure(after)}{unit(finding.metric)}"
+    if finding.drift is not None:  # a creep: how far so far, and how fast
+        verb = f"has crept {'up' if finding.change == 'up' else 'down'}"
+        levels = f"{percent(finding.drift.slope_per_run)} a run, {levels}"
     text = (
         f"{finding.metric} of {context.model.name} {finding.key.label()} {verb} "
-        f"{percent(finding.rel_change)} ({figure(before)} -> {figure(after)}{unit(finding.metric)}) "
-        f"since run {finding.change_run_id}"
+        f"{percent(finding.rel_change)} ({levels}) since run {finding.change_run_id}"
     )
     return text + (f"; cause {finding.cause}" if finding.cause else "")
 
