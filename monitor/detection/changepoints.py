@@ -42,6 +42,7 @@ _WIDE, _NARROW = 7, 5  # running-median windows: inside the series, and at its n
 # a thousand; a burst of wild readings spreads over many noise units). A regression that also makes
 # the model much noisier is reported a few runs later, once its segment is long enough.
 _BURST_CHECK_POINTS = 10
+_SETTLED_POINTS = 4  # a newest level this long may be as spread as half its own step
 # Segments at least this long on both sides must also differ in rank (Mann-Whitney U, one-sided).
 _RANK_CHECK_POINTS = 6
 _RANK_ALPHA = 0.001
@@ -241,11 +242,13 @@ def _judge(
     if stop == y.size and stop - cut < _BURST_CHECK_POINTS:
         # Noise grows with the level it is measured at; a spread under half the smallest change
         # worth reporting is a level whatever the noise was (a metric flat until now, like a size);
-        # so is one under half the step itself: a quiet series (a ratio to a frozen reference) that
-        # jumps to a level a little noisier than before has still moved, while a burst decays by
-        # more than half its height within a few runs.
-        allowed = max(2.0 * CLIP * noise * max(1.0, after / before), options.min_effect * abs(before) / 2,
-                      abs(after - before) / 2)
+        # so is one under half the step itself, once it has lasted _SETTLED_POINTS runs: a quiet
+        # series (a ratio to a frozen reference) that jumps to a level a little noisier than before
+        # has still moved, while a burst decays by more than half its height within a few runs
+        # (before that, a burst of three can look as flat as a level).
+        allowed = max(2.0 * CLIP * noise * max(1.0, after / before), options.min_effect * abs(before) / 2)
+        if stop - cut >= _SETTLED_POINTS:
+            allowed = max(allowed, abs(after - before) / 2)
         if float(np.ptp(y[cut:stop])) > allowed:
             return _UNSETTLED
     if min(cut - start, stop - cut) >= _RANK_CHECK_POINTS:
