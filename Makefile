@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 CONFIG ?= perfguard.toml
 
-.PHONY: run once lint test install clean bench-detection bench-optimize
+.PHONY: run once lint test install clean bench-detection bench-tcpd bench-optimize
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,12 @@ test: lint
 bench-detection: $(VENV)/.installed
 	$(PY) -m pip install -q --no-deps apache-otava==0.8.0
 	$(PY) bench/detection.py
+
+# Change detection on the TCPD benchmark's annotated series (../shared/data/tcpd; ruptures, bench-only,
+# for the Binseg/PELT comparison).
+bench-tcpd: $(VENV)/.installed
+	$(PY) -m pip install -q ruptures==1.1.10
+	$(PY) bench/tcpd.py
 
 # Optimisation recipes on the MLP, the seed CNN and a BERT-base-sized encoder (bench-only: torchao is
 # installed for its recipes; slow, run it alone on the machine).

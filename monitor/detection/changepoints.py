@@ -34,6 +34,7 @@ import numpy as np
 from monitor.detection.confirm import confirm_with_samples
 from monitor.detection.points import ChangePoint
 from monitor.detection.scipy_stats import stats
+from monitor.detection.selection import select
 
 CLIP = 3.5  # noise units a point may sit from its neighbourhood's median before it counts as an outlier
 _WIDE, _NARROW = 7, 5  # running-median windows: inside the series, and at its newest end
@@ -88,7 +89,8 @@ def detect_changes(
     clipped = hampel(y, noise, centre=centre)
     found: list[ChangePoint] = []
     _segment(y, clipped, 0, y.size, noise, options, found)
-    found.sort(key=lambda c: c.index)
+    supported = set(select(clipped, [c.index for c in found]))  # a smooth movement is not stairs
+    found = sorted((c for c in found if c.index in supported), key=lambda c: c.index)
     points = [_reindex(c, int(keep[c.index])) for c in found]
     if samples is not None and points:
         points[-1] = confirm_with_samples(points[-1], x, samples, points[:-1])  # of the median

@@ -104,22 +104,24 @@ def fold_drift(
     x = np.asarray(values, dtype=float)
     for start in [0, *(p.index for p in points)]:
         inside = sorted((p for p in points if p.index > start), key=lambda p: -abs(p.rel_change))
-        # A real step on top of a drift breaks the hinge: take the largest steps away and look again,
-        # as long as a staircase (two stairs at least) is left to fold.
-        for jumps in ([], inside[:1], inside[:2]):
-            if jumps and len(inside) - len(jumps) < 2:
-                break
-            folded = _fold_from(x, start, points, jumps, options)
-            if folded is not None:
-                return folded
+        # A real step on top of a drift breaks the hinge, or is taken for part of its ramp: look
+        # again with the largest steps taken away (two only while a stair is left besides them), and
+        # keep the reading that explains the stretch best for its parameters (BIC).
+        tries = [[], inside[:1]] + ([inside[:2]] if len(inside) > 2 else [])
+        folds = [f for jumps in tries if len(jumps) <= len(inside) and (f := _fold_from(x, start, points, jumps,
+                                                                                       options)) is not None]
+        if folds:
+            best = min(folds, key=lambda f: f[2])
+            return best[0], best[1]
     return points, None
 
 
 def _fold_from(
     x: np.ndarray, start: int, points: list[ChangePoint], jumps: list[ChangePoint], options: DetectionOptions
-) -> tuple[list[ChangePoint], DriftPoint] | None:
+) -> tuple[list[ChangePoint], DriftPoint, float] | None:
     """The steps and the drift when x[start:] is one drift to its end, once the `jumps` (steps
-    thought to be real ones on top of it) are taken away; None when it is not."""
+    thought to be real ones on top of it) are taken away, with the BIC of that reading; None when
+    it is not."""
     y = _without(x, jumps)
     drift = detect_drift(y[start:], options)
     if drift is None:
@@ -131,11 +133,13 @@ def _fold_from(
     edges = [p.index for p in points if p.index > start and p not in jumps]
     if stairs and not _line_beats_stairs(y, start, drift, edges):
         return None
-    if any(not _jump_of_its_own(x, p, drift, options) for p in jumps):
+    if any(not _jump_of_its_own(_without(x, [j for j in jumps if j is not p]), p, drift, options) for p in jumps):
         return None
     kept = [p for p in points if p.index < drift.index - STAIR_SLACK and p not in jumps]
-    kept += jumps + [p for p in stairs if _jump_of_its_own(x, p, drift, options)]
-    return sorted(kept, key=lambda p: p.index), drift
+    kept += jumps + [p for p in stairs if _jump_of_its_own(y, p, drift, options)]
+    n = int(np.isfinite(x[start:]).sum())
+    bic = n * math.log(max(_line_sse(y, start, drift), 1e-300) / n) + (3 + 2 * len(jumps)) * math.log(n)
+    return sorted(kept, key=lambda p: p.index), drift, bic
 
 
 def _without(x: np.ndarray, jumps: list[ChangePoint]) -> np.ndarray:
