@@ -1,5 +1,5 @@
-"""The model selection after the step search: a smooth movement is not read as stairs, while levels in
-independent noise keep every step the search found, and a real break in a trend stays."""
+"""The step search on smooth series (serial.py, selection.py): a smooth movement is not read as stairs,
+while levels in independent noise keep every step the search found, and a real break in a trend stays."""
 
 from __future__ import annotations
 
@@ -21,14 +21,13 @@ def smooth(kind: str, seed: int) -> np.ndarray:
 
 @pytest.mark.parametrize("kind", ["growth", "season"])
 @pytest.mark.parametrize("seed", range(3))
-def test_a_smooth_movement_loses_a_third_of_the_stairs_or_more(
-    kind: str, seed: int, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_smooth_movement_is_not_read_as_stairs(kind: str, seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
     values = smooth(kind, seed)
-    selected = len(detect_changes(values))
+    assert len(detect_changes(values)) <= 1
+    # Without the second, correlation-aware search and the selection, the same series is a staircase.
+    monkeypatch.setattr(changepoints, "MIN_RHO", 2.0)
     monkeypatch.setattr(changepoints, "select", lambda z, cuts: cuts)
-    searched = len(detect_changes(values))
-    assert searched >= 15 and selected <= 2 * searched // 3  # a curve still takes a few lines to follow
+    assert len(detect_changes(values)) >= 15
 
 
 @pytest.mark.parametrize("seed", range(5))

@@ -18,6 +18,11 @@ per split) and changes the statistic:
    *and* the medians on either side differ by at least `min_effect` (relative). A short newest segment
    must also look like a level, not a burst: its spread must match the noise seen before.
 
+5. A series that moves smoothly (a trend, a seasonal swing) is not read as stairs: where the residuals
+   around the levels found correlate, the search runs again with each split's evidence shrunk for
+   that correlation (serial.py), and a model selection keeps only the points the series supports
+   with each stretch fitted as a line (selection.py). Levels in independent noise are left as found.
+
 The result is the same whether the series is checked once or after every new point (the service does
 the latter), because nothing depends on when the check ran.
 """
@@ -34,7 +39,8 @@ import numpy as np
 from monitor.detection.confirm import confirm_with_samples
 from monitor.detection.points import ChangePoint
 from monitor.detection.scipy_stats import stats
-from monitor.detection.selection import select
+from monitor.detection.selection import MIN_RHO, level_correlation, select
+from monitor.detection.serial import hinge_rss, split_rho
 
 CLIP = 3.5  # noise units a point may sit from its neighbourhood's median before it counts as an outlier
 _WIDE, _NARROW = 7, 5  # running-median windows: inside the series, and at its newest end
@@ -89,7 +95,12 @@ def detect_changes(
     clipped = hampel(y, noise, centre=centre)
     found: list[ChangePoint] = []
     _segment(y, clipped, 0, y.size, noise, options, found)
-    supported = set(select(clipped, [c.index for c in found]))  # a smooth movement is not stairs
+    if level_correlation(clipped, sorted(c.index for c in found)) >= MIN_RHO:
+        # A smooth movement: search again, weighing each split's evidence by its residuals'
+        # serial correlation (serial.py), then keep what a model selection supports.
+        found = []
+        _segment(y, clipped, 0, y.size, noise, options, found, smooth=True)
+    supported = set(select(clipped, [c.index for c in found]))
     found = sorted((c for c in found if c.index in supported), key=lambda c: c.index)
     points = [_reindex(c, int(keep[c.index])) for c in found]
     if samples is not None and points:
@@ -192,12 +203,20 @@ def _segment(
     noise: float,
     options: DetectionOptions,
     found: list[ChangePoint],
+    smooth: bool = False,
 ) -> None:
-    """Binary segmentation of y[start:stop]: split at the best significant point, then recurse."""
+    """Binary segmentation of y[start:stop]: split at the best significant point, then recurse.
+
+    `smooth` (a series that moves smoothly): a split must also be significant once its t is shrunk
+    for the serial correlation of its residuals, or else fit its stretch better than a hinge does.
+    """
     n = stop - start
     if n < options.min_baseline + options.min_segment:
         return
-    t = split_scores(clipped[start:stop], options.min_segment, options.min_baseline, noise)
+    z = clipped[start:stop]
+    t = split_scores(z, options.min_segment, options.min_baseline, noise)
+    shrink = np.sqrt((1.0 - (rho := split_rho(z))) / (1.0 + rho)) if smooth else None
+    hinge = hinge_rss(z) if smooth else math.inf
     order = np.argsort(-np.abs(t))
     for pos in order[:8]:  # the strongest split, or a close second when it is not a level change
         k = int(pos) + 1
@@ -208,17 +227,25 @@ def _segment(
         if p > options.alpha:
             return
         cut = start + k
+        weak = shrink is not None and scan_p_value(score * float(shrink[pos]), n, n - 2) > options.alpha
+        if weak and _two_levels_rss(z, k) >= hinge:
+            continue  # not significant for a smooth series, and a line bending once fits as well
         change = _judge(y, clipped, start, cut, stop, noise, score, p, options)
         if change is _UNSETTLED:
             # The newest points may be a burst or a level: wait for more of them, but still look for
             # changes before them.
-            _segment(y, clipped, start, cut, noise, options, found)
+            _segment(y, clipped, start, cut, noise, options, found, smooth)
             return
         if isinstance(change, ChangePoint):
             found.append(change)
-            _segment(y, clipped, start, cut, noise, options, found)
-            _segment(y, clipped, cut, stop, noise, options, found)
+            _segment(y, clipped, start, cut, noise, options, found, smooth)
+            _segment(y, clipped, cut, stop, noise, options, found, smooth)
             return
+
+
+def _two_levels_rss(z: np.ndarray, k: int) -> float:
+    left, right = z[:k], z[k:]
+    return float(((left - left.mean()) ** 2).sum() + ((right - right.mean()) ** 2).sum())
 
 
 def _judge(

@@ -68,7 +68,7 @@ def select(z: np.ndarray, cuts: list[int]) -> list[int]:
     if not cuts or n < 4:
         return cuts
     z = (z - float(np.median(z))) / (float(np.std(z)) or 1.0)
-    if _residual_rho(z, cuts, lines=False)[0] < MIN_RHO:
+    if level_correlation(z, cuts) < MIN_RHO:
         return cuts  # independent noise around the levels: the step search's tests already hold
     sums = _Sums(z)
     penalty = PENALTY * math.log(n)
@@ -86,6 +86,12 @@ def select(z: np.ndarray, cuts: list[int]) -> list[int]:
             break
         cuts.pop(weakest)
     return cuts
+
+
+def level_correlation(z: np.ndarray, cuts: list[int]) -> float:
+    """Lag-1 autocorrelation of the residuals around one level per stretch between the cuts: near
+    0 for levels in independent noise, high for a smooth movement cut into stairs."""
+    return _residual_rho(np.asarray(z, dtype=float), sorted(cuts), lines=False)[0]
 
 
 def _residual_rho(z: np.ndarray, cuts: list[int], lines: bool = True) -> tuple[float, float]:
