@@ -49,6 +49,7 @@ _WIDE, _NARROW = 7, 5  # running-median windows: inside the series, and at its n
 # a thousand; a burst of wild readings spreads over many noise units). A regression that also makes
 # the model much noisier is reported a few runs later, once its segment is long enough.
 _BURST_CHECK_POINTS = 10
+RAMP_LEAD = 3  # a creep's ramp begins at least this many runs before the first stair it was cut at
 _SETTLED_POINTS = 4  # a newest level this long may be as spread as half its own step
 # Segments at least this long on both sides must also differ in rank (Mann-Whitney U, one-sided).
 _RANK_CHECK_POINTS = 6
@@ -101,6 +102,9 @@ def detect_changes(
         found = []
         _segment(y, clipped, 0, y.size, noise, options, found, smooth=True)
     supported = set(select(clipped, [c.index for c in found]))
+    cuts = sorted(supported)
+    while cuts and _young_ramp(clipped, cuts):
+        supported.discard(cuts.pop())
     found = sorted((c for c in found if c.index in supported), key=lambda c: c.index)
     points = [_reindex(c, int(keep[c.index])) for c in found]
     if samples is not None and points:
@@ -241,6 +245,21 @@ def _segment(
             _segment(y, clipped, start, cut, noise, options, found, smooth)
             _segment(y, clipped, cut, stop, noise, options, found, smooth)
             return
+
+
+def _young_ramp(z: np.ndarray, cuts: list[int]) -> bool:
+    """Whether the newest cut is better read as the start of a creep than as a step: a ramp that
+    began RAMP_LEAD runs before it fits its stretch as well as a jump does (two levels, or a jump on
+    a common slope, so that a step on top of a drift stays a step)."""
+    start = cuts[-2] if len(cuts) > 1 else 0
+    w = z[start:]
+    k = cuts[-1] - start
+    n = w.size
+    t = np.arange(n, dtype=float) - (n - 1) / 2
+    design = np.column_stack([np.ones(n), t, (np.arange(n) >= k).astype(float)])
+    coef, *_ = np.linalg.lstsq(design, w, rcond=None)
+    jump = min(_two_levels_rss(w, k), float(np.sum((w - design @ coef) ** 2)))
+    return jump >= hinge_rss(w, min_ramp=n - k + RAMP_LEAD, ways=1)
 
 
 def _two_levels_rss(z: np.ndarray, k: int) -> float:

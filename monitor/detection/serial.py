@@ -45,17 +45,18 @@ def split_rho(z: np.ndarray) -> np.ndarray:
     return np.asarray(np.clip(rho, 0.0, 0.999), dtype=float)
 
 
-def hinge_rss(z: np.ndarray) -> float:
+def hinge_rss(z: np.ndarray, min_ramp: int = 2, ways: int = 2) -> float:
     """Smallest residual sum of squares of a hinge over z, either way round (a line that starts at
-    some point after a flat stretch, or ends before one; a straight line is the hinge at 0)."""
+    some point after a flat stretch, or ends before one; a straight line is the hinge at 0), with a
+    ramp of `min_ramp` points at least; `ways=1`: only a line starting after a flat stretch."""
     best = math.inf
-    for w in (z, z[::-1]):
+    for w in (z, z[::-1])[:ways]:
         n = w.size
-        if n < 4:
+        if n < max(4, min_ramp + 2):
             continue
         w = w - w.mean()
         t = np.arange(n, dtype=float)
-        ks = np.arange(0, n - 2)
+        ks = np.arange(0, n - max(min_ramp, 2))
         length = (n - 1 - ks).astype(float)  # points after k, at distance 1..length
         sx = length * (length + 1) / 2
         sxx = length * (length + 1) * (2 * length + 1) / 6
