@@ -22,6 +22,8 @@ per split) and changes the statistic:
    around the levels found correlate, the search runs again with each split's evidence shrunk for
    that correlation (serial.py), and a model selection keeps only the points the series supports
    with each stretch fitted as a line (selection.py). Levels in independent noise are left as found.
+6. The newest change point waits while a ramp that began a few runs before it fits as well as a jump:
+   a young creep is left to become a drift (drift.py), not a stair.
 
 The result is the same whether the series is checked once or after every new point (the service does
 the latter), because nothing depends on when the check ran.
