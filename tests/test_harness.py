@@ -40,6 +40,16 @@ def job(factory: str, *, mode: str = "single", subjects: list[Subject] | None = 
     )
 
 
+def test_a_scheduled_run_of_several_subjects_keeps_their_comparison():
+    subjects = [Subject(label=name, factory="workloads:tiny", inputs=[InputTensor([4, 16])]) for name in ("a", "b")]
+    two = job("tiny", subjects=subjects, threads=1)
+    outcome = run_worker(two, timeout_s=60)
+    assert outcome.status == "ok" and outcome.result is not None, outcome.error
+    assert list(outcome.result.comparison or {}) == ["b"]
+    records = to_records(two, outcome, "baseline")
+    assert [r.details["comparison"] == outcome.result.comparison for r in records] == [True, True]
+
+
 def test_a_tiny_model_is_measured_with_all_cpu_metrics():
     outcome = run_worker(job("tiny", threads=1), timeout_s=60)
     assert outcome.status == "ok", outcome.error

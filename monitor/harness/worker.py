@@ -265,6 +265,10 @@ class Timing:
     results: list[SubjectResult]
     comparison: dict[str, Any] | None
 
+    def result(self, env: EnvFingerprint, **parts: Any) -> WorkerResult:
+        """The worker's answer for this measurement, with what the job's mode adds (`parts`)."""
+        return WorkerResult(env=env, host=self.host, subjects=self.results, comparison=self.comparison, **parts)
+
 
 def run_prepare(job: PrepareJob, channel: Channel) -> WorkerResult:
     """Run the model's prepare step (a download, a training, a cache to fill), timed as a whole and
@@ -290,14 +294,14 @@ def run_benchmark(job: BenchmarkJob, channel: Channel) -> WorkerResult:
             if loaded_copy is not None:
                 prepared.append(loaded_copy)
         timing = _measure(prepared, job, channel, session, probe=job.probe, relative=job.reference is not None)
-    return WorkerResult(env=session.env, host=timing.host, subjects=timing.results, reference_error=reference_error)
+    return timing.result(session.env, reference_error=reference_error)
 
 
 def run_compare(job: CompareJob, channel: Channel) -> WorkerResult:
     """An A/B of the job's subjects, each compared with the first."""
     with _session(job, channel) as session:
         timing = _measure(_prepare_subjects(job, channel), job, channel, session)
-    return WorkerResult(env=session.env, host=timing.host, subjects=timing.results, comparison=timing.comparison)
+    return timing.result(session.env)
 
 
 def run_freeze(job: FreezeJob, channel: Channel) -> WorkerResult:
@@ -307,8 +311,7 @@ def run_freeze(job: FreezeJob, channel: Channel) -> WorkerResult:
         channel.progress("freeze", 0)
         frozen, copy = _freeze(prepared[0], job)  # outside inference_mode: export traces as autograd would
         timing = _measure([*prepared, copy], job, channel, session, probe=job.probe)
-    return WorkerResult(env=session.env, host=timing.host, subjects=timing.results, comparison=timing.comparison,
-                        frozen=frozen)
+    return timing.result(session.env, frozen=frozen)
 
 
 def run_candidates(job: CandidatesJob, channel: Channel) -> WorkerResult:
@@ -318,8 +321,7 @@ def run_candidates(job: CandidatesJob, channel: Channel) -> WorkerResult:
         channel.progress("build", 0)
         built, timed = _build_candidates(prepared[0], job)  # outside inference_mode: a train hook needs autograd
         timing = _measure([*prepared, *timed], job, channel, session, forward_peak=True)
-    return WorkerResult(env=session.env, host=timing.host, subjects=timing.results, comparison=timing.comparison,
-                        built=built)
+    return timing.result(session.env, built=built)
 
 
 def run_profile(job: ProfileJob, channel: Channel) -> WorkerResult:
