@@ -98,12 +98,14 @@ def detect_changes(
     clipped = hampel(y, noise, centre=centre)
     found: list[ChangePoint] = []
     _segment(y, clipped, 0, y.size, noise, options, found)
-    if level_correlation(clipped, sorted(c.index for c in found)) >= MIN_RHO:
+    supported = {c.index for c in found}
+    if level_correlation(clipped, sorted(supported)) >= MIN_RHO:
         # A smooth movement: search again, weighing each split's evidence by its residuals'
-        # serial correlation (serial.py), then keep what a model selection supports.
+        # serial correlation (serial.py), then keep what a model selection supports. (Levels in
+        # independent noise skip both: the selection would only find the same correlation again.)
         found = []
         _segment(y, clipped, 0, y.size, noise, options, found, smooth=True)
-    supported = set(select(clipped, [c.index for c in found]))
+        supported = set(select(clipped, [c.index for c in found]))
     cuts = sorted(supported)
     while cuts and _young_ramp(clipped, cuts):
         supported.discard(cuts.pop())
