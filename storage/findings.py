@@ -15,6 +15,7 @@ from sqlalchemy import func, select
 
 from monitor.core.diagnosis import Diagnosis
 from monitor.core.series import (
+    STAIR_SLACK_RUNS,
     Drift,
     FindingRecord,
     Level,
@@ -43,7 +44,6 @@ METRIC_NAMES = tuple(column.key for column in METRIC_COLUMNS)
 # How far (in runs) a change may move between checks and still be the same finding: more history
 # sharpens where a change began (a noisy one moved 7 runs in bench/detection_real.py).
 SAME_CHANGE_RUNS = 12
-STAIR_SLACK_RUNS = 4  # a stair of a drift may begin this many runs before the drift (detection/drift.py)
 PART_OF_DRIFT = "part of a drift"  # the resolution of a step that turned out to be a stair of a creep
 NOT_DETECTED = "no longer detected"
 

@@ -59,6 +59,11 @@ class SampleCheck(Value):
         return cls(interval=(low, high), p_value=data.get("p_value"), confirmed=data.get("confirmed"))
 
 
+# How many runs before a drift's start a step may begin and still be one of the stairs the step search
+# cut the creep into (detection folds such steps into the drift; storage resolves their findings).
+STAIR_SLACK_RUNS = 4
+
+
 @dataclass(frozen=True, slots=True)
 class Drift(Value):
     """A steady movement of a series (a drift finding's shape): how fast, relative to the level where

@@ -25,6 +25,7 @@ from typing import Literal
 
 import numpy as np
 
+from monitor.core.series import STAIR_SLACK_RUNS
 from monitor.detection.changepoints import (
     DetectionOptions,
     hampel,
@@ -34,10 +35,10 @@ from monitor.detection.changepoints import (
 )
 from monitor.detection.points import ChangePoint
 from monitor.detection.scipy_stats import stats
+from monitor.detection.serial import hinge_fit
 
 MIN_RAMP = 8  # runs a line must span before it is a drift (fewer: a step still settling)
 MIN_POINTS = 20  # runs since the last step before a drift is looked for
-STAIR_SLACK = MIN_RAMP // 2  # a stair of the ramp may be placed this many runs before its start
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +68,9 @@ def detect_drift(values: np.ndarray, options: DetectionOptions) -> DriftPoint | 
         return None
     centre = neighbourhood_median(y)
     z = hampel(y, noise_scale(y, centre), centre=centre)
-    sse_hinge, slope, level, start = _best_hinge(z)
+    fit = hinge_fit(z, min_ramp=MIN_RAMP - 1)  # a start and MIN_RAMP - 1 points on the ramp after it
+    assert fit is not None  # n >= MIN_POINTS
+    sse_hinge, slope, level, start = fit
     sse_flat = float(np.sum((z - z.mean()) ** 2))
     sse_step = _best_step_sse(z, options.min_segment)
     if sse_hinge >= min(sse_flat, sse_step) or level == 0.0:
@@ -127,7 +130,7 @@ def _fold_from(
     if drift is None:
         return None
     drift = _shifted(drift, start)
-    stairs = [p for p in points if p.index >= drift.index - STAIR_SLACK and p not in jumps]
+    stairs = [p for p in points if p.index >= drift.index - STAIR_SLACK_RUNS and p not in jumps]
     if any(p.direction != drift.direction for p in stairs):
         return None  # a move back against the drift: the stretch is not one creep
     edges = [p.index for p in points if p.index > start and p not in jumps]
@@ -135,7 +138,7 @@ def _fold_from(
         return None
     if any(not _jump_of_its_own(_without(x, [j for j in jumps if j is not p]), p, drift, options) for p in jumps):
         return None
-    kept = [p for p in points if p.index < drift.index - STAIR_SLACK and p not in jumps]
+    kept = [p for p in points if p.index < drift.index - STAIR_SLACK_RUNS and p not in jumps]
     kept += jumps + [p for p in stairs if _jump_of_its_own(y, p, drift, options)]
     n = int(np.isfinite(x[start:]).sum())
     bic = n * math.log(max(_line_sse(y, start, drift), 1e-300) / n) + (3 + 2 * len(jumps)) * math.log(n)
@@ -194,28 +197,6 @@ def _jump_of_its_own(x: np.ndarray, step: ChangePoint, drift: DriftPoint, option
     """Whether a step inside a drift is still a step once the drift's line is taken away."""
     ramp = np.clip(np.arange(x.size, dtype=float) - drift.index, 0.0, None) * drift.slope
     return step_at(x - ramp, step.index, x.size, options) is not None
-
-
-def _best_hinge(z: np.ndarray) -> tuple[float, float, float, int]:
-    """Least squares of z_i = a + b * max(0, i - s) over every start s that leaves a ramp of
-    MIN_RAMP points: (its residual sum of squares, b, a, s) for the best s."""
-    n = z.size
-    i = np.arange(n, dtype=float)
-    starts = np.arange(0, n - MIN_RAMP + 1)
-    m = (n - starts).astype(float)  # points from the start on (the first has h = 0)
-    suffix_y = np.cumsum(z[::-1])[::-1][starts]
-    suffix_iy = np.cumsum((i * z)[::-1])[::-1][starts]
-    sum_h = m * (m - 1) / 2
-    sum_hh = (m - 1) * m * (2 * m - 1) / 6
-    sum_hy = suffix_iy - starts * suffix_y
-    total, total_sq = float(z.sum()), float(z @ z)
-    det = n * sum_hh - sum_h**2
-    with np.errstate(divide="ignore", invalid="ignore"):
-        b = np.where(det > 0, (n * sum_hy - sum_h * total) / det, 0.0)
-    a = (total - b * sum_h) / n
-    sse = total_sq - a * total - b * sum_hy
-    best = int(np.argmin(sse))
-    return max(float(sse[best]), 0.0), float(b[best]), float(a[best]), int(starts[best])
 
 
 def _best_step_sse(z: np.ndarray, min_segment: int) -> float:

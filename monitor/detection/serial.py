@@ -49,22 +49,30 @@ def hinge_rss(z: np.ndarray, min_ramp: int = 2, ways: int = 2) -> float:
     """Smallest residual sum of squares of a hinge over z, either way round (a line that starts at
     some point after a flat stretch, or ends before one; a straight line is the hinge at 0), with a
     ramp of `min_ramp` points at least; `ways=1`: only a line starting after a flat stretch."""
-    best = math.inf
-    for w in (z, z[::-1])[:ways]:
-        n = w.size
-        if n < max(4, min_ramp + 2):
-            continue
-        w = w - w.mean()
-        t = np.arange(n, dtype=float)
-        ks = np.arange(0, n - max(min_ramp, 2))
-        length = (n - 1 - ks).astype(float)  # points after k, at distance 1..length
-        sx = length * (length + 1) / 2
-        sxx = length * (length + 1) * (2 * length + 1) / 6
-        rev_tw = np.concatenate([np.cumsum((t * w)[::-1])[::-1], [0.0]])
-        rev_w = np.concatenate([np.cumsum(w[::-1])[::-1], [0.0]])
-        sxw = rev_tw[ks + 1] - ks * rev_w[ks + 1]
-        centred = sxx - sx * sx / n
-        with np.errstate(divide="ignore", invalid="ignore"):
-            gain = np.where(centred > 0, sxw * sxw / centred, 0.0)
-        best = min(best, float(w @ w) - float(gain.max()))
-    return max(best, 0.0)
+    fits = [hinge_fit(w, min_ramp) for w in (z, z[::-1])[:ways]]
+    return min((fit[0] for fit in fits if fit is not None), default=math.inf)
+
+
+def hinge_fit(z: np.ndarray, min_ramp: int = 2) -> tuple[float, float, float, int] | None:
+    """The least-squares hinge z_i = a + b * max(0, i - k) over every start k that leaves at least
+    `min_ramp` points on the ramp after it: (its residual sum of squares, b, a, k) for the best k,
+    all k at once with cumulative sums; None when z is too short for one."""
+    n = z.size
+    if n < max(4, min_ramp + 2):
+        return None
+    w = z - z.mean()
+    t = np.arange(n, dtype=float)
+    ks = np.arange(0, n - max(min_ramp, 2))
+    length = (n - 1 - ks).astype(float)  # points after k, at distance 1..length
+    sx = length * (length + 1) / 2
+    sxx = length * (length + 1) * (2 * length + 1) / 6
+    rev_tw = np.concatenate([np.cumsum((t * w)[::-1])[::-1], [0.0]])
+    rev_w = np.concatenate([np.cumsum(w[::-1])[::-1], [0.0]])
+    sxw = rev_tw[ks + 1] - ks * rev_w[ks + 1]
+    centred = sxx - sx * sx / n
+    with np.errstate(divide="ignore", invalid="ignore"):
+        slope = np.where(centred > 0, sxw / centred, 0.0)
+    best = int(np.argmax(slope * sxw))  # the gain in fit: sxw^2 / centred
+    level = float(z.mean()) - float(slope[best] * sx[best]) / n
+    rss = max(float(w @ w) - float(slope[best] * sxw[best]), 0.0)
+    return rss, float(slope[best]), level, int(ks[best])
