@@ -98,6 +98,7 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
+from monitor.core.series import STAIR_SLACK_RUNS
 from monitor.detection.changepoints import DetectionOptions, detect_changes
 from monitor.detection.drift import fold_drift
 
@@ -347,6 +348,7 @@ class SeriesScore:
     monitored_points: int
     steps: int = 0  # step alarms raised (drift cells: the staircase, if any)
     drifts: int = 0  # drift alarms raised
+    findings: int = 0  # findings the service keeps for them: a drift goes on as the first stair it took in
 
 
 def is_hit(alarm: Alarm, case: Case, index_is_time: bool) -> bool:
@@ -365,7 +367,15 @@ def score_series(case: Case, alarms: Sequence[Alarm], index_is_time: bool) -> Se
     hit = next((a for a in sorted(alarms, key=lambda a: a.time) if is_hit(a, case, index_is_time)), None)
     delay = None if hit is None or case.change is None else hit.time - case.change
     return SeriesScore(hit, delay, len(alarms) - (hit is not None), len(case.values) - WARMUP,
-                       sum(a.kind == "step" for a in alarms), sum(a.kind == "drift" for a in alarms))
+                       sum(a.kind == "step" for a in alarms), sum(a.kind == "drift" for a in alarms),
+                       len(alarms) - sum(took_over_a_stair(d, alarms) for d in alarms if d.kind == "drift"))
+
+
+def took_over_a_stair(drift: Alarm, alarms: Sequence[Alarm]) -> bool:
+    """Whether the service would keep `drift` as the finding of a stair raised before it (same
+    direction, begun at most STAIR_SLACK_RUNS before the drift: storage.findings._first_stair)."""
+    return any(a.kind == "step" and a.direction == drift.direction and a.time < drift.time
+               and a.index >= drift.index - STAIR_SLACK_RUNS for a in alarms)
 
 
 def cell_metrics(scores: Sequence[SeriesScore]) -> dict[str, float | int | None]:
@@ -394,6 +404,7 @@ def cell_metrics(scores: Sequence[SeriesScore]) -> dict[str, float | int | None]
         "fp_per_1000": 1000.0 * fp / points if points else 0.0,
         "steps_per_series": sum(s.steps for s in scores) / series if series else 0.0,
         "drifts_per_series": sum(s.drifts for s in scores) / series if series else 0.0,
+        "findings_per_series": sum(s.findings for s in scores) / series if series else 0.0,
     }
 
 
@@ -504,8 +515,10 @@ def report(metrics: dict[str, dict[str, dict[str, Any]]], cells: Sequence[Cell],
     out.append("hit: an 'up' alarm at t >= drift start (index >= start - 5); d50: median points from drift "
                "start to the hit; drift: level increase at that median; other/1k: all other alarms per 1000 "
                "monitored points (including re-alarms as the drift goes on); steps, drifts: step and drift "
-               "alarms per series (a drift reported as one finding: 0 steps, 1 drift).\n")
-    header = lead[:2] + [f"{n} {m}" for n in names for m in ("hit", "d50", "drift", "other/1k", "steps", "drifts")]
+               "alarms per series (a drift reported as one finding: 0 steps, 1 drift); findings: what the "
+               "service keeps for them per series (a drift goes on as the first stair it took in).\n")
+    header = lead[:2] + [f"{n} {m}" for n in names
+                         for m in ("hit", "d50", "drift", "other/1k", "steps", "drifts", "findings")]
     rows = []
     for cell in cells_of("drift", cells):
         row = [cell.family, f"{cell.cv:.0%}"]
@@ -513,7 +526,7 @@ def report(metrics: dict[str, dict[str, dict[str, Any]]], cells: Sequence[Cell],
             m = metrics[n][cell.key]
             drift = "-" if m["median_drift_pct"] is None else f"{m['median_drift_pct']:.1f}%"
             row += [fmt(m["recall"]), fmt_delay(m["median_delay"]), drift, fmt(m["fp_per_1000"], 1),
-                    fmt(m["steps_per_series"]), fmt(m["drifts_per_series"])]
+                    fmt(m["steps_per_series"]), fmt(m["drifts_per_series"]), fmt(m["findings_per_series"])]
         rows.append(row)
     out.append(markdown_table(header, rows))
 

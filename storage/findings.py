@@ -221,6 +221,9 @@ def sync_findings(
         matched: set[int] = set()
         for finding in detected:
             row = _match(candidates, matched, variant_id(finding.key.variant), finding, run_order)
+            if row is None and finding.kind == "drift":
+                # A creep first seen as a step goes on as that finding: one finding, one alert per cause.
+                row = _first_stair(candidates, matched, finding, variant_id, run_order)
             if row is None:
                 row = _new_row(model_id, variant_id(finding.key.variant), finding, now)
                 session.add(row)
@@ -246,16 +249,38 @@ def _fold_into_drifts(
     """Resolve the open steps a detected drift took in: the stairs an earlier check reported while
     the creep was young (same series, metric, reading and direction, begun with or after the drift)."""
     for drift in (f for f in detected if f.kind == "drift"):
-        began = order.get(drift.change_run_id)
-        for row in rows:
-            at = order.get(row.change_run_id)
-            if (row.id in matched or row.state != "open" or row.kind != "step" or began is None or at is None
-                    or at < began - STAIR_SLACK_RUNS or row.variant_id != variant_id(drift.key.variant)
-                    or (row.device, row.batch_size, row.metric, row.reading, row.change)
-                    != (drift.key.device, drift.key.batch_size, drift.metric, drift.reading, drift.change)):
-                continue
+        for row in _stairs_of(rows, matched, drift, variant_id, order):
             row.state, row.resolution, row.resolved_at = "resolved", PART_OF_DRIFT, now
             matched.add(row.id)
+
+
+def _first_stair(
+    rows: list[FindingRow], matched: set[int], drift: FindingRecord, variant_id: Callable[[str], int],
+    order: dict[int, int],
+) -> FindingRow | None:
+    """The earliest open stair of `drift`, turned into its drift finding; None when it has none."""
+    stairs = sorted(_stairs_of(rows, matched, drift, variant_id, order), key=lambda r: order[r.change_run_id])
+    if not stairs:
+        return None
+    stairs[0].kind = "drift"
+    return stairs[0]
+
+
+def _stairs_of(
+    rows: list[FindingRow], matched: set[int], drift: FindingRecord, variant_id: Callable[[str], int],
+    order: dict[int, int],
+) -> list[FindingRow]:
+    """The open steps not yet matched in this check that `drift` took in: same series, metric, reading
+    and direction, begun with the drift or after it (within STAIR_SLACK_RUNS)."""
+    began = order.get(drift.change_run_id)
+    if began is None:
+        return []
+    where = (variant_id(drift.key.variant), drift.key.device, drift.key.batch_size, drift.metric, drift.reading,
+             drift.change)
+    return [row for row in rows
+            if row.id not in matched and row.state == "open" and row.kind == "step" and row.change_run_id in order
+            and order[row.change_run_id] >= began - STAIR_SLACK_RUNS
+            and (row.variant_id, row.device, row.batch_size, row.metric, row.reading, row.change) == where]
 
 
 def _new_row(model_id: int, variant_id: int, finding: FindingRecord, now: datetime) -> FindingRow:

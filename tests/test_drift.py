@@ -109,9 +109,14 @@ def test_checked_after_every_run_a_creep_ends_as_one_open_drift(db: Database, tm
     memory = [f for f in store.findings(db, MODEL) if f.metric == "peak_rss_mb"]
     assert [(f.kind, f.change) for f in memory if f.state == "open"] == [("drift", "up")]
     assert all(f.resolution == "part of a drift" for f in memory if f.kind == "step")
+    # The creep's first report goes on as its drift: the finding people were told about first.
+    (drift,) = [f for f in memory if f.kind == "drift"]
+    assert drift.id == min(f.id for f in memory if f.id is not None)
 
 
-def test_a_step_reported_while_the_creep_was_young_is_resolved_as_part_of_the_drift(db: Database) -> None:
+def test_a_creep_first_reported_as_steps_goes_on_as_the_first_one(db: Database) -> None:
+    """The earliest stair becomes the drift finding (its id, so rules act on the cause once); a later
+    stair is resolved as part of the drift; a step from before the drift began is left alone."""
     records = saved(db, [run(i, latency_ms_p50=1.0, peak_rss_mb=300.0 + i) for i in range(40)])
     order = {r.run_id: i for i, r in enumerate(records) if r.run_id is not None}
     key = SeriesKey("baseline", "cpu", 8)
@@ -127,11 +132,19 @@ def test_a_step_reported_while_the_creep_was_young_is_resolved_as_part_of_the_dr
             drift=Drift(slope_per_run=0.003, slope_per_day=0.43, runs=40 - at) if kind == "drift" else None,
         )
 
-    (stair,) = store.sync_findings(db, MODEL, [found("step", 24, 0.06)], state, order)
-    after = store.sync_findings(db, MODEL, [found("drift", 21, 0.06)], state, order)
-    assert {(f.kind, f.state, f.resolution) for f in after} == {("drift", "open", None),
-                                                               ("step", "resolved", "part of a drift")}
-    assert next(f for f in after if f.kind == "step").id == stair.id
+    older, first, second = store.sync_findings(db, MODEL, [found("step", 5, 0.4), found("step", 24, 0.06),
+                                                           found("step", 36, 0.12)], state, order)[::-1]
+    after = {f.id: f for f in store.sync_findings(db, MODEL, [found("step", 5, 0.4), found("drift", 21, 0.06)],
+                                                   state, order)}
+    assert (after[first.id].kind, after[first.id].state, after[first.id].drift) == ("drift", "open", Drift(
+        slope_per_run=0.003, slope_per_day=0.43, runs=19))
+    assert after[first.id].change_run_id == records[21].run_id and after[first.id].first_seen == first.first_seen
+    assert (after[second.id].kind, after[second.id].state, after[second.id].resolution) == (
+        "step", "resolved", "part of a drift")
+    assert (after[older.id].kind, after[older.id].state) == ("step", "open")
+    again = store.sync_findings(db, MODEL, [found("step", 5, 0.4), found("drift", 20, 0.07)], state, order)
+    assert sorted((f.id, f.kind, f.state) for f in again) == sorted(
+        [(older.id, "step", "open"), (first.id, "drift", "open"), (second.id, "step", "resolved")])
 
 
 def test_checked_online_a_young_creep_is_rarely_taken_for_a_step() -> None:
