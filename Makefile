@@ -11,7 +11,7 @@ CONFIG ?= perfguard.toml
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e '.[examples,dev,fleet]'
+	$(PY) -m pip install -q -e '.[examples,dev,fleet,onnx]'
 	touch $@
 
 install: $(VENV)/.installed

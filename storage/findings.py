@@ -220,10 +220,8 @@ def sync_findings(
         )
         matched: set[int] = set()
         for finding in detected:
-            row = _match(candidates, matched, variant_id(finding.key.variant), finding, run_order)
-            if row is None and finding.kind == "drift":
-                # A creep first seen as a step goes on as that finding: one finding, one alert per cause.
-                row = _first_stair(candidates, matched, finding, variant_id, run_order)
+            row = _match(candidates, matched, variant_id(finding.key.variant), finding, run_order) or (
+                _first_stair(candidates, matched, finding, variant_id, run_order) if finding.kind == "drift" else None)
             if row is None:
                 row = _new_row(model_id, variant_id(finding.key.variant), finding, now)
                 session.add(row)
@@ -258,7 +256,8 @@ def _first_stair(
     rows: list[FindingRow], matched: set[int], drift: FindingRecord, variant_id: Callable[[str], int],
     order: dict[int, int],
 ) -> FindingRow | None:
-    """The earliest open stair of `drift`, turned into its drift finding; None when it has none."""
+    """The earliest open stair of `drift`, turned into its drift finding; None when it has none. A creep
+    first reported as a step goes on as that finding: one finding, and one alert, per cause."""
     stairs = sorted(_stairs_of(rows, matched, drift, variant_id, order), key=lambda r: order[r.change_run_id])
     if not stairs:
         return None

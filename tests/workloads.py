@@ -97,6 +97,13 @@ class Noisy(nn.Module):
         return x + torch.randn_like(x)
 
 
+class Spectrum(nn.Module):
+    """A model torch.onnx cannot export (no ONNX operator for a 2-D FFT in the TorchScript exporter)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.fft.fft2(x).abs()
+
+
 def tiny() -> nn.Module:
     torch.manual_seed(0)
     return Tiny()
@@ -261,3 +268,7 @@ def prepare_slowly() -> None:
 
 def prepare_fails() -> None:
     raise RuntimeError("the dataset server is down")
+
+
+def spectrum() -> nn.Module:
+    return Spectrum()

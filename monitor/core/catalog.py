@@ -19,8 +19,8 @@ class RecipeSpec:
     """One way to build a faster candidate from a model.
 
     `suits` names where it helps (Linear layers, convolutions...), matched against the diagnosis;
-    `exact` recipes change only layout or compilation, so the output is the model's (up to float
-    reordering) and no accuracy is at stake. `cpu_flags`: any one of them must be present (e.g. native
+    `exact` recipes change only layout, compilation or runtime, so the output is the model's (up to
+    float reordering) and no accuracy is at stake. `cpu_flags`: any one of them must be present (e.g. native
     bf16); `needs`: a Python package that must be importable in the worker. `by_default`: tried when
     a rule or the CLI names no recipe (L1 unstructured pruning, which speeds nothing up on dense
     kernels, only when asked).
@@ -36,6 +36,9 @@ class RecipeSpec:
     needs: str | None = None
     by_default: bool = True
     compiles: bool = False  # torch.compile: slow first call, nothing to save but the recipe
+    # Another runtime runs the candidate ("onnxruntime", "torchscript"): its saved artifact is the whole
+    # model in that runtime's format, loaded as it is, not a state dict for a rebuilt structure.
+    runtime: str | None = None
 
 
 CATALOG: tuple[RecipeSpec, ...] = (
@@ -56,6 +59,19 @@ CATALOG: tuple[RecipeSpec, ...] = (
     RecipeSpec("torchao_int8", "requantize", ("cpu", "cuda"), ("linear", "attention"), False,
                "torchao int8 dynamic activations + int8 weights, eager (slower than fp32 here: only when asked)",
                needs="torchao", by_default=False),
+    # Other runtimes: asked for by name until bench/optimize.py has measured them against eager here.
+    RecipeSpec("torchscript", "requantize", ("cpu", "cuda"), (), True,
+               "torch.jit.trace, freeze and optimize_for_inference; same numbers", by_default=False,
+               runtime="torchscript"),
+    RecipeSpec("onnx_fp32", "requantize", ("cpu", "cuda"), (), True,
+               "export with torch.onnx, run with ONNX Runtime (all graph optimisations); same numbers",
+               needs="onnxruntime", by_default=False, runtime="onnxruntime"),
+    RecipeSpec("onnx_int8_dynamic", "requantize", ("cpu",), ("linear", "attention"), False,
+               "ONNX Runtime int8 weights, activations quantized on the fly (its quantize_dynamic)",
+               needs="onnxruntime", by_default=False, runtime="onnxruntime"),
+    RecipeSpec("onnx_int8_static", "requantize", ("cpu",), ("conv", "linear"), False,
+               "ONNX Runtime int8 weights and activations (QDQ), calibrated on eval data or the inputs",
+               needs="onnxruntime", by_default=False, runtime="onnxruntime"),
     RecipeSpec("fp16", "requantize", ("cuda",), (), False, "float16 autocast on the GPU"),
     RecipeSpec("bf16_autocast", "requantize", ("cuda",), (), False, "bfloat16 autocast on the GPU"),
     RecipeSpec("half", "requantize", ("cuda",), (), False, "float16 weights and inputs (.half())"),

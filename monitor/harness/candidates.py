@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from monitor.core import catalog
 from monitor.harness import variants
 from monitor.harness.cpu_info import cpu_flags
 from monitor.harness.protocol import (
@@ -132,6 +133,10 @@ def _build_one(
     refused = recipes.unavailable(request.recipe, job.device, cpu_flags())
     if refused is not None:
         raise RuntimeError(f"{request.recipe} cannot run here: {refused}")
+    runtime = catalog.recipe(base.steps[-1].recipe).runtime if base.steps else None
+    if runtime:
+        raise RuntimeError(f"{request.recipe} cannot start from variant {base.name!r}, which runs on {runtime}: "
+                           "roll back to an eager variant to build candidates from it")
     args, kwargs = inputs[0]
     module, resolved = recipes.build(request.recipe, current_model, args, kwargs, calibration, request.params)
     details: dict[str, Any] = {}
@@ -142,12 +147,11 @@ def _build_one(
     module.eval()
     with torch.inference_mode():
         built_out = [module(*a, **k) for a, k in inputs]
-    folder = Path(job.candidates_dir) / request.label
-    digest = variants.save_weights(module, folder / "weights.pt")
+    path, digest = variants.save_candidate(module, Path(job.candidates_dir) / request.label, request.recipe)
     spec = VariantSpec(
         name=request.label,
         steps=[*base.steps, RecipeStep(request.recipe, resolved)],
-        weights_path=str((folder / "weights.pt").resolve()),
+        weights_path=str(path.resolve()),
         weights_sha256=digest,
     )
     # The timed copy is the one on disk, rebuilt as the scheduler will rebuild it.

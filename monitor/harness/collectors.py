@@ -209,8 +209,13 @@ def environment(threads: int, interop_threads: int, device: str, nvml: Nvml | No
 
 
 def model_size(model: Any) -> tuple[int, float]:
-    """Parameter count and serialized size (MiB, like every *_mb figure) of the model's state_dict."""
+    """Parameter count and serialized size (MiB, like every *_mb figure) of the model's state_dict;
+    of a model on another runtime, the size of its saved artifact (transforms/runtimes.py)."""
     import torch
+
+    artifact = getattr(model, "artifact", None)
+    if isinstance(artifact, bytes):
+        return int(getattr(model, "param_count", 0)), len(artifact) / 2**20
 
     params = sum(p.numel() for p in model.parameters())
     buffer = io.BytesIO()

@@ -3,27 +3,38 @@
 A variant is the factory's module, each recipe's structure applied in turn, then its saved weights.
 Weights are a plain state dict, written atomically and fsynced, identified by sha256, and read back
 with `torch.load(weights_only=True)` only after the hash matches, so a tampered or half-written
-file is refused rather than unpickled. Runs inside the worker only.
+file is refused rather than unpickled. A variant whose last recipe runs on another runtime
+(TorchScript, ONNX Runtime) saves that runtime's whole model instead, checked the same way before
+it is loaded (transforms/runtimes.py). Runs inside the worker only.
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from monitor.core import catalog
 from monitor.harness.artifacts import open_verified, sha256_of
 from monitor.harness.protocol import VariantSpec
+
+# The file a candidate of each runtime is saved as (a state dict, for eager candidates: weights.pt).
+ARTIFACT_NAMES = {"onnxruntime": "model.onnx", "torchscript": "model.ts"}
 
 
 def build_variant(model: Any, spec: VariantSpec, args: tuple[Any, ...], kwargs: dict[str, Any], device: str) -> Any:
     """The variant `spec` of the freshly built `model` (already on `device`), ready to call."""
     import torch
 
-    from monitor.transforms import recipes
+    from monitor.transforms import recipes, runtimes
 
+    last = spec.steps[-1] if spec.steps else None
+    if last is not None and catalog.recipe(last.recipe).runtime:
+        what = f"model of variant {spec.name!r}"
+        with open_verified(Path(spec.weights_path or ""), spec.weights_sha256, what) as file:
+            return runtimes.load(last.recipe, file, device, last.params)
     for step in spec.steps:
         model = recipes.structure(step.recipe, model, args, kwargs, step.params)
     if spec.weights_path is not None:
@@ -37,17 +48,33 @@ def build_variant(model: Any, spec: VariantSpec, args: tuple[Any, ...], kwargs: 
     return model
 
 
-def save_weights(model: Any, path: Path) -> str:
-    """Write the model's state dict to `path` atomically; its sha256."""
+def save_candidate(model: Any, folder: Path, recipe: str) -> tuple[Path, str]:
+    """Save a candidate built with `recipe` into `folder`: its state dict (weights.pt), or its whole
+    model where the recipe runs on another runtime (model.onnx, model.ts); the path and its sha256."""
     import torch
 
+    from monitor.transforms import runtimes
+
+    runtime = catalog.recipe(recipe).runtime
+    path = folder / ARTIFACT_NAMES.get(runtime or "", "weights.pt")
+    if runtime:
+        return path, _write(path, lambda handle: runtimes.save(model, handle))
+
+    def weights(handle: IO[bytes]) -> None:
+        # Outside inference_mode: some quantized tensors refuse to be saved from inside it.
+        with torch.inference_mode(False):
+            torch.save(model.state_dict(), handle)
+
+    return path, _write(path, weights)
+
+
+def _write(path: Path, write: Callable[[IO[bytes]], None]) -> str:
+    """Write `path` atomically and durably with `write`; its sha256."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w+b") as handle:
-            # Outside inference_mode: some quantized tensors refuse to be saved from inside it.
-            with torch.inference_mode(False):
-                torch.save(model.state_dict(), handle)
+            write(handle)
             handle.flush()
             os.fsync(handle.fileno())
             handle.seek(0)

@@ -25,11 +25,12 @@ from torch import nn
 from torch.utils._pytree import tree_map
 
 from monitor.core.catalog import device_kind, recipe
-from monitor.transforms import prune
+from monitor.transforms import prune, runtimes
 
 # User params each recipe takes, with their defaults; a recipe not listed takes none.
 DEFAULT_PARAMS: dict[str, dict[str, Any]] = {
     "static_int8": {"calibration_batches": 8},
+    "onnx_int8_static": {"calibration_batches": 8},
     "prune_structured": {"amount": 0.3},
     "prune_l1_unstructured": {"amount": 0.5},
 }
@@ -69,7 +70,7 @@ def unavailable(name: str, device: str, cpu_flags: Sequence[str]) -> str | None:
             return f"{spec.needs} is not installed"
         except Exception as exc:  # noqa: BLE001 - a package broken against this torch is just as unusable
             return f"{spec.needs} does not import: {type(exc).__name__}: {exc}"
-    return None
+    return runtimes.unavailable(name, device) if spec.runtime else None
 
 
 def build(
@@ -95,12 +96,15 @@ def build(
     resolved = _resolve(name, params)
     private = _private_copy(model)
     try:
-        if name in _DATA_BUILDS:
+        if spec.runtime:
+            candidate, found = runtimes.build(name, private, args, kwargs, calibration, resolved)
+            resolved.update(found)
+        elif name in _DATA_BUILDS:
             candidate, found = _DATA_BUILDS[name](private, args, kwargs, calibration, resolved)
             resolved.update(found)
         else:
             candidate = _STRUCTURES[name](private, args, kwargs, resolved)
-    except prune.PruneError as exc:
+    except (prune.PruneError, runtimes.ConversionError) as exc:
         raise RecipeError(f"{name}: {exc}") from exc
     if spec.compiles:
         started = time.perf_counter()
@@ -113,8 +117,11 @@ def build(
 def structure(name: str, model: nn.Module, args: tuple, kwargs: dict, params: dict[str, Any]) -> nn.Module:
     """The candidate's module structure rebuilt from a fresh base `model` and the resolved params,
     without calibration or fine-tuning: `structure(...).load_state_dict(torch.load(f, weights_only=True))`
-    of a saved `candidate.state_dict()` must reproduce the candidate's outputs exactly."""
-    recipe(name)
+    of a saved `candidate.state_dict()` must reproduce the candidate's outputs exactly. A runtime
+    recipe has no structure: its saved artifact is the whole model (runtimes.load)."""
+    if recipe(name).runtime:
+        raise RecipeError(f"{name} runs on {recipe(name).runtime}: it is loaded from its saved artifact, "
+                          "not rebuilt from a structure")
     try:
         return _STRUCTURES[name](_private_copy(model), args, kwargs, params)
     except prune.PruneError as exc:
