@@ -19,7 +19,7 @@ from torch import nn
 from monitor.config import load_config
 from monitor.core.catalog import CATALOG
 from monitor.examples import models
-from monitor.harness import collectors, variants
+from monitor.harness import collectors, reference, variants
 from monitor.harness.artifacts import ArtifactError
 from monitor.harness.protocol import RecipeStep, VariantSpec
 from monitor.harness.worker_pool import WorkerPool
@@ -87,6 +87,16 @@ def test_an_altered_runtime_artifact_is_refused_before_it_is_loaded(cases: dict,
                        weights_sha256=digest)
     with pytest.raises(ArtifactError, match="does not match its recorded sha256"):
         variants.build_variant(model, spec, (x,), {}, "cpu")
+
+
+def test_a_variant_on_onnx_runtime_is_its_own_frozen_reference(cases: dict, tmp_path: Path) -> None:
+    """Its ONNX model is already frozen: no trace or export of a module that calls ONNX Runtime."""
+    model, x, _ = cases["mlp"]
+    candidate, _ = recipes.build("onnx_fp32", model, (x,), {}, None, {})
+    ref = reference.freeze(candidate, (x,), {}, tmp_path, "monitor.examples.models:mlp")
+    assert (ref.kind, Path(ref.path).name, ref.fallbacks) == ("onnx", "reference.onnx", [])
+    with torch.inference_mode():
+        assert torch.equal(reference.load(ref, "cpu")(x), candidate(x))
 
 
 class Keyed(nn.Module):

@@ -34,7 +34,7 @@ class InputTensor:
     high: int | None = None
 
 
-ArtifactKind = Literal["exported", "torchscript", "state_dict"]
+ArtifactKind = Literal["onnx", "exported", "torchscript", "state_dict"]
 REFERENCE_LABEL = "reference"  # the frozen copy's label in a freeze job's subjects and comparison
 
 

@@ -9,6 +9,7 @@ frozen as far as it can be, so `freeze` tries, in order:
 - `torch.jit.script` (`reference.ts`), which keeps control flow (a transformer's fast-path checks);
 - `torch.export` (`reference.pt2`): the ATen graph and weights;
 - the state dict (`reference.state.pt`) plus the factory: weights only, the code is rebuilt at load.
+A variant that runs on ONNX Runtime is frozen already: its own ONNX model is the copy (`reference.onnx`).
 TorchScript comes first because every scheduled run loads the copy and times it beside the model:
 loading an exported program imports torch's compiler stack (1.0 s per run here, against 8 ms for a
 trace), and it adds 30-80 us per call (4.5 us for a trace of the same tiny model), which would
@@ -33,6 +34,7 @@ from monitor.harness.artifacts import ArtifactError, open_verified, sha256_of
 from monitor.harness.protocol import ArtifactKind, ArtifactRef
 
 FILE_NAMES: dict[ArtifactKind, str] = {
+    "onnx": "reference.onnx",
     "exported": "reference.pt2",
     "torchscript": "reference.ts",
     "state_dict": "reference.state.pt",
@@ -72,6 +74,10 @@ def freeze(
         ("exported", "exported", lambda f: _save_exported(model, example_args, example_kwargs, f)),
         ("state_dict", "state_dict", lambda f: torch.save(model.state_dict(), f)),
     ]
+    from monitor.transforms import runtimes
+
+    if isinstance(model, runtimes.OnnxModule):
+        candidates.insert(0, ("onnx", "onnx", lambda f: runtimes.save(model, f)))
     fallbacks: list[str] = []
     for kind, name, save in candidates:
         final = folder / FILE_NAMES[kind]
@@ -169,6 +175,10 @@ def _write_check(folder: Path, args: tuple[Any, ...], kwargs: dict[str, Any], co
 def _load(kind: ArtifactKind, handle: IO[bytes], factory: str, device: str) -> Any:
     import torch
 
+    if kind == "onnx":
+        from monitor.transforms import runtimes
+
+        return runtimes.load("onnx_fp32", handle, device, {})
     if kind == "exported":
         return torch.export.load(handle).module().to(device)  # an exported module refuses .eval()
     if kind == "torchscript":
