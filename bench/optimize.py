@@ -16,6 +16,9 @@ Every candidate is timed interleaved with the baseline in one worker (A/B), with
 acceptance rule (>= 10 % faster with a 95 % interval that excludes no change, accuracy within 0.01
 absolute, or relative error within 0.05, no bigger). The goals (issue 6): >= 2.5x on the MLP at <= 1 %
 accuracy loss; >= 8x on the seed CNN at batch 32; >= 2.5x on the encoder; every slower recipe rejected.
+`--handbuilt` first times ONNX Runtime built by hand with its own tools beside eager fp32 and every
+recipe, in one process (bench/handbuilt.py), and sets the best hand-built speed-up beside the one
+`perfguard optimize` kept (issue 17's goal: at least 0.97 of it, within the tolerance).
 Run it alone on the machine: the timings are the point.
 """
 
@@ -34,22 +37,26 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import handbuilt  # noqa: E402
 from monitor.config import load_config  # noqa: E402
 from monitor.optimize.action import OptimizeRequest, optimize  # noqa: E402
 from storage.db import Database  # noqa: E402
 
+RUNTIME_RECIPES = ["torchscript", "onnx_fp32", "onnx_int8_dynamic", "onnx_int8_static"]
 CPU_RECIPES = ["dynamic_int8", "static_int8", "bf16", "channels_last", "compile", "torchao_int8",
                "torchao_int8_compile", "prune_structured", "prune_l1_unstructured"]
 MODELS: dict[str, dict[str, Any]] = {
     "mlp": {"factory": "monitor.examples.models:mlp", "shape": [32, 1024], "max_time_s": 6.0,
             "recipes": ["dynamic_int8", "static_int8", "bf16", "compile", "torchao_int8", "torchao_int8_compile",
-                        "prune_structured", "prune_l1_unstructured"],
+                        "prune_structured", "prune_l1_unstructured", *RUNTIME_RECIPES],
             "extra": 'optimize = { fidelity = "relative_error" }'},
     "seed-cnn": {"factory": "monitor.examples.models:seed_cnn", "shape": [32, 3, 32, 32], "max_time_s": 6.0,
                  "eval": "monitor.examples.models:seed_cnn_eval",
-                 "recipes": ["static_int8", "channels_last", "compile", "bf16", "dynamic_int8", "prune_structured"]},
+                 "recipes": ["static_int8", "channels_last", "compile", "bf16", "dynamic_int8", "prune_structured",
+                             *RUNTIME_RECIPES]},
     "encoder": {"factory": "monitor.examples.models:encoder", "shape": [8, 128, 768], "max_time_s": 30.0,
-                "recipes": ["bf16", "dynamic_int8", "compile", "torchao_int8", "torchao_int8_compile"],
+                "recipes": ["bf16", "dynamic_int8", "compile", "torchao_int8", "torchao_int8_compile",
+                            *RUNTIME_RECIPES],
                 "extra": 'optimize = { fidelity = "relative_error" }'},
 }
 GOALS = {"mlp": 2.5, "seed-cnn": 8.0, "encoder": 2.5}
@@ -102,6 +109,18 @@ def table(name: str, action: dict[str, Any]) -> str:
     return f"### {name}\n\n" + "\n".join(rows) + f"\n\n{verdict}; decision: {action['status']}\n"
 
 
+def against_handbuilt(action: dict[str, Any], bar: dict[str, Any]) -> str:
+    """perfguard's kept candidate against the best ONNX Runtime model built by hand (two ratios to eager
+    fp32, each measured interleaved with it)."""
+    kept = max((c for c in action["candidates"] if c["accepted"] and c.get("speedup")), key=lambda c: c["speedup"],
+               default=None)
+    if kept is None:
+        return f"perfguard kept nothing; best hand-built {bar['best_hand_built']} {bar['best_hand_built_speedup']:.2f}x"
+    ratio = kept["speedup"] / bar["best_hand_built_speedup"]
+    return (f"perfguard kept {kept['recipe']} {kept['speedup']:.2f}x; best hand-built {bar['best_hand_built']} "
+            f"{bar['best_hand_built_speedup']:.2f}x; ratio {ratio:.2f} (goal >= 0.97: {'met' if ratio >= 0.97 else 'NOT met'})")
+
+
 def fmt(value: float | None) -> str:
     if value is None:
         return "-"
@@ -113,13 +132,18 @@ def main() -> int:
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--workdir", type=Path)
     parser.add_argument("--json", type=Path, help="also write every action as JSON here")
+    parser.add_argument("--handbuilt", action="store_true", help="first time ONNX Runtime built by hand (bench/handbuilt.py)")
+    parser.add_argument("--rounds", type=int, default=15, help="interleaved rounds of the hand-built timing")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="perfguard-bench-optimize-"))
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "perfguard.toml").write_text(config_text(args.models))
     loaded = load_config(workdir / "perfguard.toml")
-    results = {}
+    results: dict[str, Any] = {}
+    bars = {name: handbuilt.measure(handbuilt.MODELS[name], args.rounds) for name in args.models} if args.handbuilt else {}
+    for name, bar in bars.items():
+        print(handbuilt.report(name, bar), flush=True)
     with Database.open(loaded.storage_url()) as db:
         for name in args.models:
             started = time.perf_counter()
@@ -129,6 +153,9 @@ def main() -> int:
             results[name]["wall_s"] = round(time.perf_counter() - started, 1)
             print(table(name, results[name]))
             print(f"(diagnosis: {(record.diagnosis or {}).get('summary')}; {results[name]['wall_s']} s)\n", flush=True)
+            if name in bars:
+                results[name]["handbuilt"] = bars[name]
+                print(against_handbuilt(results[name], bars[name]) + "\n", flush=True)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2, default=str))
     return 0

@@ -68,18 +68,8 @@ def freeze(
     device = _device_of(model)
     with torch.inference_mode():
         expected = model(*example_args, **example_kwargs)
-    candidates: list[tuple[ArtifactKind, str, Callable[[IO[bytes]], None]]] = [
-        ("torchscript", "torchscript/trace", lambda f: _save_traced(model, example_args, example_kwargs, f)),
-        ("torchscript", "torchscript/script", lambda f: _save_scripted(model, f)),
-        ("exported", "exported", lambda f: _save_exported(model, example_args, example_kwargs, f)),
-        ("state_dict", "state_dict", lambda f: torch.save(model.state_dict(), f)),
-    ]
-    from monitor.transforms import runtimes
-
-    if isinstance(model, runtimes.OnnxModule):
-        candidates.insert(0, ("onnx", "onnx", lambda f: runtimes.save(model, f)))
     fallbacks: list[str] = []
-    for kind, name, save in candidates:
+    for kind, name, save in _ways_to_save(model, example_args, example_kwargs):
         final = folder / FILE_NAMES[kind]
         fd, temp_name = tempfile.mkstemp(dir=folder, prefix=f".{final.name}.", suffix=".tmp")
         temp = Path(temp_name)
@@ -170,6 +160,25 @@ def _write_check(folder: Path, args: tuple[Any, ...], kwargs: dict[str, Any], co
         return None
     os.replace(temp, final)
     return final, sha256
+
+
+def _ways_to_save(
+    model: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> list[tuple[ArtifactKind, str, Callable[[IO[bytes]], None]]]:
+    """The kinds of copy `freeze` tries, most frozen first: (kind, name in its reasons, writer)."""
+    import torch
+
+    from monitor.transforms import runtimes
+
+    ways: list[tuple[ArtifactKind, str, Callable[[IO[bytes]], None]]] = [
+        ("torchscript", "torchscript/trace", lambda f: _save_traced(model, args, kwargs, f)),
+        ("torchscript", "torchscript/script", lambda f: _save_scripted(model, f)),
+        ("exported", "exported", lambda f: _save_exported(model, args, kwargs, f)),
+        ("state_dict", "state_dict", lambda f: torch.save(model.state_dict(), f)),
+    ]
+    if isinstance(model, runtimes.OnnxModule):  # frozen already: its ONNX model is the copy
+        ways.insert(0, ("onnx", "onnx", lambda f: runtimes.save(model, f)))
+    return ways
 
 
 def _load(kind: ArtifactKind, handle: IO[bytes], factory: str, device: str) -> Any:

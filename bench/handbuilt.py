@@ -1,0 +1,165 @@
+"""The bar for `perfguard optimize`: eager fp32, every perfguard CPU recipe, and ONNX Runtime built by
+hand with its own tools, timed interleaved in one process.
+
+    .venv/bin/python bench/handbuilt.py                       # mlp, seed-cnn, encoder
+    .venv/bin/python bench/handbuilt.py --models mlp --json /tmp/hb.json
+
+For each model: the eager model, each perfguard recipe built with `monitor.transforms.recipes.build`
+(as the worker builds it), and ONNX Runtime fp32, int8 dynamic and int8 static (QDQ, calibrated on the
+eval data or the inputs) made by hand with `torch.onnx.export` and `onnxruntime.quantization` at their
+defaults. Every variant runs on 2 threads; ONNX Runtime's intra-op threads do not spin (beside torch in
+one process, spinning pools slow each other's calls several-fold). In each round every variant is
+timed for the same number of calls, in a rotating order; a variant's speed-up is the median over the
+rounds of (eager time / its time) in that round, so a host that drifts during the run moves both.
+`bench/optimize.py --handbuilt` runs this first and sets its best hand-built speed-up beside what
+`perfguard optimize` kept. Run it alone on the machine: the timings are the point.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from monitor.core.import_paths import resolve  # noqa: E402
+from monitor.transforms import recipes  # noqa: E402
+
+THREADS = 2
+MODELS: dict[str, dict[str, Any]] = {
+    "mlp": {"factory": "monitor.examples.models:mlp", "shape": [32, 1024], "calls": 20,
+            "recipes": ["dynamic_int8", "static_int8", "compile", "torchscript", "onnx_fp32", "onnx_int8_dynamic",
+                        "onnx_int8_static"]},
+    "seed-cnn": {"factory": "monitor.examples.models:seed_cnn", "shape": [32, 3, 32, 32], "calls": 10,
+                 "eval": "monitor.examples.models:seed_cnn_eval",
+                 "recipes": ["static_int8", "channels_last", "dynamic_int8", "compile", "torchscript", "onnx_fp32",
+                             "onnx_int8_dynamic", "onnx_int8_static"]},
+    "encoder": {"factory": "monitor.examples.models:encoder", "shape": [8, 128, 768], "calls": 2,
+                "recipes": ["dynamic_int8", "compile", "torchscript", "onnx_fp32", "onnx_int8_dynamic",
+                            "onnx_int8_static"]},
+}
+HAND_BUILT = ("ort_fp32", "ort_int8_dynamic", "ort_int8_static")
+
+
+def inputs(spec: dict[str, Any]) -> tuple[torch.Tensor, list[tuple[torch.Tensor, ...]] | None]:
+    """The timed batch and the calibration batches (eval inputs, where the model has them)."""
+    if "eval" in spec:
+        batches = [(images,) for images, _ in resolve(spec["eval"])()]
+        return batches[0][0][: spec["shape"][0]], batches
+    return torch.randn(*spec["shape"], generator=torch.Generator().manual_seed(0)), None
+
+
+def ort_session(onnx: bytes) -> Any:
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = THREADS
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return onnxruntime.InferenceSession(onnx, options, providers=["CPUExecutionProvider"])
+
+
+def hand_built(model: torch.nn.Module, x: torch.Tensor, calibration: list[tuple[torch.Tensor, ...]] | None
+               ) -> dict[str, Callable[[], Any]]:
+    """ONNX Runtime fp32, int8 dynamic and int8 static, as a user would make them by hand."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_dynamic, quantize_static
+
+    folder = Path(tempfile.mkdtemp(prefix="perfguard-handbuilt-"))
+    fp32 = folder / "model.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (x,), fp32, input_names=["x"], output_names=["y"], dynamo=False,
+                          dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}})
+    quantize_dynamic(fp32, folder / "dynamic.onnx")
+    feeds = [{"x": batch[0].numpy()} for batch in (calibration or [(x,)])[:8]]
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.left = iter(feeds)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.left, None)
+
+    quantize_static(fp32, folder / "static.onnx", Reader(), quant_format=QuantFormat.QDQ)
+    feed = {"x": x.numpy()}
+    sessions = {name: ort_session((folder / file).read_bytes()) for name, file in
+                zip(HAND_BUILT, ("model.onnx", "dynamic.onnx", "static.onnx"), strict=True)}
+    return {name: (lambda s=session: s.run(None, feed)) for name, session in sessions.items()}
+
+
+def measure(spec: dict[str, Any], rounds: int) -> dict[str, Any]:
+    torch.set_num_threads(THREADS)
+    model = resolve(spec["factory"])().eval()
+    x, calibration = inputs(spec)
+    calls: dict[str, Callable[[], Any]] = {"eager": lambda: model(x)}
+    errors: dict[str, str] = {}
+    for name in spec["recipes"]:
+        try:
+            built, _ = recipes.build(name, model, (x,), {}, calibration, {})
+            calls[name] = lambda m=built: m(x)
+        except Exception as exc:  # noqa: BLE001 - a recipe that cannot build here is reported, not fatal
+            errors[name] = f"{type(exc).__name__}: {exc}"[:200]
+    calls.update(hand_built(model, x, calibration))
+    per_round: dict[str, list[float]] = {name: [] for name in calls}
+    eager_s: list[float] = []
+    names = list(calls)
+    with torch.inference_mode():
+        for call in calls.values():  # warm-up: compile, allocate, pick kernels
+            for _ in range(3):
+                call()
+        for r in range(rounds):
+            seconds: dict[str, float] = {}
+            for name in names[r % len(names):] + names[: r % len(names)]:
+                started = time.perf_counter()
+                for _ in range(spec["calls"]):
+                    calls[name]()
+                seconds[name] = (time.perf_counter() - started) / spec["calls"]
+            eager_s.append(seconds["eager"])
+            for name in names:
+                per_round[name].append(seconds["eager"] / seconds[name])
+    eager_ms = 1000 * statistics.median(eager_s)
+    speedups = {name: statistics.median(values) for name, values in per_round.items()}
+    best = max(HAND_BUILT, key=lambda n: speedups[n])
+    return {"speedup": speedups, "best_hand_built": best, "best_hand_built_speedup": speedups[best],
+            "errors": errors, "rounds": rounds, "eager_ms": eager_ms}
+
+
+def report(name: str, result: dict[str, Any]) -> str:
+    rows = [f"### {name}", "", "| variant | speed-up over eager fp32 (median of rounds) |", "|---|---|"]
+    for variant, speedup in sorted(result["speedup"].items(), key=lambda kv: -kv[1]):
+        mark = " (hand-built)" if variant in HAND_BUILT else ""
+        rows.append(f"| {variant}{mark} | {speedup:.2f}x |")
+    rows += [f"| {variant} | not built: {error} |" for variant, error in result["errors"].items()]
+    rows.append(f"\neager fp32 {result['eager_ms']:.2f} ms a call; best hand-built: {result['best_hand_built']} "
+                f"{result['best_hand_built_speedup']:.2f}x")
+    return "\n".join(rows) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args(argv)
+    results = {}
+    for name in args.models:
+        results[name] = measure(MODELS[name], args.rounds)
+        print(report(name, results[name]), flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
