@@ -53,3 +53,4 @@ def test_the_recipe_list_is_json_on_stdout(tmp_path: Path) -> None:
     assert listed.returncode == 0, listed
     by_name = {r["name"]: r for r in listed.json()}
     assert by_name["dynamic_int8"]["devices"] == ["cpu"] and by_name["prune_l1_unstructured"]["default"] is False
+    assert (by_name["dynamic_int8"]["runtime"], by_name["onnx_fp32"]["runtime"]) == ("torch", "onnxruntime")

@@ -137,7 +137,7 @@ def _env_note(diff: dict[str, Any] | None) -> str:
 def candidates_table(action: ActionRecord) -> str:
     """The before/after table of an optimisation: the current variant, then each candidate."""
     first = action.candidates[0].numbers if action.candidates else CandidateNumbers(label="-", recipe="-")
-    rows = [[action.from_variant, "(current)", first.current_p50_ms, first.current_p99_ms, 1.0,
+    rows = [[action.from_variant, "(current)", "-", first.current_p50_ms, first.current_p99_ms, 1.0,
              first.current_size_mb, first.current_forward_peak_mb, first.current_accuracy, "-", "current"]]
     for c in action.candidates:
         n, fidelity = c.numbers, c.numbers.fidelity
@@ -147,10 +147,11 @@ def candidates_table(action: ActionRecord) -> str:
         elif fidelity is not None and fidelity.value is not None:
             quality = f"rel.err {fidelity.value:.2e}"
         verdict = "accepted" if c.accepted else "rejected: " + "; ".join(c.reasons)
-        rows.append([n.label, n.recipe, n.p50_ms, n.p99_ms, n.speedup, n.size_mb, n.forward_peak_mb, n.accuracy,
-                     quality, verdict[:110]])
-    headers = ["variant", "recipe", "p50 ms", "p99 ms", "speed-up", "size MiB", "call MiB", "accuracy", "fidelity",
-               "decision"]
+        runtime = catalog.RECIPES[n.recipe].runtime if n.recipe in catalog.RECIPES else None
+        rows.append([n.label, n.recipe, runtime or "torch", n.p50_ms, n.p99_ms, n.speedup, n.size_mb,
+                     n.forward_peak_mb, n.accuracy, quality, verdict[:110]])
+    headers = ["variant", "recipe", "runtime", "p50 ms", "p99 ms", "speed-up", "size MiB", "call MiB", "accuracy",
+               "fidelity", "decision"]
     return format_table(headers, rows)
 
 
@@ -173,14 +174,15 @@ def action_report(record: ActionRecord) -> str:
 
 def recipe_rows() -> list[dict[str, Any]]:
     """The recipe catalog as `optimize --list --json` prints it."""
-    return [{"name": s.name, "action": s.action, "devices": list(s.devices), "suits": list(s.suits) or ["any"],
-             "exact": s.exact, "default": s.by_default, "description": s.description} for s in catalog.CATALOG]
+    return [{"name": s.name, "action": s.action, "runtime": s.runtime or "torch", "devices": list(s.devices),
+             "suits": list(s.suits) or ["any"], "exact": s.exact, "default": s.by_default,
+             "description": s.description} for s in catalog.CATALOG]
 
 
 def recipes_table(rows: Sequence[dict[str, Any]]) -> str:
-    headers = ["recipe", "action", "devices", "suits", "exact", "default", "description"]
-    return format_table(headers, [[r["name"], r["action"], ",".join(r["devices"]), ",".join(r["suits"]), r["exact"],
-                                   r["default"], r["description"]] for r in rows])
+    headers = ["recipe", "action", "runtime", "devices", "suits", "exact", "default", "description"]
+    return format_table(headers, [[r["name"], r["action"], r["runtime"], ",".join(r["devices"]), ",".join(r["suits"]),
+                                   r["exact"], r["default"], r["description"]] for r in rows])
 
 
 def follow_up_json(done: FollowUp, shown: Sequence[FindingRecord]) -> dict[str, Any]:
