@@ -1,0 +1,95 @@
+"""Concurrent load on one loaded model: N callers at once, each call timed, for a fixed time.
+
+One request at a time says little about a model served to many: under load its calls share the
+cores (and torch's intra-op pools, one per calling thread, oversubscribe them), and p99 grows
+before throughput stops growing. `drive` starts N threads together, lets each call the model in a
+loop for a warm-up that is not counted, then for `duration_s`, and returns the throughput and the
+latency percentiles of the calls that started inside that window. Threads suit models whose calls
+spend their time in torch's kernels, which release the GIL; a model whose time goes to Python code
+is bound by the GIL, and the flat throughput across levels shows it. Runs inside the worker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Any
+
+from monitor.core.runs import RunMetrics
+from monitor.harness import sampling
+
+
+@dataclass(frozen=True, slots=True)
+class LoadLevel:
+    """What one concurrency level gave: the calls timed inside the window (their percentiles, as a
+    run's), how many each caller made, and the throughput they reached together."""
+
+    concurrency: int
+    seconds: float  # the measured window
+    calls_per_caller: tuple[int, ...]
+    metrics: RunMetrics  # latency percentiles of every call; throughput_per_s: samples/s all callers made
+
+    @property
+    def calls(self) -> int:
+        return sum(self.calls_per_caller)
+
+
+def drive(
+    call: Callable[[], Any],
+    concurrency: int,
+    batch_size: int,
+    duration_s: float,
+    warmup_s: float = 0.2,
+    context: Callable[[], AbstractContextManager[Any]] = contextlib.nullcontext,
+) -> LoadLevel:
+    """Run `call` from `concurrency` threads at once for `warmup_s` (not counted), then `duration_s`.
+
+    `context` is entered by each caller thread around its loop (torch.inference_mode, which is
+    per thread). An exception in any caller stops them all and is raised here.
+    """
+    if concurrency < 1 or duration_s <= 0 or warmup_s < 0:
+        raise ValueError(f"concurrency must be >= 1, duration_s > 0 and warmup_s >= 0 (got {concurrency}, "
+                         f"{duration_s}, {warmup_s})")
+    clock = time.perf_counter_ns
+    start_gate = threading.Barrier(concurrency + 1)
+    window: list[int] = []  # [start, stop] in perf_counter_ns, set once every caller is ready
+    stop = threading.Event()
+    timings: list[list[int]] = [[] for _ in range(concurrency)]
+    failures: list[BaseException] = []
+
+    def caller(index: int) -> None:
+        mine = timings[index]
+        try:
+            with context():
+                start_gate.wait()
+                begin, end = window
+                while not stop.is_set():
+                    t0 = clock()
+                    if t0 >= end:
+                        break
+                    call()
+                    if t0 >= begin:
+                        mine.append(clock() - t0)
+        except BaseException as exc:  # noqa: BLE001 - handed to the driver, which raises it
+            failures.append(exc)
+            stop.set()
+
+    threads = [threading.Thread(target=caller, args=(i,), name=f"perfguard-load-{i}", daemon=True)
+               for i in range(concurrency)]
+    for thread in threads:
+        thread.start()
+    now = clock()
+    window.extend([now + int(warmup_s * 1e9), now + int((warmup_s + duration_s) * 1e9)])
+    start_gate.wait()
+    for thread in threads:
+        thread.join()
+    if failures:
+        raise failures[0]
+    every = [t for mine in timings for t in mine]
+    metrics = sampling.latency_metrics(every, batch_size)
+    metrics.throughput_per_s = len(every) * batch_size / duration_s
+    return LoadLevel(concurrency, duration_s, tuple(len(mine) for mine in timings), metrics)
