@@ -78,6 +78,18 @@ def test_a_runtime_candidate_follows_the_model_at_any_batch_size_and_loads_back_
     assert params == resolved["params"] and size_mb == pytest.approx(path.stat().st_size / 2**20)
 
 
+def test_a_transformer_encoder_exports_without_its_fused_fast_path() -> None:
+    """Under no_grad a TransformerEncoderLayer runs one fused operator that ONNX cannot express; the
+    export must trace the layer's own operators."""
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(d_model=16, nhead=2, dim_feedforward=32, batch_first=True)
+    model = nn.TransformerEncoder(layer, num_layers=2, enable_nested_tensor=False).eval()
+    x = torch.randn(4, 6, 16, generator=torch.Generator().manual_seed(0))
+    candidate, _ = recipes.build("onnx_fp32", model, (x,), {}, None, {})
+    with torch.inference_mode():
+        assert relative_error(candidate(x), model(x)) <= 1e-5
+
+
 def test_an_altered_runtime_artifact_is_refused_before_it_is_loaded(cases: dict, tmp_path: Path) -> None:
     model, x, _ = cases["mlp"]
     candidate, resolved = recipes.build("onnx_fp32", model, (x,), {}, None, {})

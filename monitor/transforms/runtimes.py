@@ -156,8 +156,11 @@ def _export(model: nn.Module, args: tuple) -> bytes:
     serves every batch size of its series)."""
     inputs = [f"input_{i}" for i in range(len(args))]
     try:
-        with torch.no_grad(), _jit_warnings(), tempfile.TemporaryDirectory(prefix="perfguard-onnx-") as folder:
-            probe = model(*args)
+        # Not under no_grad: there a transformer layer takes its fused fast path, an operator
+        # (aten::_transformer_encoder_layer_fwd) that ONNX has no counterpart for.
+        with _jit_warnings(), tempfile.TemporaryDirectory(prefix="perfguard-onnx-") as folder:
+            with torch.no_grad():
+                probe = model(*args)
             count = len(probe) if isinstance(probe, (tuple, list)) else 1
             outputs = [f"output_{i}" for i in range(count)]
             path = Path(folder) / "model.onnx"
