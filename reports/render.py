@@ -20,6 +20,7 @@ from typing import Any
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
 from monitor.core.actions import ActionRecord
+from monitor.core.catalog import RECIPES
 from monitor.core.series import FindingRecord, SeriesKey
 from reports.charts import (
     CHART_SIZE,
@@ -91,9 +92,17 @@ def environment() -> Environment:
         trim_blocks=False,
         lstrip_blocks=False,
     )
-    env.filters.update(when=_when, pair=pair, cause=cause_text)
+    env.filters.update(when=_when, pair=pair, cause=cause_text, runtime=_runtime)
     env.globals.update(num=_num, pct=_pct)
     return env
+
+
+def _runtime(recipe: str | None) -> str:
+    """The runtime a recipe's candidate runs on, when it is not torch ('' otherwise)."""
+    spec = RECIPES.get(recipe or "")
+    if spec is None or spec.runtime is None:
+        return ""
+    return spec.runtime
 
 
 def page_name(model: str) -> str:

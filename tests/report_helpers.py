@@ -63,16 +63,16 @@ def seed(db: Database, loaded: LoadedConfig, runs: list[RunRecord]) -> list[RunR
     return stored
 
 
-def rejected_action(db: Database, model: str, finding_id: int | None = None) -> ActionRecord:
+def rejected_action(db: Database, model: str, finding_id: int | None = None, recipe: str = "dynamic_int8") -> ActionRecord:
     """A recorded requantize action whose one candidate was refused, with its numbers."""
     candidate = {
-        "label": "dynamic_int8", "recipe": "dynamic_int8", "p50_ms": 1.1, "current_p50_ms": 1.25,
+        "label": recipe, "recipe": recipe, "p50_ms": 1.1, "current_p50_ms": 1.25,
         "speedup": 1.136, "size_mb": 0.2, "current_size_mb": 0.6, "forward_peak_mb": 3.0,
         "current_forward_peak_mb": 2.5, "accuracy": 0.90, "current_accuracy": 0.97, "accepted": False,
         "reasons": ["accuracy 0.9000 vs 0.9700: drop 0.0700 over the tolerance 0.01"],
     }
     record = ActionRecord(model=model, kind="requantize", trigger="latency_drift", status="rejected",
-                          reason="no candidate was better: dynamic_int8 refused", from_variant="baseline",
+                          reason=f"no candidate was better: {recipe} refused", from_variant="baseline",
                           finding_id=finding_id, candidates=[Verdict.from_dict(candidate)])
     return record_action(db, record)
 

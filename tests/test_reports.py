@@ -83,7 +83,10 @@ def test_the_site_has_an_overview_and_a_page_per_model_that_open_from_disk(fleet
 
 
 def test_a_model_page_shows_charts_findings_actions_env_changes_and_failed_runs(fleet) -> None:
+    from tests.report_helpers import rejected_action
+
     loaded, db = fleet
+    rejected_action(db, "seed-cnn", recipe="onnx_int8_static")
     site = write_report(db, loaded)
     page = site.pages["seed-cnn"].read_text()
     for chart in ("Latency, baseline on cpu, batch 8", "Peak memory", "Throughput", "Accuracy"):
@@ -91,6 +94,8 @@ def test_a_model_page_shows_charts_findings_actions_env_changes_and_failed_runs(
     assert "latency_ms_p50" in page and "regression" in page  # the open finding
     assert "torch" in page and "2.12.1+cpu → 2.13.0+cpu" in page  # the environment change
     assert "dynamic_int8" in page and "refused" in page and "0.9700 → 0.9000" in page  # the action's table
+    assert 'onnx_int8_static <span class="muted">on onnxruntime</span>' in page  # a candidate on another runtime
+    assert "dynamic_int8 <span" not in page  # torch, the default, goes unsaid
     assert "RuntimeError: CUDA error: out of memory" in page  # the failed run, with its error
     assert "the numbers" in page  # every chart has its table fallback
     images = [ref for ref in parse(site.pages["seed-cnn"]).refs if ref.endswith(".png")]
