@@ -20,7 +20,7 @@ from typing import Any
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
 from monitor.core.actions import ActionRecord
-from monitor.core.catalog import RECIPES
+from monitor.core.catalog import runtime_of
 from monitor.core.series import FindingRecord, SeriesKey
 from reports.charts import (
     CHART_SIZE,
@@ -99,10 +99,7 @@ def environment() -> Environment:
 
 def _runtime(recipe: str | None) -> str:
     """The runtime a recipe's candidate runs on, when it is not torch ('' otherwise)."""
-    spec = RECIPES.get(recipe or "")
-    if spec is None or spec.runtime is None:
-        return ""
-    return spec.runtime
+    return runtime_of(recipe) or ""
 
 
 def page_name(model: str) -> str:

@@ -147,9 +147,8 @@ def candidates_table(action: ActionRecord) -> str:
         elif fidelity is not None and fidelity.value is not None:
             quality = f"rel.err {fidelity.value:.2e}"
         verdict = "accepted" if c.accepted else "rejected: " + "; ".join(c.reasons)
-        runtime = catalog.RECIPES[n.recipe].runtime if n.recipe in catalog.RECIPES else None
-        rows.append([n.label, n.recipe, runtime or "torch", n.p50_ms, n.p99_ms, n.speedup, n.size_mb,
-                     n.forward_peak_mb, n.accuracy, quality, verdict[:110]])
+        rows.append([n.label, n.recipe, catalog.runtime_of(n.recipe) or "torch", n.p50_ms, n.p99_ms, n.speedup,
+                     n.size_mb, n.forward_peak_mb, n.accuracy, quality, verdict[:110]])
     headers = ["variant", "recipe", "runtime", "p50 ms", "p99 ms", "speed-up", "size MiB", "call MiB", "accuracy",
                "fidelity", "decision"]
     return format_table(headers, rows)

@@ -89,6 +89,13 @@ def device_kind(device: str) -> str:
     return "cuda" if device.startswith("cuda") else "cpu"
 
 
+def runtime_of(name: str | None) -> str | None:
+    """The runtime a recipe's candidate runs on when it is not eager torch; None for torch, no recipe
+    or a recipe this catalog does not know (an old action's)."""
+    spec = RECIPES.get(name or "")
+    return None if spec is None else spec.runtime
+
+
 def recipe(name: str) -> RecipeSpec:
     try:
         return RECIPES[name]

@@ -18,7 +18,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from monitor.core import catalog
 from monitor.harness import variants
 from monitor.harness.cpu_info import cpu_flags
 from monitor.harness.protocol import (
@@ -133,7 +132,7 @@ def _build_one(
     refused = recipes.unavailable(request.recipe, job.device, cpu_flags())
     if refused is not None:
         raise RuntimeError(f"{request.recipe} cannot run here: {refused}")
-    runtime = catalog.recipe(base.steps[-1].recipe).runtime if base.steps else None
+    runtime = variants.runtime(base)
     if runtime:
         raise RuntimeError(f"{request.recipe} cannot start from variant {base.name!r}, which runs on {runtime}: "
                            "roll back to an eager variant to build candidates from it")

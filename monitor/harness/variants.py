@@ -24,15 +24,20 @@ from monitor.harness.protocol import VariantSpec
 ARTIFACT_NAMES = {"onnxruntime": "model.onnx", "torchscript": "model.ts"}
 
 
+def runtime(spec: VariantSpec) -> str | None:
+    """The runtime the variant runs on, when its last recipe is not eager torch (then its saved file
+    is that runtime's whole model)."""
+    return catalog.runtime_of(spec.steps[-1].recipe) if spec.steps else None
+
+
 def build_variant(model: Any, spec: VariantSpec, args: tuple[Any, ...], kwargs: dict[str, Any], device: str) -> Any:
     """The variant `spec` of the freshly built `model` (already on `device`), ready to call."""
     import torch
 
     from monitor.transforms import recipes, runtimes
 
-    last = spec.steps[-1] if spec.steps else None
-    if last is not None and catalog.recipe(last.recipe).runtime:
-        what = f"model of variant {spec.name!r}"
+    if runtime(spec):
+        last, what = spec.steps[-1], f"model of variant {spec.name!r}"
         with open_verified(Path(spec.weights_path or ""), spec.weights_sha256, what) as file:
             return runtimes.load(last.recipe, file, device, last.params)
     for step in spec.steps:
@@ -55,9 +60,9 @@ def save_candidate(model: Any, folder: Path, recipe: str) -> tuple[Path, str]:
 
     from monitor.transforms import runtimes
 
-    runtime = catalog.recipe(recipe).runtime
-    path = folder / ARTIFACT_NAMES.get(runtime or "", "weights.pt")
-    if runtime:
+    on = catalog.recipe(recipe).runtime
+    path = folder / ARTIFACT_NAMES.get(on or "", "weights.pt")
+    if on:
         return path, _write(path, lambda handle: runtimes.save(model, handle))
 
     def weights(handle: IO[bytes]) -> None:
