@@ -18,7 +18,9 @@ from typing import Annotated, Any, Literal
 from pydantic import (
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
+    Tag,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -29,6 +31,7 @@ from pydantic_core import ErrorDetails
 from monitor.core.catalog import RECIPES
 from monitor.core.import_paths import missing
 from monitor.core.metrics import SLO_MAX_METRICS, SLO_MIN_METRICS, WATCHED
+from monitor.core.workloads import LOSSES, OPTIMIZERS, LoadSpec, TrainSpec
 
 DEFAULT_CONFIG_NAME = "perfguard.toml"
 STORAGE_URL_ENV = "PERFGUARD_STORAGE_URL"
@@ -259,6 +262,70 @@ class OptimizeConfig(_Strict):
         return self.model_copy(update=overrides.model_dump(exclude_none=True))
 
 
+def _named_or_import_path(value: str, names: Any, what: str) -> str:
+    if value in names or _IMPORT_PATH.match(value):
+        return value
+    raise ValueError(f"{what} {value!r} is not one of {', '.join(names)} nor an import path 'module:attr'")
+
+
+class TrainConfig(_Strict):
+    """A model's training step, benchmarked as series of their own (mode "train"): forward, loss,
+    backward and optimiser step, one series per batch size. `fine_tune` is the hook pruned candidates
+    are fine-tuned with (what a plain string `train = "module:fn"` names)."""
+
+    loss: str = "cross_entropy"  # cross_entropy | mse | module:fn(output, inputs) -> loss
+    optimizer: str = "sgd"  # sgd | adam | adamw | module:OptimizerClass
+    lr: float = Field(default=0.01, gt=0)
+    amp: Literal["bf16", "fp16"] | None = None
+    batch_sizes: list[Annotated[int, Field(gt=0)]] | None = None  # default: the model's batch sizes
+    fine_tune: ImportPath | None = None
+
+    @field_validator("loss")
+    @classmethod
+    def _loss(cls, value: str) -> str:
+        return _named_or_import_path(value, LOSSES, "loss")
+
+    @field_validator("optimizer")
+    @classmethod
+    def _optimizer(cls, value: str) -> str:
+        return _named_or_import_path(value, OPTIMIZERS, "optimizer")
+
+    @field_validator("fine_tune")
+    @classmethod
+    def _fine_tune(cls, value: str | None) -> str | None:
+        return value if value is None else _check_import_path(value)
+
+    @field_validator("batch_sizes")
+    @classmethod
+    def _batch_sizes(cls, value: list[int] | None) -> list[int] | None:
+        if value is not None and (not value or len(set(value)) != len(value)):
+            raise ValueError("expected a non-empty list of batch sizes, none repeated")
+        return value
+
+    def spec(self) -> TrainSpec:
+        return TrainSpec(loss=self.loss, optimizer=self.optimizer, lr=self.lr, amp=self.amp)
+
+
+class LoadConfig(_Strict):
+    """Concurrent load on one loaded model: N callers at once for `duration_s` (after `warmup_s`),
+    one series per level, at `batch_size` (default: the model's first)."""
+
+    concurrency: list[Annotated[int, Field(gt=0, le=256)]] = [1, 2, 4]
+    duration_s: float = Field(default=5.0, gt=0, le=3600)
+    warmup_s: float = Field(default=1.0, ge=0, le=600)
+    batch_size: int | None = Field(default=None, gt=0)
+
+    @field_validator("concurrency")
+    @classmethod
+    def _levels(cls, value: list[int]) -> list[int]:
+        if not value or len(set(value)) != len(value):
+            raise ValueError("expected a non-empty list of caller counts, none repeated")
+        return value
+
+    def levels(self) -> list[LoadSpec]:
+        return [LoadSpec(c, self.duration_s, self.warmup_s) for c in self.concurrency]
+
+
 class ModelConfig(_Strict):
     """A registered model and how to benchmark it."""
 
@@ -279,7 +346,13 @@ class ModelConfig(_Strict):
     memory_limit_mb: float | None = Field(default=None, gt=0)
     threads: int | None = Field(default=None, gt=0)
     detection: DetectionOverrides = DetectionOverrides()
-    train: ImportPath | None = None  # fine-tune hook: fn(model) -> model, called on pruned candidates
+    # A string: the fine-tune hook, fn(model) -> model, called on pruned candidates. A table: the
+    # training step to benchmark as series of its own (TrainConfig), its `fine_tune` the hook.
+    train: Annotated[
+        Annotated[str, Tag("str"), Field(min_length=1)] | Annotated[TrainConfig, Tag("table")],
+        Discriminator(lambda v: "table" if isinstance(v, (dict, TrainConfig)) else "str"),
+    ] | None = None
+    load: LoadConfig | None = None  # concurrent-load series, one per caller count
     # Called once before the model's first benchmark in a process (daemon, `perfguard run`), in a
     # worker of its own and untimed: downloads, training, caches. Its time and memory are reported.
     prepare: ImportPath | None = None
@@ -287,10 +360,15 @@ class ModelConfig(_Strict):
     # The hardware class (a Celery queue) whose workers benchmark it; default: "cpu" or "cuda".
     runs_on: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$", max_length=100)
 
-    @field_validator("factory", "inputs_factory", "eval", "train", "prepare")
+    @field_validator("factory", "inputs_factory", "eval", "prepare")
     @classmethod
     def _import_paths(cls, value: str | None) -> str | None:
         return value if value is None else _check_import_path(value)
+
+    @field_validator("train")
+    @classmethod
+    def _train_hook(cls, value: str | TrainConfig | None) -> str | TrainConfig | None:
+        return _check_import_path(value) if isinstance(value, str) else value
 
     @field_validator("device")
     @classmethod
@@ -342,6 +420,49 @@ class ModelConfig(_Strict):
             return list(self.batch_sizes)
         assert self.inputs is not None
         return [self.inputs[0].shape[0]]
+
+    @property
+    def fine_tune(self) -> str | None:
+        """The hook pruned candidates are fine-tuned with: `train` as a string, or its `fine_tune`."""
+        return self.train if isinstance(self.train, str) else self.train.fine_tune if self.train else None
+
+    @property
+    def train_step(self) -> TrainSpec | None:
+        """The training step to benchmark, when `train` is a table."""
+        return self.train.spec() if isinstance(self.train, TrainConfig) else None
+
+    @property
+    def train_batch_sizes(self) -> list[int]:
+        """One training-step series per batch size: the table's, else the model's; none without one."""
+        if not isinstance(self.train, TrainConfig):
+            return []
+        return list(self.train.batch_sizes or self.series_batch_sizes)
+
+    @property
+    def load_batch_size(self) -> int:
+        return (self.load.batch_size if self.load else None) or self.series_batch_sizes[0]
+
+    @property
+    def series_count(self) -> int:
+        """Series benchmarked per scheduled run: inference per batch size, training steps, load levels."""
+        levels = len(self.load.concurrency) if self.load else 0
+        return len(self.series_batch_sizes) + len(self.train_batch_sizes) + levels
+
+    @property
+    def run_limit_s(self) -> float:
+        """The worker time limit of all the series of one scheduled run together."""
+        load_s = sum(lv.duration_s + lv.warmup_s for lv in self.load.levels()) if self.load else 0.0
+        return self.effective_timeout_s * self.series_count + load_s
+
+    def import_paths(self) -> list[tuple[str, str]]:
+        """(field, value) of every import path the worker will resolve for this model."""
+        paths = [(f, getattr(self, f)) for f in ("factory", "inputs_factory", "eval", "prepare")]
+        if isinstance(self.train, TrainConfig):
+            paths += [("train.fine_tune", self.train.fine_tune), ("train.loss", self.train.loss),
+                      ("train.optimizer", self.train.optimizer)]
+        else:
+            paths.append(("train", self.train))
+        return [(f, v) for f, v in paths if v and ":" in v]
 
     @property
     def hardware_class(self) -> str:
@@ -459,7 +580,7 @@ class ExecutorConfig(_Strict):
 
     def job_limit_s(self, model: ModelConfig) -> float:
         """The hard limit of one fleet job: every series' worker timeout, plus what follows the runs."""
-        return model.effective_timeout_s * len(model.series_batch_sizes) + self.follow_up_s
+        return model.run_limit_s + self.follow_up_s
 
     @model_validator(mode="after")
     def _broker(self) -> ExecutorConfig:
@@ -588,12 +709,9 @@ def _redelivered_while_running(config: Config) -> list[str]:
         return []
     return [f"executor.visibility_timeout_s: {executor.visibility_timeout_s:g} s is not longer than the time "
             f'limit of model "{longest.name}"\'s job ({executor.job_limit_s(longest):g} s: its timeout times '
-            f"{len(longest.series_batch_sizes)} series, plus follow_up_s = {executor.follow_up_s:g} s), so the "
+            f"{longest.series_count} series, plus follow_up_s = {executor.follow_up_s:g} s), so the "
             "broker would hand the job to a second worker while the first still runs it; raise it above the job's "
             "limit"]
-
-
-IMPORT_FIELDS = ("factory", "inputs_factory", "eval", "train", "prepare")
 
 
 def _unimportable(config: Config, base_dir: Path) -> list[str]:
@@ -601,9 +719,8 @@ def _unimportable(config: Config, base_dir: Path) -> list[str]:
     folder first), without running them."""
     problems = []
     for i, model in enumerate(config.models):
-        for field in IMPORT_FIELDS:
-            value = getattr(model, field)
-            why = missing(value, [str(base_dir)]) if value else None
+        for field, value in model.import_paths():
+            why = missing(value, [str(base_dir)])
             if why:
                 problems.append(f'models[{i}].{field} (model "{model.name}"): {why}')
     return problems
@@ -623,7 +740,7 @@ def _describe(path: Path, raw: dict[str, Any], exc: ValidationError) -> list[str
 
 def _is_union_tag(part: Any) -> bool:
     # pydantic inserts type names such as "list[...]" or "function-after[...]" for unions.
-    return isinstance(part, str) and ("[" in part or part in {"str", "int", "float", "bool"})
+    return isinstance(part, str) and ("[" in part or part in {"str", "int", "float", "bool", "table"})
 
 
 def _format_loc(loc: list[Any]) -> str:

@@ -1,7 +1,9 @@
 """Registered models as the rest of the code sees them: the config's models turned into benchmark jobs.
 
 A model with `batch_sizes` gives one job (one stored series) per batch size; each size replaces the
-first dimension of every example input. Factory paths resolve in the worker, against the config's
+first dimension of every example input. A model with a `train` table adds a training-step series per
+batch size (of the model its factory builds: that is what trains), and one with `load` a series per
+concurrency level (of the variant it serves). Factory paths resolve in the worker, against the config's
 folder first, so a module beside the config (`my_model:build` for examples/my_model.py) needs no install.
 """
 
@@ -10,6 +12,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy.orm import Session
 
@@ -47,9 +50,10 @@ class PlannedBenchmark:
 
     @property
     def key(self) -> SeriesKey:
-        """The series its runs are stored in: the variant it builds, its device and batch size."""
+        """The series its runs are stored in: the variant it builds, its device, batch size and mode."""
         variant = self.job.subjects[0].variant
-        return SeriesKey(variant.name if variant else queries.BASELINE, self.job.device, self.job.batch_size)
+        return SeriesKey(variant.name if variant else queries.BASELINE, self.job.device, self.job.batch_size,
+                         self.job.series_mode, self.job.concurrency)
 
 
 class UnknownModelError(KeyError):
@@ -111,30 +115,60 @@ def plan(
         if name not in registered:
             raise UnknownModelError(name, registered)
     wanted = [m for m in config.models if not names or m.name in names]
-    sys_path = [str(loaded.base_dir)]
     planned = []
     for model in wanted:
+        variant = (variants or {}).get(model.name)
         for batch_size in model.series_batch_sizes:
-            job = BenchmarkJob(
-                model=model.name,
-                subjects=[subject_for(model, batch_size, variant=(variants or {}).get(model.name))],
-                batch_size=batch_size,
-                device=model.device,
-                threads=model.threads,
-                sampling=sampling_settings(model, config.harness),
-                sys_path=sys_path,
-                probe=config.harness.probe,
-            )
-            item = PlannedBenchmark(model, job, model.effective_timeout_s, model.memory_limit_mb)
+            item = _planned(loaded, model, subject_for(model, batch_size, variant=variant), batch_size)
             if references is not None:
                 item = with_reference(item, references.get((model.name, item.key)), config.harness.relative)
             planned.append(item)
+        planned += _workload_series(loaded, model, variant)
     return planned
+
+
+def _workload_series(loaded: LoadedConfig, model: ModelConfig, variant: VariantSpec | None) -> list[PlannedBenchmark]:
+    """The model's training-step and concurrent-load series. They time no reference (a frozen copy is
+    of one inference call) and no accuracy (a training model's is on the move; load adds nothing)."""
+    series = []
+    spec = model.train_step
+    for batch_size in model.train_batch_sizes:
+        subject = replace(subject_for(model, batch_size), eval=None)
+        series.append(_planned(loaded, model, subject, batch_size, train_step=spec,
+                               absolute_why="a training-step series has no frozen reference"))
+    if model.load is not None:
+        batch_size = model.load_batch_size
+        for level in model.load.levels():
+            subject = replace(subject_for(model, batch_size, variant=variant), eval=None)
+            series.append(_planned(loaded, model, subject, batch_size, load=level,
+                                   extra_s=level.duration_s + level.warmup_s,
+                                   absolute_why="a load series has no frozen reference"))
+    return series
+
+
+def _planned(
+    loaded: LoadedConfig, model: ModelConfig, subject: Subject, batch_size: int, extra_s: float = 0.0,
+    absolute_why: str | None = None, **workload: Any,
+) -> PlannedBenchmark:
+    job = BenchmarkJob(
+        model=model.name,
+        subjects=[subject],
+        batch_size=batch_size,
+        device=model.device,
+        threads=model.threads,
+        sampling=sampling_settings(model, loaded.config.harness),
+        sys_path=[str(loaded.base_dir)],
+        probe=loaded.config.harness.probe and "load" not in workload,  # the load driver times no probe
+        **workload,
+    )
+    return PlannedBenchmark(model, job, model.effective_timeout_s + extra_s, model.memory_limit_mb, absolute_why)
 
 
 def with_reference(planned: PlannedBenchmark, reference: ReferenceInfo | None, relative: bool) -> PlannedBenchmark:
     """The planned run timing `reference` beside its model when the reference is usable; else the
     run as planned, saying why it measures absolutely."""
+    if not planned.key.is_inference:
+        return planned
     if not relative:
         return replace(planned, absolute_why="relative measurement is off ([harness] relative = false)")
     if reference is None or not reference.artifact:

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from monitor.core.actions import ActionRecord
 from monitor.core.hosts import HostEventRecord
-from monitor.core.series import FindingRecord, SeriesKey
+from monitor.core.series import SERIES_MODES, FindingRecord, SeriesKey
 from storage import findings as findings_store
 from storage import host_events as host_store
 from storage import queries
@@ -187,10 +187,12 @@ def _model_view(model: ReportedModel, runs: list[TrendRun], active_variant: str,
         by_key[run.key].append(run)
     since = context.baselines.get(model.name, {})
     series = [
-        _series_view(key, key_runs, since.get(key), key.variant == active_variant)
+        # A training step trains what the factory builds, whichever variant is served.
+        _series_view(key, key_runs, since.get(key), key.variant == active_variant or key.mode == "train")
         for key, key_runs in by_key.items()
     ]
-    series.sort(key=lambda s: (not s.active, s.key.variant, s.key.device, s.key.batch_size))
+    series.sort(key=lambda s: (not s.active, SERIES_MODES.index(s.key.mode), s.key.variant, s.key.device,
+                               s.key.batch_size, s.key.concurrency))
     findings = context.findings.get(model.name, [])
     open_findings = sorted((f for f in findings if f.state == "open"), key=lead_first)
     past = [f for f in findings if f.state != "open"][:FINDINGS_SHOWN]
@@ -238,6 +240,8 @@ def _status(model: ReportedModel, series: list[SeriesView], open_findings: list[
         more = f" and {len(regressions) - 1} more" if len(regressions) > 1 else ""
         return "regressed", f"{f.metric} {100 * f.rel_change:+.1f} % on {f.key.label()}{more}"
     for s in active:
+        if not s.key.is_inference:
+            continue  # SLOs promise callers one request's figures, not a training step's
         for metric, limit in model.slo.items():
             value = s.latest.figure(metric) if s.latest and metric in INDEX else None
             if value is None:

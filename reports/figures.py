@@ -16,6 +16,7 @@ from reports.data import ModelView, SeriesView
 TABLE_ROWS = 24  # rows of a chart's table fallback, spread over its window
 SPARK_RUNS = 120
 SLO_SHOWN_WITHIN = 2.0  # a latency SLO line is drawn when within this factor of the highest p99
+WORKLOAD_TITLES = {"infer": "Latency", "train": "Training step", "load": "Latency under load"}
 SHORT = {
     "latency_ms_p50": "p50", "latency_ms_p99": "p99", "throughput_per_s": "throughput", "peak_rss_mb": "RSS",
     "cuda_peak_mem_mb": "CUDA mem", "model_size_mb": "size", "accuracy": "accuracy",
@@ -95,12 +96,13 @@ def latency_chart(view: ModelView, series: SeriesView) -> NamedChart:
         Line("p99", series.values("latency_ms_p99"), emphasis=False),
     ]
     findings = [f for f in _series_findings(view, series) if f.metric in WATCHED_LATENCY]
-    limit = view.model.slo.get("latency_ms_p99", view.model.slo.get("latency_ms_p50"))
+    limit = view.model.slo.get("latency_ms_p99", view.model.slo.get("latency_ms_p50")) if key.is_inference else None
     highest = max((v for v in series.values("latency_ms_p99") if v is not None), default=None)
     if limit is not None and highest is not None and limit > SLO_SHOWN_WITHIN * highest:
         limit = None  # far above every run: drawing it would flatten the runs into one line
     spec = ChartSpec(
-        title=f"Latency, {key.variant} on {key.device}, batch {key.batch_size}",
+        title=f"{WORKLOAD_TITLES[key.mode]}, {key.variant} on {key.device}, batch {key.batch_size}"
+              + (f", {key.concurrency} callers" if key.mode == "load" else ""),
         unit="ms",
         times=times,
         lines=lines,

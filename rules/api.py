@@ -95,13 +95,15 @@ class RuleContext:
     """What a rule may read about one model, at one moment. Read-only; built fresh for each call.
 
     - `model`: the model as rules see it (`ModelView`: name, device, batch sizes, owners, SLOs, tags).
-    - `runs`: recent stored runs of the active variant, all batch sizes, newest first (failed ones too).
-    - `findings`: the model's open findings from detection (all series).
+    - `runs`: recent stored inference runs (one call at a time) of the active variant, all batch sizes,
+      newest first (failed ones too).
+    - `findings`: the model's open findings from detection (all series: `finding.key.mode` tells an
+      inference series from a training-step ("train") or concurrent-load ("load") one).
     - `new_findings`: ids of the findings this check opened (a subset of `findings`).
     - `active_variant`: the variant being benchmarked and served.
     - `profile`: the newest diagnosis (profile diff: `Diagnosis`) of the model, if one was taken.
     - `now`: the time of this evaluation (aware, UTC); use it rather than the clock.
-    - `history(limit, batch_size)`: older runs of the model, newest first, read on demand.
+    - `history(limit, batch_size)`: older inference runs of the model, newest first, read on demand.
     """
 
     model: ModelView

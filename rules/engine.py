@@ -164,7 +164,7 @@ def build_context(
         config = loaded.config.model(model)
     except KeyError:
         return None
-    recent = queries.history(db, model, limit=RUNS_IN_CONTEXT)
+    recent = queries.history(db, model, limit=RUNS_IN_CONTEXT, mode="infer")
     if not recent:
         return None
     with db.session(readonly=True) as session:
@@ -175,7 +175,8 @@ def build_context(
     profile = next((f.diagnosis for f in newest_first if f.diagnosis), None)
 
     def history(limit: int, batch_size: int | None = None) -> Sequence[RunRecord]:
-        return tuple(queries.history(db, model, limit=min(max(1, limit), MAX_HISTORY_RUNS), batch_size=batch_size))
+        return tuple(queries.history(db, model, limit=min(max(1, limit), MAX_HISTORY_RUNS), batch_size=batch_size,
+                                     mode="infer"))
 
     return RuleContext(
         model=ModelView(name=config.name, device=config.device, batch_sizes=tuple(config.series_batch_sizes),

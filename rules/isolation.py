@@ -153,7 +153,7 @@ def _child(conn: Connection, sys_path: list[str], payload: bytes, storage_url: s
         if not database:
             database.append(Database.open(storage_url, upgrade=False))
         return tuple(queries.history(database[0], model, limit=min(max(1, limit), MAX_HISTORY_RUNS),
-                                     batch_size=batch_size))
+                                     batch_size=batch_size, mode="infer"))
 
     answer: tuple[str, Any]
     try:

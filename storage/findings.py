@@ -57,7 +57,7 @@ def series_runs(db: Database, model: str, limit: int) -> list[SeriesRun]:
     rank = (
         func.row_number()
         .over(
-            partition_by=(RunRow.variant_id, RunRow.device, RunRow.batch_size),
+            partition_by=(RunRow.variant_id, RunRow.device, RunRow.batch_size, RunRow.mode, RunRow.concurrency),
             order_by=(RunRow.started_at.desc(), RunRow.id.desc()),
         )
         .label("rank")
@@ -74,6 +74,8 @@ def series_runs(db: Database, model: str, limit: int) -> list[SeriesRun]:
                 VariantRow.name,
                 RunRow.device,
                 RunRow.batch_size,
+                RunRow.mode,
+                RunRow.concurrency,
                 RunRow.status,
                 RunRow.flags,
                 RunRow.env,
@@ -88,11 +90,11 @@ def series_runs(db: Database, model: str, limit: int) -> list[SeriesRun]:
         )
         return [
             SeriesRun(
-                run_id, started_at, SeriesKey(variant, device, batch), status, tuple(flags), env,
+                run_id, started_at, SeriesKey(variant, device, batch, mode, concurrency), status, tuple(flags), env,
                 dict(zip(METRIC_NAMES, figures, strict=True)), reference_id,
             )
-            for run_id, started_at, variant, device, batch, status, flags, env, reference_id, *figures
-            in session.execute(stmt)
+            for (run_id, started_at, variant, device, batch, mode, concurrency, status, flags, env, reference_id,
+                 *figures) in session.execute(stmt)
         ]
 
 
@@ -108,7 +110,8 @@ def baselines(db: Database, model: str) -> dict[SeriesKey, datetime]:
 def baselines_by_model(db: Database, models: Sequence[str]) -> dict[str, dict[SeriesKey, datetime]]:
     """`baselines` of several models in one query (a report reads the whole fleet)."""
     stmt = (
-        select(ModelRow.name, VariantRow.name, BaselineRow.device, BaselineRow.batch_size, BaselineRow.since)
+        select(ModelRow.name, VariantRow.name, BaselineRow.device, BaselineRow.batch_size, BaselineRow.mode,
+               BaselineRow.concurrency, BaselineRow.since)
         .join(VariantRow, VariantRow.id == BaselineRow.variant_id)
         .join(ModelRow, ModelRow.id == BaselineRow.model_id)
         .where(ModelRow.name.in_(list(models)))
@@ -116,8 +119,8 @@ def baselines_by_model(db: Database, models: Sequence[str]) -> dict[str, dict[Se
     )
     result: dict[str, dict[SeriesKey, datetime]] = {}
     with db.session(readonly=True) as session:
-        for model, v, d, b, since in session.execute(stmt):
-            result.setdefault(model, {})[SeriesKey(v, d, b)] = since
+        for model, v, d, b, mode, concurrency, since in session.execute(stmt):
+            result.setdefault(model, {})[SeriesKey(v, d, b, mode, concurrency)] = since
     return result
 
 
@@ -135,6 +138,8 @@ def accept_baselines(
                     variant_id=variant_id_of(session, model_id, key.variant),
                     device=key.device,
                     batch_size=key.batch_size,
+                    mode=key.mode,
+                    concurrency=key.concurrency,
                     since_run_id=run_id,
                     since=started_at,
                     accepted_at=now,
@@ -232,7 +237,7 @@ def sync_findings(
         for row in candidates:
             if row.id in matched or row.state != "open":
                 continue
-            key = SeriesKey(names.get(row.variant_id, ""), row.device, row.batch_size)
+            key = SeriesKey(names.get(row.variant_id, ""), row.device, row.batch_size, row.mode, row.concurrency)
             state = checked.get((key, row.metric, row.reading))
             if state is not None and not state.holds(row.before.get("median"), row.change):
                 row.state, row.resolution, row.resolved_at = "resolved", NOT_DETECTED, now
@@ -274,18 +279,21 @@ def _stairs_of(
     began = order.get(drift.change_run_id)
     if began is None:
         return []
-    where = (variant_id(drift.key.variant), drift.key.device, drift.key.batch_size, drift.metric, drift.reading,
-             drift.change)
+    key = drift.key
+    where = (variant_id(key.variant), key.device, key.batch_size, key.mode, key.concurrency, drift.metric,
+             drift.reading, drift.change)
     return [row for row in rows
             if row.id not in matched and row.state == "open" and row.kind == "step" and row.change_run_id in order
             and order[row.change_run_id] >= began - STAIR_SLACK_RUNS
-            and (row.variant_id, row.device, row.batch_size, row.metric, row.reading, row.change) == where]
+            and (row.variant_id, row.device, row.batch_size, row.mode, row.concurrency, row.metric, row.reading,
+                 row.change) == where]
 
 
 def _new_row(model_id: int, variant_id: int, finding: FindingRecord, now: datetime) -> FindingRow:
     key = finding.key
     return FindingRow(model_id=model_id, variant_id=variant_id, device=key.device, batch_size=key.batch_size,
-                      metric=finding.metric, reading=finding.reading, kind=finding.kind, change=finding.change,
+                      mode=key.mode, concurrency=key.concurrency, metric=finding.metric, reading=finding.reading,
+                      kind=finding.kind, change=finding.change,
                       verdict=finding.verdict, first_seen=now)
 
 
@@ -320,6 +328,8 @@ def _match(
             or row.variant_id != variant_id
             or row.device != finding.key.device
             or row.batch_size != finding.key.batch_size
+            or row.mode != finding.key.mode
+            or row.concurrency != finding.key.concurrency
             or row.metric != finding.metric
             or row.reading != finding.reading
             or row.change != finding.change
@@ -377,6 +387,8 @@ def save_reference(db: Database, model: str, key: SeriesKey, artifact: dict[str,
             variant_id=variant_id_of(session, model_id, key.variant),
             device=key.device,
             batch_size=key.batch_size,
+            mode=key.mode,
+            concurrency=key.concurrency,
             artifact=artifact,
             measured=measured,
         )
@@ -396,6 +408,8 @@ def latest_reference(db: Database, model: str, key: SeriesKey) -> ReferenceInfo 
             VariantRow.name == key.variant,
             ReferenceRow.device == key.device,
             ReferenceRow.batch_size == key.batch_size,
+            ReferenceRow.mode == key.mode,
+            ReferenceRow.concurrency == key.concurrency,
         )
         .order_by(ReferenceRow.created_at.desc(), ReferenceRow.id.desc())
         .limit(1)
@@ -420,7 +434,7 @@ def mark_reference_lost(db: Database, reference_id: int, reason: str) -> bool:
 def _record(row: FindingRow, model: str, variant: str) -> FindingRecord:
     return FindingRecord(
         model=model,
-        key=SeriesKey(variant, row.device, row.batch_size),
+        key=SeriesKey(variant, row.device, row.batch_size, row.mode, row.concurrency),
         metric=row.metric,
         change=row.change,
         verdict=row.verdict,

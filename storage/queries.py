@@ -53,6 +53,8 @@ _RUN_COLUMNS = (
     RunRow.flags,
     RunRow.details,
     RunRow.reference_id,
+    RunRow.mode,
+    RunRow.concurrency,
 )
 # Every RunMetrics figure, in field order (history builds RunMetrics from them positionally).
 METRIC_COLUMNS = tuple(getattr(RunMetricsRow, f.name) for f in dataclasses.fields(RunMetrics))
@@ -224,8 +226,10 @@ def history(
     limit: int = 20,
     batch_size: int | None = None,
     with_samples: bool = False,
+    mode: str | None = None,
 ) -> list[RunRecord]:
-    """The model's last `limit` runs, newest first (raw samples only when asked: they are large)."""
+    """The model's last `limit` runs, newest first (raw samples only when asked: they are large);
+    only those at `batch_size` and of series `mode` (infer, train, load) when given."""
     stmt = (
         select(*_RUN_COLUMNS, VariantRow.name, *METRIC_COLUMNS)
         .join(VariantRow, VariantRow.id == RunRow.variant_id)
@@ -236,6 +240,8 @@ def history(
     )
     if batch_size is not None:
         stmt = stmt.where(RunRow.batch_size == batch_size)
+    if mode is not None:
+        stmt = stmt.where(RunRow.mode == mode)
     with db.session(readonly=True) as session:
         rows = session.execute(stmt).all()
         samples: dict[int, list[float]] = {}
@@ -254,8 +260,10 @@ def load_samples(db: Database, run_id: int) -> list[float]:
         return _decode(row) if row is not None else []
 
 
-def latency_trend(db: Database, model: str, batch_size: int, limit: int = 1000) -> list[TrendPoint]:
-    """The last `limit` runs of one model at one batch size, oldest first, as a light series."""
+def latency_trend(
+    db: Database, model: str, batch_size: int, limit: int = 1000, mode: str = "infer"
+) -> list[TrendPoint]:
+    """The last `limit` runs of one model at one batch size in one mode, oldest first, as a light series."""
     stmt = (
         select(
             RunRow.id,
@@ -273,7 +281,7 @@ def latency_trend(db: Database, model: str, batch_size: int, limit: int = 1000) 
         )
         .join(VariantRow, VariantRow.id == RunRow.variant_id)
         .outerjoin(RunMetricsRow, RunMetricsRow.run_id == RunRow.id)
-        .where(RunRow.model_id == _model_id_subquery(model), RunRow.batch_size == batch_size)
+        .where(RunRow.model_id == _model_id_subquery(model), RunRow.batch_size == batch_size, RunRow.mode == mode)
         .order_by(RunRow.started_at.desc(), RunRow.id.desc())
         .limit(limit)
     )
@@ -419,6 +427,8 @@ def _run_row(record: RunRecord, model_id: int, variant_id: int) -> RunRow:
         variant_id=variant_id,
         batch_size=record.batch_size,
         device=record.device,
+        mode=record.mode,
+        concurrency=record.concurrency,
         status=record.status,
         error=record.error,
         started_at=record.started_at,
@@ -457,6 +467,8 @@ def _run_record(row: Row[Any], model: str, samples_ms: list[float]) -> RunRecord
         samples_ms=samples_ms,
         run_id=row.id,
         reference_id=row.reference_id,
+        mode=row.mode,
+        concurrency=row.concurrency,
     )
 
 

@@ -29,6 +29,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from monitor.core.runs import RUN_STATUSES
+from monitor.core.series import SERIES_MODES
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -124,6 +125,7 @@ class RunRow(Base):
         CheckConstraint(
             "status IN (" + ", ".join(f"'{s}'" for s in RUN_STATUSES) + ")", name="status"
         ),
+        CheckConstraint("mode IN (" + ", ".join(f"'{m}'" for m in SERIES_MODES) + ")", name="mode"),
         # "The last N runs of one model (at one batch size)" is a range scan on these, newest first;
         # id breaks ties between equal start times the same way on every backend.
         Index("ix_runs_model_batch_started", "model_id", "batch_size", "started_at", "id"),
@@ -139,6 +141,9 @@ class RunRow(Base):
     variant_id: Mapped[int] = mapped_column(ForeignKey("variants.id"))
     batch_size: Mapped[int]
     device: Mapped[str] = mapped_column(String(64))
+    # The series' mode (infer, train, load) and callers at once (load), monitor.core.series.SERIES_MODES.
+    mode: Mapped[str] = mapped_column(String(8), default="infer", server_default="infer")
+    concurrency: Mapped[int] = mapped_column(default=1, server_default="1")
     status: Mapped[str] = mapped_column(String(16))
     error: Mapped[str | None] = mapped_column(Text)
     started_at: Mapped[datetime]
@@ -219,6 +224,9 @@ class ReferenceRow(Base):
     variant_id: Mapped[int] = mapped_column(ForeignKey("variants.id", ondelete="CASCADE"))
     device: Mapped[str] = mapped_column(String(64))
     batch_size: Mapped[int]  # an exported program is specialised to its example inputs' shapes
+    # The series' mode (infer, train, load) and callers at once (load), monitor.core.series.SERIES_MODES.
+    mode: Mapped[str] = mapped_column(String(8), default="infer", server_default="infer")
+    concurrency: Mapped[int] = mapped_column(default=1, server_default="1")
     created_at: Mapped[datetime] = mapped_column(default=utc_now)
     artifact: Mapped[dict[str, Any]]  # kind, path, sha256, factory, torch version, fallbacks
     measured: Mapped[dict[str, Any]]  # the live-vs-reference A/B taken when it was frozen
@@ -240,6 +248,9 @@ class BaselineRow(Base):
     variant_id: Mapped[int] = mapped_column(ForeignKey("variants.id", ondelete="CASCADE"))
     device: Mapped[str] = mapped_column(String(64))
     batch_size: Mapped[int]
+    # The series' mode (infer, train, load) and callers at once (load), monitor.core.series.SERIES_MODES.
+    mode: Mapped[str] = mapped_column(String(8), default="infer", server_default="infer")
+    concurrency: Mapped[int] = mapped_column(default=1, server_default="1")
     since_run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
     since: Mapped[datetime]
     accepted_at: Mapped[datetime] = mapped_column(default=utc_now)
@@ -277,6 +288,9 @@ class FindingRow(Base):
     variant_id: Mapped[int] = mapped_column(ForeignKey("variants.id", ondelete="CASCADE"))
     device: Mapped[str] = mapped_column(String(64))
     batch_size: Mapped[int]
+    # The series' mode (infer, train, load) and callers at once (load), monitor.core.series.SERIES_MODES.
+    mode: Mapped[str] = mapped_column(String(8), default="infer", server_default="infer")
+    concurrency: Mapped[int] = mapped_column(default=1, server_default="1")
     metric: Mapped[str] = mapped_column(String(64))
     # A step (a new level since change_run_id) or a drift (a steady movement since then: `drift`).
     kind: Mapped[str] = mapped_column(String(8), default="step", server_default="step")

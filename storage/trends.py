@@ -10,6 +10,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import String, Text, cast, func, select, type_coerce
 
@@ -79,7 +80,8 @@ def recent_runs(db: Database, models: Sequence[str], per_series: int) -> dict[st
     rank = (
         func.row_number()
         .over(
-            partition_by=(RunRow.model_id, RunRow.variant_id, RunRow.device, RunRow.batch_size),
+            partition_by=(RunRow.model_id, RunRow.variant_id, RunRow.device, RunRow.batch_size, RunRow.mode,
+                          RunRow.concurrency),
             order_by=(RunRow.started_at.desc(), RunRow.id.desc()),
         )
         .label("rank")
@@ -98,7 +100,7 @@ def recent_runs(db: Database, models: Sequence[str], per_series: int) -> dict[st
         stmt = (
             select(
                 RunRow.id, RunRow.model_id, started, VariantRow.name, RunRow.device, RunRow.batch_size,
-                RunRow.status, RunRow.error, cast(RunRow.flags, Text),
+                RunRow.mode, RunRow.concurrency, RunRow.status, RunRow.error, cast(RunRow.flags, Text),
                 *(getattr(RunMetricsRow, name) for name in CHARTED),
             )
             .join(newest, newest.c.id == RunRow.id)
@@ -107,14 +109,16 @@ def recent_runs(db: Database, models: Sequence[str], per_series: int) -> dict[st
             .where(newest.c.rank <= per_series)
             .order_by(RunRow.started_at, RunRow.id)
         )
-        keys: dict[tuple[str, str, int], SeriesKey] = {}
+        keys: dict[tuple[str, str, int, str, int], SeriesKey] = {}
         # Through the connection (Core), not the ORM session: no ORM row processing for 100k rows.
-        for run_id, model_id, started_at, variant, device, batch, status, error, flags, *figures in (
-            session.connection().execute(stmt).all()
-        ):
-            key = keys.get((variant, device, batch))
+        rows: list[Any] = list(session.connection().execute(stmt).all())
+        for row in rows:
+            run_id, model_id, started_at, *series, status, error, flags = row[:11]
+            figures = row[11:]
+            parts = tuple(series)  # variant, device, batch size, mode, concurrency
+            key = keys.get(parts)
             if key is None:
-                key = keys[(variant, device, batch)] = SeriesKey(variant, device, batch)
+                key = keys[parts] = SeriesKey(*parts)
             name = ids[model_id]
             when = datetime.fromisoformat(started_at).replace(tzinfo=UTC) if raw_times else started_at
             result[name].append(TrendRun(run_id, name, when, key, status, error, flags, tuple(figures)))

@@ -297,7 +297,8 @@ def test_healthz_and_prometheus_metrics(tmp_path):
     # promtool's rule: only summaries carry a `quantile` label.
     assert not [f.name for f in families if f.type != "summary" and any("quantile" in s.labels for s in f.samples)]
     [run] = runs(config, "fast")
-    series = (("batch_size", "4"), ("device", "cpu"), ("model", "fast"), ("variant", "baseline"))
+    series = (("batch_size", "4"), ("concurrency", "1"), ("device", "cpu"), ("mode", "infer"), ("model", "fast"),
+              ("variant", "baseline"))
     p50 = samples[("perfguard_latency_seconds", tuple(sorted((*series, ("percentile", "50")))))]
     assert p50 == pytest.approx(run.metrics.latency_ms_p50 / 1000)
     assert samples[("perfguard_runs_total", (("model", "fast"), ("status", "ok")))] == 1

@@ -206,7 +206,7 @@ def test_metrics_export_the_relative_ratio_the_probe_and_the_host_events() -> No
     exporter.observe(relative_run(0, model=1.05, host=1.0, reference_id=3, rng=np.random.default_rng(0)))
     exporter.observe_host_events({HOST: 2, "bench-2": 0})
     text = generate_latest(exporter.registry).decode()
-    series = f'batch_size="8",device="cpu",model="{MODEL}",variant="baseline"'
+    series = f'batch_size="8",concurrency="1",device="cpu",mode="infer",model="{MODEL}",variant="baseline"'
     assert f"perfguard_relative_latency_ratio{{{series}}} 1.0" in text
     assert f'perfguard_host_probe_seconds{{host="{HOST}",probe="blas"}} 3.' in text  # ~0.035 ms, in seconds
     assert f'perfguard_open_host_events{{host="{HOST}"}} 2.0' in text

@@ -272,3 +272,21 @@ def prepare_fails() -> None:
 
 def spectrum() -> nn.Module:
     return Spectrum()
+
+
+class GradChecked(nn.Module):
+    """Tiny, but refuses to run the wrong way: in train mode without autograd (a training step timed
+    in inference mode would be no training step), in eval mode with it (inference timed with autograd)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training != torch.is_grad_enabled():
+            raise RuntimeError(f"training={self.training} but grad enabled={torch.is_grad_enabled()}")
+        return self.fc(x)
+
+
+def grad_checked() -> nn.Module:
+    return GradChecked()

@@ -41,6 +41,8 @@ def models(config_path: Path, as_json: bool) -> None:
                 "factory": model.factory,
                 "device": model.device,
                 "batch_sizes": model.series_batch_sizes,
+                "train_batch_sizes": model.train_batch_sizes,
+                "load_concurrency": list(model.load.concurrency) if model.load else [],
                 "active_variant": info.active_variant if info else queries.BASELINE,
                 "schedule": model.schedule.model_dump(exclude_none=True),
                 "owners": list(model.owners),

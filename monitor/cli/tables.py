@@ -54,7 +54,7 @@ RUN_COLUMNS: list[tuple[str, Callable[[RunRecord], Any]]] = [
     ("started (UTC)", lambda r: r.started_at.strftime("%Y-%m-%d %H:%M:%S")),
     ("model", lambda r: r.model),
     ("variant", lambda r: r.variant),
-    ("batch", lambda r: r.batch_size),
+    ("batch", lambda r: _batch(r)),
     ("status", lambda r: r.status),
     ("p50 ms", lambda r: r.metrics.latency_ms_p50),
     ("p99 ms", lambda r: r.metrics.latency_ms_p99),
@@ -66,6 +66,15 @@ RUN_COLUMNS: list[tuple[str, Callable[[RunRecord], Any]]] = [
     ("acc", lambda r: r.metrics.accuracy),
     ("flags / error", lambda r: _note(r)),
 ]
+
+
+def _batch(record: RunRecord) -> int | str:
+    """The batch size, and what the run timed when it was not one inference call: "32/train", "32/load×4"."""
+    if record.mode == "train":
+        return f"{record.batch_size}/train"
+    if record.mode == "load":
+        return f"{record.batch_size}/load×{record.concurrency}"
+    return record.batch_size
 
 
 def _note(record: RunRecord) -> str:

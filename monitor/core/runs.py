@@ -133,6 +133,8 @@ class RunRecord:
     idempotency_key: str | None = None
     # The frozen reference the run was timed against (metrics.rel_to_reference), if it was.
     reference_id: int | None = None
+    mode: str = "infer"  # what it timed: infer | train | load (monitor.core.series.SERIES_MODES)
+    concurrency: int = 1  # callers at once (load mode)
 
     @property
     def error_summary(self) -> str:
@@ -167,6 +169,8 @@ class RunRecord:
             run_id=data["run_id"],
             idempotency_key=data.get("idempotency_key"),
             reference_id=data.get("reference_id"),
+            mode=data.get("mode", "infer"),
+            concurrency=data.get("concurrency", 1),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -177,6 +181,8 @@ class RunRecord:
             "variant": self.variant,
             "device": self.device,
             "batch_size": self.batch_size,
+            "mode": self.mode,
+            "concurrency": self.concurrency,
             "status": self.status,
             "error": self.error,
             "started_at": self.started_at.isoformat(),

@@ -79,16 +79,37 @@ class Drift(Value):
         return cls(slope_per_run=data["slope_per_run"], slope_per_day=data.get("slope_per_day"), runs=data["runs"])
 
 
+# What a series times: one inference call at a time (every model has these series), a full training
+# step (forward, backward, optimiser step), or inference under N concurrent callers.
+SERIES_MODES = ("infer", "train", "load")
+
+
 @dataclass(frozen=True, slots=True)
 class SeriesKey:
-    """One benchmark series of a model: detection runs per key and metric."""
+    """One benchmark series of a model: detection runs per key and metric.
+
+    `mode` and `concurrency` tell an inference series (the default, labelled as before) from a
+    training-step series (`…/train`) and from a series under concurrent load (`…/load×4`).
+    """
 
     variant: str
     device: str
     batch_size: int
+    mode: str = "infer"
+    concurrency: int = 1
 
     def label(self) -> str:
-        return f"{self.variant}/{self.device}/b{self.batch_size}"
+        base = f"{self.variant}/{self.device}/b{self.batch_size}"
+        if self.mode == "train":
+            return f"{base}/train"
+        if self.mode == "load":
+            return f"{base}/load×{self.concurrency}"
+        return base
+
+    @property
+    def is_inference(self) -> bool:
+        """One call at a time, the series SLOs, frozen references and optimisation speak of."""
+        return self.mode == "infer"
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,7 +159,8 @@ class FindingRecord:
 
     def to_json(self) -> dict[str, Any]:
         data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "key"}
-        data.update(variant=self.key.variant, device=self.key.device, batch_size=self.key.batch_size)
+        data.update(variant=self.key.variant, device=self.key.device, batch_size=self.key.batch_size,
+                    mode=self.key.mode, concurrency=self.key.concurrency)
         for name in ("before", "after", "samples", "diagnosis", "drift"):
             data[name] = data[name].to_dict() if data[name] is not None else None
         for name in ("change_at", "first_seen", "last_seen", "resolved_at"):

@@ -77,8 +77,8 @@ def ensure_references(
     now = datetime.now(UTC)
     for planned in plan_active(db, loaded, names):
         key = series_key(db, planned)
-        if key is None:
-            continue
+        if key is None or not key.is_inference:
+            continue  # a frozen copy is of one inference call: training and load series have none
         if not _has_ok_run(db, planned.model.name, key):
             continue  # no baseline yet (never run, or every run failed): nothing worth freezing
         latest = store.latest_reference(db, planned.model.name, key)
@@ -195,7 +195,8 @@ def attribute(
         reference = None  # the last freeze failed, or the copy no longer loads
     try:
         planned = next(
-            (p for p in plan_active(db, loaded, [finding.model]) if p.job.batch_size == finding.key.batch_size), None
+            (p for p in plan_active(db, loaded, [finding.model])
+             if p.key.is_inference and p.job.batch_size == finding.key.batch_size), None
         )
     except UnknownModelError:  # stored, but no longer configured: nothing to time it with
         planned = None
@@ -349,6 +350,8 @@ def confirm_pending(
             continue
         if finding.verdict != "regression" or finding.metric != ATTRIBUTED_METRIC or finding.reading != "absolute":
             continue  # a relative reading's finding carries its cause already
+        if not finding.key.is_inference:
+            continue  # no frozen copy times a training step or a load level
         attempts = int((finding.confirmation or {}).get("attempts", 0))
         if attempts >= MAX_ATTEMPTS:
             continue
@@ -382,18 +385,21 @@ def confirm_pending(
 def _has_ok_run(db: Database, model: str, key: SeriesKey, recent: int = 50) -> bool:
     return any(
         r.status == "ok" and r.variant == key.variant and r.device == key.device
-        for r in queries.history(db, model, limit=recent, batch_size=key.batch_size)
+        for r in queries.history(db, model, limit=recent, batch_size=key.batch_size, mode=key.mode)
     )
 
 
 def series_key(db: Database, planned: PlannedBenchmark) -> SeriesKey | None:
-    """The series a planned benchmark stores into: the model's active variant, device, batch size."""
+    """The series a planned benchmark stores into: the model's active variant (a training step always
+    trains what the factory builds), device, batch size, mode."""
+    if planned.key.mode == "train":
+        return planned.key
     try:
         with db.session(readonly=True) as session:
             variant = queries.active_variant(session, planned.model.name)
     except LookupError:
         return None
-    return SeriesKey(variant, planned.job.device, planned.job.batch_size)
+    return replace(planned.key, variant=variant)
 
 
 def _min_effect(loaded: LoadedConfig, model: ModelConfig, metric: str) -> float:

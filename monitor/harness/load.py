@@ -22,6 +22,8 @@ from typing import Any
 from monitor.core.runs import RunMetrics
 from monitor.harness import sampling
 
+MAX_STORED_SAMPLES = 10_000
+
 
 @dataclass(frozen=True, slots=True)
 class LoadLevel:
@@ -32,10 +34,22 @@ class LoadLevel:
     seconds: float  # the measured window
     calls_per_caller: tuple[int, ...]
     metrics: RunMetrics  # latency percentiles of every call; throughput_per_s: samples/s all callers made
+    samples_ns: tuple[int, ...] = ()  # every call's latency, in the order the callers' lists end to end
 
     @property
     def calls(self) -> int:
         return sum(self.calls_per_caller)
+
+    def stored_samples_ms(self, most: int = MAX_STORED_SAMPLES) -> list[float]:
+        """The calls' latencies to store with the run, every k-th when there are more than `most`
+        (a fast model under load makes tens of thousands; every k-th keeps their distribution)."""
+        step = max(1, -(-len(self.samples_ns) // most))
+        return [t / 1e6 for t in self.samples_ns[::step]]
+
+    def details(self) -> dict[str, Any]:
+        """How the level went, for the run's details: callers, window, each caller's calls."""
+        return {"concurrency": self.concurrency, "window_s": self.seconds, "calls": self.calls,
+                "calls_per_caller": list(self.calls_per_caller)}
 
 
 def drive(
@@ -92,4 +106,4 @@ def drive(
     every = [t for mine in timings for t in mine]
     metrics = sampling.latency_metrics(every, batch_size)
     metrics.throughput_per_s = len(every) * batch_size / duration_s
-    return LoadLevel(concurrency, duration_s, tuple(len(mine) for mine in timings), metrics)
+    return LoadLevel(concurrency, duration_s, tuple(len(mine) for mine in timings), metrics, tuple(every))

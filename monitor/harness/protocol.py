@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, TypeVar
 
 from monitor.core.runs import EnvFingerprint, HostCondition, RunMetrics
+from monitor.core.workloads import LoadSpec, TrainSpec
 
 
 @dataclass(slots=True)
@@ -183,17 +184,33 @@ class BenchmarkJob(Job):
 
     With a `reference` (the series' frozen copy, loaded from its artifact) the copy is timed
     interleaved with the first subject and the run reads relatively; with `probe` the host-speed
-    probe rides along (host_probe.py).
+    probe rides along (host_probe.py). With `train_step` it times the model's training step instead
+    of its inference call; with `load`, inference from that many concurrent callers.
     """
 
     mode: ClassVar[str] = "single"
     reference: Subject | None = None
     reference_id: int | None = None  # the database's id of `reference`
     probe: bool = False
+    train_step: TrainSpec | None = None
+    load: LoadSpec | None = None
 
     def __post_init__(self) -> None:
         if self.reference is not None and self.reference.artifact is None:
             raise ValueError("a reference is timed beside a single subject and is loaded from its artifact")
+        if self.series_mode != "infer" and (self.reference is not None or len(self.subjects) != 1):
+            raise ValueError("a training-step or load run times one subject, without a reference")
+        if self.train_step is not None and self.load is not None:
+            raise ValueError("a run times a training step or concurrent load, not both")
+
+    @property
+    def series_mode(self) -> str:
+        """The mode of the series its runs are stored in (monitor.core.series.SERIES_MODES)."""
+        return "train" if self.train_step is not None else "load" if self.load is not None else "infer"
+
+    @property
+    def concurrency(self) -> int:
+        return self.load.concurrency if self.load is not None else 1
 
 
 @dataclass(slots=True, kw_only=True)
@@ -281,6 +298,10 @@ def read_job(text: str) -> WorkerJob:
         data["reference"] = Subject.from_dict(data["reference"])
     if "candidates" in data:
         data["candidates"] = [CandidateRequest(**c) for c in data["candidates"]]
+    if data.get("train_step") is not None:
+        data["train_step"] = TrainSpec.from_dict(data["train_step"])
+    if data.get("load") is not None:
+        data["load"] = LoadSpec.from_dict(data["load"])
     return make_job(data.pop("mode"), **data)
 
 

@@ -357,12 +357,16 @@ def to_records(job: WorkerJob, outcome: WorkerOutcome, variant: str) -> list[Run
     series of its own, and a "reference" variant would only clutter the model's history.
     """
     env = outcome.result.env if outcome.result else (outcome.env or EnvFingerprint())
+    series: dict[str, Any] = (
+        {"mode": job.series_mode, "concurrency": job.concurrency} if isinstance(job, BenchmarkJob) else {}
+    )
     if outcome.result is None:
         record = RunRecord(
             model=job.model,
             variant=variant,
             device=job.device,
             batch_size=job.batch_size,
+            **series,
             status=outcome.status,
             error=outcome.error,
             started_at=outcome.started_at,
@@ -390,6 +394,7 @@ def to_records(job: WorkerJob, outcome: WorkerOutcome, variant: str) -> list[Run
                 variant=subject.label if isinstance(job, CompareJob) else variant,
                 device=job.device,
                 batch_size=job.batch_size,
+                **series,
                 status="ok",
                 started_at=outcome.started_at,
                 finished_at=outcome.finished_at,

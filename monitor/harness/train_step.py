@@ -15,38 +15,29 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from monitor.core.import_paths import resolve
+from monitor.core.workloads import LOSSES, OPTIMIZERS, TrainSpec
 
-LOSSES = ("cross_entropy", "mse")
-OPTIMIZERS = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW"}
-Amp = Literal["bf16", "fp16"]
+__all__ = ["TrainSpec", "TrainSpecError", "make_step"]
 
 
 class TrainSpecError(ValueError):
     """The training step cannot be built as specified; the message names the field."""
 
 
-@dataclass(frozen=True, slots=True)
-class TrainSpec:
-    """How to train the model for one step (the config's `train` table)."""
-
-    loss: str = "cross_entropy"
-    optimizer: str = "sgd"
-    lr: float = 0.01
-    amp: Amp | None = None
-
-
-def make_step(model: Any, args: tuple[Any, ...], spec: TrainSpec, device: str) -> Callable[[], float]:
-    """The training step of `model` on `args`: call it to train once; it returns the loss (a float,
-    read after the step, which synchronises the device). The model is put in train mode."""
+def make_step(
+    model: Any, args: tuple[Any, ...], spec: TrainSpec, device: str, kwargs: dict[str, Any] | None = None
+) -> Callable[[], float]:
+    """The training step of `model` on `args` (and `kwargs`): call it to train once; it returns the
+    loss (a float, read after the step, which synchronises the device). The model is put in train mode."""
     import torch
 
+    kwargs = kwargs or {}
+    loss_of = _loss(spec, model, args, kwargs)  # its targets from an eval-mode call: no batch-norm update
     model.train()
     optimizer = _optimizer(spec, model)
-    loss_of = _loss(spec, model, args)
     autocast: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext
     if spec.amp is not None:
         dtype = torch.bfloat16 if spec.amp == "bf16" else torch.float16
@@ -57,7 +48,7 @@ def make_step(model: Any, args: tuple[Any, ...], spec: TrainSpec, device: str) -
     def step() -> float:
         optimizer.zero_grad(set_to_none=True)
         with autocast():
-            loss = loss_of(model(*args))
+            loss = loss_of(model(*args, **kwargs))
         if scaler is not None:  # fp16 gradients underflow without scaling
             scaler.scale(loss).backward()
             scaler.step(optimizer)
@@ -88,7 +79,7 @@ def _optimizer(spec: TrainSpec, model: Any) -> Any:
     return kind(params, lr=spec.lr)
 
 
-def _loss(spec: TrainSpec, model: Any, args: tuple[Any, ...]) -> Callable[[Any], Any]:
+def _loss(spec: TrainSpec, model: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Callable[[Any], Any]:
     """The loss of one output; targets made once, from the model's output on `args`."""
     import torch
 
@@ -99,7 +90,7 @@ def _loss(spec: TrainSpec, model: Any, args: tuple[Any, ...]) -> Callable[[Any],
         custom = resolve(spec.loss)
         return lambda output: custom(output, args)
     with torch.no_grad():
-        probe = model(*args)
+        probe = model(*args, **kwargs)
     if not isinstance(probe, torch.Tensor) or not probe.is_floating_point():
         raise TrainSpecError(f"train.loss {spec.loss!r} needs a model returning one float tensor, not "
                              f"{type(probe).__name__}; name a loss function 'module:function' instead")

@@ -32,9 +32,11 @@ from monitor.harness import (
     candidates,
     collectors,
     host_probe,
+    load,
     profiling,
     reference,
     sampling,
+    train_step,
     variants,
 )
 from monitor.harness.protocol import (
@@ -284,7 +286,12 @@ def run_prepare(job: PrepareJob, channel: Channel) -> WorkerResult:
 
 
 def run_benchmark(job: BenchmarkJob, channel: Channel) -> WorkerResult:
-    """A scheduled run: the model, with its frozen reference beside it when the job names one."""
+    """A scheduled run: the model, with its frozen reference beside it when the job names one; or its
+    training step, or its calls under concurrent load, when the job asks for those."""
+    if job.train_step is not None:
+        return _run_train_step(job, channel)
+    if job.load is not None:
+        return _run_load(job, channel)
     with _session(job, channel) as session:
         prepared = _prepare_subjects(job, channel)
         reference_error = None
@@ -295,6 +302,44 @@ def run_benchmark(job: BenchmarkJob, channel: Channel) -> WorkerResult:
                 prepared.append(loaded_copy)
         timing = _measure(prepared, job, channel, session, probe=job.probe, relative=job.reference is not None)
     return timing.result(session.env, reference_error=reference_error)
+
+
+def _run_train_step(job: BenchmarkJob, channel: Channel) -> WorkerResult:
+    """Time the model's full training step (forward, loss, backward, optimiser step) like a call:
+    warmed up, adaptively sampled, synchronised; the probe rides along. Autograd is on, of course."""
+    assert job.train_step is not None
+    with _session(job, channel) as session:
+        (prepared,) = _prepare_subjects(job, channel)
+        prepared.call = train_step.make_step(prepared.model, prepared.args, job.train_step, job.device, prepared.kwargs)
+        timing = _measure([prepared], job, channel, session, probe=job.probe, grad=True)
+    return timing.result(session.env)
+
+
+def _run_load(job: BenchmarkJob, channel: Channel) -> WorkerResult:
+    """Drive the model from `job.load.concurrency` callers at once for the level's window; the calls'
+    percentiles and the callers' joint throughput are the run's figures."""
+    import torch
+
+    assert job.load is not None
+    with _session(job, channel) as session:
+        (prepared,) = _prepare_subjects(job, channel)
+        channel.progress("load", 0)
+        call, sync = prepared.call, session.sync
+        timed = call if sync is None else lambda: (call(), sync())
+        watch = collectors.HostWatch()
+        watch.start()
+        level = load.drive(timed, job.load.concurrency, job.batch_size, job.load.duration_s, job.load.warmup_s,
+                           context=torch.inference_mode)
+        host = watch.finish(0, None)
+        channel.progress("collect", level.calls)
+        metrics = level.metrics
+        metrics.params, metrics.model_size_mb = collectors.model_size(prepared.model)
+        metrics.peak_rss_mb = round(collectors.peak_rss_mb(), 2)
+        if sync is not None:
+            metrics.cuda_peak_mem_mb = torch.cuda.max_memory_allocated(torch.device(job.device)) / 2**20
+        result = SubjectResult(label=prepared.subject.label, metrics=metrics, samples_ms=level.stored_samples_ms(),
+                               flags=[], details=level.details())
+    return WorkerResult(env=session.env, host=host, subjects=[result])
 
 
 def run_compare(job: CompareJob, channel: Channel) -> WorkerResult:
@@ -386,15 +431,16 @@ def _session(job: Job, channel: Channel) -> Iterator[Session]:
 
 def _measure(
     prepared: list[Prepared], job: Job, channel: Channel, session: Session, *, probe: bool = False,
-    relative: bool = False, forward_peak: bool = False,
+    relative: bool = False, forward_peak: bool = False, grad: bool = False,
 ) -> Timing:
     """Time the subjects interleaved (with the host probe when `probe`); with `relative`, the last
     subject is the model's reference, folded into the first's relative figures; with `forward_peak`,
-    each subject's peak memory of one call is measured after the timing."""
+    each subject's peak memory of one call is measured after the timing. Calls run in inference mode,
+    or with autograd on when `grad` (a training step)."""
     import torch
 
     sync = session.sync
-    with torch.inference_mode():
+    with torch.enable_grad() if grad else torch.inference_mode():
         if sync is not None:
             torch.cuda.reset_peak_memory_stats()
         contention = collectors.CpuContentionProbe()

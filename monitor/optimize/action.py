@@ -81,7 +81,7 @@ def optimize(
     dry_run = settings.dry_run if request.dry_run is None else request.dry_run
     with db.session() as session:
         queries.register_model(session, model.name, model.factory, model.device)
-    series = plan_active(db, loaded, [model.name])
+    series = [p for p in plan_active(db, loaded, [model.name]) if p.key.is_inference]  # what is served
     primary = _primary(series, request.finding)
     current = primary.job.subjects[0].variant or VariantSpec(name="baseline")
     unknown = [name for name in request.recipes if name not in catalog.RECIPES]
@@ -252,7 +252,7 @@ def _run_candidates(
         subjects=subjects,
         candidates=wanted,
         candidates_dir=str(folder),
-        train=planned.model.train,
+        train=planned.model.fine_tune,
         fidelity=settings.fidelity,
         sampling=sampling,
     )

@@ -38,6 +38,6 @@ def accept_baseline(
     accepted = {s.key for s in done.segments}
     for planned in plan_active(db, loaded, [model]):
         key = series_key(db, planned)
-        if key in accepted:
+        if key in accepted and key.is_inference:
             done.references.append(freeze_reference(db, loaded, planned, key, pool=pool))
     return done

@@ -137,7 +137,7 @@ class Daemon:
         models = self.loaded.config.models
         # However the schedule falls, every other model may run once before this one: past that, the
         # daemon is stuck (a hung job, a starved scheduler), not busy.
-        queue_s = sum(m.effective_timeout_s * len(m.series_batch_sizes) for m in models) + OVERDUE_GRACE_S
+        queue_s = sum(m.run_limit_s for m in models) + OVERDUE_GRACE_S
         for model in models:
             last = self._last_finished.get(model.name)
             # What fell due before this daemon started counts from the start (it was not running).
@@ -152,7 +152,7 @@ class Daemon:
         """Latest stored figures per series, so /metrics is complete right after a restart."""
         self.exporter.start_counting(m.name for m in self.loaded.config.models)
         for model in self.loaded.config.models:
-            for record in reversed(queries.history(self.db, model.name, limit=4 * len(model.series_batch_sizes))):
+            for record in reversed(queries.history(self.db, model.name, limit=4 * model.series_count)):
                 self.note_run(record, count=False)
             self.exporter.observe_findings(model.name, findings_store.findings(self.db, model.name))
         self.exporter.observe_host_events(host_events.open_event_counts(self.db))

@@ -26,7 +26,8 @@ from monitor.core.series import FindingRecord
 
 log = logging.getLogger(__name__)
 
-SERIES = ("model", "variant", "device", "batch_size")
+# `mode`: infer (one call at a time), train (a training step), load (`concurrency` callers at once).
+SERIES = ("model", "variant", "device", "batch_size", "mode", "concurrency")
 # A gauge per percentile, labelled `percentile`: `quantile` is reserved for summaries, whose _sum and
 # _count a latest-run figure does not have (promtool rejects it on any other type).
 PERCENTILES = (("50", "latency_ms_p50"), ("90", "latency_ms_p90"), ("99", "latency_ms_p99"))
@@ -37,7 +38,8 @@ class RunMetricsExporter:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.latency = Gauge("perfguard_latency_seconds", "Latency of one forward pass, latest run",
+        self.latency = Gauge("perfguard_latency_seconds",
+                             "Latency of one call (a training step in mode train), latest run",
                              [*SERIES, "percentile"], registry=self.registry)
         self.throughput = Gauge("perfguard_throughput_items_per_second", "Items per second at p50, latest run",
                                 SERIES, registry=self.registry)
@@ -87,7 +89,8 @@ class RunMetricsExporter:
         self.last_run.labels(record.model).set(record.started_at.timestamp())
         if record.status != "ok":
             return
-        series = (record.model, record.variant, record.device, str(record.batch_size))
+        series = (record.model, record.variant, record.device, str(record.batch_size), record.mode,
+                  str(record.concurrency))
         m = record.metrics
         for percentile, field in PERCENTILES:
             value = getattr(m, field)

@@ -105,6 +105,8 @@ def _diagnose_latency_findings(
         finding = by_id.get(fired.decision.finding_id or -1)
         if finding is None or finding.diagnosis or finding.metric not in LATENCY_METRICS:
             continue
+        if not finding.key.is_inference:
+            continue  # the profile job profiles one inference call
         if cancel is not None and cancel.is_set():
             return
         if series is None:  # read once, after any action: the series of the variant active now

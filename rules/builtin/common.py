@@ -68,7 +68,10 @@ def finding_decisions(
     context: RuleContext, finding: FindingRecord, actions: Sequence[ActionKind], *,
     recipes: Sequence[str] = (), note: str = "",
 ) -> list[Decision]:
-    """One decision per action, all answering the finding (so the engine acts on it once)."""
+    """One decision per action, all answering the finding (so the engine acts on it once). A training
+    step's finding is alerted on only: re-quantizing or pruning the served model cannot answer it."""
+    if finding.key.mode == "train":
+        actions = [a for a in actions if a == "alert"]
     reason = describe(context, finding) + note
     details = {
         "metric": finding.metric,

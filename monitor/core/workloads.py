@@ -1,0 +1,41 @@
+"""What a non-inference series times, as every layer passes it: a training step (`TrainSpec`) and
+concurrent load (`LoadSpec`). The config validates them, the registry plans a series per batch size
+(train) or per concurrency level (load), the worker builds and times them (harness/train_step.py,
+harness/load.py)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+LOSSES = ("cross_entropy", "mse")
+OPTIMIZERS = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW"}
+Amp = Literal["bf16", "fp16"]
+
+
+@dataclass(frozen=True, slots=True)
+class TrainSpec:
+    """How to train the model for one timed step: a loss and an optimiser by name or import path
+    (`module:attr`), a learning rate, and optionally autocast."""
+
+    loss: str = "cross_entropy"
+    optimizer: str = "sgd"
+    lr: float = 0.01
+    amp: Amp | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainSpec:
+        return cls(**data)
+
+
+@dataclass(frozen=True, slots=True)
+class LoadSpec:
+    """How one concurrency level is driven: its callers, for `duration_s` after `warmup_s`."""
+
+    concurrency: int
+    duration_s: float = 5.0
+    warmup_s: float = 1.0
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LoadSpec:
+        return cls(**data)
