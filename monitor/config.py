@@ -326,6 +326,29 @@ class LoadConfig(_Strict):
         return [LoadSpec(c, self.duration_s, self.warmup_s) for c in self.concurrency]
 
 
+class DistillConfig(_Strict):
+    """A smaller student for the distill action: trained on the model's soft targets over `data` (an
+    iterable of input batches, or of (inputs, labels)) for `epochs` or `max_time_s`, whichever ends
+    first, then judged like any candidate (monitor/transforms/distill.py)."""
+
+    student: ImportPath  # factory of the student module: called with no arguments
+    data: ImportPath  # the training batches: called with no arguments, iterated once per epoch
+    temperature: float = Field(default=2.0, gt=0)
+    weight: float = Field(default=0.5, ge=0, le=1)  # of the soft-target loss; the rest: labels' cross-entropy
+    epochs: int = Field(default=3, ge=1, le=10_000)
+    max_time_s: float = Field(default=60.0, gt=0, le=86_400)
+    lr: float = Field(default=0.001, gt=0)
+
+    @field_validator("student", "data")
+    @classmethod
+    def _paths(cls, value: str) -> str:
+        return _check_import_path(value)
+
+    def params(self) -> dict[str, Any]:
+        """The distill recipe's params (recipes.DEFAULT_PARAMS["distill"] names the same)."""
+        return self.model_dump()
+
+
 class ModelConfig(_Strict):
     """A registered model and how to benchmark it."""
 
@@ -353,6 +376,7 @@ class ModelConfig(_Strict):
         Discriminator(lambda v: "table" if isinstance(v, (dict, TrainConfig)) else "str"),
     ] | None = None
     load: LoadConfig | None = None  # concurrent-load series, one per caller count
+    distill: DistillConfig | None = None  # the student the distill action trains
     # Called once before the model's first benchmark in a process (daemon, `perfguard run`), in a
     # worker of its own and untimed: downloads, training, caches. Its time and memory are reported.
     prepare: ImportPath | None = None
@@ -462,6 +486,8 @@ class ModelConfig(_Strict):
                       ("train.optimizer", self.train.optimizer)]
         else:
             paths.append(("train", self.train))
+        if self.distill is not None:
+            paths += [("distill.student", self.distill.student), ("distill.data", self.distill.data)]
         return [(f, v) for f, v in paths if v and ":" in v]
 
     @property

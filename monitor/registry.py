@@ -28,7 +28,7 @@ from monitor.harness.protocol import (
     VariantSpec,
     WorkerJob,
 )
-from monitor.harness.runner import WorkerOutcome, run_worker
+from monitor.harness.runner import ProgressCallback, WorkerOutcome, run_worker
 from monitor.harness.worker_pool import WorkerPool
 from storage import actions, findings, queries
 from storage.db import Database
@@ -205,6 +205,7 @@ def run_with_limits(
     pool: WorkerPool | None,
     extra_s: float = 0.0,
     scale_memory: bool = True,
+    progress: ProgressCallback | None = None,
 ) -> WorkerOutcome:
     """Run another job of a planned series (an A/B, a freeze, candidates, a profile) holding `models`
     models at once: the series' time limit scaled by it (plus `extra_s`), and its memory limit too
@@ -220,4 +221,5 @@ def run_with_limits(
         cwd=Path(loaded.base_dir),
         cancel=cancel,
         pool=pool,
+        progress=progress,
     )

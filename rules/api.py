@@ -27,8 +27,8 @@ from monitor.core.diagnosis import Diagnosis
 from monitor.core.runs import RunRecord
 from monitor.core.series import FindingRecord
 
-ActionKind = Literal["alert", "requantize", "prune"]
-ACTIONS: tuple[ActionKind, ...] = ("alert", "requantize", "prune")
+ActionKind = Literal["alert", "requantize", "prune", "distill"]
+ACTIONS: tuple[ActionKind, ...] = ("alert", "requantize", "prune", "distill")
 ENTRY_POINT_GROUP = "perfguard.rules"
 
 

@@ -20,7 +20,7 @@ from storage.db import Database
 from storage.queries import model_id_of, newest_per_model
 from storage.tables import ModelRow, RuleEventRow
 
-EventOutcome = Literal["alert", "requantize", "prune", "error", "timeout"]
+EventOutcome = Literal["alert", "requantize", "prune", "distill", "error", "timeout"]
 FIRED_OUTCOMES = ("alert", "requantize", "prune")  # a decision that went through, as opposed to a failure
 
 

@@ -355,7 +355,7 @@ class ActionRow(Base):
 
     __tablename__ = "actions"
     __table_args__ = (
-        CheckConstraint("kind IN ('requantize', 'prune', 'rollback')", name="kind"),
+        CheckConstraint("kind IN ('requantize', 'prune', 'distill', 'rollback')", name="kind"),
         CheckConstraint("status IN ('accepted', 'rejected', 'dry_run', 'failed')", name="status"),
         Index("ix_actions_model_created", "model_id", "created_at"),
     )
@@ -384,7 +384,7 @@ class RuleEventRow(Base):
 
     __tablename__ = "rule_events"
     __table_args__ = (
-        CheckConstraint("outcome IN ('alert', 'requantize', 'prune', 'error', 'timeout')", name="outcome"),
+        CheckConstraint("outcome IN ('alert', 'requantize', 'prune', 'distill', 'error', 'timeout')", name="outcome"),
         Index("ix_rule_events_model_rule_created", "model_id", "rule", "created_at"),
     )
 

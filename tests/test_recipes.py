@@ -66,9 +66,9 @@ def reloaded(name: str, model: nn.Module, args: tuple, candidate: nn.Module, par
 
 
 def test_the_cpu_recipes_tested_here_are_the_catalog_cpu_recipes_that_need_no_extra_package() -> None:
-    # (the recipes that run on another runtime are tested in test_runtimes.py)
+    # (the recipes that run on another runtime are tested in test_runtimes.py, distill in test_distill.py)
     testable = {s.name for s in CATALOG if "cpu" in s.devices and s.needs is None and not s.runtime}
-    assert testable == set(EXACT + APPROXIMATE + PRUNING + ["compile"])
+    assert testable == set(EXACT + APPROXIMATE + PRUNING + ["compile", "distill"])
 
 
 @pytest.mark.parametrize("case", ["mlp", "cnn"])

@@ -60,7 +60,7 @@ CASES: dict[str, tuple[list[dict[str, Any]], str]] = {
     ),
     "param-list-item": (
         [{"use": "latency_drift", "params": {"actions": ["alert", "quantize"]}}],
-        "rules[0].params.actions[1]: Input should be 'alert', 'requantize' or 'prune'",
+        "rules[0].params.actions[1]: Input should be 'alert', 'requantize', 'prune' or 'distill'",
     ),
     "param-metric": (
         [{"use": "memory_growth", "params": {"metrics": ["peak_rss"]}}],

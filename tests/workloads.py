@@ -290,3 +290,43 @@ class GradChecked(nn.Module):
 
 def grad_checked() -> nn.Module:
     return GradChecked()
+
+
+class WideLinear(nn.Module):
+    """A needlessly wide teacher whose function is linear (no activations, fixed seed): a 16 -> 4
+    Linear student can learn it exactly, so distilling it must succeed, and quickly."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        generator = torch.Generator().manual_seed(0)
+        self.net = nn.Sequential(nn.Linear(16, 512), nn.Linear(512, 512), nn.Linear(512, 4))
+        with torch.no_grad():
+            for p in self.net.parameters():
+                p.copy_(torch.randn(p.shape, generator=generator) / max(p.shape[-1], 1) ** 0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x) * 5  # distinct logits: soft targets that say something
+
+
+def wide_linear() -> nn.Module:
+    return WideLinear()
+
+
+def wide_linear_eval() -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Eight batches labelled by the teacher itself: its accuracy is 1, a student's is its agreement."""
+    teacher = WideLinear().eval()
+    generator = torch.Generator().manual_seed(7)
+    batches = [torch.randn(64, 16, generator=generator) for _ in range(8)]
+    with torch.no_grad():
+        return [(x, teacher(x).argmax(dim=1)) for x in batches]
+
+
+def linear_student() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Linear(16, 4)
+
+
+def distill_batches() -> list[torch.Tensor]:
+    """Unlabelled training inputs (the soft targets are all a student gets from them)."""
+    generator = torch.Generator().manual_seed(1)
+    return [torch.randn(64, 16, generator=generator) for _ in range(32)]

@@ -9,6 +9,7 @@ import click
 
 from monitor.cli.app import main
 from monitor.cli.common import config_option, json_option, known_model, load, open_db, open_stored, print_json
+from monitor.cli.progress import PhaseProgress
 from monitor.cli.tables import action_report, format_table, recipe_rows, recipes_table
 from monitor.core.actions import ActionRecord
 from monitor.harness.worker_pool import WorkerPool
@@ -21,7 +22,7 @@ from storage import queries
 @json_option
 @click.argument("model", required=False)
 @click.option("--recipe", "recipes", multiple=True, help="Try this recipe (repeatable); default: the suitable ones.")
-@click.option("--action", type=click.Choice(["requantize", "prune"]), default=None,
+@click.option("--action", type=click.Choice(["requantize", "prune", "distill"]), default=None,
               help="Which kind of recipes to try when none is named (default: requantize).")
 @click.option("--dry-run/--promote", "dry_run", default=None,
               help="Decide and record without promoting (default: optimize.dry_run).")
@@ -61,7 +62,7 @@ def optimize(config_path: Path, as_json: bool, model: str | None, recipes: tuple
     )
     with open_db(loaded) as db, WorkerPool() as pool:
         try:
-            record = run_optimize(db, loaded, request, pool=pool)
+            record = run_optimize(db, loaded, request, pool=pool, progress=PhaseProgress(f"optimize {model}"))
         except OptimizeError as exc:
             raise click.UsageError(str(exc)) from None
     if as_json:

@@ -51,3 +51,20 @@ class StderrProgress(BenchmarkProgress):
         else:
             summary = f"{record.status}: {record.error_summary}"
         click.echo(f"{self._prefix}: {summary} ({took:.1f} s)", err=True)
+
+
+class PhaseProgress:
+    """A worker job's phases on stderr, one line each (a distillation's epochs among them), and its
+    sample count at most every two seconds: what `perfguard optimize` shows while it works."""
+
+    def __init__(self, prefix: str) -> None:
+        self._prefix = prefix
+        self._phase = ""
+        self._last = 0.0
+
+    def __call__(self, phase: str, samples: int) -> None:
+        now = time.monotonic()
+        if phase != self._phase or now - self._last >= 2.0:
+            text = f"{samples} samples" if phase == "sampling" else phase
+            click.echo(f"{self._prefix}: {text}", err=True)
+            self._phase, self._last = phase, now

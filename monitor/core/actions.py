@@ -93,7 +93,7 @@ class ActionRecord:
     """One optimisation decision as stored and printed (`perfguard optimize --json` emits `to_json()`)."""
 
     model: str
-    kind: str  # requantize | prune | rollback
+    kind: str  # requantize | prune | distill | rollback
     trigger: str
     status: str  # accepted | rejected | dry_run | failed
     reason: str
@@ -120,6 +120,6 @@ class Promotion:
     """A new variant to add and activate with an accepted action."""
 
     name: str
-    kind: str  # the action that made it: requantize | prune
+    kind: str  # the action that made it: requantize | prune | distill
     spec: dict[str, Any]  # a VariantSpec as a dict
     numbers: dict[str, Any]  # what justified it: the chosen candidate's verdict as JSON

@@ -10,7 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-Action = Literal["requantize", "prune"]
+Action = Literal["requantize", "prune", "distill"]
+ACTIONS: tuple[Action, ...] = ("requantize", "prune", "distill")
 Family = Literal["linear", "conv", "attention"]
 
 
@@ -81,6 +82,8 @@ CATALOG: tuple[RecipeSpec, ...] = (
     RecipeSpec("prune_l1_unstructured", "prune", ("cpu", "cuda"), (), False,
                "zero the smallest weights (no speed-up on dense kernels; only when asked)",
                by_default=False),
+    RecipeSpec("distill", "distill", ("cpu", "cuda"), (), False,
+               "train the model's smaller student (its distill table) on the model's soft targets, time-bounded"),
 )
 RECIPES = {spec.name: spec for spec in CATALOG}
 

@@ -89,8 +89,10 @@ def build_all(
     inputs: list[tuple[tuple[Any, ...], dict[str, Any]]],
     calibration: list[tuple[Any, ...]] | None,
     resolve: Callable[[str], Callable[..., Any]],
+    progress: Callable[[str, int], None] | None = None,
 ) -> list[tuple[BuiltCandidate, Any]]:
-    """Build every requested candidate; (report, loaded module or None) per request, in order.
+    """Build every requested candidate; (report, loaded module or None) per request, in order;
+    `progress` hears from recipes that train (distillation, per epoch).
 
     `inputs` are the fidelity batches, the first being the example inputs the sampler times.
     Must run outside inference_mode: a train hook needs autograd.
@@ -106,7 +108,8 @@ def build_all(
     for request in job.candidates:
         started = time.perf_counter()
         try:
-            built, loaded = _build_one(job, request, base, current_model, inputs, calibration, expected, resolve)
+            built, loaded = _build_one(job, request, base, current_model, inputs, calibration, expected, resolve,
+                                       progress)
         except Exception as exc:  # noqa: BLE001 - one candidate's failure is its result; others go on
             text = "".join(traceback.format_exception_only(type(exc), exc)).strip()
             built, loaded = BuiltCandidate(label=request.label, recipe=request.recipe, error=text[-2000:]), None
@@ -124,6 +127,7 @@ def _build_one(
     calibration: list[tuple[Any, ...]] | None,
     expected: list[Any],
     resolve: Callable[[str], Callable[..., Any]],
+    progress: Callable[[str, int], None] | None,
 ) -> tuple[BuiltCandidate, Any]:
     import torch
 
@@ -137,7 +141,8 @@ def _build_one(
         raise RuntimeError(f"{request.recipe} cannot start from variant {base.name!r}, which runs on {runtime}: "
                            "roll back to an eager variant to build candidates from it")
     args, kwargs = inputs[0]
-    module, resolved = recipes.build(request.recipe, current_model, args, kwargs, calibration, request.params)
+    module, resolved = recipes.build(request.recipe, current_model, args, kwargs, calibration, request.params,
+                                     progress)
     details: dict[str, Any] = {}
     if job.train and request.recipe in FINE_TUNED_RECIPES:
         tuned = resolve(job.train)(module)

@@ -166,7 +166,9 @@ def _freeze(live: Prepared, job: FreezeJob) -> tuple[ArtifactRef, Prepared]:
     return frozen, Prepared(copy, job)
 
 
-def _build_candidates(current: Prepared, job: CandidatesJob) -> tuple[list[Any], list[Prepared]]:
+def _build_candidates(
+    current: Prepared, job: CandidatesJob, progress: Callable[[str, int], None]
+) -> tuple[list[Any], list[Prepared]]:
     """Build the job's candidates of the current variant; their reports and the ones to time."""
     subject = current.subject
     inputs = [(current.args, current.kwargs)]
@@ -185,7 +187,7 @@ def _build_candidates(current: Prepared, job: CandidatesJob) -> tuple[list[Any],
         calibration = None  # keyword inputs: the recipe calibrates on the example (args, kwargs)
     else:
         calibration = [args for args, _ in inputs]
-    built = candidates.build_all(job, current.model, inputs, calibration, resolve)
+    built = candidates.build_all(job, current.model, inputs, calibration, resolve, progress)
     timed = [
         Prepared(candidates.relabel(subject, report.label, report.variant), job, model)
         for report, model in built
@@ -364,7 +366,8 @@ def run_candidates(job: CandidatesJob, channel: Channel) -> WorkerResult:
     with _session(job, channel) as session:
         prepared = _prepare_subjects(job, channel)
         channel.progress("build", 0)
-        built, timed = _build_candidates(prepared[0], job)  # outside inference_mode: a train hook needs autograd
+        # outside inference_mode: a train hook, or distillation, needs autograd
+        built, timed = _build_candidates(prepared[0], job, channel.progress)
         timing = _measure([*prepared, *timed], job, channel, session, forward_peak=True)
     return timing.result(session.env, built=built)
 

@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from monitor.config import LoadedConfig, OptimizeConfig
+from monitor.config import LoadedConfig, ModelConfig, OptimizeConfig
 from monitor.core import catalog
 from monitor.core.actions import ActionRecord, CandidateNumbers, Fidelity, Promotion, Verdict
 from monitor.core.diagnosis import Diagnosis
@@ -35,7 +35,7 @@ from monitor.harness.protocol import (
     VariantSpec,
     WorkerResult,
 )
-from monitor.harness.runner import WorkerOutcome
+from monitor.harness.runner import ProgressCallback, WorkerOutcome
 from monitor.harness.worker_pool import WorkerPool
 from monitor.optimize import diagnosis
 from monitor.optimize.decision import best, judge
@@ -70,9 +70,10 @@ class OptimizeRequest:
 
 def optimize(
     db: Database, loaded: LoadedConfig, request: OptimizeRequest, cancel: threading.Event | None = None,
-    pool: WorkerPool | None = None,
+    pool: WorkerPool | None = None, progress: ProgressCallback | None = None,
 ) -> ActionRecord:
-    """Run one optimisation action for a model and record it (see the module docstring)."""
+    """Run one optimisation action for a model and record it (see the module docstring). `progress`
+    hears the candidates job's phases (a distillation's epochs among them); by default, logged."""
     try:
         model = loaded.config.model(request.model)
     except KeyError:
@@ -90,9 +91,11 @@ def optimize(
         request.action or "requantize")
     record = ActionRecord(model=model.name, kind=kind, trigger=request.trigger, status="failed", reason="",
                           from_variant=current.name, finding_id=request.finding.id if request.finding else None)
-    if unknown:
-        reason = f"unknown recipe {unknown[0]!r}; known: {', '.join(catalog.RECIPES)}"
-        return store.record_action(db, replace(record, status="rejected", reason=reason))
+    refused = _refused(unknown, model, kind == "distill" or "distill" in request.recipes)
+    if refused is not None:
+        return store.record_action(db, replace(record, status="rejected", reason=refused))
+    if model.distill is not None:
+        request = _with_student(request, model.distill.params())
     profiled = diagnose(db, loaded, primary, request.finding, cancel, pool)
     record = replace(record, diagnosis=profiled.diagnosis)
     if profiled.error is not None:
@@ -105,7 +108,8 @@ def optimize(
         return store.record_action(db, replace(record, status="rejected", reason=reason))
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
     folder = loaded.base_dir / loaded.config.detection.artifact_dir / model.name / "candidates" / stamp
-    outcome = _run_candidates(loaded, primary, specs, request, settings, folder, cancel, pool)
+    outcome = _run_candidates(loaded, primary, specs, request, settings, folder, cancel, pool,
+                              progress or _logged(model.name))
     if outcome.status != "ok" or outcome.result is None:
         reason = f"the candidates job failed: {(outcome.error or outcome.status).splitlines()[0]}"
         shutil.rmtree(folder, ignore_errors=True)
@@ -119,11 +123,20 @@ def optimize(
         # Only the promoted candidate's weights are kept: no row would name any other file.
         _remove_unkept(folder, chosen if record.to_variant is not None else None)
     log.info("optimize %s (%s): %s: %s", model.name, request.trigger, record.status, record.reason)
-    if record.to_variant is not None and settings.on_promote is not None:
-        assert promotion is not None
+    if record.to_variant is not None and settings.on_promote is not None and promotion is not None:
         notify(settings.on_promote, record, replace(promotion, name=record.to_variant,
                                                      spec={**promotion.spec, "name": record.to_variant}))
     return record
+
+
+def _refused(unknown: list[str], model: ModelConfig, distilling: bool) -> str | None:
+    """Why the action cannot start: a recipe the catalog does not know, or a distillation without a student."""
+    if unknown:
+        return f"unknown recipe {unknown[0]!r}; known: {', '.join(catalog.RECIPES)}"
+    if distilling and model.distill is None:
+        return (f"model {model.name!r} names no student to distill into: add distill = {{ student = "
+                '"pkg.mod:factory", data = "pkg.mod:batches" } to its config')
+    return None
 
 
 def _decide(
@@ -242,6 +255,7 @@ def _run_candidates(
     folder: Path,
     cancel: threading.Event | None,
     pool: WorkerPool | None,
+    progress: ProgressCallback,
 ) -> WorkerOutcome:
     subjects = [replace(planned.job.subjects[0], label=CURRENT_LABEL)]
     wanted = [CandidateRequest(s.name, s.name, dict((request.params or {}).get(s.name, {}))) for s in specs]
@@ -263,8 +277,36 @@ def _run_candidates(
         1 + len(wanted),
         cancel,
         pool,
-        extra_s=COMPILE_ALLOWANCE_S * sum(s.compiles for s in specs),
+        extra_s=COMPILE_ALLOWANCE_S * sum(s.compiles for s in specs) + _training_s(request, specs),
+        progress=progress,
     )
+
+
+def _with_student(request: OptimizeRequest, configured: dict[str, Any]) -> OptimizeRequest:
+    """The request with the distill recipe's params: the model's `distill` table, then what was asked
+    (unused unless the distill recipe is chosen)."""
+    asked = dict(request.params or {})
+    return replace(request, params={**asked, "distill": {**configured, **asked.get("distill", {})}})
+
+
+def _logged(model: str) -> ProgressCallback:
+    """A progress callback that logs each new phase of a candidates job (the daemon's log lines)."""
+    seen: list[str] = []
+
+    def note(phase: str, samples: int) -> None:
+        if not seen or seen[-1] != phase:
+            seen.append(phase)
+            log.info("optimize %s: %s", model, phase)
+
+    return note
+
+
+def _training_s(request: OptimizeRequest, specs: list[catalog.RecipeSpec]) -> float:
+    """The time bound of recipes that train (distill), with slack for the epoch in flight: the worker's
+    limit grows by it."""
+    if not any(s.name == "distill" for s in specs):
+        return 0.0
+    return 1.5 * float((request.params or {}).get("distill", {}).get("max_time_s", 60.0))
 
 
 def _confirm_elsewhere(

@@ -25,7 +25,7 @@ from torch import nn
 from torch.utils._pytree import tree_map
 
 from monitor.core.catalog import device_kind, recipe
-from monitor.transforms import prune, runtimes
+from monitor.transforms import distill, prune, runtimes
 
 # User params each recipe takes, with their defaults; a recipe not listed takes none.
 DEFAULT_PARAMS: dict[str, dict[str, Any]] = {
@@ -33,6 +33,9 @@ DEFAULT_PARAMS: dict[str, dict[str, Any]] = {
     "onnx_int8_static": {"calibration_batches": 8},
     "prune_structured": {"amount": 0.3},
     "prune_l1_unstructured": {"amount": 0.5},
+    # student and data come from the model's `distill` table (config.DistillConfig, same defaults)
+    "distill": {"student": None, "data": None, "temperature": 2.0, "weight": 0.5, "epochs": 3, "max_time_s": 60.0,
+                "lr": 0.001},
 }
 STATIC_INT8_BACKEND = "x86"
 C_COMPILERS = ("c++", "g++", "clang++")
@@ -80,6 +83,7 @@ def build(
     kwargs: dict,
     calibration: Iterable[tuple] | None,
     params: dict[str, Any],
+    progress: distill.Progress | None = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """A new candidate module built from `model` (which must be left untouched: deepcopy first),
     callable exactly like `model` with the same (args, kwargs), on the same device, with outputs of
@@ -90,21 +94,24 @@ def build(
     `calibration`: positional-argument tuples to calibrate static quantization on (the inputs of
     eval batches, say); None calibrates on (args, kwargs). Compiling recipes are called once on
     (args, kwargs) under `torch.inference_mode`, as the worker times them, so that the slow first
-    call (`compile_s` in the resolved params) is paid here rather than in the measurement.
+    call (`compile_s` in the resolved params) is paid here rather than in the measurement. `progress`
+    hears from recipes that train (distill), per epoch.
     """
     spec = recipe(name)
     resolved = _resolve(name, params)
-    private = _private_copy(model)
     try:
-        if spec.runtime:
-            candidate, found = runtimes.build(name, private, args, kwargs, calibration, resolved)
+        if name == "distill":  # the teacher itself, not a copy to change: only its outputs are read
+            candidate, found = distill.build(model, args, kwargs, resolved, progress)
+            resolved.update(found)
+        elif spec.runtime:
+            candidate, found = runtimes.build(name, _private_copy(model), args, kwargs, calibration, resolved)
             resolved.update(found)
         elif name in _DATA_BUILDS:
-            candidate, found = _DATA_BUILDS[name](private, args, kwargs, calibration, resolved)
+            candidate, found = _DATA_BUILDS[name](_private_copy(model), args, kwargs, calibration, resolved)
             resolved.update(found)
         else:
-            candidate = _STRUCTURES[name](private, args, kwargs, resolved)
-    except (prune.PruneError, runtimes.ConversionError) as exc:
+            candidate = _STRUCTURES[name](_private_copy(model), args, kwargs, resolved)
+    except (prune.PruneError, runtimes.ConversionError, distill.DistillError) as exc:
         raise RecipeError(f"{name}: {exc}") from exc
     if spec.compiles:
         started = time.perf_counter()
@@ -123,8 +130,9 @@ def structure(name: str, model: nn.Module, args: tuple, kwargs: dict, params: di
         raise RecipeError(f"{name} runs on {recipe(name).runtime}: it is loaded from its saved artifact, "
                           "not rebuilt from a structure")
     try:
-        return _STRUCTURES[name](_private_copy(model), args, kwargs, params)
-    except prune.PruneError as exc:
+        # A student is another model altogether: the teacher gives it nothing but its device, no copy.
+        return _STRUCTURES[name](model if name == "distill" else _private_copy(model), args, kwargs, params)
+    except (prune.PruneError, distill.DistillError) as exc:
         raise RecipeError(f"{name}: {exc}") from exc
 
 
@@ -332,6 +340,10 @@ def _prune_l1_unstructured(
     return prune.prune_l1_unstructured(model, params["amount"])
 
 
+def _student(model: nn.Module, args: tuple, kwargs: dict, params: dict[str, Any]) -> nn.Module:
+    return distill.student(params, next((p.device for p in model.parameters()), torch.device("cpu")))
+
+
 def _same_shapes(model: nn.Module, args: tuple, kwargs: dict, params: dict[str, Any]) -> nn.Module:
     return model  # the zeros come with the loaded weights
 
@@ -351,6 +363,7 @@ _STRUCTURES: dict[str, StructureFn] = {
     "half": _half,
     "prune_structured": _prune_structured_structure,
     "prune_l1_unstructured": _same_shapes,
+    "distill": _student,
 }
 # Recipes whose candidate depends on data (calibration batches, weight norms): build, resolved params.
 _DATA_BUILDS: dict[str, DataBuildFn] = {

@@ -1,0 +1,110 @@
+"""Knowledge distillation as an action, for real: a student trained in the worker against the model's
+soft targets, bounded in time, judged like any candidate, kept or refused with its numbers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import torch
+
+from monitor.config import ConfigError, LoadedConfig, load_config
+from monitor.transforms.recipes import RecipeError, build, structure
+from monitor.harness.worker_pool import WorkerPool
+from monitor.optimize.action import OptimizeRequest, optimize
+from monitor.service.benchmark import benchmark_models
+from storage.db import Database
+from tests.cli_helpers import TESTS_DIR, tiny_model, write_config
+
+pytestmark = pytest.mark.slow
+DISTILL = {"student": "workloads:linear_student", "data": "workloads:distill_batches", "lr": 0.1, "epochs": 3,
+           "max_time_s": 60.0}
+
+
+@pytest.fixture(autouse=True)
+def workloads_importable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PYTHONPATH", str(TESTS_DIR))  # workers inherit it
+
+
+def configured(tmp_path: Path, **distill: object) -> LoadedConfig:
+    model = tiny_model("wide", factory="workloads:wide_linear", eval="workloads:wide_linear_eval",
+                       distill={**DISTILL, **distill}, optimize={"accuracy_tolerance": 0.02}, max_time_s=1.5)
+    return load_config(write_config(tmp_path / "perfguard.toml", [model], storage_url=f"sqlite:///{tmp_path / 'p.db'}",
+                                    extra="[detection]\nconfirm = false\n"))
+
+
+def test_a_student_that_learns_the_teacher_within_its_time_bound_is_kept(tmp_path: Path, workers: WorkerPool) -> None:
+    loaded = configured(tmp_path)
+    phases: list[str] = []
+    with Database.open(loaded.storage_url()) as db:
+        record = optimize(db, loaded, OptimizeRequest("wide", action="distill"), pool=workers,
+                          progress=lambda phase, _samples: phases.append(phase))
+        assert record.status == "accepted" and record.kind == "distill", record.reason
+        [candidate] = record.candidates
+        trained = candidate.numbers.variant["steps"][-1]["params"]
+        assert trained["steps"] == 96 and trained["epochs_run"] == 3 and not trained["time_bound_hit"]
+        assert candidate.numbers.accuracy >= 0.98 and candidate.numbers.current_accuracy == 1.0
+        assert candidate.numbers.size_mb < candidate.numbers.current_size_mb / 100
+        assert [p for p in phases if p.startswith("distill")] == [f"distill epoch {e}/3" for e in (1, 2, 3)]
+        # The student is now what is served and benchmarked, rebuilt from its saved weights.
+        (run,) = benchmark_models(loaded, db, pool=workers)
+    assert run.status == "ok" and run.variant == record.to_variant and run.metrics.params == 16 * 4 + 4
+    assert run.metrics.accuracy >= 0.98
+
+
+def test_a_student_stopped_by_its_time_bound_short_of_the_tolerance_is_refused_with_its_numbers(
+    tmp_path: Path, workers: WorkerPool
+) -> None:
+    loaded = configured(tmp_path, max_time_s=0.001)
+    with Database.open(loaded.storage_url()) as db:
+        record = optimize(db, loaded, OptimizeRequest("wide", action="distill"), pool=workers)
+    assert record.status == "rejected" and record.to_variant is None
+    [candidate] = record.candidates
+    assert candidate.numbers.variant["steps"][-1]["params"]["time_bound_hit"] is True
+    assert any("accuracy" in reason and "over the tolerance 0.02" in reason for reason in candidate.reasons), \
+        candidate.reasons
+
+
+def test_the_recipe_trains_the_student_and_its_structure_takes_the_saved_weights_exactly(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.syspath_prepend(str(TESTS_DIR))
+    from workloads import wide_linear  # noqa: PLC0415 - the test models live beside the tests
+
+    teacher, x = wide_linear().eval(), torch.randn(8, 16)
+    before = [p.clone() for p in teacher.parameters()]
+    student, resolved = build("distill", teacher, (x,), {}, None, dict(DISTILL, epochs=1))
+    assert resolved["steps"] == 32 and resolved["epochs_run"] == 1 and resolved["final_loss"] > 0
+    assert all(torch.equal(a, b) for a, b in zip(before, teacher.parameters(), strict=True))  # left untouched
+    rebuilt = structure("distill", wide_linear(), (x,), {}, resolved)
+    rebuilt.load_state_dict(student.state_dict())
+    with torch.no_grad():
+        assert torch.equal(rebuilt.eval()(x), student(x))
+    with pytest.raises(RecipeError, match="distill: distill.data: the model names no training data"):
+        build("distill", teacher, (x,), {}, None, {"student": DISTILL["student"]})
+    with pytest.raises(RecipeError, match="distill does not take teacher"):
+        build("distill", teacher, (x,), {}, None, {**DISTILL, "teacher": "x:y"})
+
+
+def test_a_model_without_a_student_is_refused_before_any_worker_starts(tmp_path: Path) -> None:
+    path = write_config(tmp_path / "perfguard.toml", [tiny_model("plain")], storage_url=f"sqlite:///{tmp_path / 'p.db'}")
+    loaded = load_config(path)
+    with Database.open(loaded.storage_url()) as db:
+        record = optimize(db, loaded, OptimizeRequest("plain", action="distill"))
+    assert record.status == "rejected" and "names no student to distill into: add distill = {" in record.reason
+
+
+@pytest.mark.parametrize(("distill", "where", "says"), [
+    ({"weight": 1.5}, "models[0].distill.weight", "less than or equal to 1"),
+    ({"student": "not a path"}, "models[0].distill.student", "expected an import path"),
+    ({"epochs": 0}, "models[0].distill.epochs", "greater than or equal to 1"),
+    ({"teacher": "x:y"}, "models[0].distill.teacher", "unknown key"),
+])
+def test_a_bad_distill_table_is_refused_naming_the_field(
+    tmp_path: Path, distill: dict[str, object], where: str, says: str
+) -> None:
+    with pytest.raises(ConfigError) as refused:
+        configured(tmp_path, **distill)
+    [line] = refused.value.lines
+    assert f": {where} (model \"wide\"): " in line and says in line, line
