@@ -314,6 +314,7 @@ class LoadConfig(_Strict):
     duration_s: float = Field(default=5.0, gt=0, le=3600)
     warmup_s: float = Field(default=1.0, ge=0, le=600)
     batch_size: int | None = Field(default=None, gt=0)
+    processes: bool = False  # callers as processes, a model each: where the GIL would decide the answer
 
     @field_validator("concurrency")
     @classmethod
@@ -323,7 +324,7 @@ class LoadConfig(_Strict):
         return value
 
     def levels(self) -> list[LoadSpec]:
-        return [LoadSpec(c, self.duration_s, self.warmup_s) for c in self.concurrency]
+        return [LoadSpec(c, self.duration_s, self.warmup_s, self.processes) for c in self.concurrency]
 
 
 class DistillConfig(_Strict):

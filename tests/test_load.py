@@ -8,7 +8,8 @@ import threading
 import pytest
 import torch
 
-from monitor.harness.load import drive
+from monitor.harness.load import drive, drive_processes
+from tests.load_callers import failing_caller, python_bound_caller
 from tests.workloads import Tiny
 
 
@@ -66,3 +67,15 @@ def test_bad_levels_are_refused(args: tuple[int, float, float]) -> None:
     concurrency, duration, warmup = args
     with pytest.raises(ValueError, match="concurrency"):
         drive(lambda: None, concurrency=concurrency, batch_size=1, duration_s=duration, warmup_s=warmup)
+
+
+def test_caller_processes_each_build_their_own_call_and_share_one_window() -> None:
+    level = drive_processes(python_bound_caller, concurrency=2, batch_size=1, duration_s=0.3, warmup_s=0.05)
+    assert level.concurrency == 2 and len(level.calls_per_caller) == 2 and all(level.calls_per_caller)
+    assert level.metrics.samples == level.calls == len(level.samples_ns)
+    assert level.metrics.throughput_per_s == pytest.approx(level.calls / 0.3)
+
+
+def test_a_caller_process_that_fails_stops_the_level_with_its_traceback() -> None:
+    with pytest.raises(RuntimeError, match="(?s)a caller process failed.*this caller cannot build its model"):
+        drive_processes(failing_caller, concurrency=2, batch_size=1, duration_s=0.3)

@@ -130,3 +130,16 @@ def test_a_change_in_one_mode_is_found_in_that_series_alone_and_reported_there(t
     assert [d.action for d in finding_decisions(context, train, ["alert", "requantize"])] == ["alert"]
     load = next(f for f in p50 if f.key.mode == "load")  # the served variant under load: it can
     assert [d.action for d in finding_decisions(context, load, ["alert", "requantize"])] == ["alert", "requantize"]
+
+
+def test_load_callers_may_be_processes_each_with_its_own_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers: WorkerPool
+) -> None:
+    monkeypatch.setenv("PYTHONPATH", str(TESTS_DIR))
+    loaded = configured(tmp_path, factory="workloads:grad_checked",
+                        load={"concurrency": [2], "duration_s": 0.3, "warmup_s": 0.05, "processes": True})
+    with Database.open(loaded.storage_url()) as db:
+        _, run = benchmark_models(loaded, db, pool=workers)
+    assert run.status == "ok" and run.mode == "load" and run.concurrency == 2, run.error
+    assert run.details["callers"] == "processes" and len(run.details["calls_per_caller"]) == 2
+    assert all(run.details["calls_per_caller"]) and run.metrics.samples == run.details["calls"]

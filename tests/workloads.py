@@ -330,3 +330,4 @@ def distill_batches() -> list[torch.Tensor]:
     """Unlabelled training inputs (the soft targets are all a student gets from them)."""
     generator = torch.Generator().manual_seed(1)
     return [torch.randn(64, 16, generator=generator) for _ in range(32)]
+

@@ -30,11 +30,13 @@ class TrainSpec:
 
 @dataclass(frozen=True, slots=True)
 class LoadSpec:
-    """How one concurrency level is driven: its callers, for `duration_s` after `warmup_s`."""
+    """How one concurrency level is driven: its callers (threads sharing one model, or processes with
+    a model each), for `duration_s` after `warmup_s`."""
 
     concurrency: int
     duration_s: float = 5.0
     warmup_s: float = 1.0
+    processes: bool = False
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LoadSpec:

@@ -6,14 +6,18 @@ before throughput stops growing. `drive` starts N threads together, lets each ca
 loop for a warm-up that is not counted, then for `duration_s`, and returns the throughput and the
 latency percentiles of the calls that started inside that window. Threads suit models whose calls
 spend their time in torch's kernels, which release the GIL; a model whose time goes to Python code
-is bound by the GIL, and the flat throughput across levels shows it. Runs inside the worker.
+is bound by the GIL, and the flat throughput across levels shows it. `drive_processes` runs the
+callers as processes instead, each with its own copy of the model and its own GIL, as a server with
+several worker processes would: where the GIL decides, the two answers differ. Runs inside the worker.
 """
 
 from __future__ import annotations
 
 import contextlib
+import multiprocessing
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -107,3 +111,70 @@ def drive(
     metrics = sampling.latency_metrics(every, batch_size)
     metrics.throughput_per_s = len(every) * batch_size / duration_s
     return LoadLevel(concurrency, duration_s, tuple(len(mine) for mine in timings), metrics, tuple(every))
+
+
+# A caller process's set-up: runs in the new process, returns the call to time and the context
+# (torch.inference_mode) to run its loop in. Must pickle: a module-level function, or a partial of one.
+CallerSetup = Callable[[], tuple[Callable[[], Any], Callable[[], AbstractContextManager[Any]]]]
+START_TIMEOUT_S = 600.0  # for every caller process to import torch and build its model
+
+
+def drive_processes(
+    setup: CallerSetup, concurrency: int, batch_size: int, duration_s: float, warmup_s: float = 0.2
+) -> LoadLevel:
+    """`drive`, with each caller a spawned process that builds its own model with `setup`. The window
+    opens once every process is ready (the monotonic clock is the same in all of them); each sends
+    its timings back. A caller that fails stops the level with its traceback."""
+    if concurrency < 1 or duration_s <= 0 or warmup_s < 0:
+        raise ValueError(f"concurrency must be >= 1, duration_s > 0 and warmup_s >= 0 (got {concurrency}, "
+                         f"{duration_s}, {warmup_s})")
+    spawn = multiprocessing.get_context("spawn")  # never fork a process whose OpenMP pool is running
+    ready, go = spawn.Barrier(concurrency + 1), spawn.Barrier(concurrency + 1)
+    window = spawn.Array("q", 2)
+    pipes = [spawn.Pipe(duplex=False) for _ in range(concurrency)]
+    procs = [spawn.Process(target=_process_caller, args=(setup, ready, go, window, sender), daemon=True,
+                           name=f"perfguard-load-{i}") for i, (_, sender) in enumerate(pipes)]
+    for proc in procs:
+        proc.start()
+    try:
+        ready.wait(START_TIMEOUT_S)
+        now = time.perf_counter_ns()
+        window[0], window[1] = now + int(warmup_s * 1e9), now + int((warmup_s + duration_s) * 1e9)
+        go.wait(START_TIMEOUT_S)
+        answers = [receiver.recv() for receiver, _ in pipes]
+    except threading.BrokenBarrierError:
+        answers = [receiver.recv() if receiver.poll(5) else ("error", "a caller process died") for receiver, _ in pipes]
+    finally:
+        for proc in procs:
+            proc.join(5)
+            if proc.is_alive():
+                proc.kill()
+    failed = next((text for kind, text in answers if kind == "error"), None)
+    if failed is not None:
+        raise RuntimeError(f"a caller process failed:\n{failed}")
+    timings = [list(text) for _, text in answers]
+    every = [t for mine in timings for t in mine]
+    metrics = sampling.latency_metrics(every, batch_size)
+    metrics.throughput_per_s = len(every) * batch_size / duration_s
+    return LoadLevel(concurrency, duration_s, tuple(len(mine) for mine in timings), metrics, tuple(every))
+
+
+def _process_caller(setup: CallerSetup, ready: Any, go: Any, window: Any, conn: Any) -> None:
+    """One caller process: build, wait for the others, call in a loop through the window, send timings."""
+    try:
+        call, context = setup()
+        with context():
+            call()  # the first call outside the window, as a thread caller's warm-up would make it
+            ready.wait(START_TIMEOUT_S)
+            go.wait(START_TIMEOUT_S)
+            begin, end = window[0], window[1]
+            clock, mine = time.perf_counter_ns, []
+            while (t0 := clock()) < end:
+                call()
+                if t0 >= begin:
+                    mine.append(clock() - t0)
+        conn.send(("ok", mine))
+    except BaseException:  # noqa: BLE001 - the driver raises it, with this traceback
+        ready.abort()
+        go.abort()
+        conn.send(("error", traceback.format_exc()))

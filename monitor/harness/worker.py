@@ -8,8 +8,10 @@ here cannot take the parent with it; the runner turns it into a stored failed ru
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import faulthandler
+import functools
 import json
 import math
 import os
@@ -22,7 +24,6 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -326,22 +327,50 @@ def _run_load(job: BenchmarkJob, channel: Channel) -> WorkerResult:
     with _session(job, channel) as session:
         (prepared,) = _prepare_subjects(job, channel)
         channel.progress("load", 0)
-        call, sync = prepared.call, session.sync
-        timed = call if sync is None else lambda: (call(), sync())
         watch = collectors.HostWatch()
         watch.start()
-        level = load.drive(timed, job.load.concurrency, job.batch_size, job.load.duration_s, job.load.warmup_s,
-                           context=torch.inference_mode)
+        spec = job.load
+        if spec.processes:
+            level = load.drive_processes(functools.partial(_load_caller, job.to_json()), spec.concurrency,
+                                         job.batch_size, spec.duration_s, spec.warmup_s)
+        else:
+            timed, context = _load_caller(job.to_json(), prepared)
+            level = load.drive(timed, spec.concurrency, job.batch_size, spec.duration_s, spec.warmup_s, context)
         host = watch.finish(0, None)
         channel.progress("collect", level.calls)
         metrics = level.metrics
         metrics.params, metrics.model_size_mb = collectors.model_size(prepared.model)
         metrics.peak_rss_mb = round(collectors.peak_rss_mb(), 2)
-        if sync is not None:
+        if session.sync is not None:
             metrics.cuda_peak_mem_mb = torch.cuda.max_memory_allocated(torch.device(job.device)) / 2**20
+        details = {**level.details(), "callers": "processes" if spec.processes else "threads"}
         result = SubjectResult(label=prepared.subject.label, metrics=metrics, samples_ms=level.stored_samples_ms(),
-                               flags=[], details=level.details())
+                               flags=[], details=details)
     return WorkerResult(env=session.env, host=host, subjects=[result])
+
+
+def _load_caller(
+    text: str, prepared: Prepared | None = None
+) -> tuple[Callable[[], Any], Callable[[], contextlib.AbstractContextManager[Any]]]:
+    """A load caller's call (synchronised on CUDA) and the context its loop runs in. In a caller
+    process (`prepared` None) it first builds the job's model there, with the job's threads."""
+    import torch
+
+    job = read_job(text)
+    if prepared is None:
+        if job.threads:
+            torch.set_num_threads(job.threads)
+        prepared = Prepared(job.subjects[0], job)
+    call = prepared.call
+    if not job.device.startswith("cuda"):
+        return call, torch.inference_mode
+
+    def synced() -> Any:
+        out = call()
+        torch.cuda.synchronize()
+        return out
+
+    return synced, torch.inference_mode
 
 
 def run_compare(job: CompareJob, channel: Channel) -> WorkerResult:
@@ -409,7 +438,7 @@ def _prepare_subjects(job: Job, channel: Channel) -> list[Prepared]:
     return [Prepared(subject, job) for subject in job.subjects]
 
 
-@contextmanager
+@contextlib.contextmanager
 def _session(job: Job, channel: Channel) -> Iterator[Session]:
     """Threads, the GPU and NVML set up as the job asks; what the parent is told first: the environment."""
     import torch
