@@ -7,6 +7,7 @@ import dataclasses
 
 import pytest
 
+from monitor.core.workloads import LoadSpec, TrainSpec
 from monitor.harness import worker
 from monitor.harness.protocol import (
     JOB_TYPES,
@@ -21,6 +22,7 @@ from monitor.harness.protocol import (
     ProfileJob,
     SamplingSettings,
     Subject,
+    TrainCompareJob,
     make_job,
     read_job,
 )
@@ -42,12 +44,16 @@ EVERY_MODE = [
     FreezeJob(subjects=[subject()], freeze_dir="/refs/m", probe=True, **SHARED),
     CandidatesJob(subjects=[subject("current")], candidates_dir="/cands", train="pkg.mod:tune", fidelity="top1",
                   candidates=[CandidateRequest("int8", "dynamic_int8", {"dtype": "qint8"})], **SHARED),
+    TrainCompareJob(subjects=[subject()], train_step=TrainSpec(lr=0.1),
+                    candidates=[TrainSpec(lr=0.1, amp="bf16"), TrainSpec(lr=0.1, amp="fp16")], **SHARED),
+    BenchmarkJob(subjects=[subject()], train_step=TrainSpec(loss="mse", optimizer="adam"), **SHARED),
+    BenchmarkJob(subjects=[subject()], load=LoadSpec(4, 2.0, 0.5, processes=True), **SHARED),
     ProfileJob(subjects=[subject("current")], **SHARED),
     PrepareJob(subjects=[], prepare="pkg.mod:download", **SHARED),
 ]
 
 
-@pytest.mark.parametrize("job", EVERY_MODE, ids=lambda j: j.mode)
+@pytest.mark.parametrize("job", EVERY_MODE, ids=lambda j: f"{j.mode}-{getattr(j, 'series_mode', '')}")
 def test_every_mode_crosses_the_json_channel_as_its_own_type(job):
     back = read_job(job.to_json())
     assert type(back) is type(job) and back == job

@@ -10,9 +10,11 @@ import click
 from monitor.cli.app import main
 from monitor.cli.common import config_option, json_option, known_model, load, open_db, open_stored, print_json
 from monitor.cli.progress import PhaseProgress
-from monitor.cli.tables import action_report, format_table, recipe_rows, recipes_table
+from monitor.cli.tables import action_report, format_table, recipe_rows, recipes_table, step_verdicts_table
+from monitor.config import LoadedConfig
 from monitor.core.actions import ActionRecord
 from monitor.harness.worker_pool import WorkerPool
+from monitor.optimize.train_amp import TrainCompareError, compare_training
 from monitor.user_errors import EXIT_FAILED
 from storage import queries
 
@@ -27,12 +29,17 @@ from storage import queries
 @click.option("--dry-run/--promote", "dry_run", default=None,
               help="Decide and record without promoting (default: optimize.dry_run).")
 @click.option("--list", "list_recipes", is_flag=True, help="List the recipes and exit.")
+@click.option("--train", "training", is_flag=True,
+              help="Compare the model's training step with autocast instead (advice; nothing is promoted).")
+@click.option("--amp", "amps", multiple=True, type=click.Choice(["bf16", "fp16"]),
+              help="With --train: time this autocast mode (repeatable); default: those the device suits.")
 def optimize(config_path: Path, as_json: bool, model: str | None, recipes: tuple[str, ...], action: str | None,
-             dry_run: bool | None, list_recipes: bool) -> None:
+             dry_run: bool | None, list_recipes: bool, training: bool, amps: tuple[str, ...]) -> None:
     """Try to make MODEL faster now: build candidates, time them against the current variant, keep the best.
 
     A candidate is kept only if it is faster by optimize.min_speedup, as accurate (within the
     tolerance) and no bigger; the decision and every candidate's numbers are stored either way.
+    With --train, the training step is compared with autocast instead.
     """
     from monitor.core import catalog
     from monitor.optimize.action import OptimizeError, OptimizeRequest
@@ -51,15 +58,14 @@ def optimize(config_path: Path, as_json: bool, model: str | None, recipes: tuple
         raise click.UsageError(
             f"unknown model {model!r}; configured: {', '.join(m.name for m in loaded.config.models) or '(none)'}"
         )
+    if training:
+        _compare_training(loaded, model, list(amps), as_json)
+        return
     for name in recipes:
         if name not in catalog.RECIPES:
             raise click.UsageError(f"unknown recipe {name!r}; known: {', '.join(catalog.RECIPES)}")
-    request = OptimizeRequest(
-        model=model,
-        action=action if action or recipes else "requantize",  # type: ignore[arg-type]
-        recipes=recipes,
-        dry_run=dry_run,
-    )
+    kind = action if action or recipes else "requantize"
+    request = OptimizeRequest(model=model, action=kind, recipes=recipes, dry_run=dry_run)  # type: ignore[arg-type]
     with open_db(loaded) as db, WorkerPool() as pool:
         try:
             record = run_optimize(db, loaded, request, pool=pool, progress=PhaseProgress(f"optimize {model}"))
@@ -147,3 +153,19 @@ def actions(config_path: Path, as_json: bool, model: str | None, limit: int) -> 
             ],
         )
     )
+
+
+def _compare_training(loaded: LoadedConfig, model: str, amps: list[str], as_json: bool) -> None:
+    """`optimize --train`: the training step against its autocast candidates, as a table or JSON."""
+    with WorkerPool() as pool:
+        try:
+            verdicts = compare_training(loaded, model, amps or None, pool=pool)  # type: ignore[arg-type]
+        except TrainCompareError as exc:
+            raise click.UsageError(str(exc)) from None
+    if as_json:
+        print_json([v.to_json() for v in verdicts])
+    elif not verdicts:
+        click.echo(f"no autocast mode suits {model}'s device here (a CPU without native bf16 emulates it); "
+                   "--amp bf16 times it anyway")
+    else:
+        click.echo(step_verdicts_table(verdicts))

@@ -9,6 +9,7 @@ from monitor.core import catalog
 from monitor.core.actions import ActionRecord, CandidateNumbers
 from monitor.core.runs import RunRecord
 from monitor.core.series import FindingRecord, SampleCheck
+from monitor.optimize.train_amp import StepVerdict
 
 if TYPE_CHECKING:  # the follow-up's machinery loads with `check`, not with every command
     from monitor.service.followup import FollowUp
@@ -178,6 +179,17 @@ def action_report(record: ActionRecord) -> str:
                          + (f"{1 / ratio:.2f}x" if ratio else f"not measured ({other['error']})"))
     lines.append(f"\naction {record.id}: {record.status}: {record.reason}")
     return "\n".join(lines)
+
+
+def step_verdicts_table(verdicts: Sequence[StepVerdict]) -> str:
+    """`optimize --train`: each autocast candidate of the training step against the configured step."""
+    rows = []
+    for v in verdicts:
+        ci = f"{1 / v.ratio_ci95[1]:.2f}-{1 / v.ratio_ci95[0]:.2f}x" if v.ratio_ci95 else None
+        speed = None if v.ratio_p50 is None else f"{1 / v.ratio_p50:.2f}x"
+        verdict = "worth it: set train.amp = " + repr(v.amp) if v.accepted else "; ".join(v.reasons)
+        rows.append([v.label, v.current_step_ms, v.step_ms, speed, ci, v.loss_rel_diff, verdict])
+    return format_table(["candidate", "step ms now", "step ms", "speed-up", "95 % CI", "loss diff", "verdict"], rows)
 
 
 def recipe_rows() -> list[dict[str, Any]]:

@@ -28,6 +28,17 @@ class TrainSpec:
         return cls(**data)
 
 
+NATIVE_BF16_FLAGS = ("amx_bf16", "avx512_bf16")  # CPUs on which bf16 autocast can pay off
+
+
+def amp_modes(device: str, cpu_flags: list[str]) -> list[Amp]:
+    """The autocast modes worth timing for a training step here: fp16 and bf16 on a GPU, bf16 on a CPU
+    with native bf16 (elsewhere it is emulated, and several times slower: bench/RESULTS.md §20)."""
+    if device.startswith("cuda"):
+        return ["bf16", "fp16"]
+    return ["bf16"] if set(NATIVE_BF16_FLAGS) & set(cpu_flags) else []
+
+
 @dataclass(frozen=True, slots=True)
 class LoadSpec:
     """How one concurrency level is driven: its callers (threads sharing one model, or processes with

@@ -257,6 +257,22 @@ class CandidatesJob(Job):
 
 
 @dataclass(slots=True, kw_only=True)
+class TrainCompareJob(Job):
+    """Time the model's training step as `train_step` takes it and as each of `candidates` would
+    (autocast), interleaved, each on its own copy of the model; and, from identical copies, the loss
+    each reaches after `fidelity_steps` steps."""
+
+    mode: ClassVar[str] = "train_ab"
+    train_step: TrainSpec
+    candidates: list[TrainSpec] = field(default_factory=list)
+    fidelity_steps: int = 5
+
+    def __post_init__(self) -> None:
+        if len(self.subjects) != 1 or self.fidelity_steps < 1 or not self.candidates:
+            raise ValueError("a training-step comparison takes one subject, candidates and at least one fidelity step")
+
+
+@dataclass(slots=True, kw_only=True)
 class ProfileJob(Job):
     """Profile each subject's operators (where its time goes) instead of timing it."""
 
@@ -276,9 +292,10 @@ class PrepareJob(Job):
             raise ValueError("a prepare job times nothing: it takes no subjects")
 
 
-WorkerJob = BenchmarkJob | CompareJob | FreezeJob | CandidatesJob | ProfileJob | PrepareJob
+WorkerJob = BenchmarkJob | CompareJob | FreezeJob | CandidatesJob | TrainCompareJob | ProfileJob | PrepareJob
 JOB_TYPES: dict[str, type[WorkerJob]] = {
-    kind.mode: kind for kind in (BenchmarkJob, CompareJob, FreezeJob, CandidatesJob, ProfileJob, PrepareJob)
+    kind.mode: kind
+    for kind in (BenchmarkJob, CompareJob, FreezeJob, CandidatesJob, TrainCompareJob, ProfileJob, PrepareJob)
 }
 
 
@@ -296,10 +313,11 @@ def read_job(text: str) -> WorkerJob:
     data["sampling"] = SamplingSettings(**data["sampling"])
     if data.get("reference") is not None:
         data["reference"] = Subject.from_dict(data["reference"])
-    if "candidates" in data:
-        data["candidates"] = [CandidateRequest(**c) for c in data["candidates"]]
     if data.get("train_step") is not None:
         data["train_step"] = TrainSpec.from_dict(data["train_step"])
+    if "candidates" in data:  # a training-step comparison's are autocast specs; a candidates job's, recipes
+        build = TrainSpec.from_dict if data["mode"] == TrainCompareJob.mode else (lambda c: CandidateRequest(**c))
+        data["candidates"] = [build(c) for c in data["candidates"]]
     if data.get("load") is not None:
         data["load"] = LoadSpec.from_dict(data["load"])
     return make_job(data.pop("mode"), **data)

@@ -9,6 +9,7 @@ here cannot take the parent with it; the runner turns it into a stored failed ru
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import faulthandler
 import functools
@@ -29,6 +30,7 @@ from typing import IO, Any
 
 from monitor.core.import_paths import resolve
 from monitor.core.runs import EnvFingerprint, HostCondition, RunMetrics
+from monitor.core.workloads import TrainSpec
 from monitor.harness import (
     candidates,
     collectors,
@@ -54,6 +56,7 @@ from monitor.harness.protocol import (
     ProfileJob,
     Subject,
     SubjectResult,
+    TrainCompareJob,
     WorkerJob,
     WorkerResult,
     read_job,
@@ -349,6 +352,39 @@ def _run_load(job: BenchmarkJob, channel: Channel) -> WorkerResult:
     return WorkerResult(env=session.env, host=host, subjects=[result])
 
 
+def run_train_compare(job: TrainCompareJob, channel: Channel) -> WorkerResult:
+    """The training step as configured, then under each autocast candidate, timed interleaved, each
+    stepping its own copy of the model; each subject's details keep the losses its fresh copy reached
+    over the first `fidelity_steps` steps, from the same weights on the same batch."""
+    with _session(job, channel) as session:
+        (base,) = _prepare_subjects(job, channel)
+        specs = [job.train_step, *job.candidates]
+        initial = copy.deepcopy(base.model.state_dict())
+        losses = [_losses(base, spec, initial, job) for spec in specs]
+        timed = []
+        for spec in specs:
+            subject = dataclasses.replace(base.subject, label=_amp_label(spec))
+            copy_of = Prepared(subject, job, model=copy.deepcopy(base.model), inputs=(base.args, base.kwargs))
+            copy_of.call = train_step.make_step(copy_of.model, base.args, spec, job.device, base.kwargs)
+            timed.append(copy_of)
+        timing = _measure(timed, job, channel, session, grad=True)
+    for result, spec, seen in zip(timing.results, specs, losses, strict=True):
+        result.details.update(amp=spec.amp, losses=seen)
+    return timing.result(session.env)
+
+
+def _losses(base: Prepared, spec: TrainSpec, initial: dict[str, Any], job: TrainCompareJob) -> list[float]:
+    """The losses a fresh copy of the model reaches over `job.fidelity_steps` steps of `spec`."""
+    model = copy.deepcopy(base.model)
+    model.load_state_dict(initial)
+    step = train_step.make_step(model, base.args, spec, job.device, base.kwargs)
+    return [step() for _ in range(job.fidelity_steps)]
+
+
+def _amp_label(spec: TrainSpec) -> str:
+    return f"amp_{spec.amp}" if spec.amp else "current"
+
+
 def _load_caller(
     text: str, prepared: Prepared | None = None
 ) -> tuple[Callable[[], Any], Callable[[], contextlib.AbstractContextManager[Any]]]:
@@ -421,6 +457,7 @@ RUNNERS: dict[type[Job], Callable[[Any, Channel], WorkerResult]] = {
     CompareJob: run_compare,
     FreezeJob: run_freeze,
     CandidatesJob: run_candidates,
+    TrainCompareJob: run_train_compare,
     ProfileJob: run_profile,
 }
 

@@ -1,0 +1,122 @@
+"""Autocast for the training step: time the step as configured against the same step under bf16/fp16
+autocast, and say whether switching is worth it.
+
+Each candidate steps its own copy of the model, interleaved with the configured step in one worker
+(harness/worker.py `run_train_compare`), so host drift cancels in the ratio. It is kept only if it
+is faster by `optimize.min_speedup` with a 95 % interval below 1, and if, from the same weights on the
+same batch, its loss after a few steps stays within `optimize.relative_error_tolerance` of the
+configured step's: autocast that is fast but trains differently is no win. The verdict is advice:
+the training code is the team's, and `train.amp` in the config is how they take it.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from monitor.config import LoadedConfig
+from monitor.core.workloads import Amp, TrainSpec, amp_modes
+from monitor.harness.cpu_info import cpu_flags
+from monitor.harness.protocol import TrainCompareJob
+from monitor.harness.worker_pool import WorkerPool
+from monitor.registry import UnknownModelError, plan, run_with_limits
+
+CURRENT = "current"
+
+
+class TrainCompareError(ValueError):
+    """The comparison cannot start: the model has no training step, or the worker failed."""
+
+
+@dataclass(frozen=True, slots=True)
+class StepVerdict:
+    """One autocast candidate of the training step, with its numbers and why it is not worth it."""
+
+    label: str
+    amp: str | None
+    step_ms: float | None
+    current_step_ms: float | None
+    ratio_p50: float | None  # candidate / configured step, per interleaved round
+    ratio_ci95: tuple[float, float] | None
+    losses: list[float] = field(default_factory=list)
+    current_losses: list[float] = field(default_factory=list)
+    accepted: bool = False
+    reasons: list[str] = field(default_factory=list)
+
+    @property
+    def loss_rel_diff(self) -> float | None:
+        if not self.losses or not self.current_losses or not self.current_losses[-1]:
+            return None
+        return abs(self.losses[-1] - self.current_losses[-1]) / abs(self.current_losses[-1])
+
+    def to_json(self) -> dict[str, Any]:
+        return {"label": self.label, "amp": self.amp, "step_ms": self.step_ms, "current_step_ms": self.current_step_ms,
+                "ratio_p50": self.ratio_p50, "ratio_ci95": self.ratio_ci95, "losses": self.losses,
+                "current_losses": self.current_losses, "loss_rel_diff": self.loss_rel_diff,
+                "accepted": self.accepted, "reasons": self.reasons}
+
+
+def compare_training(
+    loaded: LoadedConfig, model: str, amps: list[Amp] | None = None, cancel: threading.Event | None = None,
+    pool: WorkerPool | None = None,
+) -> list[StepVerdict]:
+    """Time `model`'s training step against its autocast candidates (`amps`, default: those its device
+    suits) at its first training batch size; one verdict per candidate (none when none suits)."""
+    try:
+        planned = next((p for p in plan(loaded, [model]) if p.job.train_step is not None), None)
+    except UnknownModelError as exc:
+        raise TrainCompareError(str(exc)) from None
+    if planned is None or planned.job.train_step is None:
+        raise TrainCompareError(f"model {model!r} has no training step to compare: give it a train table, "
+                                'e.g. train = { loss = "cross_entropy", optimizer = "sgd", lr = 0.01 }')
+    spec = planned.job.train_step
+    # The comparison runs on this host (a local worker), so this CPU's flags say what suits it.
+    chosen = amps if amps else amp_modes(planned.job.device, cpu_flags())
+    if not chosen:
+        return []
+    candidates = [TrainSpec(spec.loss, spec.optimizer, spec.lr, amp) for amp in chosen]
+    job = planned.job.as_job(TrainCompareJob, train_step=spec, candidates=candidates)
+    outcome = run_with_limits(loaded, planned, job, 1 + len(candidates), cancel, pool)
+    if outcome.status != "ok" or outcome.result is None:
+        raise TrainCompareError(f"the comparison failed: {(outcome.error or outcome.status).strip().splitlines()[-1]}")
+    settings = loaded.config.optimize.for_model(planned.model.optimize)
+    subjects = {s.label: s for s in outcome.result.subjects}
+    current = subjects.pop(CURRENT)
+    comparison = outcome.result.comparison or {}
+    return [
+        judge_step(StepVerdict(
+            label=label, amp=s.details.get("amp"), step_ms=s.metrics.latency_ms_p50,
+            current_step_ms=current.metrics.latency_ms_p50, ratio_p50=comparison.get(label, {}).get("ratio_p50"),
+            ratio_ci95=_interval(comparison.get(label, {}).get("ratio_ci95")), losses=s.details.get("losses", []),
+            current_losses=current.details.get("losses", []),
+        ), settings.min_speedup, settings.relative_error_tolerance)
+        for label, s in subjects.items()
+    ]
+
+
+def judge_step(verdict: StepVerdict, min_speedup: float, tolerance: float) -> StepVerdict:
+    """The verdict with `accepted` and its reasons: faster by `min_speedup`, significantly, and
+    training the same way (the last loss within `tolerance`, relative, and finite)."""
+    reasons = []
+    ratio, ci = verdict.ratio_p50, verdict.ratio_ci95
+    if ratio is None:
+        reasons.append("no interleaved rounds to compare step time")
+    elif ratio > 1.0 / (1.0 + min_speedup):
+        reasons.append(f"step time {1 / ratio:.2f}x, below the required {1 + min_speedup:.2f}x")
+    elif ci is None or ci[1] >= 1.0:
+        reasons.append("step-time gain not significant (no 95 % interval below 1)")
+    diff = verdict.loss_rel_diff
+    if any(not math.isfinite(v) for v in verdict.losses):
+        reasons.append("the loss became NaN or infinite")
+    elif diff is None:
+        reasons.append("no losses to compare")
+    elif diff > tolerance:
+        reasons.append(f"loss after {len(verdict.losses)} steps {verdict.losses[-1]:.4g} vs "
+                       f"{verdict.current_losses[-1]:.4g}: {diff:.3f} apart, over the tolerance {tolerance:g}")
+    return replace(verdict, accepted=not reasons, reasons=reasons)
+
+
+def _interval(value: Any) -> tuple[float, float] | None:
+    return None if value is None else (float(value[0]), float(value[1]))
