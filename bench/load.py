@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/load.py                  # MLP at batch 32, 1/2/4 callers, torch on 1 and 2 threads
     .venv/bin/python bench/load.py --duration 5 --json /tmp/load.json
+    .venv/bin/python bench/load.py --gil            # a Python-bound model: caller threads against processes
 
 Each level runs `monitor.harness.load.drive` (N caller threads, one loaded model, each call timed, a
 warm-up not counted) on the model in this process, under `torch.inference_mode`. Torch's intra-op pool
@@ -24,10 +25,53 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from monitor.examples import models  # noqa: E402
-from monitor.harness.load import drive  # noqa: E402
+from monitor.harness.load import drive, drive_processes  # noqa: E402
 
 BATCH = 32
 LEVELS = (1, 2, 4)
+GIL_BATCH = 1
+
+
+class ManySmallLayers(torch.nn.Module):
+    """64 Linear(8, 8) layers called one by one on one row: the time goes to Python and torch's
+    dispatch, under the GIL, not to kernels (as in many small serving models)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.layers = torch.nn.ModuleList(torch.nn.Linear(8, 8) for _ in range(64))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            x = torch.relu(layer(x))
+        return x
+
+
+def gil_bound_setup() -> tuple:
+    """A caller process's own model (drive_processes): one thread, like the caller threads."""
+    torch.set_num_threads(1)
+    model, x = ManySmallLayers().eval(), torch.randn(GIL_BATCH, 8)
+    return (lambda: model(x)), torch.inference_mode
+
+
+def gil(duration: float, repeats: int) -> int:
+    """Threads against processes on a model whose time is Python's: at 1 and 2 callers."""
+    call, _ = gil_bound_setup()
+    plan = [(kind, n) for kind in ("threads", "processes") for n in (1, 2)]
+    seen: dict[tuple[str, int], list[float]] = {key: [] for key in plan}
+    for r in range(repeats):
+        for kind, n in plan[r % len(plan):] + plan[: r % len(plan)]:
+            level = (drive(call, n, GIL_BATCH, duration, warmup_s=0.5, context=torch.inference_mode)
+                     if kind == "threads" else drive_processes(gil_bound_setup, n, GIL_BATCH, duration, warmup_s=0.5))
+            seen[kind, n].append(level.metrics.throughput_per_s or 0.0)
+    base = statistics.median(seen["threads", 1])
+    print(f"64 x Linear(8, 8) on one row, 1 torch thread a caller, {duration:g} s a level, median of {repeats}\n")
+    print("| callers as | callers | calls/s | vs 1 caller thread |")
+    print("|---|---|---|---|")
+    for kind, n in plan:
+        rate = statistics.median(seen[kind, n])
+        print(f"| {kind} | {n} | {rate:.0f} | {rate / base:.2f}x |")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,7 +79,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=3.0, help="seconds measured per level (default 3)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--gil", action="store_true", help="threads against processes on a Python-bound model")
     args = parser.parse_args(argv)
+    if args.gil:
+        return gil(args.duration, args.repeats)
     model = models.mlp().eval()
     x = torch.randn(BATCH, 1024, generator=torch.Generator().manual_seed(0))
     plan = [(threads, n) for threads in (1, 2) for n in LEVELS]
