@@ -22,7 +22,9 @@ class StderrProgress(BenchmarkProgress):
         self._start = 0.0
 
     def begin(self, index: int, total: int, planned: PlannedBenchmark) -> None:
-        self._prefix = f"[{index + 1}/{total}] {planned.job.model} batch {planned.job.batch_size}"
+        key = planned.key
+        what = {"train": " training step", "load": f" under {key.concurrency} callers"}.get(key.mode, "")
+        self._prefix = f"[{index + 1}/{total}] {planned.job.model} batch {planned.job.batch_size}{what}"
         self._phase = ""
         self._start = time.monotonic()
         click.echo(f"{self._prefix}: starting worker", err=True)
