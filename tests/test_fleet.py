@@ -192,12 +192,13 @@ def test_a_worker_killed_mid_benchmark_has_its_job_redelivered_and_each_series_s
 ) -> None:
     queue = f"cpu-{uuid.uuid4().hex[:8]}"
     # Two series: the first is stored, the worker dies during the second; the job comes back. Redis
-    # hands it out again after the visibility timeout, which must outlast the job's time limit (2 x 12 s
-    # series, then 2 s to follow up): 28 s. A precision no run reaches keeps each series sampling for
-    # its whole 2 s budget, the window in which the worker is killed.
+    # hands it out again after the visibility timeout, which must outlast the job's time limit (2 x 6 s
+    # series, then 2 s to follow up): 16 s, the wait that makes this the suite's longest test. A
+    # precision no run reaches keeps each series sampling for its whole 2 s budget, the window in which
+    # the worker is killed; a series that ran past 6 s would be stored as a timeout, and count the same.
     config = fleet_config(tmp_path, pg_schema_url, BROKERS[broker],
-                          model("slow", queue, max_time_s=2, batch_sizes="batch_sizes = [2, 4]\ntimeout_s = 12"),
-                          harness="target_ci_rel = 0.000001\n", visibility_timeout_s=28, follow_up_s=2)
+                          model("slow", queue, max_time_s=2, batch_sizes="batch_sizes = [2, 4]\ntimeout_s = 6"),
+                          harness="target_ci_rel = 0.000001\n", visibility_timeout_s=16, follow_up_s=2)
     group = Workers(config)
     workers.append(group)
     first = group.start(queue)
