@@ -33,6 +33,14 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
     return max(1, cores - round(busy))
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The `timing` tests last, in their usual order. Each runs alone (below), so one that comes up
+    between the others makes the suite take turns: the other test process finishes its test while this
+    one waits, then runs its next test alone while this one's next timing test waits. Last, they still
+    run alone, one after another, but every other test has run two at a time before them."""
+    items.sort(key=lambda item: item.get_closest_marker("timing") is not None)
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
     """Under pytest-xdist, a test marked `timing` runs while no other test process runs anything:
