@@ -74,6 +74,8 @@ def test_caller_processes_each_build_their_own_call_and_share_one_window() -> No
     assert level.concurrency == 2 and len(level.calls_per_caller) == 2 and all(level.calls_per_caller)
     assert level.metrics.samples == level.calls == len(level.samples_ns)
     assert level.metrics.throughput_per_s == pytest.approx(level.calls / 0.3)
+    assert len(level.caller_peak_rss_mb) == 2 and all(rss > 5 for rss in level.caller_peak_rss_mb)
+    assert level.details()["caller_peak_rss_mb"] == list(level.caller_peak_rss_mb)
 
 
 def test_a_caller_process_that_fails_stops_the_level_with_its_traceback() -> None:

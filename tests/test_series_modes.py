@@ -143,3 +143,6 @@ def test_load_callers_may_be_processes_each_with_its_own_model(
     assert run.status == "ok" and run.mode == "load" and run.concurrency == 2, run.error
     assert run.details["callers"] == "processes" and len(run.details["calls_per_caller"]) == 2
     assert all(run.details["calls_per_caller"]) and run.metrics.samples == run.details["calls"]
+    # Each caller holds a model (and torch) of its own: the run's peak memory counts them all.
+    callers = run.details["caller_peak_rss_mb"]
+    assert len(callers) == 2 and run.metrics.peak_rss_mb > sum(callers) > 0

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing
+import resource
 import threading
 import time
 import traceback
@@ -39,6 +40,7 @@ class LoadLevel:
     calls_per_caller: tuple[int, ...]
     metrics: RunMetrics  # latency percentiles of every call; throughput_per_s: samples/s all callers made
     samples_ns: tuple[int, ...] = ()  # every call's latency, in the order the callers' lists end to end
+    caller_peak_rss_mb: tuple[float, ...] = ()  # caller processes' own peak resident memory (processes only)
 
     @property
     def calls(self) -> int:
@@ -52,8 +54,11 @@ class LoadLevel:
 
     def details(self) -> dict[str, Any]:
         """How the level went, for the run's details: callers, window, each caller's calls."""
-        return {"concurrency": self.concurrency, "window_s": self.seconds, "calls": self.calls,
-                "calls_per_caller": list(self.calls_per_caller)}
+        details: dict[str, Any] = {"concurrency": self.concurrency, "window_s": self.seconds, "calls": self.calls,
+                                   "calls_per_caller": list(self.calls_per_caller)}
+        if self.caller_peak_rss_mb:
+            details["caller_peak_rss_mb"] = list(self.caller_peak_rss_mb)
+        return details
 
 
 def drive(
@@ -152,11 +157,17 @@ def drive_processes(
     failed = next((text for kind, text in answers if kind == "error"), None)
     if failed is not None:
         raise RuntimeError(f"a caller process failed:\n{failed}")
-    timings = [list(text) for _, text in answers]
+    timings = [list(mine) for _, (mine, _rss) in answers]
     every = [t for mine in timings for t in mine]
     metrics = sampling.latency_metrics(every, batch_size)
     metrics.throughput_per_s = len(every) * batch_size / duration_s
-    return LoadLevel(concurrency, duration_s, tuple(len(mine) for mine in timings), metrics, tuple(every))
+    return LoadLevel(concurrency, duration_s, tuple(len(mine) for mine in timings), metrics, tuple(every),
+                     tuple(rss for _, (_mine, rss) in answers))
+
+
+def _peak_rss_mb() -> float:
+    """This process's peak resident memory (Linux reports ru_maxrss in KiB)."""
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 2)
 
 
 def _process_caller(setup: CallerSetup, ready: Any, go: Any, window: Any, conn: Any) -> None:
@@ -173,7 +184,7 @@ def _process_caller(setup: CallerSetup, ready: Any, go: Any, window: Any, conn: 
                 call()
                 if t0 >= begin:
                     mine.append(clock() - t0)
-        conn.send(("ok", mine))
+        conn.send(("ok", (mine, _peak_rss_mb())))
     except BaseException:  # noqa: BLE001 - the driver raises it, with this traceback
         ready.abort()
         go.abort()

@@ -337,13 +337,14 @@ def _run_load(job: BenchmarkJob, channel: Channel) -> WorkerResult:
             level = load.drive_processes(functools.partial(_load_caller, job.to_json()), spec.concurrency,
                                          job.batch_size, spec.duration_s, spec.warmup_s)
         else:
-            timed, context = _load_caller(job.to_json(), prepared)
+            timed, context = _caller_call(job, prepared)
             level = load.drive(timed, spec.concurrency, job.batch_size, spec.duration_s, spec.warmup_s, context)
         host = watch.finish(0, None)
         channel.progress("collect", level.calls)
         metrics = level.metrics
         metrics.params, metrics.model_size_mb = collectors.model_size(prepared.model)
-        metrics.peak_rss_mb = round(collectors.peak_rss_mb(), 2)
+        # With caller processes, what serving this way holds: the worker's and every caller's own.
+        metrics.peak_rss_mb = round(collectors.peak_rss_mb() + sum(level.caller_peak_rss_mb), 2)
         if session.sync is not None:
             metrics.cuda_peak_mem_mb = torch.cuda.max_memory_allocated(torch.device(job.device)) / 2**20
         details = {**level.details(), "callers": "processes" if spec.processes else "threads"}
@@ -385,18 +386,24 @@ def _amp_label(spec: TrainSpec) -> str:
     return f"amp_{spec.amp}" if spec.amp else "current"
 
 
-def _load_caller(
-    text: str, prepared: Prepared | None = None
-) -> tuple[Callable[[], Any], Callable[[], contextlib.AbstractContextManager[Any]]]:
-    """A load caller's call (synchronised on CUDA) and the context its loop runs in. In a caller
-    process (`prepared` None) it first builds the job's model there, with the job's threads."""
+CallerCall = tuple[Callable[[], Any], Callable[[], contextlib.AbstractContextManager[Any]]]
+
+
+def _load_caller(text: str) -> CallerCall:
+    """A load caller process's set-up (load.drive_processes): the job's model built in that process,
+    on the job's threads, and its call."""
     import torch
 
     job = read_job(text)
-    if prepared is None:
-        if job.threads:
-            torch.set_num_threads(job.threads)
-        prepared = Prepared(job.subjects[0], job)
+    if job.threads:
+        torch.set_num_threads(job.threads)
+    return _caller_call(job, Prepared(job.subjects[0], job))
+
+
+def _caller_call(job: Job, prepared: Prepared) -> CallerCall:
+    """A load caller's call (synchronised on CUDA) and the context its loop runs in."""
+    import torch
+
     call = prepared.call
     if not job.device.startswith("cuda"):
         return call, torch.inference_mode
