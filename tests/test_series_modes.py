@@ -24,7 +24,7 @@ from rules.engine import build_context
 from storage import findings as store
 from storage.db import Database
 from storage.queries import history, save_runs
-from tests.cli_helpers import TESTS_DIR, tiny_model, write_config
+from tests.cli_helpers import TESTS_DIR, perfguard, tiny_model, write_config
 from tests.report_helpers import history_runs, report_config
 from tests.storage_helpers import T0
 
@@ -146,3 +146,14 @@ def test_load_callers_may_be_processes_each_with_its_own_model(
     # Each caller holds a model (and torch) of its own: the run's peak memory counts them all.
     callers = run.details["caller_peak_rss_mb"]
     assert len(callers) == 2 and run.metrics.peak_rss_mb > sum(callers) > 0
+
+
+def test_models_lists_each_models_training_and_load_series(tmp_path: Path) -> None:
+    config = write_config(tmp_path / "perfguard.toml", [tiny_model("m", train=TRAIN, load=LOAD), tiny_model("plain")])
+    table = perfguard("models", config=config)
+    assert table.returncode == 0, table
+    rows = {line.split()[0]: line for line in table.stdout.splitlines()[2:]}
+    assert "train b8; load ×1,3" in rows["m"] and " - " in rows["plain"]
+    listed = {row["name"]: row for row in perfguard("models", "--json", config=config).json()}
+    assert (listed["m"]["train_batch_sizes"], listed["m"]["load_concurrency"]) == ([8], [1, 3])
+    assert (listed["plain"]["train_batch_sizes"], listed["plain"]["load_concurrency"]) == ([], [])

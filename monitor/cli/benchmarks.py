@@ -52,13 +52,14 @@ def models(config_path: Path, as_json: bool) -> None:
     if as_json:
         print_json(rows)
         return
-    headers = ["model", "factory", "device", "batches", "variant", "schedule", "owners"]
+    headers = ["model", "factory", "device", "batches", "also", "variant", "schedule", "owners"]
     table = [
         [
             r["name"],
             r["factory"],
             r["device"],
             ",".join(map(str, r["batch_sizes"])),
+            _also(r),
             r["active_variant"],
             " ".join(f"{k}={v}" for k, v in r["schedule"].items()),
             ",".join(r["owners"]),
@@ -89,6 +90,16 @@ def run(config_path: Path, as_json: bool, names: tuple[str, ...]) -> None:
         click.echo(f"\n{len(records)} run(s) stored in {location}")
     if any(r.status != "ok" for r in records):
         sys.exit(EXIT_FAILED)
+
+
+def _also(row: dict[str, Any]) -> str:
+    """The model's series besides inference: "train b32", "load ×1,2,4"."""
+    parts = []
+    if row["train_batch_sizes"]:
+        parts.append("train b" + ",".join(map(str, row["train_batch_sizes"])))
+    if row["load_concurrency"]:
+        parts.append("load ×" + ",".join(map(str, row["load_concurrency"])))
+    return "; ".join(parts) or "-"
 
 
 @main.command()
