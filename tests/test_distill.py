@@ -10,6 +10,9 @@ import pytest
 import torch
 
 from monitor.config import ConfigError, LoadedConfig, load_config
+from monitor.harness.protocol import BenchmarkJob, InputTensor, RecipeStep, Subject, VariantSpec
+from monitor.harness.variants import needs_base, save_candidate
+from monitor.harness.worker import Prepared
 from monitor.transforms.recipes import RecipeError, build, structure
 from monitor.harness.worker_pool import WorkerPool
 from monitor.optimize.action import OptimizeRequest, optimize
@@ -85,6 +88,27 @@ def test_the_recipe_trains_the_student_and_its_structure_takes_the_saved_weights
         build("distill", teacher, (x,), {}, None, {"student": DISTILL["student"]})
     with pytest.raises(RecipeError, match="distill does not take teacher"):
         build("distill", teacher, (x,), {}, None, {**DISTILL, "teacher": "x:y"})
+
+
+def test_a_distilled_variant_is_rebuilt_from_its_student_without_building_the_teacher(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The factory below raises when called: the variant must come from the student's factory and the
+    saved weights alone, as a scheduled run of a promoted student builds it."""
+    monkeypatch.syspath_prepend(str(TESTS_DIR))
+    from workloads import wide_linear  # noqa: PLC0415 - the test models live beside the tests
+
+    x = torch.randn(8, 16)
+    student, resolved = build("distill", wide_linear().eval(), (x,), {}, None, dict(DISTILL, epochs=1))
+    path, digest = save_candidate(student, tmp_path / "cand", "distill")
+    spec = VariantSpec("distilled", [RecipeStep("dynamic_int8", {}), RecipeStep("distill", resolved)],
+                       str(path), digest)
+    assert not needs_base(spec) and needs_base(VariantSpec("int8", [RecipeStep("dynamic_int8", {})]))
+    job = BenchmarkJob(model="wide", batch_size=8, subjects=[
+        Subject("distilled", "workloads:unbuildable", inputs=[InputTensor([8, 16])], variant=spec)])
+    prepared = Prepared(job.subjects[0], job)
+    with torch.no_grad():
+        assert torch.equal(prepared.model(x), student(x))
 
 
 def test_a_model_without_a_student_is_refused_before_any_worker_starts(tmp_path: Path) -> None:

@@ -331,3 +331,7 @@ def distill_batches() -> list[torch.Tensor]:
     generator = torch.Generator().manual_seed(1)
     return [torch.randn(64, 16, generator=generator) for _ in range(32)]
 
+
+
+def unbuildable() -> nn.Module:
+    raise RuntimeError("this factory must not be called")

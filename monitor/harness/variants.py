@@ -22,6 +22,7 @@ from monitor.harness.protocol import VariantSpec
 
 # The file a candidate of each runtime is saved as (a state dict, for eager candidates: weights.pt).
 ARTIFACT_NAMES = {"onnxruntime": "model.onnx", "torchscript": "model.ts"}
+STARTS_ANEW = ("distill",)  # recipes whose candidate is another model (built from its own factory)
 
 
 def runtime(spec: VariantSpec) -> str | None:
@@ -30,17 +31,38 @@ def runtime(spec: VariantSpec) -> str | None:
     return catalog.runtime_of(spec.steps[-1].recipe) if spec.steps else None
 
 
-def build_variant(model: Any, spec: VariantSpec, args: tuple[Any, ...], kwargs: dict[str, Any], device: str) -> Any:
-    """The variant `spec` of the freshly built `model` (already on `device`), ready to call."""
+def needs_base(spec: VariantSpec) -> bool:
+    """Whether the variant is built from the factory's model: not when a step made another model (a
+    distilled student), after which nothing of the factory's remains."""
+    return _restart(spec) is None
+
+
+def _restart(spec: VariantSpec) -> int | None:
+    """The index of the last step that made a model of its own (distill), if any."""
+    starts = [i for i, step in enumerate(spec.steps) if step.recipe in STARTS_ANEW]
+    return starts[-1] if starts else None
+
+
+def build_variant(
+    model: Any | None, spec: VariantSpec, args: tuple[Any, ...], kwargs: dict[str, Any], device: str
+) -> Any:
+    """The variant `spec` of the freshly built `model` (already on `device`), ready to call. `model` may
+    be None when the variant does not need it (`needs_base`)."""
     import torch
 
-    from monitor.transforms import recipes, runtimes
+    from monitor.transforms import distill, recipes, runtimes
 
     if runtime(spec):
         last, what = spec.steps[-1], f"model of variant {spec.name!r}"
         with open_verified(Path(spec.weights_path or ""), spec.weights_sha256, what) as file:
             return runtimes.load(last.recipe, file, device, last.params)
-    for step in spec.steps:
+    steps = spec.steps
+    restart = _restart(spec)
+    if restart is not None:
+        model, steps = distill.student(steps[restart].params, torch.device(device)), steps[restart + 1:]
+    if model is None:
+        raise ValueError(f"variant {spec.name!r} is built from the factory's model, and none was given")
+    for step in steps:
         model = recipes.structure(step.recipe, model, args, kwargs, step.params)
     if spec.weights_path is not None:
         with open_verified(Path(spec.weights_path), spec.weights_sha256, f"weights of variant {spec.name!r}") as handle:

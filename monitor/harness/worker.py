@@ -149,6 +149,9 @@ class Prepared:
             self.model = model
         elif subject.artifact is not None:
             self.model = reference.load(subject.artifact, job.device)
+        elif subject.variant is not None and not variants.needs_base(subject.variant):
+            # A distilled variant is its student: the factory's model (the teacher) is not built.
+            self.model = variants.build_variant(None, subject.variant, self.args, self.kwargs, job.device)
         else:
             model = resolve(subject.factory)()
             if not hasattr(model, "eval") or not callable(model):
