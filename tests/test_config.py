@@ -53,6 +53,8 @@ DURATION = "expected a positive duration like '30s', '10m' or '2h', got "
 BATCH_SIZES = "expected a non-empty list of positive integers"
 GREATER_THAN_0 = "Input should be greater than 0"
 
+_STUDENT = {"student": "pkg.small:build", "data": "pkg.data:batches"}
+
 BAD_MODELS: dict[str, BadModel] = {
     "shape-zero": BadModel({"inputs": [{"shape": [8, 0]}]}, "models[1].inputs[0].shape", POSITIVE_INTS),
     "shape-negative": BadModel({"inputs": [{"shape": [-8, 16]}]}, "models[1].inputs[0].shape", POSITIVE_INTS),
@@ -144,6 +146,30 @@ BAD_MODELS: dict[str, BadModel] = {
     ),
     "missing-factory": BadModel({"factory": None}, "models[1].factory", "required key is missing"),
     "bad-name": BadModel({"name": "has space"}, "models[1].name", "String should match pattern", name="has space"),
+    # The series a model adds besides inference (tests/test_series_modes.py) and its student (test_distill.py).
+    "train-lr-zero": BadModel({"train": {"lr": 0.0}}, "models[1].train.lr", "greater than 0"),
+    "train-unknown-optimizer": BadModel(
+        {"train": {"optimizer": "lion"}}, "models[1].train.optimizer", "'lion' is not one of sgd, adam, adamw"
+    ),
+    "train-amp": BadModel({"train": {"amp": "fp8"}}, "models[1].train.amp", "'bf16' or 'fp16'"),
+    "train-unknown-key": BadModel(
+        {"train": {"batch_size": 8}}, "models[1].train.batch_size", "did you mean 'batch_sizes'"
+    ),
+    "load-repeated-level": BadModel({"load": {"concurrency": [2, 2]}}, "models[1].load.concurrency", "none repeated"),
+    "load-zero-callers": BadModel({"load": {"concurrency": [0]}}, "models[1].load.concurrency[0]", "greater than 0"),
+    "load-duration": BadModel({"load": {"duration_s": -1.0}}, "models[1].load.duration_s", "greater than 0"),
+    "distill-weight": BadModel(
+        {"distill": {**_STUDENT, "weight": 1.5}}, "models[1].distill.weight", "less than or equal to 1"
+    ),
+    "distill-student": BadModel(
+        {"distill": {**_STUDENT, "student": "not a path"}}, "models[1].distill.student", "expected an import path"
+    ),
+    "distill-epochs": BadModel(
+        {"distill": {**_STUDENT, "epochs": 0}}, "models[1].distill.epochs", "greater than or equal to 1"
+    ),
+    "distill-unknown-key": BadModel(
+        {"distill": {**_STUDENT, "teacher": "x:y"}}, "models[1].distill.teacher", "unknown key"
+    ),
 }
 
 _RULE = '\n[[rules]]\nuse = "latency_drift"\n'

@@ -9,7 +9,7 @@ import pytest
 
 import torch
 
-from monitor.config import ConfigError, LoadedConfig, load_config
+from monitor.config import LoadedConfig, load_config
 from monitor.harness.protocol import BenchmarkJob, InputTensor, RecipeStep, Subject, VariantSpec
 from monitor.harness.variants import needs_base, save_candidate
 from monitor.harness.worker import Prepared
@@ -117,18 +117,3 @@ def test_a_model_without_a_student_is_refused_before_any_worker_starts(tmp_path:
     with Database.open(loaded.storage_url()) as db:
         record = optimize(db, loaded, OptimizeRequest("plain", action="distill"))
     assert record.status == "rejected" and "names no student to distill into: add distill = {" in record.reason
-
-
-@pytest.mark.parametrize(("distill", "where", "says"), [
-    ({"weight": 1.5}, "models[0].distill.weight", "less than or equal to 1"),
-    ({"student": "not a path"}, "models[0].distill.student", "expected an import path"),
-    ({"epochs": 0}, "models[0].distill.epochs", "greater than or equal to 1"),
-    ({"teacher": "x:y"}, "models[0].distill.teacher", "unknown key"),
-])
-def test_a_bad_distill_table_is_refused_naming_the_field(
-    tmp_path: Path, distill: dict[str, object], where: str, says: str
-) -> None:
-    with pytest.raises(ConfigError) as refused:
-        configured(tmp_path, **distill)
-    [line] = refused.value.lines
-    assert f": {where} (model \"wide\"): " in line and says in line, line
