@@ -7,7 +7,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from monitor.harness.collectors import CpuContentionProbe, HostWatch, Nvml, peak_rss_mb
+from monitor.harness.collectors import CpuContentionProbe, HostWatch, Nvml
+from monitor.harness.process_memory import peak_rss_mb
 
 
 class FakeNvmlLibrary:
@@ -103,7 +104,7 @@ def test_peak_rss_of_a_worker_does_not_include_the_parent_it_was_forked_from():
     for offset in range(0, len(ballast), 4096):
         ballast[offset] = 1
     child = subprocess.run(
-        [sys.executable, "-c", "from monitor.harness.collectors import peak_rss_mb; print(peak_rss_mb())"],
+        [sys.executable, "-c", "from monitor.harness.process_memory import peak_rss_mb; print(peak_rss_mb())"],
         capture_output=True, text=True, check=True,
     )
     assert float(child.stdout) < 100, "the child reported its parent's size (ru_maxrss survives exec)"

@@ -12,7 +12,6 @@ import gc
 import io
 import os
 import platform
-import resource
 import socket
 import threading
 import time
@@ -24,6 +23,7 @@ import psutil
 
 from monitor.core.runs import EnvFingerprint, HostCondition
 from monitor.harness.cpu_info import cpu_info
+from monitor.harness.process_memory import status_kb
 
 ALLOCATOR_ENV = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_ARENA_MAX")
 # Environment variables that steer the math libraries' code paths and thread pools: a change of one
@@ -120,19 +120,6 @@ class HostWatch:
         )
 
 
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process in MiB, since it started its own program.
-
-    Linux's VmHWM (the high-water mark of this address space), not ru_maxrss: ru_maxrss survives
-    exec, so a worker forked from a 300 MB parent would report at least the parent's size, and the
-    series would move whenever the parent grew (bench/detection_real.py caught exactly that).
-    """
-    peak = _status_kb("VmHWM")
-    if peak is not None:
-        return peak / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux, bytes on macOS
-
-
 def forward_peak_mb(call: Callable[[], Any], device: str) -> float | None:
     """Memory one call takes at its peak beyond what is resident before it, in MiB: the activations
     and workspace of a model whose weights are loaded. None where it cannot be measured.
@@ -160,23 +147,12 @@ def forward_peak_mb(call: Callable[[], Any], device: str) -> float | None:
             clear.write("5")
     except (OSError, AttributeError):
         return None
-    base = _status_kb("VmRSS")
+    base = status_kb("VmRSS")
     call()
-    peak = _status_kb("VmHWM")
+    peak = status_kb("VmHWM")
     if base is None or peak is None:
         return None
     return max(0.0, (peak - base) / 1024)
-
-
-def _status_kb(field: str) -> int | None:
-    try:
-        with open("/proc/self/status", encoding="ascii") as status:
-            for line in status:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return None
 
 
 def environment(threads: int, interop_threads: int, device: str, nvml: Nvml | None) -> EnvFingerprint:

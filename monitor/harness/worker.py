@@ -36,6 +36,7 @@ from monitor.harness import (
     collectors,
     host_probe,
     load,
+    process_memory,
     profiling,
     reference,
     sampling,
@@ -235,7 +236,7 @@ def _subject_result(prepared: Prepared, sampled: sampling.Sampled, job: Job) -> 
     if math.isfinite(sampled.ci_rel):
         metrics.ci95_rel = sampled.ci_rel  # drift-aware (block medians), not the i.i.d. sample CI
     metrics.params, metrics.model_size_mb = collectors.model_size(prepared.model)
-    metrics.peak_rss_mb = round(collectors.peak_rss_mb(), 2)
+    metrics.peak_rss_mb = round(process_memory.peak_rss_mb(), 2)
     if job.device.startswith("cuda"):
         metrics.cuda_peak_mem_mb = torch.cuda.max_memory_allocated(torch.device(job.device)) / 2**20
     details = sampled.details()
@@ -290,7 +291,7 @@ def run_prepare(job: PrepareJob, channel: Channel) -> WorkerResult:
     started = time.perf_counter()
     resolve(job.prepare)()
     seconds = time.perf_counter() - started
-    report = PrepareReport(seconds=round(seconds, 3), peak_rss_mb=round(collectors.peak_rss_mb(), 2))
+    report = PrepareReport(seconds=round(seconds, 3), peak_rss_mb=round(process_memory.peak_rss_mb(), 2))
     return WorkerResult(env=env, host=HostCondition(), subjects=[], prepared=report)
 
 
@@ -347,7 +348,7 @@ def _run_load(job: BenchmarkJob, channel: Channel) -> WorkerResult:
         metrics = level.metrics
         metrics.params, metrics.model_size_mb = collectors.model_size(prepared.model)
         # With caller processes, what serving this way holds: the worker's and every caller's own.
-        metrics.peak_rss_mb = round(collectors.peak_rss_mb() + sum(level.caller_peak_rss_mb), 2)
+        metrics.peak_rss_mb = round(process_memory.peak_rss_mb() + sum(level.caller_peak_rss_mb), 2)
         if session.sync is not None:
             metrics.cuda_peak_mem_mb = torch.cuda.max_memory_allocated(torch.device(job.device)) / 2**20
         details = {**level.details(), "callers": "processes" if spec.processes else "threads"}
