@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing
-import resource
 import threading
 import time
 import traceback
@@ -25,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from monitor.core.runs import RunMetrics
-from monitor.harness import sampling
+from monitor.harness import process_memory, sampling
 
 MAX_STORED_SAMPLES = 10_000
 
@@ -74,9 +73,7 @@ def drive(
     `context` is entered by each caller thread around its loop (torch.inference_mode, which is
     per thread). An exception in any caller stops them all and is raised here.
     """
-    if concurrency < 1 or duration_s <= 0 or warmup_s < 0:
-        raise ValueError(f"concurrency must be >= 1, duration_s > 0 and warmup_s >= 0 (got {concurrency}, "
-                         f"{duration_s}, {warmup_s})")
+    _check_level(concurrency, duration_s, warmup_s)
     clock = time.perf_counter_ns
     start_gate = threading.Barrier(concurrency + 1)
     window: list[int] = []  # [start, stop] in perf_counter_ns, set once every caller is ready
@@ -112,10 +109,7 @@ def drive(
         thread.join()
     if failures:
         raise failures[0]
-    every = [t for mine in timings for t in mine]
-    metrics = sampling.latency_metrics(every, batch_size)
-    metrics.throughput_per_s = len(every) * batch_size / duration_s
-    return LoadLevel(concurrency, duration_s, tuple(len(mine) for mine in timings), metrics, tuple(every))
+    return _level(timings, batch_size, duration_s)
 
 
 # A caller process's set-up: runs in the new process, returns the call to time and the context
@@ -130,9 +124,7 @@ def drive_processes(
     """`drive`, with each caller a spawned process that builds its own model with `setup`. The window
     opens once every process is ready (the monotonic clock is the same in all of them); each sends
     its timings back. A caller that fails stops the level with its traceback."""
-    if concurrency < 1 or duration_s <= 0 or warmup_s < 0:
-        raise ValueError(f"concurrency must be >= 1, duration_s > 0 and warmup_s >= 0 (got {concurrency}, "
-                         f"{duration_s}, {warmup_s})")
+    _check_level(concurrency, duration_s, warmup_s)
     spawn = multiprocessing.get_context("spawn")  # never fork a process whose OpenMP pool is running
     ready, go = spawn.Barrier(concurrency + 1), spawn.Barrier(concurrency + 1)
     window = spawn.Array("q", 2)
@@ -157,17 +149,25 @@ def drive_processes(
     failed = next((text for kind, text in answers if kind == "error"), None)
     if failed is not None:
         raise RuntimeError(f"a caller process failed:\n{failed}")
-    timings = [list(mine) for _, (mine, _rss) in answers]
+    return _level([mine for _, (mine, _rss) in answers], batch_size, duration_s,
+                  tuple(rss for _, (_mine, rss) in answers))
+
+
+def _check_level(concurrency: int, duration_s: float, warmup_s: float) -> None:
+    if concurrency < 1 or duration_s <= 0 or warmup_s < 0:
+        raise ValueError(f"concurrency must be >= 1, duration_s > 0 and warmup_s >= 0 (got {concurrency}, "
+                         f"{duration_s}, {warmup_s})")
+
+
+def _level(
+    timings: list[list[int]], batch_size: int, duration_s: float, caller_rss: tuple[float, ...] = ()
+) -> LoadLevel:
+    """The level from each caller's timings (ns): every call's percentiles, the callers' joint throughput."""
     every = [t for mine in timings for t in mine]
     metrics = sampling.latency_metrics(every, batch_size)
     metrics.throughput_per_s = len(every) * batch_size / duration_s
-    return LoadLevel(concurrency, duration_s, tuple(len(mine) for mine in timings), metrics, tuple(every),
-                     tuple(rss for _, (_mine, rss) in answers))
-
-
-def _peak_rss_mb() -> float:
-    """This process's peak resident memory (Linux reports ru_maxrss in KiB)."""
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 2)
+    return LoadLevel(len(timings), duration_s, tuple(len(mine) for mine in timings), metrics, tuple(every),
+                     caller_rss)
 
 
 def _process_caller(setup: CallerSetup, ready: Any, go: Any, window: Any, conn: Any) -> None:
@@ -184,7 +184,7 @@ def _process_caller(setup: CallerSetup, ready: Any, go: Any, window: Any, conn: 
                 call()
                 if t0 >= begin:
                     mine.append(clock() - t0)
-        conn.send(("ok", (mine, _peak_rss_mb())))
+        conn.send(("ok", (mine, round(process_memory.peak_rss_mb(), 2))))
     except BaseException:  # noqa: BLE001 - the driver raises it, with this traceback
         ready.abort()
         go.abort()
