@@ -262,6 +262,16 @@ class OptimizeConfig(_Strict):
         return self.model_copy(update=overrides.model_dump(exclude_none=True))
 
 
+def _check_batch_sizes(value: list[int] | None) -> list[int] | None:
+    """A model's or its training step's batch sizes: at least one, each positive, none repeated."""
+    if value is not None:
+        if not value or any(b <= 0 for b in value):
+            raise ValueError("expected a non-empty list of positive integers")
+        if len(set(value)) != len(value):
+            raise ValueError("batch sizes must not repeat")
+    return value
+
+
 def _named_or_import_path(value: str, names: Any, what: str) -> str:
     if value in names or _IMPORT_PATH.match(value):
         return value
@@ -277,7 +287,7 @@ class TrainConfig(_Strict):
     optimizer: str = "sgd"  # sgd | adam | adamw | module:OptimizerClass
     lr: float = Field(default=0.01, gt=0)
     amp: Literal["bf16", "fp16"] | None = None
-    batch_sizes: list[Annotated[int, Field(gt=0)]] | None = None  # default: the model's batch sizes
+    batch_sizes: list[int] | None = None  # default: the model's batch sizes
     fine_tune: ImportPath | None = None
 
     @field_validator("loss")
@@ -298,9 +308,7 @@ class TrainConfig(_Strict):
     @field_validator("batch_sizes")
     @classmethod
     def _batch_sizes(cls, value: list[int] | None) -> list[int] | None:
-        if value is not None and (not value or len(set(value)) != len(value)):
-            raise ValueError("expected a non-empty list of batch sizes, none repeated")
-        return value
+        return _check_batch_sizes(value)
 
     def spec(self) -> TrainSpec:
         return TrainSpec(loss=self.loss, optimizer=self.optimizer, lr=self.lr, amp=self.amp)
@@ -405,12 +413,7 @@ class ModelConfig(_Strict):
     @field_validator("batch_sizes")
     @classmethod
     def _batch_sizes(cls, value: list[int] | None) -> list[int] | None:
-        if value is not None:
-            if not value or any(b <= 0 for b in value):
-                raise ValueError("expected a non-empty list of positive integers")
-            if len(set(value)) != len(value):
-                raise ValueError("batch sizes must not repeat")
-        return value
+        return _check_batch_sizes(value)
 
     @field_validator("owners")
     @classmethod
