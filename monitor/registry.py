@@ -184,8 +184,9 @@ def with_reference(planned: PlannedBenchmark, reference: ReferenceInfo | None, r
 def series_references(
     db: Database, planned: list[PlannedBenchmark]
 ) -> dict[tuple[str, SeriesKey], ReferenceInfo | None]:
-    """The newest reference of each planned series, as `plan` takes them."""
-    return {(p.model.name, p.key): findings.latest_reference(db, p.model.name, p.key) for p in planned}
+    """The newest reference of each planned inference series, as `plan` takes them (the others have none)."""
+    return {(p.model.name, p.key): findings.latest_reference(db, p.model.name, p.key)
+            for p in planned if p.key.is_inference}
 
 
 def plan_active(db: Database, loaded: LoadedConfig, names: list[str] | None = None) -> list[PlannedBenchmark]:
