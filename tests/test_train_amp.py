@@ -26,7 +26,9 @@ def test_a_candidate_is_worth_it_only_faster_significantly_and_training_the_same
     slow = verdict(9.8, (9.5, 10.1), [2.0, 1.5, 1.2])
     assert not slow.accepted and slow.reasons == ["step time 0.10x, below the required 1.10x"]
     assert verdict(0.5, (0.3, 1.02), [2.0, 1.5, 1.2]).reasons == [
-        "step-time gain not significant (no 95 % interval below 1)"]
+        "step time gain not significant (ratio 95 % CI 0.300-1.020 includes 1)"]
+    assert verdict(0.5, None, [2.0, 1.5, 1.2]).reasons == [
+        "too few interleaved rounds for a 95 % interval of the step time ratio"]
     drifted = verdict(0.5, (0.45, 0.55), [2.0, 1.7, 1.5])
     assert drifted.reasons == ["loss after 3 steps 1.5 vs 1.2: 0.250 apart, over the tolerance 0.05"]
     assert verdict(0.5, (0.45, 0.55), [2.0, math.nan, math.nan]).reasons == ["the loss became NaN or infinite"]

@@ -33,15 +33,22 @@ def judge(numbers: CandidateNumbers, settings: OptimizeConfig) -> Verdict:
 
 def _speed(numbers: CandidateNumbers, settings: OptimizeConfig) -> str | None:
     """Why the candidate is not measurably faster by `min_speedup`, or None if it is."""
-    ratio, ci = numbers.ratio_p50, numbers.ratio_ci95
+    return speed_shortfall(numbers.ratio_p50, numbers.ratio_ci95, settings.min_speedup)
+
+
+def speed_shortfall(
+    ratio: float | None, ci: Sequence[float] | None, min_speedup: float, what: str = "latency"
+) -> str | None:
+    """Why a candidate/current ratio of `what` (timed interleaved, per round) is not a gain of at least
+    `min_speedup` with its 95 % interval below 1; None when it is."""
     if ratio is None:
-        return "no interleaved rounds to compare latency"
-    if ratio > 1.0 / (1.0 + settings.min_speedup):
-        return f"latency {1 / ratio:.2f}x, below the required {1 + settings.min_speedup:.2f}x"
+        return f"no interleaved rounds to compare {what}"
+    if ratio > 1.0 / (1.0 + min_speedup):
+        return f"{what} {1 / ratio:.2f}x, below the required {1 + min_speedup:.2f}x"
     if ci is None:
-        return "too few interleaved rounds for a 95 % interval of the latency ratio"
+        return f"too few interleaved rounds for a 95 % interval of the {what} ratio"
     if ci[1] >= 1.0:
-        return f"latency gain not significant (ratio 95 % CI {ci[0]:.3f}-{ci[1]:.3f} includes 1)"
+        return f"{what} gain not significant (ratio 95 % CI {ci[0]:.3f}-{ci[1]:.3f} includes 1)"
     return None
 
 

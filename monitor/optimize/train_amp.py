@@ -21,6 +21,7 @@ from monitor.core.workloads import Amp, TrainSpec, amp_modes
 from monitor.harness.cpu_info import cpu_flags
 from monitor.harness.protocol import TrainCompareJob
 from monitor.harness.worker_pool import WorkerPool
+from monitor.optimize.decision import speed_shortfall
 from monitor.registry import UnknownModelError, plan, run_with_limits
 
 CURRENT = "current"
@@ -99,14 +100,8 @@ def compare_training(
 def judge_step(verdict: StepVerdict, min_speedup: float, tolerance: float) -> StepVerdict:
     """The verdict with `accepted` and its reasons: faster by `min_speedup`, significantly, and
     training the same way (the last loss within `tolerance`, relative, and finite)."""
-    reasons = []
-    ratio, ci = verdict.ratio_p50, verdict.ratio_ci95
-    if ratio is None:
-        reasons.append("no interleaved rounds to compare step time")
-    elif ratio > 1.0 / (1.0 + min_speedup):
-        reasons.append(f"step time {1 / ratio:.2f}x, below the required {1 + min_speedup:.2f}x")
-    elif ci is None or ci[1] >= 1.0:
-        reasons.append("step-time gain not significant (no 95 % interval below 1)")
+    slower = speed_shortfall(verdict.ratio_p50, verdict.ratio_ci95, min_speedup, "step time")
+    reasons = [slower] if slower else []
     diff = verdict.loss_rel_diff
     if any(not math.isfinite(v) for v in verdict.losses):
         reasons.append("the loss became NaN or infinite")
