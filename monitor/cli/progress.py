@@ -17,25 +17,19 @@ class StderrProgress(BenchmarkProgress):
 
     def __init__(self) -> None:
         self._prefix = ""
-        self._phase = ""
-        self._last = 0.0
+        self._phases = PhaseProgress("")
         self._start = 0.0
 
     def begin(self, index: int, total: int, planned: PlannedBenchmark) -> None:
         key = planned.key
         what = {"train": " training step", "load": f" under {key.concurrency} callers"}.get(key.mode, "")
         self._prefix = f"[{index + 1}/{total}] {planned.job.model} batch {planned.job.batch_size}{what}"
-        self._phase = ""
+        self._phases = PhaseProgress(self._prefix)
         self._start = time.monotonic()
         click.echo(f"{self._prefix}: starting worker", err=True)
 
     def update(self, phase: str, samples: int) -> None:
-        now = time.monotonic()
-        if phase != self._phase or now - self._last >= 2.0:
-            label = {"warmup": "warming up", "setup": "loading model", "collect": "size, memory, accuracy"}
-            text = f"{samples} samples" if phase == "sampling" else label.get(phase, phase)
-            click.echo(f"{self._prefix}: {text}", err=True)
-            self._phase, self._last = phase, now
+        self._phases(phase, samples)
 
     def end(self, record: RunRecord) -> None:
         took = time.monotonic() - self._start
@@ -55,9 +49,12 @@ class StderrProgress(BenchmarkProgress):
         click.echo(f"{self._prefix}: {summary} ({took:.1f} s)", err=True)
 
 
+PHASE_LABELS = {"warmup": "warming up", "setup": "loading model", "collect": "size, memory, accuracy"}
+
+
 class PhaseProgress:
     """A worker job's phases on stderr, one line each (a distillation's epochs among them), and its
-    sample count at most every two seconds: what `perfguard optimize` shows while it works."""
+    sample count at most every two seconds: what `run` and `optimize` show while a worker works."""
 
     def __init__(self, prefix: str) -> None:
         self._prefix = prefix
@@ -67,6 +64,6 @@ class PhaseProgress:
     def __call__(self, phase: str, samples: int) -> None:
         now = time.monotonic()
         if phase != self._phase or now - self._last >= 2.0:
-            text = f"{samples} samples" if phase == "sampling" else phase
+            text = f"{samples} samples" if phase == "sampling" else PHASE_LABELS.get(phase, phase)
             click.echo(f"{self._prefix}: {text}", err=True)
             self._phase, self._last = phase, now
