@@ -197,6 +197,12 @@ def plan_active(db: Database, loaded: LoadedConfig, names: list[str] | None = No
     return plan(loaded, names, variants)
 
 
+def inference_series(db: Database, loaded: LoadedConfig, names: list[str] | None = None) -> list[PlannedBenchmark]:
+    """`plan_active`'s one-call-at-a-time series: those a frozen reference, an A/B, a profile or an
+    optimisation times (training-step and load series have none of these)."""
+    return [p for p in plan_active(db, loaded, names) if p.key.is_inference]
+
+
 def run_with_limits(
     loaded: LoadedConfig,
     planned: PlannedBenchmark,

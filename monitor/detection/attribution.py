@@ -35,7 +35,7 @@ from monitor.detection.check import detection_options
 from monitor.harness.artifacts import damaged
 from monitor.harness.protocol import REFERENCE_LABEL, ArtifactRef, CompareJob, FreezeJob
 from monitor.harness.worker_pool import WorkerPool
-from monitor.registry import PlannedBenchmark, UnknownModelError, plan_active, run_with_limits
+from monitor.registry import PlannedBenchmark, UnknownModelError, inference_series, run_with_limits
 from storage import findings as store
 from storage import queries
 from storage.db import Database
@@ -75,10 +75,10 @@ def ensure_references(
     """
     frozen = []
     now = datetime.now(UTC)
-    for planned in plan_active(db, loaded, names):
+    for planned in inference_series(db, loaded, names):
         key = series_key(db, planned)
-        if key is None or not key.is_inference:
-            continue  # a frozen copy is of one inference call: training and load series have none
+        if key is None:
+            continue
         if not _has_ok_run(db, planned.model.name, key):
             continue  # no baseline yet (never run, or every run failed): nothing worth freezing
         latest = store.latest_reference(db, planned.model.name, key)
@@ -195,8 +195,8 @@ def attribute(
         reference = None  # the last freeze failed, or the copy no longer loads
     try:
         planned = next(
-            (p for p in plan_active(db, loaded, [finding.model])
-             if p.key.is_inference and p.job.batch_size == finding.key.batch_size), None
+            (p for p in inference_series(db, loaded, [finding.model]) if p.job.batch_size == finding.key.batch_size),
+            None,
         )
     except UnknownModelError:  # stored, but no longer configured: nothing to time it with
         planned = None
@@ -390,10 +390,7 @@ def _has_ok_run(db: Database, model: str, key: SeriesKey, recent: int = 50) -> b
 
 
 def series_key(db: Database, planned: PlannedBenchmark) -> SeriesKey | None:
-    """The series a planned benchmark stores into: the model's active variant (a training step always
-    trains what the factory builds), device, batch size, mode."""
-    if planned.key.mode == "train":
-        return planned.key
+    """The series a planned inference benchmark stores into: the model's active variant, device, batch size."""
     try:
         with db.session(readonly=True) as session:
             variant = queries.active_variant(session, planned.model.name)

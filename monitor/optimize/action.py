@@ -41,7 +41,7 @@ from monitor.optimize import diagnosis
 from monitor.optimize.decision import best, judge
 from monitor.optimize.diagnose import CURRENT_LABEL, diagnose
 from monitor.optimize.promotion_hook import notify
-from monitor.registry import PlannedBenchmark, plan_active, run_with_limits
+from monitor.registry import PlannedBenchmark, inference_series, run_with_limits
 from storage import actions as store
 from storage import queries
 from storage.db import Database
@@ -82,7 +82,7 @@ def optimize(
     dry_run = settings.dry_run if request.dry_run is None else request.dry_run
     with db.session() as session:
         queries.register_model(session, model.name, model.factory, model.device)
-    series = [p for p in plan_active(db, loaded, [model.name]) if p.key.is_inference]  # what is served
+    series = inference_series(db, loaded, [model.name])
     primary = _primary(series, request.finding)
     current = primary.job.subjects[0].variant or VariantSpec(name="baseline")
     unknown = [name for name in request.recipes if name not in catalog.RECIPES]

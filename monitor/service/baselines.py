@@ -10,7 +10,7 @@ from monitor.config import LoadedConfig
 from monitor.detection.attribution import freeze_reference, series_key
 from monitor.detection.baseline import AcceptedSegment, accept
 from monitor.harness.worker_pool import WorkerPool
-from monitor.registry import plan_active
+from monitor.registry import inference_series
 from storage.db import Database
 
 
@@ -36,8 +36,8 @@ def accept_baseline(
     if model not in {m.name for m in loaded.config.models}:
         return done
     accepted = {s.key for s in done.segments}
-    for planned in plan_active(db, loaded, [model]):
+    for planned in inference_series(db, loaded, [model]):
         key = series_key(db, planned)
-        if key in accepted and key.is_inference:
+        if key in accepted:
             done.references.append(freeze_reference(db, loaded, planned, key, pool=pool))
     return done
