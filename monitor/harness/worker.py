@@ -364,8 +364,7 @@ def run_train_compare(job: TrainCompareJob, channel: Channel) -> WorkerResult:
     with _session(job, channel) as session:
         (base,) = _prepare_subjects(job, channel)
         specs = [job.train_step, *job.candidates]
-        initial = copy.deepcopy(base.model.state_dict())
-        losses = [_losses(base, spec, initial, job) for spec in specs]
+        losses = [_losses(base, spec, job) for spec in specs]  # each from a copy: base.model never steps
         timed = []
         for spec in specs:
             subject = dataclasses.replace(base.subject, label=_amp_label(spec))
@@ -378,10 +377,9 @@ def run_train_compare(job: TrainCompareJob, channel: Channel) -> WorkerResult:
     return timing.result(session.env)
 
 
-def _losses(base: Prepared, spec: TrainSpec, initial: dict[str, Any], job: TrainCompareJob) -> list[float]:
+def _losses(base: Prepared, spec: TrainSpec, job: TrainCompareJob) -> list[float]:
     """The losses a fresh copy of the model reaches over `job.fidelity_steps` steps of `spec`."""
     model = copy.deepcopy(base.model)
-    model.load_state_dict(initial)
     step = train_step.make_step(model, base.args, spec, job.device, base.kwargs)
     return [step() for _ in range(job.fidelity_steps)]
 
