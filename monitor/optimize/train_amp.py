@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from monitor.config import LoadedConfig
-from monitor.core.workloads import Amp, TrainSpec, amp_modes
+from monitor.core.workloads import Amp, amp_modes
 from monitor.harness.cpu_info import cpu_flags
 from monitor.harness.protocol import TrainCompareJob
 from monitor.harness.worker_pool import WorkerPool
@@ -77,7 +77,7 @@ def compare_training(
     chosen = amps if amps else amp_modes(planned.job.device, cpu_flags())
     if not chosen:
         return []
-    candidates = [TrainSpec(spec.loss, spec.optimizer, spec.lr, amp) for amp in chosen]
+    candidates = [replace(spec, amp=amp) for amp in chosen]
     job = planned.job.as_job(TrainCompareJob, train_step=spec, candidates=candidates)
     outcome = run_with_limits(loaded, planned, job, 1 + len(candidates), cancel, pool)
     if outcome.status != "ok" or outcome.result is None:
