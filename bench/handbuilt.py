@@ -7,8 +7,9 @@ hand with its own tools, timed interleaved in one process.
 For each model: the eager model, each perfguard recipe built with `monitor.transforms.recipes.build`
 (as the worker builds it), and ONNX Runtime fp32, int8 dynamic and int8 static (QDQ, calibrated on the
 eval data or the inputs) made by hand with `torch.onnx.export` and `onnxruntime.quantization` at their
-defaults. Every variant takes the same torch batch and gives back a tensor, as it would serve a torch
-pipeline; one more row feeds the hand-built fp32 session a ready numpy array, the cost of that
+defaults. Each variant is called as the worker times it (`served_call`): an ONNX Runtime variant, like
+the hand-built sessions, is its session fed ready arrays, as an ONNX Runtime server holds them; one
+more row calls perfguard's fp32 ONNX variant through its torch-facing `forward`, the cost of that
 interface. Every variant runs on 2 threads; ONNX Runtime's intra-op threads do not spin (beside torch
 in one process, spinning pools slow each other's calls several-fold). In each round every variant is
 timed for the same number of calls, in a new random order (seeded), and a block counts for the median
@@ -42,6 +43,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from monitor.core.import_paths import resolve  # noqa: E402
+from monitor.harness.worker import served_call  # noqa: E402
 from monitor.transforms import recipes  # noqa: E402
 
 THREADS = 2
@@ -58,7 +60,7 @@ MODELS: dict[str, dict[str, Any]] = {
                             "onnx_int8_static"]},
 }
 HAND_BUILT = ("ort_fp32", "ort_int8_dynamic", "ort_int8_static")
-NUMPY_FED = "ort_fp32_numpy_fed"
+THROUGH_FORWARD = "onnx_fp32_through_forward"  # the torch-facing call's cost, beside the served one
 TOLERANCE = 0.05  # perfguard's default relative_error_tolerance: the bar is the best hand-built within it
 
 
@@ -103,11 +105,8 @@ def hand_built(model: torch.nn.Module, x: torch.Tensor, calibration: list[tuple[
     quantize_static(fp32, folder / "static.onnx", Reader(), quant_format=QuantFormat.QDQ)
     sessions = {name: ort_session((folder / file).read_bytes()) for name, file in
                 zip(HAND_BUILT, ("model.onnx", "dynamic.onnx", "static.onnx"), strict=True)}
-    calls = {name: (lambda s=session: torch.from_numpy(s.run(None, {"x": x.numpy()})[0]))
-             for name, session in sessions.items()}
-    feed = {"x": x.numpy()}  # the interface's cost: the same session fed a ready numpy array, numpy out
-    calls[NUMPY_FED] = lambda s=sessions["ort_fp32"]: s.run(None, feed)
-    return calls
+    feed = {"x": x.numpy()}
+    return {name: (lambda s=session: s.run(None, feed)) for name, session in sessions.items()}
 
 
 def measure(spec: dict[str, Any], rounds: int) -> dict[str, Any]:
@@ -119,7 +118,9 @@ def measure(spec: dict[str, Any], rounds: int) -> dict[str, Any]:
     for name in spec["recipes"]:
         try:
             built, _ = recipes.build(name, model, (x,), {}, calibration, {})
-            calls[name] = lambda m=built: m(x)
+            calls[name] = served_call(built, (x,), {})
+            if name == "onnx_fp32":
+                calls[THROUGH_FORWARD] = lambda m=built: m(x)
         except Exception as exc:  # noqa: BLE001 - a recipe that cannot build here is reported, not fatal
             errors[name] = f"{type(exc).__name__}: {exc}"[:200]
     calls.update(hand_built(model, x, calibration))
@@ -172,8 +173,7 @@ def report(name: str, result: dict[str, Any]) -> str:
     rows = [f"### {name}", "", "| variant | speed-up over eager fp32 (median of rounds) | output rel. error |",
             "|---|---|---|"]
     for variant, speedup in sorted(result["speedup"].items(), key=lambda kv: -kv[1]):
-        mark = " (hand-built)" if variant in HAND_BUILT else " (hand-built, numpy in and out)" if (
-            variant == NUMPY_FED) else ""
+        mark = " (hand-built)" if variant in HAND_BUILT else ""
         rows.append(f"| {variant}{mark} | {speedup:.2f}x | {result['output_error'][variant]:.4f} |")
     rows += [f"| {variant} | not built: {error} | |" for variant, error in result["errors"].items()]
     rows.append(f"\neager fp32 {result['eager_ms']:.2f} ms a call; best hand-built within a relative error of "

@@ -12,6 +12,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -21,6 +22,7 @@ from monitor.core.catalog import CATALOG
 from monitor.examples import models
 from monitor.harness import collectors, reference, variants
 from monitor.harness.artifacts import ArtifactError
+from monitor.harness.worker import served_call
 from monitor.harness.protocol import RecipeStep, VariantSpec
 from monitor.harness.worker_pool import WorkerPool
 from monitor.optimize.action import OptimizeRequest, optimize
@@ -76,6 +78,24 @@ def test_a_runtime_candidate_follows_the_model_at_any_batch_size_and_loads_back_
         assert torch.equal(loaded(x), got)
     params, size_mb = collectors.model_size(loaded)
     assert params == resolved["params"] and size_mb == pytest.approx(path.stat().st_size / 2**20)
+
+
+@pytest.mark.parametrize("name", ["onnx_fp32", "torchscript"])
+def test_a_runtime_variant_is_timed_as_its_runtime_serves_it(name: str, cases: dict) -> None:
+    """The worker's timed call of an ONNX Runtime variant is its session fed ready arrays (numpy out,
+    no tensor conversion in the timing); TorchScript's is the scripted module; an eager model's is
+    the model. Each gives the model's output."""
+    model, x, calibration = cases["mlp"]
+    candidate, _ = recipes.build(name, model, (x,), {}, calibration, {})
+    with torch.inference_mode():
+        want = model(x)
+        served, eager = served_call(candidate, (x,), {})(), served_call(model, (x,), {})()
+    if name == "onnx_fp32":
+        assert isinstance(served, list) and isinstance(served[0], np.ndarray)
+        served = torch.from_numpy(served[0])
+    else:
+        assert isinstance(served, torch.Tensor)
+    assert relative_error(served, want) <= 1e-5 and torch.equal(eager, want)
 
 
 def test_a_transformer_encoder_exports_without_its_fused_fast_path() -> None:
