@@ -49,14 +49,14 @@ from monitor.transforms import recipes  # noqa: E402
 THREADS = 2
 MODELS: dict[str, dict[str, Any]] = {
     "mlp": {"factory": "monitor.examples.models:mlp", "shape": [32, 1024], "calls": 20,
-            "recipes": ["dynamic_int8", "static_int8", "compile", "torchscript", "onnx_fp32", "onnx_int8_dynamic",
+            "recipes": ["dynamic_int8", "static_int8", "bf16", "compile", "torchscript", "onnx_fp32", "onnx_int8_dynamic",
                         "onnx_int8_static"]},
     "seed-cnn": {"factory": "monitor.examples.models:seed_cnn", "shape": [32, 3, 32, 32], "calls": 10,
                  "eval": "monitor.examples.models:seed_cnn_eval",
-                 "recipes": ["static_int8", "channels_last", "dynamic_int8", "compile", "torchscript", "onnx_fp32",
+                 "recipes": ["static_int8", "channels_last", "dynamic_int8", "bf16", "compile", "torchscript", "onnx_fp32",
                              "onnx_int8_dynamic", "onnx_int8_static"]},
     "encoder": {"factory": "monitor.examples.models:encoder", "shape": [8, 128, 768], "calls": 2,
-                "recipes": ["dynamic_int8", "compile", "torchscript", "onnx_fp32", "onnx_int8_dynamic",
+                "recipes": ["dynamic_int8", "bf16", "compile", "torchscript", "onnx_fp32", "onnx_int8_dynamic",
                             "onnx_int8_static"]},
 }
 HAND_BUILT = ("ort_fp32", "ort_int8_dynamic", "ort_int8_static")

@@ -338,10 +338,13 @@ class LoadConfig(_Strict):
 class DistillConfig(_Strict):
     """A smaller student for the distill action: trained on the model's soft targets over `data` (an
     iterable of input batches, or of (inputs, labels)) for `epochs` or `max_time_s`, whichever ends
-    first, then judged like any candidate (monitor/transforms/distill.py)."""
+    first, then judged like any candidate (monitor/transforms/distill.py). Without `data`, it trains
+    on the model's `eval` batches less a `holdout` share, and the model's accuracy is read on that
+    share alone (monitor/core/holdout.py)."""
 
     student: ImportPath  # factory of the student module: called with no arguments
-    data: ImportPath  # the training batches: called with no arguments, iterated once per epoch
+    data: ImportPath | None = None  # the training batches: called with no arguments, iterated once per epoch
+    holdout: float = Field(default=0.25, gt=0, lt=1)  # of the eval batches, kept for judging when no `data`
     temperature: float = Field(default=2.0, gt=0)
     weight: float = Field(default=0.5, ge=0, le=1)  # of the soft-target loss; the rest: labels' cross-entropy
     epochs: int = Field(default=3, ge=1, le=10_000)
@@ -352,10 +355,6 @@ class DistillConfig(_Strict):
     @classmethod
     def _paths(cls, value: str) -> str:
         return _check_import_path(value)
-
-    def params(self) -> dict[str, Any]:
-        """The distill recipe's params (recipes.DEFAULT_PARAMS["distill"] names the same)."""
-        return self.model_dump()
 
 
 class ModelConfig(_Strict):
@@ -439,7 +438,24 @@ class ModelConfig(_Strict):
             raise ValueError("inputs: expected at least one input")
         if self.batch_sizes is None and self.inputs is None:
             raise ValueError("'inputs_factory' needs 'batch_sizes' (the batch size is not known)")
+        if self.distill is not None and self.distill.data is None and self.eval is None:
+            raise ValueError("distill.data: missing, and the model has no 'eval' to train on (less its "
+                             "held-out share): name the training batches, or an eval")
         return self
+
+    @property
+    def eval_holdout(self) -> float | None:
+        """The held-out share of the eval batches that every accuracy of the model reads, when its
+        student trains on the rest (a `distill` table without `data`); else None: all of them."""
+        if self.distill is not None and self.distill.data is None and self.eval is not None:
+            return self.distill.holdout
+        return None
+
+    def distill_params(self) -> dict[str, Any]:
+        """The distill recipe's params (recipes.DEFAULT_PARAMS["distill"] names the same): the
+        `distill` table, and the eval the student trains on when the table names no data."""
+        assert self.distill is not None
+        return {**self.distill.model_dump(), "eval": self.eval if self.eval_holdout is not None else None}
 
     @property
     def series_batch_sizes(self) -> list[int]:

@@ -92,6 +92,7 @@ def subject_for(
         inputs=inputs,
         inputs_factory=model.inputs_factory,
         eval=model.eval,
+        eval_holdout=model.eval_holdout,
         variant=variant,
     )
 

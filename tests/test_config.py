@@ -167,6 +167,10 @@ BAD_MODELS: dict[str, BadModel] = {
     "distill-epochs": BadModel(
         {"distill": {**_STUDENT, "epochs": 0}}, "models[1].distill.epochs", "greater than or equal to 1"
     ),
+    "distill-no-data-no-eval": BadModel(
+        {"distill": {"student": "pkg.small:build"}}, "models[1]", "distill.data: missing, and the model has no 'eval'"
+    ),
+    "distill-holdout": BadModel({"distill": {**_STUDENT, "holdout": 1.0}}, "models[1].distill.holdout", "less than 1"),
     "distill-unknown-key": BadModel(
         {"distill": {**_STUDENT, "teacher": "x:y"}}, "models[1].distill.teacher", "unknown key"
     ),

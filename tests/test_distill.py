@@ -12,7 +12,9 @@ import torch
 from monitor.config import LoadedConfig, load_config
 from monitor.harness.protocol import BenchmarkJob, InputTensor, RecipeStep, Subject, VariantSpec
 from monitor.harness.variants import needs_base, save_candidate
-from monitor.harness.worker import Prepared
+from monitor.core.holdout import is_held_out
+from monitor.harness.worker import Prepared, accuracy
+from monitor.registry import subject_for
 from monitor.transforms.recipes import RecipeError, build, structure
 from monitor.harness.worker_pool import WorkerPool
 from monitor.optimize.action import OptimizeRequest, optimize
@@ -32,7 +34,7 @@ def workloads_importable(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def configured(tmp_path: Path, **distill: object) -> LoadedConfig:
     model = tiny_model("wide", factory="workloads:wide_linear", eval="workloads:wide_linear_eval",
-                       distill={**DISTILL, **distill}, optimize={"accuracy_tolerance": 0.02}, max_time_s=1.5)
+                       distill={k: v for k, v in {**DISTILL, **distill}.items() if v is not None}, optimize={"accuracy_tolerance": 0.02}, max_time_s=1.5)
     return load_config(write_config(tmp_path / "perfguard.toml", [model], storage_url=f"sqlite:///{tmp_path / 'p.db'}",
                                     extra="[detection]\nconfirm = false\n"))
 
@@ -67,6 +69,41 @@ def test_a_student_stopped_by_its_time_bound_short_of_the_tolerance_is_refused_w
     assert candidate.numbers.variant["steps"][-1]["params"]["time_bound_hit"] is True
     assert any("accuracy" in reason and "over the tolerance 0.02" in reason for reason in candidate.reasons), \
         candidate.reasons
+
+
+def test_without_data_the_student_trains_on_the_eval_less_the_share_every_accuracy_reads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No `distill.data`: the student trains on the eval batches not held out (6 of 8 at 0.25), and
+    the model's accuracy reads the 2 held out, spread through the stream, and nothing else."""
+    monkeypatch.syspath_prepend(str(TESTS_DIR))
+    from workloads import wide_linear, wide_linear_eval  # noqa: PLC0415 - the test models live beside the tests
+
+    teacher, x = wide_linear().eval(), torch.randn(8, 16)
+    params = dict(DISTILL, data=None, eval="workloads:wide_linear_eval", holdout=0.25, epochs=2)
+    _student, resolved = build("distill", teacher, (x,), {}, None, params)
+    assert resolved["steps"] == 2 * 6
+
+    seen: list[torch.Tensor] = []
+
+    def judged(inputs: torch.Tensor) -> torch.Tensor:
+        seen.append(inputs)
+        return teacher(inputs)
+
+    with torch.no_grad():
+        assert accuracy(judged, "workloads:wide_linear_eval", "cpu", held_out=0.25) == 1.0
+    held = [inputs for index, (inputs, _labels) in enumerate(wide_linear_eval()) if is_held_out(index, 0.25)]
+    assert len(seen) == len(held) == 2 and all(torch.equal(a, b) for a, b in zip(seen, held, strict=True))
+
+
+def test_a_model_whose_student_trains_on_its_eval_has_every_accuracy_read_on_the_held_out_share(
+    tmp_path: Path,
+) -> None:
+    with_data, from_eval = configured(tmp_path).config.models[0], configured(tmp_path, data=None).config.models[0]
+    assert subject_for(with_data, 8).eval_holdout is None
+    assert subject_for(from_eval, 8).eval_holdout == 0.25
+    assert from_eval.distill_params()["eval"] == "workloads:wide_linear_eval"
+    assert with_data.distill_params()["eval"] is None
 
 
 def test_the_recipe_trains_the_student_and_its_structure_takes_the_saved_weights_exactly(

@@ -120,6 +120,7 @@ class Subject:
     inputs: list[InputTensor] | None = None
     inputs_factory: str | None = None
     eval: str | None = None
+    eval_holdout: float | None = None  # when set, accuracy reads only this held-out share (core/holdout.py)
     artifact: ArtifactRef | None = None  # when set, the model is loaded from it, not built by factory
     variant: VariantSpec | None = None  # when set (and no artifact), the factory's model becomes it
 

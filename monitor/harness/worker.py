@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import IO, Any
 
+from monitor.core import holdout
 from monitor.core.import_paths import resolve
 from monitor.core.runs import EnvFingerprint, HostCondition, RunMetrics
 from monitor.core.workloads import TrainSpec
@@ -118,10 +119,12 @@ def _random_tensor(spec: InputTensor, generator: Any) -> Any:
     return torch.randint(low, high, spec.shape, generator=generator, dtype=dtype)
 
 
-def accuracy(model: Any, eval_path: str, device: str) -> float:
-    """Top-1 accuracy over the (inputs, labels) batches the eval callable yields."""
+def accuracy(model: Any, eval_path: str, device: str, held_out: float | None = None) -> float:
+    """Top-1 accuracy over the (inputs, labels) batches the eval callable yields; with `held_out`, over
+    that share of them only (the rest trained a student: core/holdout.py)."""
     correct = total = 0
-    for inputs, labels in resolve(eval_path)():
+    batches = resolve(eval_path)()
+    for inputs, labels in batches if held_out is None else holdout.held_out(batches, held_out):
         args = inputs if isinstance(inputs, (tuple, list)) else (inputs,)
         out = model(*(_to(a, device) for a in args))
         if isinstance(out, (tuple, list)):
@@ -130,7 +133,8 @@ def accuracy(model: Any, eval_path: str, device: str) -> float:
         correct += int((out.argmax(dim=-1) == labels).sum())
         total += int(labels.numel())
     if total == 0:
-        raise ValueError(f"eval {eval_path} yielded no labelled examples")
+        share = "" if held_out is None else f" in its held-out share ({held_out:g} of the batches)"
+        raise ValueError(f"eval {eval_path} yielded no labelled examples{share}")
     return correct / total
 
 
@@ -256,7 +260,7 @@ def _subject_result(prepared: Prepared, sampled: sampling.Sampled, job: Job) -> 
             metrics.energy_j_per_inference = gpu["energy_j"] / sampled.executed
         details["energy_source"] = gpu["energy_source"]
     if prepared.subject.eval:
-        metrics.accuracy = accuracy(prepared.model, prepared.subject.eval, job.device)
+        metrics.accuracy = accuracy(prepared.model, prepared.subject.eval, job.device, prepared.subject.eval_holdout)
     return SubjectResult(
         label=prepared.subject.label,
         metrics=metrics,

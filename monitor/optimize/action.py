@@ -95,7 +95,7 @@ def optimize(
     if refused is not None:
         return store.record_action(db, replace(record, status="rejected", reason=refused))
     if model.distill is not None:
-        request = _with_student(request, model.distill.params())
+        request = _with_student(request, model.distill_params())
     profiled = diagnose(db, loaded, primary, request.finding, cancel, pool)
     record = replace(record, diagnosis=profiled.diagnosis)
     if profiled.error is not None:

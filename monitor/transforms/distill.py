@@ -1,7 +1,8 @@
 """Knowledge distillation: train a smaller student against the model's own soft targets.
 
 The student (the model's `distill.student` factory) learns from the teacher's outputs on the
-training batches (`distill.data`: an iterable of input batches, or of (inputs, labels)): the KL
+training batches (`distill.data`: an iterable of input batches, or of (inputs, labels); without it,
+the model's eval batches less the held-out share its accuracy is read on, core/holdout.py): the KL
 divergence between their softened distributions at `temperature` (scaled by T², as in Hinton et al.),
 weighted by `weight`, plus cross-entropy on the labels for the rest when the batches carry them.
 Outputs with one column, or not 2-D, have no distribution to soften: the student then regresses the
@@ -20,6 +21,7 @@ import torch
 from torch import nn
 from torch.nn import functional
 
+from monitor.core import holdout
 from monitor.core.import_paths import resolve
 
 Progress = Callable[[str, int], None]
@@ -47,9 +49,7 @@ def build(
     last loss, and whether the time bound stopped it)."""
     device = next((p.device for p in teacher.parameters()), torch.device("cpu"))
     pupil = student(params, device)
-    data = params.get("data")
-    if not data:
-        raise DistillError("distill.data: the model names no training data")
+    source = _training_batches(params)
     optimizer = torch.optim.Adam(pupil.parameters(), lr=float(params["lr"]))
     teacher.eval()
     pupil.train()
@@ -58,7 +58,7 @@ def build(
     epochs = int(params["epochs"])
     steps, loss, stopped = 0, float("nan"), False
     for epoch in range(epochs):
-        for inputs, labels in _batches(resolve(data)(), device):
+        for inputs, labels in _batches(source(), device):
             loss = _step(teacher, pupil, optimizer, inputs, labels, params)
             steps += 1
             if time.perf_counter() >= deadline:
@@ -69,10 +69,22 @@ def build(
         if stopped:
             break
     if steps == 0:
-        raise DistillError(f"distill.data: {data} yielded no batch")
+        where = params.get("data") or f"{params.get('eval')} less its held-out share"
+        raise DistillError(f"distill.data: {where} yielded no batch")
     pupil.eval()
     return pupil, {"steps": steps, "epochs_run": epoch + 1, "train_s": round(time.perf_counter() - started, 2),
                    "final_loss": round(loss, 6), "time_bound_hit": stopped}
+
+
+def _training_batches(params: dict[str, Any]) -> Callable[[], Iterable[Any]]:
+    """A fresh iterable of the training batches per epoch: `data`'s, else the eval's not held out."""
+    data, eval_path = params.get("data"), params.get("eval")
+    if data:
+        return lambda: resolve(data)()
+    if eval_path:
+        fraction = float(params["holdout"])
+        return lambda: holdout.training(resolve(eval_path)(), fraction)
+    raise DistillError("distill.data: the model names no training data, and no eval to train on")
 
 
 def _batches(source: Iterable[Any], device: torch.device) -> Iterable[tuple[tuple[Any, ...], Any]]:

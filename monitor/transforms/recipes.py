@@ -33,9 +33,10 @@ DEFAULT_PARAMS: dict[str, dict[str, Any]] = {
     "onnx_int8_static": {"calibration_batches": 8},
     "prune_structured": {"amount": 0.3},
     "prune_l1_unstructured": {"amount": 0.5},
-    # student and data come from the model's `distill` table (config.DistillConfig, same defaults)
-    "distill": {"student": None, "data": None, "temperature": 2.0, "weight": 0.5, "epochs": 3, "max_time_s": 60.0,
-                "lr": 0.001},
+    # from the model's `distill` table (config.ModelConfig.distill_params, same defaults); `eval` is the
+    # model's eval, set when the student trains on it less its `holdout` share (no `data`)
+    "distill": {"student": None, "data": None, "holdout": 0.25, "eval": None, "temperature": 2.0, "weight": 0.5,
+                "epochs": 3, "max_time_s": 60.0, "lr": 0.001},
 }
 STATIC_INT8_BACKEND = "x86"
 C_COMPILERS = ("c++", "g++", "clang++")
