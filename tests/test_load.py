@@ -4,6 +4,7 @@ a run's, a failing call stops the level with its error. No timing is asserted (t
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 import torch
@@ -48,6 +49,34 @@ def test_calls_of_the_warm_up_are_not_counted() -> None:
     starts: list[float] = []
     level = drive(lambda: starts.append(0.0), concurrency=1, batch_size=1, duration_s=0.05, warmup_s=0.1)
     assert 0 < level.calls < len(starts)
+
+
+class Stopwatch:
+    """A meter (the role NVML plays on a GPU) that notes when it was started and stopped."""
+
+    def __init__(self) -> None:
+        self.started = self.stopped = 0.0
+
+    def start(self) -> None:
+        self.started = time.perf_counter()
+
+    def stop(self) -> dict[str, float]:
+        self.stopped = time.perf_counter()
+        return {"window_s": self.stopped - self.started}
+
+
+@pytest.mark.parametrize("callers", ["threads", "processes"])
+def test_the_meter_runs_over_the_counted_window_only(callers: str) -> None:
+    meter, begun = Stopwatch(), time.perf_counter()
+    if callers == "threads":
+        level = drive(lambda: time.sleep(0.001), concurrency=2, batch_size=1, duration_s=0.3, warmup_s=0.2,
+                      meter=meter)
+    else:
+        level = drive_processes(python_bound_caller, concurrency=2, batch_size=1, duration_s=0.3, warmup_s=0.2,
+                                meter=meter)
+    assert meter.started - begun >= 0.2 - 0.01  # not through the warm-up
+    assert 0.3 - 0.01 <= meter.stopped - meter.started < 0.3 + 1.0  # the window; its end may be slept past
+    assert level.measured == {"window_s": meter.stopped - meter.started} and level.calls > 0
 
 
 def test_a_failing_call_stops_every_caller_and_is_raised() -> None:

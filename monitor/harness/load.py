@@ -25,6 +25,7 @@ from typing import Any
 
 from monitor.core.runs import RunMetrics
 from monitor.harness import process_memory, sampling
+from monitor.harness.sampling import MeasuredWindow
 
 MAX_STORED_SAMPLES = 10_000
 
@@ -40,6 +41,7 @@ class LoadLevel:
     metrics: RunMetrics  # latency percentiles of every call; throughput_per_s: samples/s all callers made
     samples_ns: tuple[int, ...] = ()  # every call's latency, in the order the callers' lists end to end
     caller_peak_rss_mb: tuple[float, ...] = ()  # caller processes' own peak resident memory (processes only)
+    measured: dict[str, Any] | None = None  # what the meter (NVML on a GPU) reported over the window
 
     @property
     def calls(self) -> int:
@@ -67,11 +69,13 @@ def drive(
     duration_s: float,
     warmup_s: float = 0.2,
     context: Callable[[], AbstractContextManager[Any]] = contextlib.nullcontext,
+    meter: MeasuredWindow | None = None,
 ) -> LoadLevel:
     """Run `call` from `concurrency` threads at once for `warmup_s` (not counted), then `duration_s`.
 
     `context` is entered by each caller thread around its loop (torch.inference_mode, which is
-    per thread). An exception in any caller stops them all and is raised here.
+    per thread). `meter` (NVML's utilisation, power and energy on a GPU) runs over the counted
+    window only. An exception in any caller stops them all and is raised here.
     """
     _check_level(concurrency, duration_s, warmup_s)
     clock = time.perf_counter_ns
@@ -105,11 +109,12 @@ def drive(
     now = clock()
     window.extend([now + int(warmup_s * 1e9), now + int((warmup_s + duration_s) * 1e9)])
     start_gate.wait()
+    measured = _metered(meter, window[0], window[1], stop.is_set)
     for thread in threads:
         thread.join()
     if failures:
         raise failures[0]
-    return _level(timings, batch_size, duration_s)
+    return _level(timings, batch_size, duration_s, measured=measured)
 
 
 # A caller process's set-up: runs in the new process, returns the call to time and the context
@@ -119,7 +124,8 @@ START_TIMEOUT_S = 600.0  # for every caller process to import torch and build it
 
 
 def drive_processes(
-    setup: CallerSetup, concurrency: int, batch_size: int, duration_s: float, warmup_s: float = 0.2
+    setup: CallerSetup, concurrency: int, batch_size: int, duration_s: float, warmup_s: float = 0.2,
+    meter: MeasuredWindow | None = None,
 ) -> LoadLevel:
     """`drive`, with each caller a spawned process that builds its own model with `setup`. The window
     opens once every process is ready (the monotonic clock is the same in all of them); each sends
@@ -138,9 +144,11 @@ def drive_processes(
         now = time.perf_counter_ns()
         window[0], window[1] = now + int(warmup_s * 1e9), now + int((warmup_s + duration_s) * 1e9)
         go.wait(START_TIMEOUT_S)
+        measured = _metered(meter, window[0], window[1], lambda: any(r.poll() for r, _ in pipes))
         answers = [receiver.recv() for receiver, _ in pipes]
     except threading.BrokenBarrierError:
         answers = [receiver.recv() if receiver.poll(5) else ("error", "a caller process died") for receiver, _ in pipes]
+        measured = None
     finally:
         for proc in procs:
             proc.join(5)
@@ -150,7 +158,7 @@ def drive_processes(
     if failed is not None:
         raise RuntimeError(f"a caller process failed:\n{failed}")
     return _level([mine for _, (mine, _rss) in answers], batch_size, duration_s,
-                  tuple(rss for _, (_mine, rss) in answers))
+                  tuple(rss for _, (_mine, rss) in answers), measured)
 
 
 def _check_level(concurrency: int, duration_s: float, warmup_s: float) -> None:
@@ -159,15 +167,34 @@ def _check_level(concurrency: int, duration_s: float, warmup_s: float) -> None:
                          f"{duration_s}, {warmup_s})")
 
 
+def _metered(
+    meter: MeasuredWindow | None, begin_ns: int, end_ns: int, ended: Callable[[], bool]
+) -> dict[str, Any] | None:
+    """Run `meter` from `begin_ns` to `end_ns` (perf_counter_ns), the counted window, while the
+    callers call; None without a meter. `ended` cuts the wait short when a caller has stopped early."""
+    if meter is None:
+        return None
+    _sleep_until(begin_ns, ended)
+    meter.start()
+    _sleep_until(end_ns, ended)
+    return meter.stop()
+
+
+def _sleep_until(deadline_ns: int, ended: Callable[[], bool]) -> None:
+    while not ended() and (left := deadline_ns - time.perf_counter_ns()) > 0:
+        time.sleep(min(left / 1e9, 0.05))
+
+
 def _level(
-    timings: list[list[int]], batch_size: int, duration_s: float, caller_rss: tuple[float, ...] = ()
+    timings: list[list[int]], batch_size: int, duration_s: float, caller_rss: tuple[float, ...] = (),
+    measured: dict[str, Any] | None = None,
 ) -> LoadLevel:
     """The level from each caller's timings (ns): every call's percentiles, the callers' joint throughput."""
     every = [t for mine in timings for t in mine]
     metrics = sampling.latency_metrics(every, batch_size)
     metrics.throughput_per_s = len(every) * batch_size / duration_s
     return LoadLevel(len(timings), duration_s, tuple(len(mine) for mine in timings), metrics, tuple(every),
-                     caller_rss)
+                     caller_rss, measured)
 
 
 def _process_caller(setup: CallerSetup, ready: Any, go: Any, window: Any, conn: Any) -> None:

@@ -138,6 +138,17 @@ def accuracy(model: Any, eval_path: str, device: str, held_out: float | None = N
     return correct / total
 
 
+def _gpu_figures(metrics: RunMetrics, details: dict[str, Any], gpu: dict[str, Any] | None, calls: int) -> None:
+    """NVML's utilisation, power and energy per call (over `calls` calls) into the run, when it was read."""
+    if gpu is None:
+        return
+    metrics.gpu_util_pct = gpu["gpu_util_pct"]
+    metrics.gpu_power_w = gpu["gpu_power_w"]
+    if gpu["energy_j"] is not None and calls:
+        metrics.energy_j_per_inference = gpu["energy_j"] / calls
+    details["energy_source"] = gpu["energy_source"]
+
+
 class Prepared:
     """A subject's model (built, or loaded from its artifact), inputs and the call the sampler times.
 
@@ -252,13 +263,7 @@ def _subject_result(prepared: Prepared, sampled: sampling.Sampled, job: Job) -> 
     if job.device.startswith("cuda"):
         metrics.cuda_peak_mem_mb = torch.cuda.max_memory_allocated(torch.device(job.device)) / 2**20
     details = sampled.details()
-    gpu = sampled.window
-    if gpu is not None:
-        metrics.gpu_util_pct = gpu["gpu_util_pct"]
-        metrics.gpu_power_w = gpu["gpu_power_w"]
-        if gpu["energy_j"] is not None and sampled.executed:
-            metrics.energy_j_per_inference = gpu["energy_j"] / sampled.executed
-        details["energy_source"] = gpu["energy_source"]
+    _gpu_figures(metrics, details, sampled.window, sampled.executed)
     if prepared.subject.eval:
         metrics.accuracy = accuracy(prepared.model, prepared.subject.eval, job.device, prepared.subject.eval_holdout)
     return SubjectResult(
@@ -351,10 +356,11 @@ def _run_load(job: BenchmarkJob, channel: Channel) -> WorkerResult:
         spec = job.load
         if spec.processes:
             level = load.drive_processes(functools.partial(_load_caller, job.to_json()), spec.concurrency,
-                                         job.batch_size, spec.duration_s, spec.warmup_s)
+                                         job.batch_size, spec.duration_s, spec.warmup_s, session.nvml)
         else:
             timed, context = _caller_call(job, prepared)
-            level = load.drive(timed, spec.concurrency, job.batch_size, spec.duration_s, spec.warmup_s, context)
+            level = load.drive(timed, spec.concurrency, job.batch_size, spec.duration_s, spec.warmup_s, context,
+                               session.nvml)
         host = watch.finish(0, None)
         channel.progress("collect", level.calls)
         metrics = level.metrics
@@ -364,6 +370,7 @@ def _run_load(job: BenchmarkJob, channel: Channel) -> WorkerResult:
         if session.sync is not None:
             metrics.cuda_peak_mem_mb = torch.cuda.max_memory_allocated(torch.device(job.device)) / 2**20
         details = {**level.details(), "callers": "processes" if spec.processes else "threads"}
+        _gpu_figures(metrics, details, level.measured, level.calls)
         result = SubjectResult(label=prepared.subject.label, metrics=metrics, samples_ms=level.stored_samples_ms(),
                                flags=[], details=details)
     return WorkerResult(env=session.env, host=host, subjects=[result])
