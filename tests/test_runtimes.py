@@ -98,6 +98,20 @@ def test_a_runtime_variant_is_timed_as_its_runtime_serves_it(name: str, cases: d
     assert relative_error(served, want) <= 1e-5 and torch.equal(eager, want)
 
 
+def test_an_onnx_variant_s_call_memory_is_read_on_a_session_that_has_not_run(cases: dict) -> None:
+    """ONNX Runtime keeps a call's workspace in its arena after the first call: the timed session's
+    later calls take no new memory, a fresh session's first call shows what a call needs."""
+    model, x, calibration = cases["cnn"]
+    candidate, _ = recipes.build("onnx_fp32", model, (x,), {}, calibration, {})
+    warm = served_call(candidate, (x,), {})
+    for _ in range(3):
+        warm()
+    warm_mb = collectors.forward_peak_mb(warm, "cpu")
+    cold_mb = collectors.forward_peak_mb(candidate.cold_call((x,), {}), "cpu")
+    assert warm_mb is not None and cold_mb is not None
+    assert cold_mb > 1.0 and cold_mb > warm_mb + 1.0, (cold_mb, warm_mb)
+
+
 def test_a_transformer_encoder_exports_without_its_fused_fast_path() -> None:
     """Under no_grad a TransformerEncoderLayer runs one fused operator that ONNX cannot express; the
     export must trace the layer's own operators."""

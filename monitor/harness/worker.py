@@ -179,6 +179,13 @@ class Prepared:
         self.call: Callable[[], Any] = served_call(self.model, self.args, self.kwargs)
 
 
+def _memory_call(prepared: Prepared) -> Callable[[], Any]:
+    """The call whose peak memory is the subject's: the timed call, or for a runtime that keeps a call's
+    workspace between calls (ONNX Runtime's arena), its `cold_call` on a session not yet run."""
+    cold = getattr(prepared.model, "cold_call", None)
+    return cold(prepared.args, prepared.kwargs) if cold is not None else prepared.call
+
+
 def served_call(model: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Callable[[], Any]:
     """What a timing calls: a runtime variant as its runtime serves it, where the model says how
     (`served_call`: an ONNX Runtime session fed ready arrays), else the model called on the inputs."""
@@ -562,7 +569,7 @@ def _measure(
             setattr(results[0].metrics, PROBE_FIELDS[label], value)
         if forward_peak:  # after peak_rss_mb was read: this resets the process's peak
             for p, result in zip(prepared, results, strict=True):
-                result.details["forward_peak_mb"] = collectors.forward_peak_mb(p.call, job.device)
+                result.details["forward_peak_mb"] = collectors.forward_peak_mb(_memory_call(p), job.device)
     return Timing(host, results, comparison)
 
 
