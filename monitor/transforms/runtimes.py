@@ -122,7 +122,7 @@ class ScriptedModule(nn.Module):
 class OnnxModule(nn.Module):
     """An ONNX model in an ONNX Runtime session, called like the torch model it was exported from."""
 
-    def __init__(self, onnx: bytes, device: torch.device):
+    def __init__(self, onnx: bytes, device: torch.device, cpu_arena: bool = True):
         super().__init__()
         import onnxruntime
 
@@ -130,6 +130,7 @@ class OnnxModule(nn.Module):
         self.param_count = 0
         self.device = device
         options = onnxruntime.SessionOptions()
+        options.enable_cpu_mem_arena = cpu_arena
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = torch.get_num_threads()
         options.inter_op_num_threads = 1
@@ -151,11 +152,14 @@ class OnnxModule(nn.Module):
         return lambda: run(None, feed)
 
     def cold_call(self, args: tuple, kwargs: dict) -> Callable[[], Any]:
-        """The served call on a session of its own that has not run yet, for measuring what one call
-        takes at its peak: ONNX Runtime keeps a call's workspace in its arena from the first call on,
-        so any later call of the timed session shows none (0 MiB, against the seed CNN's 3.6 MiB on a
-        fresh session). On CUDA the arena is ONNX Runtime's, which torch's allocator does not see."""
-        return OnnxModule(self.artifact, self.device).served_call(args, kwargs)
+        """The served call on a session of its own, without ONNX Runtime's CPU arena, for measuring
+        what one call takes at its peak. The timed session keeps a call's workspace in its arena from
+        the first call on, so its later calls show none (0 MiB, against 3.5 MiB for the seed CNN at
+        batch 32); a fresh session with the arena shows only what outgrew the pages its set-up touched
+        (0.0-0.23 MiB from one session to the next for the int8 MLP). Without the arena each call
+        allocates its own, as torch's do: the same figure every time. On CUDA the memory is ONNX
+        Runtime's own, which torch's allocator does not see."""
+        return OnnxModule(self.artifact, self.device, cpu_arena=False).served_call(args, kwargs)
 
     def forward(self, *args: torch.Tensor) -> Any:
         # Lean on purpose: on a 0.2 ms call each spare tensor op is a measurable share (RESULTS §18).
