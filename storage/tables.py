@@ -350,13 +350,14 @@ class HostEventRow(Base):
 
 
 class ActionRow(Base):
-    """One optimisation decision (requantize, prune) or rollback of a model, accepted or not, with the
-    numbers that justified it: every candidate tried, its A/B figures and why it was kept or refused."""
+    """One optimisation decision (requantize, prune, distill) or rollback of a model, accepted or not,
+    with the numbers that justified it: every candidate tried, its A/B figures and why it was kept or
+    refused. Kind "amp" is advice on the training step ("advised" or "rejected"): nothing is promoted."""
 
     __tablename__ = "actions"
     __table_args__ = (
-        CheckConstraint("kind IN ('requantize', 'prune', 'distill', 'rollback')", name="kind"),
-        CheckConstraint("status IN ('accepted', 'rejected', 'dry_run', 'failed')", name="status"),
+        CheckConstraint("kind IN ('requantize', 'prune', 'distill', 'amp', 'rollback')", name="kind"),
+        CheckConstraint("status IN ('accepted', 'advised', 'rejected', 'dry_run', 'failed')", name="status"),
         Index("ix_actions_model_created", "model_id", "created_at"),
     )
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from monitor.optimize.train_amp import StepVerdict, record_advice
 from monitor.service.reporting import gather_report, write_report
 from reports.data import gather
 from reports.figures import latency_chart
@@ -87,8 +88,13 @@ def test_a_model_page_shows_charts_findings_actions_env_changes_and_failed_runs(
 
     loaded, db = fleet
     rejected_action(db, "seed-cnn", recipe="onnx_int8_static")
+    bf16 = StepVerdict("amp_bf16", "bf16", 2.0, 4.0, 0.5, (0.45, 0.55), [2.0, 1.2], [2.0, 1.2], accepted=True)
+    record_advice(db, loaded, "seed-cnn", [bf16])
     site = write_report(db, loaded)
     page = site.pages["seed-cnn"].read_text()
+    # Training-step advice: stored and shown like an action, promoting nothing.
+    assert "training step of baseline: advice, nothing promoted" in page and "worth switching" in page
+    assert 'set train.amp = "bf16"' in page or "set train.amp = &#34;bf16&#34;" in page
     for chart in ("Latency, baseline on cpu, batch 8", "Peak memory", "Throughput", "Accuracy"):
         assert chart in page
     assert "latency_ms_p50" in page and "regression" in page  # the open finding

@@ -1,9 +1,10 @@
 """Autocast for the training step: candidates timed interleaved with the configured step in the worker,
-each on its own copy, judged on speed and on the loss they reach; advice only."""
+each on its own copy, judged on speed and on the loss they reach; stored as advice (an "amp" action)."""
 
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,15 @@ import pytest
 from monitor.config import load_config
 from monitor.core.workloads import amp_modes
 from monitor.harness.cpu_info import cpu_flags
-from monitor.optimize.train_amp import StepVerdict, TrainCompareError, compare_training, judge_step
+from monitor.optimize.train_amp import (
+    StepVerdict,
+    TrainCompareError,
+    compare_training,
+    judge_step,
+    record_advice,
+)
+from storage.actions import actions
+from storage.db import Database
 from tests.cli_helpers import TESTS_DIR, perfguard, tiny_model, write_config
 
 TRAIN = {"loss": "cross_entropy", "optimizer": "sgd", "lr": 0.1}
@@ -38,17 +47,36 @@ def test_the_cli_times_an_autocast_candidate_against_the_configured_step_in_the_
     config = write_config(tmp_path / "perfguard.toml", [tiny_model("m", train=TRAIN, max_time_s=0.6)])
     done = perfguard("optimize", "m", "--train", "--amp", "bf16", "--json", config=config)
     assert done.returncode == 0, done
-    [bf16] = done.json()
-    assert bf16["label"] == "amp_bf16" and bf16["amp"] == "bf16"
-    assert bf16["step_ms"] > 0 and bf16["current_step_ms"] > 0 and bf16["ratio_p50"] > 0
+    action = done.json()
+    [bf16] = action["candidates"]
+    assert bf16["label"] == "amp_bf16" and bf16["details"]["amp"] == "bf16" and bf16["details"]["mode"] == "train"
+    assert bf16["p50_ms"] > 0 and bf16["current_p50_ms"] > 0 and bf16["ratio_p50"] > 0
     # Both really trained, from the same weights on the same batch: five losses each, going down.
-    for losses in (bf16["losses"], bf16["current_losses"]):
+    for losses in (bf16["details"]["losses"], bf16["details"]["current_losses"]):
         assert len(losses) == 5 and all(math.isfinite(v) for v in losses) and losses[-1] < losses[0]
     # The verdict is the one its own numbers give (on a CPU with AMX bf16 may win; elsewhere it loses).
     interval = tuple(bf16["ratio_ci95"]) if bf16["ratio_ci95"] else None
-    mine = judge_step(StepVerdict("amp_bf16", "bf16", None, None, bf16["ratio_p50"], interval, bf16["losses"],
-                                  bf16["current_losses"]), 0.10, 0.05)
+    mine = judge_step(StepVerdict("amp_bf16", "bf16", None, None, bf16["ratio_p50"], interval,
+                                  bf16["details"]["losses"], bf16["details"]["current_losses"]), 0.10, 0.05)
     assert bf16["accepted"] == mine.accepted and bf16["reasons"] == mine.reasons
+    # Stored as advice on the baseline: nothing promoted, the history shows it like any action.
+    assert action["kind"] == "amp" and action["status"] == ("advised" if mine.accepted else "rejected")
+    assert action["from_variant"] == "baseline" and action["to_variant"] is None and action["id"]
+    stored = perfguard("actions", "m", "--json", config=config).json()
+    assert [(a["id"], a["kind"], a["status"]) for a in stored] == [(action["id"], "amp", action["status"])]
+
+
+def test_advice_names_the_fastest_candidate_that_passed_and_the_setting_to_take(tmp_path: Path) -> None:
+    loaded = load_config(write_config(tmp_path / "perfguard.toml", [tiny_model("m", train=TRAIN)]))
+    fp16 = replace(verdict(0.8, (0.75, 0.85), [2.0, 1.5, 1.2]), label="amp_fp16", amp="fp16")
+    bf16, slow = verdict(0.5, (0.45, 0.55), [2.0, 1.5, 1.2]), verdict(9.8, (9.5, 10.1), [2.0, 1.5, 1.2])
+    with Database.open(loaded.storage_url()) as db:
+        advised = record_advice(db, loaded, "m", [fp16, bf16])
+        refused = record_advice(db, loaded, "m", [slow])
+        assert [a.id for a in actions(db, "m")] == [refused.id, advised.id]
+    assert advised.status == "advised" and advised.reason.startswith("amp_bf16: the training step 2.00x faster")
+    assert advised.reason.endswith('set train.amp = "bf16"') and len(advised.candidates) == 2
+    assert refused.status == "rejected" and refused.reason == "amp_bf16: step time 0.10x, below the required 1.10x"
 
 
 def test_by_default_only_the_modes_this_device_suits_are_timed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -14,7 +14,7 @@ from monitor.cli.tables import action_report, format_table, recipe_rows, recipes
 from monitor.config import LoadedConfig
 from monitor.core.actions import ActionRecord
 from monitor.harness.worker_pool import WorkerPool
-from monitor.optimize.train_amp import TrainCompareError, compare_training
+from monitor.optimize.train_amp import TrainCompareError, compare_training, record_advice
 from monitor.user_errors import EXIT_FAILED
 from storage import queries
 
@@ -30,7 +30,8 @@ from storage import queries
               help="Decide and record without promoting (default: optimize.dry_run).")
 @click.option("--list", "list_recipes", is_flag=True, help="List the recipes and exit.")
 @click.option("--train", "training", is_flag=True,
-              help="Compare the model's training step with autocast instead (advice; nothing is promoted).")
+              help="Compare the model's training step with autocast instead (advice, stored as an amp "
+                   "action; nothing is promoted).")
 @click.option("--amp", "amps", multiple=True, type=click.Choice(["bf16", "fp16"]),
               help="With --train: time this autocast mode (repeatable); default: those the device suits.")
 def optimize(config_path: Path, as_json: bool, model: str | None, recipes: tuple[str, ...], action: str | None,
@@ -156,16 +157,24 @@ def actions(config_path: Path, as_json: bool, model: str | None, limit: int) -> 
 
 
 def _compare_training(loaded: LoadedConfig, model: str, amps: list[str], as_json: bool) -> None:
-    """`optimize --train`: the training step against its autocast candidates, as a table or JSON."""
+    """`optimize --train`: the training step against its autocast candidates, stored as an action of
+    kind "amp" (advice), printed as a table or as the action's JSON."""
     with WorkerPool() as pool:
         try:
             verdicts = compare_training(loaded, model, amps or None, pool=pool)  # type: ignore[arg-type]
         except TrainCompareError as exc:
             raise click.UsageError(str(exc)) from None
+    if not verdicts:
+        if as_json:
+            print_json(None)
+        else:
+            click.echo(f"no autocast mode suits {model}'s device here (a CPU without native bf16 emulates it); "
+                       "--amp bf16 times it anyway")
+        return
+    with open_db(loaded) as db:
+        record = record_advice(db, loaded, model, verdicts)
     if as_json:
-        print_json([v.to_json() for v in verdicts])
-    elif not verdicts:
-        click.echo(f"no autocast mode suits {model}'s device here (a CPU without native bf16 emulates it); "
-                   "--amp bf16 times it anyway")
+        print_json(record.to_json())
     else:
         click.echo(step_verdicts_table(verdicts))
+        click.echo(f"\naction {record.id}: {record.status}: {record.reason}")

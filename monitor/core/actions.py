@@ -93,9 +93,9 @@ class ActionRecord:
     """One optimisation decision as stored and printed (`perfguard optimize --json` emits `to_json()`)."""
 
     model: str
-    kind: str  # requantize | prune | distill | rollback
+    kind: str  # requantize | prune | distill | rollback | amp (training-step advice: nothing is promoted)
     trigger: str
-    status: str  # accepted | rejected | dry_run | failed
+    status: str  # accepted | rejected | dry_run | failed | advised (an amp candidate worth switching to)
     reason: str
     from_variant: str
     to_variant: str | None = None

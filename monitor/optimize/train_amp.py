@@ -6,7 +6,9 @@ Each candidate steps its own copy of the model, interleaved with the configured 
 is faster by `optimize.min_speedup` with a 95 % interval below 1, and if, from the same weights on the
 same batch, its loss after a few steps stays within `optimize.relative_error_tolerance` of the
 configured step's: autocast that is fast but trains differently is no win. The verdict is advice:
-the training code is the team's, and `train.amp` in the config is how they take it.
+the training code is the team's, and `train.amp` in the config is how they take it. It is stored as
+an action of kind "amp" (`record_advice`): "advised" when a candidate is worth switching to, else
+"rejected", with each candidate's numbers, so that the history, the report and the digest show it.
 """
 
 from __future__ import annotations
@@ -17,12 +19,15 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from monitor.config import LoadedConfig
+from monitor.core.actions import ActionRecord, CandidateNumbers, Verdict
 from monitor.core.workloads import Amp, amp_modes
 from monitor.harness.cpu_info import cpu_flags
 from monitor.harness.protocol import TrainCompareJob
 from monitor.harness.worker_pool import WorkerPool
 from monitor.optimize.decision import speed_shortfall
 from monitor.registry import UnknownModelError, plan, run_with_limits
+from storage import actions, queries
+from storage.db import Database
 
 CURRENT = "current"
 
@@ -95,6 +100,38 @@ def compare_training(
         ), settings.min_speedup, settings.relative_error_tolerance)
         for label, s in subjects.items()
     ]
+
+
+def record_advice(db: Database, loaded: LoadedConfig, model: str, verdicts: list[StepVerdict]) -> ActionRecord:
+    """Store the comparison as an action of kind "amp" on the baseline (the model as the team trains
+    it): "advised" with the fastest candidate that passed, else "rejected" with every reason."""
+    config = loaded.config.model(model)
+    with db.session() as session:
+        queries.register_model(session, config.name, config.factory, config.device)
+    passed = sorted((v for v in verdicts if v.accepted), key=lambda v: v.ratio_p50 or 1.0)
+    if passed:
+        best = passed[0]
+        status, reason = "advised", (f"{best.label}: the training step {1 / (best.ratio_p50 or 1.0):.2f}x faster "
+                                     f"(p50 {best.current_step_ms:.4g} -> {best.step_ms:.4g} ms), its loss after "
+                                     f"{len(best.losses)} steps {100 * (best.loss_rel_diff or 0.0):.2g} % apart: "
+                                     f"set train.amp = \"{best.amp}\"")
+    else:
+        status = "rejected"
+        reason = "; ".join(f"{v.label}: {', '.join(v.reasons)}" for v in verdicts) or "no autocast mode to try"
+    record = ActionRecord(model=model, kind="amp", trigger="cli", status=status, reason=reason,
+                          from_variant=queries.BASELINE, candidates=[_as_candidate(v) for v in verdicts])
+    return actions.record_action(db, record)
+
+
+def _as_candidate(verdict: StepVerdict) -> Verdict:
+    """A step verdict in the form every action's candidates take; the losses ride in `details`."""
+    numbers = CandidateNumbers(
+        label=verdict.label, recipe=verdict.label, ratio_p50=verdict.ratio_p50, ratio_ci95=verdict.ratio_ci95,
+        p50_ms=verdict.step_ms, current_p50_ms=verdict.current_step_ms,
+        details={"mode": "train", "amp": verdict.amp, "losses": verdict.losses,
+                 "current_losses": verdict.current_losses, "loss_rel_diff": verdict.loss_rel_diff},
+    )
+    return Verdict(numbers, verdict.accepted, list(verdict.reasons))
 
 
 def judge_step(verdict: StepVerdict, min_speedup: float, tolerance: float) -> StepVerdict:
