@@ -92,9 +92,19 @@ def subject_for(
         inputs=inputs,
         inputs_factory=model.inputs_factory,
         eval=model.eval,
-        eval_holdout=model.eval_holdout,
+        eval_holdout=eval_holdout(model, variant),
         variant=variant,
     )
+
+
+def eval_holdout(model: ModelConfig, variant: VariantSpec | None) -> float | None:
+    """The held-out share of the eval batches the subject's accuracy reads: the share its variant's
+    student trained around, when it was distilled from the eval (whatever the config says now: it
+    must never be judged on what it learned from), else the config's (`ModelConfig.eval_holdout`)."""
+    for step in reversed(variant.steps if variant is not None else []):
+        if step.recipe == "distill" and step.params.get("eval"):
+            return float(step.params["holdout"])
+    return model.eval_holdout
 
 
 def plan(

@@ -4,6 +4,7 @@ that each spawned caller starts in a fraction of a second."""
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -19,3 +20,16 @@ def python_bound_caller() -> tuple[Callable[[], int], Callable[[], Any]]:
 
 def failing_caller() -> tuple[Callable[[], int], Callable[[], Any]]:
     raise RuntimeError("this caller cannot build its model")
+
+
+def dying_caller() -> tuple[Callable[[], int], Callable[[], Any]]:
+    """A caller whose process dies in its tenth call, without a word (a segfault, the OOM killer)."""
+    calls = []
+
+    def call() -> int:
+        calls.append(1)
+        if len(calls) == 10:
+            os._exit(3)
+        return len(calls)
+
+    return call, contextlib.nullcontext

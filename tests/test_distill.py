@@ -97,13 +97,26 @@ def test_without_data_the_student_trains_on_the_eval_less_the_share_every_accura
 
 
 def test_a_model_whose_student_trains_on_its_eval_has_every_accuracy_read_on_the_held_out_share(
-    tmp_path: Path,
+    tmp_path: Path, workers: WorkerPool
 ) -> None:
     with_data, from_eval = configured(tmp_path).config.models[0], configured(tmp_path, data=None).config.models[0]
     assert subject_for(with_data, 8).eval_holdout is None
     assert subject_for(from_eval, 8).eval_holdout == 0.25
     assert from_eval.distill_params()["eval"] == "workloads:wide_linear_eval"
     assert with_data.distill_params()["eval"] is None
+    # A student distilled from the eval keeps its own share, whatever the config says now.
+    student = VariantSpec(name="baseline+distill", steps=[
+        RecipeStep("distill", {"student": "workloads:linear_student", "eval": "workloads:wide_linear_eval",
+                               "holdout": 0.5})])
+    assert subject_for(with_data, 8, variant=student).eval_holdout == 0.5
+    # Through the worker: the batches outside the held-out quarter are labelled wrong here.
+    model = tiny_model("wide", factory="workloads:wide_linear", eval="workloads:wide_linear_eval_wrong_off_holdout",
+                       inputs=[{"shape": [8, 16]}], distill={"student": "workloads:linear_student"})
+    loaded = load_config(write_config(tmp_path / "wrong.toml", [model], storage_url=f"sqlite:///{tmp_path / 'w.db'}"))
+    with Database.open(loaded.storage_url()) as db:
+        (run,) = benchmark_models(loaded, db, pool=workers)
+    assert run.status == "ok" and run.metrics.accuracy == 1.0, run.error
+    assert run.details["accuracy_on"] == "the held-out 0.25 of the eval batches"
 
 
 def test_the_recipe_trains_the_student_and_its_structure_takes_the_saved_weights_exactly(

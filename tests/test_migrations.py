@@ -112,3 +112,35 @@ def test_upgrading_a_database_with_runs_keeps_every_run_and_its_figures(tmp_path
         assert [r.metrics.latency_ms_p50 for r in history(db, "m", limit=10)] == [1.5, 1.5, 1.5]
         with db.engine.connect() as conn:
             assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1  # enforced again after it
+
+
+def test_downgrading_past_training_advice_drops_it_and_its_alerts_and_keeps_the_rest(db_url: str) -> None:
+    """0009 admits actions of kind "amp"; going back removes them (the older CHECK refuses them) and the
+    alerts about them, so that an action id used again later is not taken as already alerted."""
+    from alembic import command
+    from sqlalchemy import text
+
+    from monitor.core.actions import ActionRecord
+    from storage.actions import record_action
+    from storage.queries import register_model
+
+    with Database.open(db_url) as db:
+        with db.session() as session:
+            register_model(session, "m", "pkg:build", "cpu")
+        kept, advice = (record_action(db, ActionRecord(model="m", kind=kind, trigger="cli", status=status, reason="r",
+                                                       from_variant="baseline"))
+                        for kind, status in (("requantize", "rejected"), ("amp", "advised")))
+        with db.engine.begin() as conn:
+            for action in (kept, advice):
+                conn.execute(text("INSERT INTO notifications (kind, subject_key, recipient, status, subject, attempts,"
+                                  " passes, created_at, updated_at) VALUES ('alert', :key, 'a@b.c', 'sent', 's', 1, 1,"
+                                  " :t, :t)"), {"key": f"action:{action.id}", "t": "2026-12-01 00:00:00"})
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS_DIR))
+        with db.engine.connect() as conn, conn.begin():
+            config.attributes["connection"] = conn
+            command.downgrade(config, "0008")
+            assert conn.execute(text("SELECT id, kind FROM actions")).all() == [(kept.id, "requantize")]
+            keys = conn.execute(text("SELECT subject_key FROM notifications")).scalars().all()
+            assert keys == [f"action:{kept.id}"]
+            command.upgrade(config, "head")

@@ -22,8 +22,8 @@ from monitor.core.catalog import CATALOG
 from monitor.examples import models
 from monitor.harness import collectors, reference, variants
 from monitor.harness.artifacts import ArtifactError
-from monitor.harness.worker import served_call
-from monitor.harness.protocol import RecipeStep, VariantSpec
+from monitor.harness.worker import Prepared, _memory_call, served_call
+from monitor.harness.protocol import BenchmarkJob, RecipeStep, Subject, VariantSpec
 from monitor.harness.worker_pool import WorkerPool
 from monitor.optimize.action import OptimizeRequest, optimize
 from monitor.transforms import recipes
@@ -107,9 +107,21 @@ def test_an_onnx_variant_s_call_memory_is_read_on_a_session_that_has_not_run(cas
     for _ in range(3):
         warm()
     warm_mb = collectors.forward_peak_mb(warm, "cpu")
-    cold_mb = collectors.forward_peak_mb(candidate.cold_call((x,), {}), "cpu")
+    cold = candidate.cold_call((x,), {})
+    assert cold is not None
+    cold_mb = collectors.forward_peak_mb(cold, "cpu")
     assert warm_mb is not None and cold_mb is not None
     assert cold_mb > 1.0 and cold_mb > warm_mb + 1.0, (cold_mb, warm_mb)
+
+
+def test_the_worker_times_an_onnx_variant_as_served_and_reads_its_memory_on_a_cold_session(cases: dict) -> None:
+    model, x, calibration = cases["mlp"]
+    candidate, _ = recipes.build("onnx_fp32", model, (x,), {}, calibration, {})
+    job = BenchmarkJob(model="m", batch_size=32, subjects=[Subject("onnx", "monitor.examples.models:mlp")])
+    onnx, eager = Prepared(job.subjects[0], job, model=candidate, inputs=((x,), {})), Prepared(
+        job.subjects[0], job, model=model, inputs=((x,), {}))
+    assert isinstance(onnx.call()[0], np.ndarray)  # the session itself, no tensor conversion
+    assert _memory_call(onnx) is not onnx.call and _memory_call(eager) is eager.call
 
 
 def test_a_transformer_encoder_exports_without_its_fused_fast_path() -> None:

@@ -73,7 +73,9 @@ def test_advice_names_the_fastest_candidate_that_passed_and_the_setting_to_take(
     with Database.open(loaded.storage_url()) as db:
         advised = record_advice(db, loaded, "m", [fp16, bf16])
         refused = record_advice(db, loaded, "m", [slow])
-        assert [a.id for a in actions(db, "m")] == [refused.id, advised.id]
+        untried = record_advice(db, loaded, "m", [])
+        assert [a.id for a in actions(db, "m")] == [untried.id, refused.id, advised.id]
+    assert untried.status == "rejected" and untried.reason.startswith("no autocast mode suits cpu here")
     assert advised.status == "advised" and advised.reason.startswith("amp_bf16: the training step 2.00x faster")
     assert advised.reason.endswith('set train.amp = "bf16"') and len(advised.candidates) == 2
     assert refused.status == "rejected" and refused.reason == "amp_bf16: step time 0.10x, below the required 1.10x"

@@ -321,6 +321,13 @@ def wide_linear_eval() -> list[tuple[torch.Tensor, torch.Tensor]]:
         return [(x, teacher(x).argmax(dim=1)) for x in batches]
 
 
+def wide_linear_eval_wrong_off_holdout() -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """`wide_linear_eval` with every batch outside the held-out quarter (0, 4 of 8) labelled wrong: the
+    teacher scores 1 on the held-out batches alone, 0.25 on them all."""
+    return [(x, labels if index % 4 == 0 else (labels + 1) % 4)
+            for index, (x, labels) in enumerate(wide_linear_eval())]
+
+
 def linear_student() -> nn.Module:
     torch.manual_seed(0)
     return nn.Linear(16, 4)

@@ -164,17 +164,11 @@ def _compare_training(loaded: LoadedConfig, model: str, amps: list[str], as_json
             verdicts = compare_training(loaded, model, amps or None, pool=pool)  # type: ignore[arg-type]
         except TrainCompareError as exc:
             raise click.UsageError(str(exc)) from None
-    if not verdicts:
-        if as_json:
-            print_json(None)
-        else:
-            click.echo(f"no autocast mode suits {model}'s device here (a CPU without native bf16 emulates it); "
-                       "--amp bf16 times it anyway")
-        return
     with open_db(loaded) as db:
         record = record_advice(db, loaded, model, verdicts)
     if as_json:
         print_json(record.to_json())
-    else:
-        click.echo(step_verdicts_table(verdicts))
-        click.echo(f"\naction {record.id}: {record.status}: {record.reason}")
+        return
+    if verdicts:
+        click.echo(step_verdicts_table(verdicts) + "\n")
+    click.echo(f"action {record.id}: {record.status}: {record.reason}")

@@ -139,15 +139,19 @@ def drive_processes(
                            name=f"perfguard-load-{i}") for i, (_, sender) in enumerate(pipes)]
     for proc in procs:
         proc.start()
+    for _, sender in pipes:
+        sender.close()  # the callers hold the only ends: a caller that dies is an end of file here
+    receivers = [receiver for receiver, _ in pipes]
     try:
         ready.wait(START_TIMEOUT_S)
         now = time.perf_counter_ns()
         window[0], window[1] = now + int(warmup_s * 1e9), now + int((warmup_s + duration_s) * 1e9)
         go.wait(START_TIMEOUT_S)
-        measured = _metered(meter, window[0], window[1], lambda: any(r.poll() for r, _ in pipes))
-        answers = [receiver.recv() for receiver, _ in pipes]
+        measured = _metered(meter, window[0], window[1], lambda: any(r.poll() for r in receivers))
+        answers = [_answer(receiver) for receiver in receivers]
     except threading.BrokenBarrierError:
-        answers = [receiver.recv() if receiver.poll(5) else ("error", "a caller process died") for receiver, _ in pipes]
+        answers = [_answer(receiver) if receiver.poll(5) else ("error", "a caller process died")
+                   for receiver in receivers]
         measured = None
     finally:
         for proc in procs:
@@ -159,6 +163,14 @@ def drive_processes(
         raise RuntimeError(f"a caller process failed:\n{failed}")
     return _level([mine for _, (mine, _rss) in answers], batch_size, duration_s,
                   tuple(rss for _, (_mine, rss) in answers), measured)
+
+
+def _answer(receiver: Any) -> tuple[str, Any]:
+    """A caller's answer, or its death (its pipe closed with nothing sent) as an error."""
+    try:
+        return receiver.recv()  # type: ignore[no-any-return]
+    except EOFError:
+        return "error", "a caller process died (its pipe closed before it sent its timings)"
 
 
 def _check_level(concurrency: int, duration_s: float, warmup_s: float) -> None:

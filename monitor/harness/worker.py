@@ -181,9 +181,10 @@ class Prepared:
 
 def _memory_call(prepared: Prepared) -> Callable[[], Any]:
     """The call whose peak memory is the subject's: the timed call, or for a runtime that keeps a call's
-    workspace between calls (ONNX Runtime's arena), its `cold_call` on a session not yet run."""
+    workspace between calls (ONNX Runtime's arena), its `cold_call`, on a session without that arena."""
     cold = getattr(prepared.model, "cold_call", None)
-    return cold(prepared.args, prepared.kwargs) if cold is not None else prepared.call
+    call = cold(prepared.args, prepared.kwargs) if cold is not None else None
+    return call if call is not None else prepared.call
 
 
 def served_call(model: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Callable[[], Any]:
@@ -273,6 +274,8 @@ def _subject_result(prepared: Prepared, sampled: sampling.Sampled, job: Job) -> 
     _gpu_figures(metrics, details, sampled.window, sampled.executed)
     if prepared.subject.eval:
         metrics.accuracy = accuracy(prepared.model, prepared.subject.eval, job.device, prepared.subject.eval_holdout)
+        if prepared.subject.eval_holdout is not None:
+            details["accuracy_on"] = f"the held-out {prepared.subject.eval_holdout:g} of the eval batches"
     return SubjectResult(
         label=prepared.subject.label,
         metrics=metrics,

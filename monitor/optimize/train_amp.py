@@ -117,7 +117,9 @@ def record_advice(db: Database, loaded: LoadedConfig, model: str, verdicts: list
                                      f"set train.amp = \"{best.amp}\"")
     else:
         status = "rejected"
-        reason = "; ".join(f"{v.label}: {', '.join(v.reasons)}" for v in verdicts) or "no autocast mode to try"
+        reason = "; ".join(f"{v.label}: {', '.join(v.reasons)}" for v in verdicts) or (
+            f"no autocast mode suits {config.device} here (a CPU without native bf16 emulates it): nothing was "
+            "timed; --amp bf16 times it anyway")
     record = ActionRecord(model=model, kind="amp", trigger="cli", status=status, reason=reason,
                           from_variant=queries.BASELINE, candidates=[_as_candidate(v) for v in verdicts])
     return actions.record_action(db, record)

@@ -43,5 +43,9 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    op.execute("DELETE FROM actions WHERE kind = 'amp'")  # advice the older schema cannot hold
+    # Advice the older schema cannot hold, and the alerts about it (an id used again later must not
+    # read as already alerted).
+    op.execute("DELETE FROM notifications WHERE subject_key IN "
+               "(SELECT 'action:' || CAST(id AS VARCHAR(20)) FROM actions WHERE kind = 'amp')")
+    op.execute("DELETE FROM actions WHERE kind = 'amp'")
     _replace_checks(after=False)
