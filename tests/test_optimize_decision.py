@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from monitor.config import OptimizeConfig
 from monitor.core import catalog
 from monitor.core.actions import CandidateNumbers, Fidelity
@@ -100,6 +102,15 @@ def test_the_diagnosis_names_the_operator_that_grew_and_its_new_shapes() -> None
     assert grown["change"] == 3.75 and "[2048] [32,512] [512,2048]" in grown["new_shapes"]
     assert found["grew_most"] == "linear"
     assert found["summary"].startswith("aten::addmm +375 % (new shapes")
+
+
+@pytest.mark.parametrize(("op", "family"), [
+    ("onnxruntime::Gemm", "linear"), ("onnxruntime::DynamicQuantizeMatMul", "linear"),
+    ("onnxruntime::QLinearConv", "conv"), ("onnxruntime::MaxPool", "conv"), ("onnxruntime::Softmax", "attention"),
+    ("aten::max_pool2d_with_indices", "conv"), ("onnxruntime::Relu", "other"),
+])
+def test_onnx_runtime_operators_fall_in_the_same_families_as_torch_ones(op: str, family: str) -> None:
+    assert diagnosis.family(op) == family
 
 
 def test_a_new_operator_is_reported_as_new() -> None:

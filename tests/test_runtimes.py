@@ -20,9 +20,9 @@ from torch import nn
 from monitor.config import load_config
 from monitor.core.catalog import CATALOG
 from monitor.examples import models
-from monitor.harness import collectors, reference, variants
+from monitor.harness import collectors, profiling, reference, variants
 from monitor.harness.artifacts import ArtifactError
-from monitor.harness.worker import Prepared, _memory_call, served_call
+from monitor.harness.worker import Prepared, _memory_call, _own_profiler, served_call
 from monitor.harness.protocol import BenchmarkJob, RecipeStep, Subject, VariantSpec
 from monitor.harness.worker_pool import WorkerPool
 from monitor.optimize.action import OptimizeRequest, optimize
@@ -122,6 +122,13 @@ def test_the_worker_times_an_onnx_variant_as_served_and_reads_its_memory_on_a_co
         job.subjects[0], job, model=model, inputs=((x,), {}))
     assert isinstance(onnx.call()[0], np.ndarray)  # the session itself, no tensor conversion
     assert _memory_call(onnx) is not onnx.call and _memory_call(eager) is eager.call
+    # Profiled by ONNX Runtime's own profiler (torch's sees nothing inside a session): its operators.
+    own = _own_profiler(onnx)
+    assert own is not None and _own_profiler(eager) is None
+    profiles = profiling.profile_subjects({"onnx": onnx.call, "eager": eager.call}, "cpu", {"onnx": own})
+    gemms = [r for r in profiles["onnx"] if r["op"] == "onnxruntime::Gemm"]
+    assert gemms and all(r["calls"] > 0 and r["self_us"] > 0 for r in gemms), profiles["onnx"]
+    assert any(r["op"] == "aten::addmm" for r in profiles["eager"])
 
 
 def test_a_transformer_encoder_exports_without_its_fused_fast_path() -> None:

@@ -18,14 +18,20 @@ from collections.abc import Callable
 from typing import Any
 
 PROFILED_CALLS = 10  # per session
+OwnProfiler = Callable[[int], list[dict[str, Any]]]  # rows of n calls, from a runtime's own profiler
 SESSIONS = 3
 WARMUP_CALLS = 5
 MAX_ROWS = 200
 
 
-def profile_subjects(calls: dict[str, Callable[[], Any]], device: str) -> dict[str, list[dict[str, Any]]]:
+def profile_subjects(
+    calls: dict[str, Callable[[], Any]], device: str, own: dict[str, OwnProfiler] | None = None
+) -> dict[str, list[dict[str, Any]]]:
     """Each subject's profile (see `profile_ops`) on one intra-op thread, from SESSIONS sessions, the
-    subjects taking turns (ABBA), each (operator, shapes) row at its smallest self time over them."""
+    subjects taking turns (ABBA), each (operator, shapes) row at its smallest self time over them.
+    A subject in `own` runs on a runtime with a profiler of its own (ONNX Runtime: torch's profiler
+    sees nothing inside it), which makes its rows instead."""
+    own = own or {}
     import torch
 
     threads = torch.get_num_threads()
@@ -38,7 +44,8 @@ def profile_subjects(calls: dict[str, Callable[[], Any]], device: str) -> dict[s
         for session in range(SESSIONS):
             order = list(calls) if session % 2 == 0 else list(reversed(calls))
             for label in order:
-                sessions[label].append(profile_ops(calls[label], device))
+                profiler = own.get(label)
+                sessions[label].append(profiler(PROFILED_CALLS) if profiler else profile_ops(calls[label], device))
     finally:
         torch.set_num_threads(threads)
     return {label: _least_disturbed(profiles) for label, profiles in sessions.items()}

@@ -187,6 +187,13 @@ def _memory_call(prepared: Prepared) -> Callable[[], Any]:
     return call if call is not None else prepared.call
 
 
+def _own_profiler(prepared: Prepared) -> profiling.OwnProfiler | None:
+    """The runtime's own operator profiler, for a model that runs where torch's profiler sees nothing
+    (`op_profiler`: ONNX Runtime's), else None."""
+    make = getattr(prepared.model, "op_profiler", None)
+    return make(prepared.args, prepared.kwargs) if make is not None else None
+
+
 def served_call(model: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Callable[[], Any]:
     """What a timing calls: a runtime variant as its runtime serves it, where the model says how
     (`served_call`: an ONNX Runtime session fed ready arrays), else the model called on the inputs."""
@@ -485,7 +492,8 @@ def run_profile(job: ProfileJob, channel: Channel) -> WorkerResult:
         watch = collectors.HostWatch()
         watch.start()
         with torch.inference_mode():
-            profiles = profiling.profile_subjects({p.subject.label: p.call for p in prepared}, job.device)
+            own = {p.subject.label: profiler for p in prepared if (profiler := _own_profiler(p)) is not None}
+            profiles = profiling.profile_subjects({p.subject.label: p.call for p in prepared}, job.device, own)
     return WorkerResult(env=session.env, host=watch.finish(0, None), subjects=[], profiles=profiles)
 
 

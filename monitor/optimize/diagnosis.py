@@ -17,11 +17,12 @@ from typing import Any
 from monitor.core.catalog import RecipeSpec
 from monitor.core.diagnosis import Diagnosis, GrownOp, OpTime
 
-# Operator families by name; the first match wins.
+# Operator families by name, torch's and ONNX Runtime's (`onnxruntime::Gemm`); the first match wins.
 FAMILIES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("attention", ("attention", "_native_multi_head", "softmax", "bmm")),
-    ("conv", ("conv", "mkldnn_convolution", "max_pool", "avg_pool", "batch_norm")),
-    ("linear", ("linear", "addmm", "aten::mm", "matmul", "quantized::linear", "lstm")),
+    ("conv", ("conv", "mkldnn_convolution", "max_pool", "avg_pool", "batch_norm", "maxpool", "averagepool",
+              "batchnormalization")),
+    ("linear", ("linear", "addmm", "aten::mm", "matmul", "quantized::linear", "lstm", "gemm")),
 )
 GROWN = 0.10  # an operator counts as grown past +10 % self time...
 SIGNIFICANT = 0.02  # ...and only if the growth is at least 2 % of the reference's total time

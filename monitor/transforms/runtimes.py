@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import io
 import itertools
+import json
 import tempfile
 import warnings
 from collections.abc import Callable, Iterable, Iterator
@@ -122,7 +123,7 @@ class ScriptedModule(nn.Module):
 class OnnxModule(nn.Module):
     """An ONNX model in an ONNX Runtime session, called like the torch model it was exported from."""
 
-    def __init__(self, onnx: bytes, device: torch.device, cpu_arena: bool = True):
+    def __init__(self, onnx: bytes, device: torch.device, cpu_arena: bool = True, profile_prefix: str | None = None):
         super().__init__()
         import onnxruntime
 
@@ -131,6 +132,9 @@ class OnnxModule(nn.Module):
         self.device = device
         options = onnxruntime.SessionOptions()
         options.enable_cpu_mem_arena = cpu_arena
+        if profile_prefix is not None:
+            options.enable_profiling = True
+            options.profile_file_prefix = profile_prefix
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = torch.get_num_threads()
         options.inter_op_num_threads = 1
@@ -165,6 +169,26 @@ class OnnxModule(nn.Module):
         call()
         return call
 
+    def op_profiler(self, args: tuple, kwargs: dict) -> Callable[[int], list[dict[str, Any]]] | None:
+        """A profiler of `calls` served calls, node type by node type, from ONNX Runtime's own profiler
+        (torch's sees nothing inside a session): rows as harness/profiling.profile_ops makes them, each
+        operator named `onnxruntime::<op type>`. Each use profiles a fresh session with as many threads
+        as torch has then, after a warm-up call. None on CUDA (its nodes' times are launches)."""
+        if self.device.type != "cpu" or kwargs:
+            return None
+
+        def profile(calls: int) -> list[dict[str, Any]]:
+            with tempfile.TemporaryDirectory(prefix="perfguard-ort-profile-") as folder:
+                module = OnnxModule(self.artifact, self.device, profile_prefix=str(Path(folder) / "ort"))
+                call = module.served_call(args, kwargs)
+                call()
+                for _ in range(calls):
+                    call()
+                with open(module.session.end_profiling(), encoding="utf-8") as handle:
+                    return _op_rows(json.load(handle), calls)
+
+        return profile
+
     def forward(self, *args: torch.Tensor) -> Any:
         # Lean on purpose: on a 0.2 ms call each spare tensor op is a measurable share (RESULTS §18).
         feed = {name: _host_array(a) for name, a in zip(self.names, args, strict=True)}
@@ -172,6 +196,28 @@ class OnnxModule(nn.Module):
         if self.device.type != "cpu":
             outputs = [o.to(self.device) for o in outputs]
         return outputs[0] if len(outputs) == 1 else tuple(outputs)
+
+
+def _op_rows(events: list[dict[str, Any]], calls: int) -> list[dict[str, Any]]:
+    """ONNX Runtime's trace as profile rows per (op type, input shapes): its kernels' times over the
+    last `calls` runs (the first run, a warm-up, is left out), per call, busiest first."""
+    runs = sorted(e["ts"] for e in events if e.get("cat") == "Session" and e.get("name") == "model_run")
+    since = runs[-calls] if len(runs) >= calls else 0
+    rows: dict[tuple[str, str], dict[str, Any]] = {}
+    for event in events:
+        if event.get("cat") != "Node" or not event.get("name", "").endswith("_kernel_time") or event["ts"] < since:
+            continue
+        args = event.get("args", {})
+        shapes = " ".join("[" + ",".join(str(d) for d in shape) + "]"
+                          for typed in args.get("input_type_shape", []) for shape in typed.values() if shape)
+        row = rows.setdefault((args.get("op_name", "?"), shapes), {
+            "op": f"onnxruntime::{args.get('op_name', '?')}", "shapes": shapes, "calls": 0, "self_us": 0.0,
+            "self_device_us": 0.0})
+        row["calls"] += 1
+        row["self_us"] += event["dur"]
+    for row in rows.values():
+        row["calls"], row["self_us"] = row["calls"] / calls, row["self_us"] / calls
+    return sorted(rows.values(), key=lambda r: r["self_us"], reverse=True)
 
 
 def _host_array(tensor: torch.Tensor) -> Any:
