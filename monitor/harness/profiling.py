@@ -18,7 +18,8 @@ from collections.abc import Callable
 from typing import Any
 
 PROFILED_CALLS = 10  # per session
-OwnProfiler = Callable[[int], list[dict[str, Any]]]  # rows of n calls, from a runtime's own profiler
+# A runtime's own profiler: the kernels n calls ran, (operator, input shapes, µs) each
+OwnProfiler = Callable[[int], list[tuple[str, list[list[int]], float]]]
 SESSIONS = 3
 WARMUP_CALLS = 5
 MAX_ROWS = 200
@@ -30,7 +31,7 @@ def profile_subjects(
     """Each subject's profile (see `profile_ops`) on one intra-op thread, from SESSIONS sessions, the
     subjects taking turns (ABBA), each (operator, shapes) row at its smallest self time over them.
     A subject in `own` runs on a runtime with a profiler of its own (ONNX Runtime: torch's profiler
-    sees nothing inside it), which makes its rows instead."""
+    sees nothing inside it), whose kernels make its rows instead (`kernel_rows`)."""
     own = own or {}
     import torch
 
@@ -45,7 +46,8 @@ def profile_subjects(
             order = list(calls) if session % 2 == 0 else list(reversed(calls))
             for label in order:
                 profiler = own.get(label)
-                sessions[label].append(profiler(PROFILED_CALLS) if profiler else profile_ops(calls[label], device))
+                sessions[label].append(kernel_rows(profiler(PROFILED_CALLS), PROFILED_CALLS) if profiler
+                                       else profile_ops(calls[label], device))
     finally:
         torch.set_num_threads(threads)
     return {label: _least_disturbed(profiles) for label, profiles in sessions.items()}
@@ -90,6 +92,20 @@ def profile_ops(call: Callable[[], Any], device: str) -> list[dict[str, Any]]:
         })
     rows.sort(key=_busy, reverse=True)
     return rows[:MAX_ROWS]
+
+
+def kernel_rows(kernels: list[tuple[str, list[list[int]], float]], calls: int) -> list[dict[str, Any]]:
+    """A runtime profiler's kernels of `calls` model calls as `profile_ops`'s rows: per (operator,
+    input shapes), calls and self time per model call, busiest first."""
+    rows: dict[tuple[str, str], dict[str, Any]] = {}
+    for op, shapes, us in kernels:
+        text = _shapes(shapes)
+        row = rows.setdefault((op, text), {"op": op, "shapes": text, "calls": 0, "self_us": 0.0, "self_device_us": 0.0})
+        row["calls"] += 1
+        row["self_us"] += us
+    for row in rows.values():
+        row["calls"], row["self_us"] = row["calls"] / calls, row["self_us"] / calls
+    return sorted(rows.values(), key=_busy, reverse=True)[:MAX_ROWS]
 
 
 def _shapes(shapes: Any) -> str:

@@ -179,28 +179,31 @@ class Prepared:
         self.call: Callable[[], Any] = served_call(self.model, self.args, self.kwargs)
 
 
+def _runtime_hook(model: Any, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """What a runtime variant's hook `name` gives for these inputs (transforms/runtimes.py: how its
+    runtime serves it, measures its memory, profiles it), or None where the model has no such hook."""
+    hook = getattr(model, name, None)
+    return hook(args, kwargs) if hook is not None else None
+
+
 def _memory_call(prepared: Prepared) -> Callable[[], Any]:
     """The call whose peak memory is the subject's: the timed call, or for a runtime that keeps a call's
     workspace between calls (ONNX Runtime's arena), its `cold_call`, on a session without that arena."""
-    cold = getattr(prepared.model, "cold_call", None)
-    call = cold(prepared.args, prepared.kwargs) if cold is not None else None
+    call = _runtime_hook(prepared.model, "cold_call", prepared.args, prepared.kwargs)
     return call if call is not None else prepared.call
 
 
 def _own_profiler(prepared: Prepared) -> profiling.OwnProfiler | None:
     """The runtime's own operator profiler, for a model that runs where torch's profiler sees nothing
     (`op_profiler`: ONNX Runtime's), else None."""
-    make = getattr(prepared.model, "op_profiler", None)
-    return make(prepared.args, prepared.kwargs) if make is not None else None
+    return _runtime_hook(prepared.model, "op_profiler", prepared.args, prepared.kwargs)  # type: ignore[no-any-return]
 
 
 def served_call(model: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Callable[[], Any]:
     """What a timing calls: a runtime variant as its runtime serves it, where the model says how
     (`served_call`: an ONNX Runtime session fed ready arrays), else the model called on the inputs."""
-    served = getattr(model, "served_call", None)
-    if served is not None:
-        return served(args, kwargs)  # type: ignore[no-any-return]
-    return lambda: model(*args, **kwargs)
+    served = _runtime_hook(model, "served_call", args, kwargs)
+    return served if served is not None else lambda: model(*args, **kwargs)
 
 
 def _freeze(live: Prepared, job: FreezeJob) -> tuple[ArtifactRef, Prepared]:

@@ -30,6 +30,8 @@ from torch import nn
 
 from monitor.core.catalog import device_kind, recipe
 
+Kernels = list[tuple[str, list[list[int]], float]]  # a runtime profiler's: (operator, input shapes, µs) each
+
 
 class ConversionError(ValueError):
     """The model cannot run on this runtime; the message says why (recipes.RecipeError adds the
@@ -151,8 +153,7 @@ class OnnxModule(nn.Module):
         On CUDA it goes through `forward` (a copy through host memory each way)."""
         if self.device.type != "cpu" or kwargs:
             return lambda: self(*args, **kwargs)
-        feed = {name: _host_array(a) for name, a in zip(self.names, args, strict=True)}
-        run = self.session.run
+        feed, run = self._feed(args), self.session.run
         return lambda: run(None, feed)
 
     def cold_call(self, args: tuple, kwargs: dict) -> Callable[[], Any] | None:
@@ -165,59 +166,58 @@ class OnnxModule(nn.Module):
         the memory is ONNX Runtime's own, which torch's allocator does not see."""
         if self.device.type != "cpu":
             return None
-        call = OnnxModule(self.artifact, self.device, cpu_arena=False).served_call(args, kwargs)
-        call()
-        return call
+        return self._fresh(args, kwargs, cpu_arena=False)[1]
 
-    def op_profiler(self, args: tuple, kwargs: dict) -> Callable[[int], list[dict[str, Any]]] | None:
-        """A profiler of `calls` served calls, node type by node type, from ONNX Runtime's own profiler
-        (torch's sees nothing inside a session): rows as harness/profiling.profile_ops makes them, each
-        operator named `onnxruntime::<op type>`. Each use profiles a fresh session with as many threads
-        as torch has then, after a warm-up call. None on CUDA (its nodes' times are launches)."""
+    def op_profiler(self, args: tuple, kwargs: dict) -> Callable[[int], Kernels] | None:
+        """A profiler of `calls` served calls from ONNX Runtime's own profiler (torch's sees nothing
+        inside a session): the kernels they ran, (`onnxruntime::<op type>`, input shapes, µs) each,
+        which harness/profiling.py turns into rows. Each use profiles a fresh session with as many
+        threads as torch has then, after a warm-up call. None on CUDA (its nodes' times are launches)."""
         if self.device.type != "cpu" or kwargs:
             return None
 
-        def profile(calls: int) -> list[dict[str, Any]]:
+        def profile(calls: int) -> Kernels:
             with tempfile.TemporaryDirectory(prefix="perfguard-ort-profile-") as folder:
-                module = OnnxModule(self.artifact, self.device, profile_prefix=str(Path(folder) / "ort"))
-                call = module.served_call(args, kwargs)
-                call()
+                module, call = self._fresh(args, kwargs, profile_prefix=str(Path(folder) / "ort"))
                 for _ in range(calls):
                     call()
                 with open(module.session.end_profiling(), encoding="utf-8") as handle:
-                    return _op_rows(json.load(handle), calls)
+                    return _kernels(json.load(handle), calls)
 
         return profile
 
+    def _fresh(self, args: tuple, kwargs: dict, **options: Any) -> tuple[OnnxModule, Callable[[], Any]]:
+        """A session of its own with `options` (OnnxModule's), and its served call, called once."""
+        module = OnnxModule(self.artifact, self.device, **options)
+        call = module.served_call(args, kwargs)
+        call()
+        return module, call
+
+    def _feed(self, args: tuple) -> dict[str, Any]:
+        """The session's inputs: each positional tensor by its input's name, as a host array."""
+        return {name: _host_array(a) for name, a in zip(self.names, args, strict=True)}
+
     def forward(self, *args: torch.Tensor) -> Any:
         # Lean on purpose: on a 0.2 ms call each spare tensor op is a measurable share (RESULTS §18).
-        feed = {name: _host_array(a) for name, a in zip(self.names, args, strict=True)}
-        outputs = [torch.from_numpy(o) for o in self.session.run(None, feed)]
+        outputs = [torch.from_numpy(o) for o in self.session.run(None, self._feed(args))]
         if self.device.type != "cpu":
             outputs = [o.to(self.device) for o in outputs]
         return outputs[0] if len(outputs) == 1 else tuple(outputs)
 
 
-def _op_rows(events: list[dict[str, Any]], calls: int) -> list[dict[str, Any]]:
-    """ONNX Runtime's trace as profile rows per (op type, input shapes): its kernels' times over the
-    last `calls` runs (the first run, a warm-up, is left out), per call, busiest first."""
+def _kernels(events: list[dict[str, Any]], calls: int) -> Kernels:
+    """The kernels of ONNX Runtime's trace over its last `calls` runs (the first run, a warm-up, is
+    left out): (operator, input shapes, µs) each."""
     runs = sorted(e["ts"] for e in events if e.get("cat") == "Session" and e.get("name") == "model_run")
     since = runs[-calls] if len(runs) >= calls else 0
-    rows: dict[tuple[str, str], dict[str, Any]] = {}
+    kernels = []
     for event in events:
         if event.get("cat") != "Node" or not event.get("name", "").endswith("_kernel_time") or event["ts"] < since:
             continue
         args = event.get("args", {})
-        shapes = " ".join("[" + ",".join(str(d) for d in shape) + "]"
-                          for typed in args.get("input_type_shape", []) for shape in typed.values() if shape)
-        row = rows.setdefault((args.get("op_name", "?"), shapes), {
-            "op": f"onnxruntime::{args.get('op_name', '?')}", "shapes": shapes, "calls": 0, "self_us": 0.0,
-            "self_device_us": 0.0})
-        row["calls"] += 1
-        row["self_us"] += event["dur"]
-    for row in rows.values():
-        row["calls"], row["self_us"] = row["calls"] / calls, row["self_us"] / calls
-    return sorted(rows.values(), key=lambda r: r["self_us"], reverse=True)
+        shapes = [shape for typed in args.get("input_type_shape", []) for shape in typed.values()]
+        kernels.append((f"onnxruntime::{args.get('op_name', '?')}", shapes, float(event["dur"])))
+    return kernels
 
 
 def _host_array(tensor: torch.Tensor) -> Any:
