@@ -8,7 +8,8 @@ same batch, its loss after a few steps stays within `optimize.relative_error_tol
 configured step's: autocast that is fast but trains differently is no win. The verdict is advice:
 the training code is the team's, and `train.amp` in the config is how they take it. It is stored as
 an action of kind "amp" (`record_advice`): "advised" when a candidate is worth switching to, else
-"rejected", with each candidate's numbers, so that the history, the report and the digest show it.
+"rejected", with each candidate's numbers, so that `perfguard actions`, the model's report page and
+its alert email show it.
 """
 
 from __future__ import annotations
@@ -57,12 +58,6 @@ class StepVerdict:
             return None
         return abs(self.losses[-1] - self.current_losses[-1]) / abs(self.current_losses[-1])
 
-    def to_json(self) -> dict[str, Any]:
-        return {"label": self.label, "amp": self.amp, "step_ms": self.step_ms, "current_step_ms": self.current_step_ms,
-                "ratio_p50": self.ratio_p50, "ratio_ci95": self.ratio_ci95, "losses": self.losses,
-                "current_losses": self.current_losses, "loss_rel_diff": self.loss_rel_diff,
-                "accepted": self.accepted, "reasons": self.reasons}
-
 
 def compare_training(
     loaded: LoadedConfig, model: str, amps: list[Amp] | None = None, cancel: threading.Event | None = None,
@@ -108,9 +103,8 @@ def record_advice(db: Database, loaded: LoadedConfig, model: str, verdicts: list
     config = loaded.config.model(model)
     with db.session() as session:
         queries.register_model(session, config.name, config.factory, config.device)
-    passed = sorted((v for v in verdicts if v.accepted), key=lambda v: v.ratio_p50 or 1.0)
-    if passed:
-        best = passed[0]
+    best = min((v for v in verdicts if v.accepted), key=lambda v: v.ratio_p50 or 1.0, default=None)
+    if best is not None:
         status, reason = "advised", (f"{best.label}: the training step {1 / (best.ratio_p50 or 1.0):.2f}x faster "
                                      f"(p50 {best.current_step_ms:.4g} -> {best.step_ms:.4g} ms), its loss after "
                                      f"{len(best.losses)} steps {100 * (best.loss_rel_diff or 0.0):.2g} % apart: "
