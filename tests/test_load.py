@@ -11,6 +11,7 @@ import torch
 
 from monitor.harness.load import drive, drive_processes
 from tests.load_callers import dying_caller, failing_caller, python_bound_caller
+from tests.window_helpers import RecordingWindow
 from tests.workloads import Tiny
 
 
@@ -51,23 +52,9 @@ def test_calls_of_the_warm_up_are_not_counted() -> None:
     assert 0 < level.calls < len(starts)
 
 
-class Stopwatch:
-    """A meter (the role NVML plays on a GPU) that notes when it was started and stopped."""
-
-    def __init__(self) -> None:
-        self.started = self.stopped = 0.0
-
-    def start(self) -> None:
-        self.started = time.perf_counter()
-
-    def stop(self) -> dict[str, float]:
-        self.stopped = time.perf_counter()
-        return {"window_s": self.stopped - self.started}
-
-
 @pytest.mark.parametrize("callers", ["threads", "processes"])
 def test_the_meter_runs_over_the_counted_window_only(callers: str) -> None:
-    meter, begun = Stopwatch(), time.perf_counter()
+    meter, begun = RecordingWindow(), time.perf_counter()
     if callers == "threads":
         level = drive(lambda: time.sleep(0.001), concurrency=2, batch_size=1, duration_s=0.3, warmup_s=0.2,
                       meter=meter)
@@ -77,7 +64,7 @@ def test_the_meter_runs_over_the_counted_window_only(callers: str) -> None:
     if callers == "threads":  # caller processes start later than `begun`, by however long spawning takes
         assert meter.started - begun >= 0.2 - 0.01  # not through the warm-up
     assert 0.3 - 0.01 <= meter.stopped - meter.started < 0.3 + 1.0  # the window; its end may be slept past
-    assert level.measured == {"window_s": meter.stopped - meter.started} and level.calls > 0
+    assert level.measured == {"energy_j": 10.0, "window_s": meter.stopped - meter.started} and level.calls > 0
 
 
 def test_a_failing_call_stops_every_caller_and_is_raised() -> None:
@@ -109,7 +96,7 @@ def test_caller_processes_each_build_their_own_call_and_share_one_window() -> No
 
 
 def test_a_caller_process_that_dies_ends_the_level_and_its_meter_at_once() -> None:
-    meter, begun = Stopwatch(), time.perf_counter()
+    meter, begun = RecordingWindow(), time.perf_counter()
     with pytest.raises(RuntimeError, match="a caller process died"):
         drive_processes(dying_caller, concurrency=1, batch_size=1, duration_s=60.0, warmup_s=0.0, meter=meter)
     assert time.perf_counter() - begun < 30 and meter.stopped - meter.started < 30  # not the 60 s window

@@ -25,6 +25,7 @@ from monitor.harness.sampling import (
     median_ci,
     warm_up,
 )
+from tests.window_helpers import RecordingWindow
 
 # Real spins against the wall clock, and CPU hogs that would slow a parallel test process's benchmarks.
 pytestmark = pytest.mark.timing
@@ -216,20 +217,6 @@ def test_interleaved_sampling_measures_the_ratio_of_two_known_costs():
     rounds = [sampling_calls[i : i + 2] for i in range(0, len(sampling_calls), 2)]
     assert calls[: -2 * result.rounds] == sorted(calls[: -2 * result.rounds])  # all of a's, then b's
     assert all(r == (["a", "b"] if i % 2 == 0 else ["b", "a"]) for i, r in enumerate(rounds))
-
-
-class RecordingWindow:
-    """A MeasuredWindow that notes when it ran, to check it brackets sampling and not warm-up."""
-
-    def __init__(self) -> None:
-        self.started = self.stopped = 0.0
-
-    def start(self) -> None:
-        self.started = time.perf_counter()
-
-    def stop(self) -> dict:
-        self.stopped = time.perf_counter()
-        return {"energy_j": 10.0, "window_s": self.stopped - self.started}
 
 
 def test_the_measured_window_brackets_sampling_only():
