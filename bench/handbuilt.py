@@ -30,7 +30,6 @@ import random
 import statistics
 import sys
 import tempfile
-import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -43,6 +42,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from monitor.core.import_paths import resolve  # noqa: E402
+from monitor.harness.sampling import block_runner  # noqa: E402
 from monitor.harness.worker import served_call  # noqa: E402
 from monitor.transforms import recipes  # noqa: E402
 
@@ -130,6 +130,7 @@ def measure(spec: dict[str, Any], rounds: int) -> dict[str, Any]:
     per_round: dict[str, list[float]] = {name: [] for name in calls}
     eager_s: list[float] = []
     names = list(calls)
+    runners = {name: block_runner(call) for name, call in calls.items()}
     with torch.inference_mode():
         for call in calls.values():  # warm-up: compile, allocate, pick kernels
             for _ in range(3):
@@ -138,7 +139,8 @@ def measure(spec: dict[str, Any], rounds: int) -> dict[str, Any]:
         for _ in range(rounds):
             seconds: dict[str, float] = {}
             for name in order.sample(names, len(names)):
-                seconds[name] = block_median(calls[name], spec["calls"])
+                # A block counts by its median call, as the harness reads one: its first calls start cold.
+                seconds[name] = statistics.median(runners[name](spec["calls"])) / 1e9
             eager_s.append(seconds["eager"])
             for name in names:
                 per_round[name].append(seconds["eager"] / seconds[name])
@@ -150,17 +152,6 @@ def measure(spec: dict[str, Any], rounds: int) -> dict[str, Any]:
     return {"speedup": speedups, "output_error": error, "best_hand_built": best,
             "best_hand_built_speedup": speedups[best], "fastest_hand_built": fastest,
             "fastest_hand_built_speedup": speedups[fastest], "errors": errors, "rounds": rounds, "eager_ms": eager_ms}
-
-
-def block_median(call: Callable[[], Any], calls: int) -> float:
-    """The median of `calls` timed calls, as the harness reads a block: the first calls after another
-    variant's block pay for its threads still spinning, and a block's mean would charge them in full."""
-    times = []
-    for _ in range(calls):
-        started = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
 
 
 def output_error(got: Any, want: torch.Tensor) -> float:
