@@ -158,10 +158,12 @@ def test_a_changed_model_is_found_on_the_relative_reading_as_the_models(tmp_path
 
 def test_a_slower_math_library_path_is_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers: WorkerPool) -> None:
     """The same model and config; the math library now runs its compatible (SSE2) code path, about
-    2.5x slower for this matmul on one thread. The model and its copy slow down alike (no relative
-    change), the probe does not: the reference over the probe shows it, cause environment, with the
-    variable in the diff. (One thread fewer was tried first: on a 2-core host whose other core is
-    busy that is no slower at all.)"""
+    2.5x slower for this matmul on one thread. The model and its copy slow down nearly alike, the
+    probe does not: the reference over the probe shows it, cause environment, with the variable in
+    the diff. (One thread fewer was tried first: on a 2-core host whose other core is busy that is
+    no slower at all.) "Nearly": the eager model and its frozen copy need not take the same kernels,
+    and one fresh-clone run saw their ratio move 4.3 %, just over the relative reading's 4 %; such a
+    finding must blame the environment too, never the model."""
     db_url = f"sqlite:///{tmp_path / 'perfguard.db'}"
     loaded = config(tmp_path, "c.toml", db_url, factory="workloads:matmul", inputs=[{"shape": [256, 512]}],
                     max_time_s=0.5, threads=1)
@@ -174,11 +176,15 @@ def test_a_slower_math_library_path_is_the_environment(tmp_path: Path, monkeypat
         result = check_models(db, loaded, ["m"])
         runs = history(db, "m", limit=3)
     assert all(r.env.math_env.get("MKL_CBWR") == "COMPATIBLE" for r in runs)
+    seen = [(f.metric, f.reading, f.cause, f.rel_change) for f in result.findings]
     regressions = [f for f in result.findings if f.verdict == "regression" and f.metric == "latency_ms_p50"]
-    assert [(f.reading, f.cause) for f in regressions] == [("reference", "environment")], [
-        (f.reading, f.cause, f.rel_change) for f in result.findings]
-    assert regressions[0].env_diff == {"math_env.MKL_CBWR": [None, "COMPATIBLE"]}
-    assert regressions[0].rel_change > 0.5
+    (probed,) = [f for f in regressions if f.reading == "reference"]
+    assert probed.cause == "environment", seen
+    assert probed.env_diff == {"math_env.MKL_CBWR": [None, "COMPATIBLE"]}
+    assert probed.rel_change > 0.5
+    assert {f.reading for f in regressions} <= {"reference", "relative"}, seen
+    for finding in [f for f in result.findings if f is not probed]:  # the same cause, and far smaller
+        assert finding.cause == "environment" and abs(finding.rel_change) < probed.rel_change / 4, seen
 
 
 def thread_cpu_s() -> dict[int, float]:
