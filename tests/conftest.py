@@ -59,13 +59,13 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
 def own_device_locks(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """The suite's benchmarks take device locks of their own: a daemon running on the same host
     neither waits for the tests nor makes them wait (workers and CLI subprocesses inherit this).
-    Parallel test processes (pytest-xdist) share them, so that their benchmarks queue for the device
-    as the daemon's do, instead of timing each other."""
+    Each parallel test process (pytest-xdist) has its own: the tests that time something run alone
+    (`pytest_runtest_protocol` above), so a lock shared between test processes only kept one of
+    them idle while the other benchmarked for a test that times nothing (a 4 s test took 30 s)."""
     before = os.environ.get("PERFGUARD_LOCK_DIR")
-    root = tmp_path_factory.getbasetemp()
-    shared = (root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root) / "device-locks"
-    shared.mkdir(exist_ok=True)
-    os.environ["PERFGUARD_LOCK_DIR"] = str(shared)
+    own = tmp_path_factory.getbasetemp() / "device-locks"
+    own.mkdir(exist_ok=True)
+    os.environ["PERFGUARD_LOCK_DIR"] = str(own)
     yield
     if before is None:
         os.environ.pop("PERFGUARD_LOCK_DIR", None)
