@@ -9,9 +9,9 @@ would (`python -m monitor.cli`, so an installed console script is not needed):
 1. `perfguard run --json`: the MLP (batch 1 and 32, one training-step series, load at 1 and 4
    callers) and the seed CNN (batch 32, accuracy on its digits): CUDA-synchronised latency, CUDA peak
    memory, GPU utilisation, power and energy a call (NVML), per series;
-2. `perfguard optimize mlp --dry-run --json` with the recipes a GPU suits (fp16, bf16, compile,
-   torchscript and the ONNX Runtime ones, which take the CUDA provider where onnxruntime has it and
-   are otherwise rejected with the reason);
+2. `perfguard optimize mlp --dry-run --json` with the recipes a GPU suits (fp16, bf16_autocast,
+   half, compile, torchscript, and onnx_fp32, which takes ONNX Runtime's CUDA provider where
+   onnxruntime-gpu is installed);
 3. `perfguard optimize mlp --train --json`: the training step against fp16 and bf16 autocast.
 It prints one table per step and a list of what the GPU paths gave (a figure missing on a CUDA device
 is named as missing, and the exit status is 1), and writes every JSON answer to --out. perfguard's
@@ -33,7 +33,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 GPU_FIGURES = ("cuda_peak_mem_mb", "gpu_util_pct", "gpu_power_w", "energy_j_per_inference")
-GPU_RECIPES = ["fp16", "bf16", "compile", "torchscript", "onnx_fp32", "onnx_int8_dynamic"]
+GPU_RECIPES = ["fp16", "bf16_autocast", "half", "compile", "torchscript", "onnx_fp32"]
 CPU_RECIPES = ["bf16", "dynamic_int8", "torchscript", "onnx_fp32"]
 
 
@@ -122,7 +122,8 @@ def gpu_paths(runs: list[dict[str, Any]], device: str) -> list[str]:
         missing = [f for f in GPU_FIGURES if metrics.get(f) is None]
         where = f"{run['model']} {run.get('mode', 'infer')} b{run.get('batch_size')} x{run.get('concurrency', 1)}"
         if run["status"] != "ok":
-            lines.append(f"{where}: {run['status']}: {(run.get('error') or '').strip().splitlines()[-1:]}")
+            first = (run.get("error") or "").strip().splitlines()[:1]
+            lines.append(f"{where}: {run['status']}: {first[0] if first else 'no error recorded'}")
         elif device.startswith("cuda") and missing:
             lines.append(f"{where}: MISSING {', '.join(missing)}")
         else:
@@ -157,7 +158,7 @@ def main() -> int:
              f"CUDA {env.get('cuda')}, torch {env.get('torch')}", *gpu_paths(runs, args.device)]
     print("GPU paths, series by series:\n" + "\n".join(paths), flush=True)
     (out / "summary.txt").write_text("\n".join(paths) + "\n")
-    return 1 if any("MISSING" in line or ": error" in line for line in paths) else 0
+    return 1 if any("MISSING" in line or ": failed: " in line for line in paths) else 0
 
 
 if __name__ == "__main__":

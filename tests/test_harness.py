@@ -7,6 +7,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import psutil
 import pytest
@@ -21,6 +22,7 @@ from monitor.harness.protocol import (
     make_job,
 )
 from monitor.harness.runner import ALLOCATOR_PINS, run_worker, to_records
+from monitor.harness.worker import DeviceUnavailable, _cuda_index
 from monitor.service.benchmark import benchmark_models
 from storage import queries
 from storage.db import Database
@@ -109,6 +111,29 @@ def test_an_import_error_names_the_module():
     outcome = run_worker(job("x", subjects=[subject]), timeout_s=60)
     assert outcome.status == "failed"
     assert "ModuleNotFoundError" in outcome.error and "no_such_module_xyz" in outcome.error
+
+
+def test_a_gpu_this_torch_cannot_use_fails_the_run_naming_the_device_and_why():
+    """No CI host has eight GPUs: a CPU-only torch says it is one, a CUDA build how many it sees.
+    Torch's own failure on a CPU-only build named a private function (`_cuda_setDevice`)."""
+    outcome = run_worker(job("tiny", device="cuda:7"), timeout_s=60)
+    assert outcome.status == "failed"
+    first = outcome.error.splitlines()[0]
+    assert first.startswith("DeviceUnavailable: device 'cuda:7': torch "), outcome.error
+    assert "is a CPU-only build" in first or "CUDA device(s) here" in first, first
+    [record] = to_records(job("tiny", device="cuda:7"), outcome, "baseline")
+    assert record.env.torch  # the environment, reported first, says which torch it was
+
+
+def test_a_cuda_build_that_sees_fewer_gpus_than_asked_says_how_many(monkeypatch):
+    """A CUDA build of torch with one visible GPU (a stand-in for it: this host's torch has none)."""
+    one_gpu = SimpleNamespace(__version__="2.11.0+cu130", version=SimpleNamespace(cuda="13.0"),
+                              cuda=SimpleNamespace(device_count=lambda: 1))
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
+    assert _cuda_index(one_gpu, "cuda") == 0 and _cuda_index(one_gpu, "cuda:0") == 0
+    with pytest.raises(DeviceUnavailable, match=r"^device 'cuda:1': torch 2.11.0\+cu130 sees 1 CUDA device\(s\) "
+                                                r"here \(CUDA_VISIBLE_DEVICES=3\)$"):
+        _cuda_index(one_gpu, "cuda:1")
 
 
 def test_a_hanging_model_times_out_and_leaves_no_process_behind(tmp_path, monkeypatch):

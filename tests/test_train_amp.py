@@ -66,6 +66,14 @@ def test_the_cli_times_an_autocast_candidate_against_the_configured_step_in_the_
     assert [(a["id"], a["kind"], a["status"]) for a in stored] == [(action["id"], "amp", action["status"])]
 
 
+def test_a_comparison_whose_worker_fails_exits_2_with_the_cause_not_the_traceback(tmp_path: Path) -> None:
+    config = write_config(tmp_path / "perfguard.toml", [tiny_model("m", train=TRAIN, device="cuda:7")])
+    done = perfguard("optimize", "m", "--train", "--amp", "fp16", config=config)
+    assert done.returncode == 2, done
+    assert "Error: the comparison failed: DeviceUnavailable: device 'cuda:7': torch " in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+
+
 def test_advice_names_the_fastest_candidate_that_passed_and_the_setting_to_take(tmp_path: Path) -> None:
     loaded = load_config(write_config(tmp_path / "perfguard.toml", [tiny_model("m", train=TRAIN)]))
     fp16 = replace(verdict(0.8, (0.75, 0.85), [2.0, 1.5, 1.2]), label="amp_fp16", amp="fp16")

@@ -65,6 +65,10 @@ from monitor.harness.protocol import (
 )
 
 
+class DeviceUnavailable(RuntimeError):
+    """The model's device is not one that torch can run on in this host."""
+
+
 class Channel:
     """The protocol stream back to the runner, with throttled progress events."""
 
@@ -538,13 +542,27 @@ def _session(job: Job, channel: Channel) -> Iterator[Session]:
         channel.send({"event": "started", "env": env.to_dict(), "pid": os.getpid()})
         sync = None
         if job.device.startswith("cuda"):
-            device = torch.device(job.device)
-            torch.cuda.set_device(device.index if device.index is not None else 0)  # "cuda" means cuda:0
+            torch.cuda.set_device(_cuda_index(torch, job.device))
             sync = torch.cuda.synchronize
         yield Session(nvml, env, sync)
     finally:
         if nvml is not None:
             nvml.close()
+
+
+def _cuda_index(torch: Any, name: str) -> int:
+    """The index of device `name` ("cuda" means cuda:0), or an error that says why this host cannot
+    run it: torch's own failure on a CPU-only build names a private function, not the cause."""
+    index = int(name.partition(":")[2] or 0)  # the config admits "cuda" and "cuda:N" only
+    if torch.version.cuda is None:
+        raise DeviceUnavailable(f"device {name!r}: torch {torch.__version__} is a CPU-only build; install a "
+                                'CUDA build of torch on this host, or set the model\'s device = "cpu"')
+    count = torch.cuda.device_count()
+    if index >= count:
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        raise DeviceUnavailable(f"device {name!r}: torch {torch.__version__} sees {count} CUDA device(s) here"
+                                + (f" (CUDA_VISIBLE_DEVICES={visible})" if visible is not None else ""))
+    return index
 
 
 def _measure(

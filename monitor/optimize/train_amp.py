@@ -81,7 +81,7 @@ def compare_training(
     job = planned.job.as_job(TrainCompareJob, train_step=spec, candidates=candidates)
     outcome = run_with_limits(loaded, planned, job, 1 + len(candidates), cancel, pool)
     if outcome.status != "ok" or outcome.result is None:
-        raise TrainCompareError(f"the comparison failed: {(outcome.error or outcome.status).strip().splitlines()[-1]}")
+        raise TrainCompareError(f"the comparison failed: {(outcome.error or outcome.status).strip().splitlines()[0]}")
     settings = loaded.config.optimize.for_model(planned.model.optimize)
     subjects = {s.label: s for s in outcome.result.subjects}
     current = subjects.pop(CURRENT)
