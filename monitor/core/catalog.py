@@ -92,6 +92,11 @@ def device_kind(device: str) -> str:
     return "cuda" if device.startswith("cuda") else "cpu"
 
 
+def cuda_index(device: str) -> int:
+    """The index of a CUDA device as the config names it ("cuda" means cuda:0, as in torch)."""
+    return int(device.partition(":")[2] or 0)
+
+
 def runtime_of(name: str | None) -> str | None:
     """The runtime a recipe's candidate runs on when it is not eager torch; None for torch, no recipe
     or a recipe this catalog does not know (an old action's)."""

@@ -21,6 +21,7 @@ from typing import Any
 
 import psutil
 
+from monitor.core.catalog import cuda_index
 from monitor.core.runs import EnvFingerprint, HostCondition
 from monitor.harness.cpu_info import cpu_info
 from monitor.harness.process_memory import status_kb
@@ -232,7 +233,7 @@ class Nvml:
             import pynvml
 
             pynvml.nvmlInit()
-            index = int(device.split(":", 1)[1]) if ":" in device else 0
+            index = cuda_index(device)
             visible = os.environ.get("CUDA_VISIBLE_DEVICES")
             # CUDA numbers the visible devices; NVML numbers all of them (or takes a UUID).
             target: int | str = visible.split(",")[index].strip() if visible else index

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import IO, Any
 
 from monitor.core import holdout
+from monitor.core.catalog import cuda_index
 from monitor.core.import_paths import resolve
 from monitor.core.runs import EnvFingerprint, HostCondition, RunMetrics
 from monitor.core.workloads import TrainSpec
@@ -553,7 +554,7 @@ def _session(job: Job, channel: Channel) -> Iterator[Session]:
 def _cuda_index(torch: Any, name: str) -> int:
     """The index of device `name` ("cuda" means cuda:0), or an error that says why this host cannot
     run it: torch's own failure on a CPU-only build names a private function, not the cause."""
-    index = int(name.partition(":")[2] or 0)  # the config admits "cuda" and "cuda:N" only
+    index = cuda_index(name)
     if torch.version.cuda is None:
         raise DeviceUnavailable(f"device {name!r}: torch {torch.__version__} is a CPU-only build; install a "
                                 'CUDA build of torch on this host, or set the model\'s device = "cpu"')
